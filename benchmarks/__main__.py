@@ -1,0 +1,78 @@
+"""``python -m benchmarks`` — see docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.report import table, write_json
+from benchmarks.run import Options, quiet_logging, run_all
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=(
+            "End-to-end omniroute benchmark: an embedded file-backed store, the service in "
+            "this process, a load generator in another. Prints a table and writes JSON."
+        ),
+    )
+    p.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
+    p.add_argument("--messages", "-n", type=int, help="messages per path at concurrency C")
+    p.add_argument("--concurrency", "-c", type=int, help="concurrent POSTs (C)")
+    p.add_argument(
+        "--sequential-messages", type=int, help="lockstep messages per path at concurrency 1"
+    )
+    p.add_argument("--senders", type=int, help="conversations of the steady-state path (K)")
+    p.add_argument("--raw-seconds", type=float, help="seconds per raw insert measurement")
+    p.add_argument("--runs", type=int, default=1, help="repeat everything; report medians")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file")
+    return p.parse_args(argv)
+
+
+def options(args: argparse.Namespace) -> Options:
+    quick = bool(args.quick)
+
+    def pick(value: int | float | None, default: int | float, quick_default: int | float) -> float:
+        return value if value is not None else (quick_default if quick else default)
+
+    opts = Options(
+        messages=int(pick(args.messages, 500, 200)),
+        concurrency=int(pick(args.concurrency, 32, 32)),
+        sequential_messages=int(pick(args.sequential_messages, 50, 20)),
+        steady_senders=int(pick(args.senders, 200, 50)),
+        raw_seconds=float(pick(args.raw_seconds, 2.0, 1.0)),
+        runs=max(1, int(args.runs)),
+        pin=not args.no_pin,
+        quick=quick,
+    )
+    if min(opts.messages, opts.concurrency, opts.sequential_messages, opts.steady_senders) < 1:
+        raise SystemExit("--messages, --concurrency, --sequential-messages, --senders must be ≥ 1")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    opts = options(args)
+    log_path = Path(tempfile.gettempdir()) / "omniroute-bench-service.log"
+    quiet_logging(log_path)
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    progress(f"service log: {log_path}")
+    result = asyncio.run(run_all(opts, progress))
+    write_json(result, args.out)
+    print(table(result))
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

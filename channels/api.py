@@ -1,0 +1,121 @@
+"""The generic API channel: site forms and custom integrations.
+
+``POST /webhooks/api/{account}`` with a JSON body (:class:`ApiMessage`) signed with the
+account's secret::
+
+    X-Omniroute-Timestamp: <unix seconds>
+    X-Omniroute-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>
+
+Requests more than five minutes away from the server clock are refused (replay guard).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from channels.base import (
+    Attachment,
+    InboundMessage,
+    InvalidPayload,
+    Parsed,
+    Sender,
+    Unauthorized,
+    WebhookRequest,
+)
+from channels.signing import matches, sign
+from config.models import ChannelAccount
+
+__all__ = ["ApiChannel", "ApiMessage", "sign", "verify"]
+
+MAX_SKEW_S = 300
+TIMESTAMP_HEADER = "X-Omniroute-Timestamp"
+SIGNATURE_HEADER = "X-Omniroute-Signature"
+
+
+class ApiMessage(BaseModel):
+    """The request body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    external_id: str = Field(
+        min_length=1, max_length=256, description="Your id of this message; retries reuse it"
+    )
+    sender: Sender
+    text: str = Field(default="", max_length=65536)
+    sent_at: datetime | None = None
+    thread_id: str | None = Field(
+        default=None, max_length=256, description="Your conversation id, if you have one"
+    )
+    attachments: list[Attachment] = Field(default_factory=list, max_length=50)
+
+    @model_validator(mode="after")
+    def _has_sender_identity(self) -> ApiMessage:
+        s = self.sender
+        if not (s.phone or s.email or s.external_user_id):
+            raise ValueError("sender needs at least one of phone, email, external_user_id")
+        if not self.text.strip() and not self.attachments:
+            raise ValueError("a message needs text or attachments")
+        return self
+
+
+def verify(secret: str | None, req: WebhookRequest, now: float | None = None) -> None:
+    if not secret:
+        raise Unauthorized("this account has no secret configured")
+    ts = req.headers.get(TIMESTAMP_HEADER, "")
+    sig = req.headers.get(SIGNATURE_HEADER, "")
+    if not ts or not sig:
+        raise Unauthorized(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header")
+    try:
+        ts_value = int(ts)
+    except ValueError:
+        raise Unauthorized(f"{TIMESTAMP_HEADER} must be unix seconds") from None
+    if abs((now if now is not None else time.time()) - ts_value) > MAX_SKEW_S:
+        raise Unauthorized("timestamp is more than 5 minutes away from server time")
+    if not matches(secret, ts, req.body, sig):
+        raise Unauthorized("signature does not match")
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {
+            "field": ".".join(str(p) for p in e["loc"]) or "body",
+            "message": e["msg"],
+            "type": e["type"],
+        }
+        for e in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+class ApiChannel:
+    name = "api"
+
+    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+        verify(secret, req)
+        try:
+            raw = orjson.loads(req.body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidPayload(
+                f"body is not JSON: {exc}", [{"field": "body", "message": str(exc), "type": "json"}]
+            ) from None
+        try:
+            body = ApiMessage.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidPayload(
+                "body does not match the message schema", _field_errors(exc)
+            ) from None
+        msg = InboundMessage(
+            channel=self.name,
+            account=account.account,
+            provider_id=body.external_id,
+            thread_id=body.thread_id,
+            sender=body.sender,
+            text=body.text,
+            sent_at=body.sent_at,
+            attachments=body.attachments,
+        )
+        return Parsed([msg])

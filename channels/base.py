@@ -1,0 +1,278 @@
+"""The one interface every provider module implements, and the models that cross it.
+
+A channel module turns one authenticated HTTP request into zero or more
+:class:`InboundMessage` objects. It never touches the database: ingest/ stores what it
+returns, routing/ decides where it belongs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from config.models import ChannelAccount
+
+
+class Attachment(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = Field(default="file", max_length=32, description="file, image, audio, video …")
+    url: str | None = Field(default=None, max_length=4096)
+    file_id: str | None = Field(default=None, max_length=512)
+    name: str | None = Field(default=None, max_length=512)
+    mime_type: str | None = Field(default=None, max_length=255)
+    size: int | None = Field(default=None, ge=0)
+
+
+class Sender(BaseModel):
+    """Who wrote, as the provider tells it. Identity normalisation happens in routing/."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    phone: str | None = Field(default=None, max_length=64)
+    email: str | None = Field(default=None, max_length=320)
+    name: str | None = Field(default=None, max_length=256)
+    # The provider's user id (Telegram user id, VK peer id …), scoped by the account.
+    external_user_id: str | None = Field(default=None, max_length=256)
+
+
+class InboundMessage(BaseModel):
+    """One customer message, normalized. ``(channel, account, provider_id)`` is unique."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str
+    account: str
+    provider_id: str = Field(min_length=1, max_length=512)
+    # Chat / thread on the provider side; messages with the same thread share a
+    # conversation. None: the conversation is keyed by the sender.
+    thread_id: str | None = None
+    sender: Sender
+    text: str = ""
+    sent_at: datetime | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
+    # Automatic mail (auto-replies, bounces) and spam never create leads.
+    automatic: bool = False
+    # The provider address replies go to (chat id, peer id, wa_id …); kept on the
+    # conversation for the outbox.
+    reply_to: str | None = Field(default=None, max_length=512)
+    # Provider specifics worth keeping (Avito item_id, Telegram business_connection_id …);
+    # copied onto a lead/deal the message creates.
+    meta: dict[str, str | int | bool | None] = Field(default_factory=dict)
+
+
+class WebhookError(Exception):
+    """A request the channel refuses; nothing from it is stored."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+
+
+class Unauthorized(WebhookError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(WebhookError):
+    status = 403
+    code = "forbidden"
+
+
+class InvalidPayload(WebhookError):
+    status = 422
+    code = "invalid_payload"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """What a channel sees of an HTTP request: method, headers, query and the raw body."""
+
+    method: str
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    body: bytes
+    # The optional last path segment: ``/webhooks/{channel}/{account}/{token}`` (for
+    # providers that sign nothing, an unguessable token in the URL).
+    path_token: str | None = None
+
+
+class DeliveryState(StrEnum):
+    """Delivery state of an outbound message; it only ever moves forward (see RANK)."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+# A state update applies only when its rank is higher than the stored one. ``failed``
+# can replace queued/sent but never a delivered or read message.
+STATE_RANK: dict[DeliveryState, int] = {
+    DeliveryState.QUEUED: 0,
+    DeliveryState.SENT: 1,
+    DeliveryState.FAILED: 2,
+    DeliveryState.DELIVERED: 3,
+    DeliveryState.READ: 4,
+}
+
+
+class MessageEdit(BaseModel):
+    """The customer edited a message we stored: replace its text, keep the history."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str
+    account: str
+    provider_id: str
+    text: str = ""
+    attachments: list[Attachment] = Field(default_factory=list)
+    edited_at: datetime | None = None
+
+
+class StatusUpdate(BaseModel):
+    """A delivery receipt for one of our outbound messages (by the provider's id)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str
+    account: str
+    provider_id: str
+    state: DeliveryState
+    at: datetime | None = None
+    error: str | None = None
+
+
+class Reachability(BaseModel):
+    """The customer blocked/unblocked us (or (un)subscribed) on this channel account."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str
+    account: str
+    sender: Sender
+    reachable: bool
+    at: datetime | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """The result of parsing one webhook request: what to store, and what to answer."""
+
+    messages: list[InboundMessage] = field(default_factory=list)
+    edits: list[MessageEdit] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
+    reachability: list[Reachability] = field(default_factory=list)
+    # A response body some providers require (VK "ok", handshakes, challenges);
+    # None → ``{"ok": true, ...}`` as JSON.
+    reply: str | None = None
+    reply_content_type: str = "text/plain"
+
+
+class OutboundMessage(BaseModel):
+    """An operator's (or automation's) message to the customer, as a channel sends it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(description="our message id: stable across retries (idempotency key)")
+    channel: str
+    account: str
+    # Where to send, as the inbound messages of the conversation said (chat id, peer id,
+    # wa_id, e-mail address …).
+    recipient: str
+    thread_id: str | None = None
+    text: str = ""
+    attachments: list[Attachment] = Field(default_factory=list)
+    # When the customer last wrote in this conversation (WhatsApp's 24 h window).
+    last_inbound_at: datetime | None = None
+    # The provider id of the message this one answers, if any.
+    in_reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    provider_id: str
+    state: DeliveryState = DeliveryState.SENT
+
+
+class SendError(Exception):
+    """A send that did not happen. ``retryable`` with ``retry_after`` (seconds, if the
+    provider said) → the outbox tries again later; otherwise the message is failed and
+    ``detail`` is shown to the operator."""
+
+    def __init__(
+        self, detail: str, *, retryable: bool, retry_after: float | None = None,
+        code: str = "send_failed",
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.code = code
+
+
+class Channel(Protocol):
+    """A provider module. ``name`` is the ``{channel}`` in ``/webhooks/{channel}/{account}``."""
+
+    name: str
+
+    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+        """Authenticate and parse a request. Raise a :class:`WebhookError` to refuse it."""
+        ...
+
+
+@runtime_checkable
+class SendingChannel(Protocol):
+    """A channel that can send messages to customers."""
+
+    name: str
+
+    def check_outbound(self, account: ChannelAccount, msg: OutboundMessage) -> None:
+        """Refuse at once what the provider would refuse (raise :class:`SendError` with
+        ``retryable=False``): outside WhatsApp's 24 h window, text over the limit …"""
+        ...
+
+    async def send(
+        self, account: ChannelAccount, secret: str | None, msg: OutboundMessage
+    ) -> SendResult:
+        """Send one message; raise :class:`SendError` when it did not go out."""
+        ...
+
+
+@runtime_checkable
+class WebhookRegistrar(Protocol):
+    """A channel whose provider lets us register our webhook URL through its API."""
+
+    name: str
+
+    async def register_webhook(
+        self, account: ChannelAccount, secret: str | None, base_url: str
+    ) -> str:
+        """Register ``{base_url}/webhooks/{channel}/{account}[/{token}]`` with the provider;
+        return the URL registered. Raise :class:`SendError` if the provider refuses."""
+        ...
+
+
+def setting_str(account: ChannelAccount, key: str, default: str | None = None) -> str | None:
+    """A string from the account's ``settings`` (numbers are converted)."""
+    value = account.settings.get(key, default)
+    return None if value is None else str(value)
+
+
+def setting_env(account: ChannelAccount, key: str) -> str | None:
+    """The secret held by the environment variable named in ``settings[key]`` (keys that
+    name secrets end in ``_env``, e.g. ``app_secret_env``)."""
+    name = account.settings.get(key)
+    return os.environ.get(name) if isinstance(name, str) and name else None

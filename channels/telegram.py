@@ -1,0 +1,519 @@
+"""Telegram Bot API channel (webhook mode), in and out.
+
+In: ``POST /webhooks/telegram/{account}`` with one ``Update`` as JSON per request. The
+``X-Telegram-Bot-Api-Secret-Token`` header must equal the webhook secret (compared in
+constant time; missing, wrong or not configured → 403, nothing stored). The body is parsed
+with python-telegram-bot's ``Update.de_json``:
+
+* ``message`` / ``business_message`` → an :class:`InboundMessage` (text or caption; photo,
+  document, audio, voice, video, video_note, animation, sticker, location/venue and contact
+  as attachment metadata with file ids — nothing is downloaded). A contact the sender
+  shares of themselves (``contact.user_id == from.id``) fills ``Sender.phone``, which joins
+  the Telegram user to the same person on other channels. Business messages written by the
+  business owner (``from.id != chat.id`` in the private business chat) are echoes of our
+  side and are ignored; so are service messages that carry nothing we can store.
+* ``edited_message`` / ``edited_business_message`` → a :class:`MessageEdit` of the stored
+  message (never a new message).
+* ``my_chat_member`` in a private chat → :class:`Reachability` (``kicked``: the user
+  blocked the bot; ``member``: unblocked).
+* Everything else is acknowledged (200) and ignored.
+
+``provider_id`` is ``{chat.id}:{message_id}``, prefixed with ``{business_connection_id}:``
+in business chats, so a redelivered update (same ``update_id``) dedupes in ``intake`` and an
+edit finds its original. ``reply_to`` is ``chat_id=…[&business_connection_id=…]
+[&message_thread_id=…]``. The Bot API has no delivery or read receipts, so this channel
+reports no :class:`StatusUpdate`; a sent reply stays ``sent``.
+
+Out: ``sendMessage`` (or ``sendPhoto``/``sendDocument``/… for one attachment given by
+``file_id`` or URL, the text as its caption) through python-telegram-bot's ``Bot``. The
+``Bot`` is created once per token and API base, and initialised once (``getMe``). Errors:
+``RetryAfter`` (429) → retryable after ``retry_after``; 5xx, timeouts and connection
+errors → retryable; anything else (400 ``chat not found``, 403 ``bot was blocked by the
+user``, a migrated group, an invalid token) → failed with Telegram's description. A reply
+whose response was lost to a timeout may be delivered twice: the Bot API has no
+idempotency key.
+
+Registration: ``setWebhook`` with ``url``, ``secret_token`` and ``allowed_updates``
+(``omniroute webhooks register``).
+
+Account settings (``channels.yaml``):
+
+* ``secret_env`` — NAME of the env var holding the bot token (from @BotFather).
+* ``settings.webhook_secret_env`` — NAME of the env var holding the webhook secret token
+  (1–256 characters of ``A-Z a-z 0-9 _ -``); required to accept webhooks.
+* ``settings.api_base`` — Bot API base URL, default ``https://api.telegram.org`` (a local
+  Bot API server or a test fake); the token path ``/bot<token>/<method>`` is appended.
+* ``settings.timeout_s`` — connect/read/write timeout of Bot API calls in whole seconds,
+  default 10.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypedDict
+from urllib.parse import parse_qs, urlencode
+
+import orjson
+from telegram import Bot, ChatMemberUpdated, Message, ReplyParameters, Update
+from telegram import error as tg
+from telegram.request import HTTPXRequest
+from telegram.warnings import PTBDeprecationWarning
+
+from channels.base import (
+    Attachment,
+    Forbidden,
+    InboundMessage,
+    MessageEdit,
+    OutboundMessage,
+    Parsed,
+    Reachability,
+    Sender,
+    SendError,
+    SendResult,
+    WebhookError,
+    WebhookRequest,
+    setting_env,
+    setting_str,
+)
+from config.models import ChannelAccount
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+DEFAULT_API_BASE = "https://api.telegram.org"
+DEFAULT_TIMEOUT_S = 10
+ALLOWED_UPDATES = (
+    "message",
+    "edited_message",
+    "business_message",
+    "edited_business_message",
+    "my_chat_member",
+)
+MAX_TEXT = 4096
+MAX_CAPTION = 1024
+SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+# Attachment kinds we can send by file_id or URL.
+SENDABLE = frozenset({"image", "video", "audio", "voice", "animation", "file"})
+TOKEN_IN_URL = re.compile(r"/bot\d+:[A-Za-z0-9_-]+")
+
+
+class _RedactBotToken(logging.Filter):
+    """httpx logs every request URL at INFO, and Bot API URLs carry the bot token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if TOKEN_IN_URL.search(message):
+            record.msg, record.args = TOKEN_IN_URL.sub("/bot<token>", message), None
+        return True
+
+
+logging.getLogger("httpx").addFilter(_RedactBotToken())
+
+
+class MethodNotAllowed(WebhookError):
+    status = 405
+    code = "method_not_allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a reply goes; encoded into ``InboundMessage.reply_to``."""
+
+    chat_id: int
+    business_connection_id: str | None = None
+    message_thread_id: int | None = None
+
+    def encode(self) -> str:
+        fields = {
+            "chat_id": self.chat_id,
+            "business_connection_id": self.business_connection_id,
+            "message_thread_id": self.message_thread_id,
+        }
+        return urlencode({k: v for k, v in fields.items() if v is not None})
+
+    @classmethod
+    def decode(cls, value: str) -> Address:
+        """Parse ``encode()``'s output (a bare chat id is accepted too)."""
+        try:
+            if value.lstrip("-").isdigit():
+                return cls(int(value))
+            q = {k: v[0] for k, v in parse_qs(value, strict_parsing=True).items()}
+            thread = q.get("message_thread_id")
+            return cls(
+                int(q["chat_id"]), q.get("business_connection_id"), int(thread) if thread else None
+            )
+        except (KeyError, ValueError):
+            raise SendError(
+                f"not a Telegram address: {value!r}", retryable=False, code="bad_recipient"
+            ) from None
+
+
+def provider_id(chat_id: int, message_id: int, business_connection_id: str | None) -> str:
+    pid = f"{chat_id}:{message_id}"
+    return f"{business_connection_id}:{pid}" if business_connection_id else pid
+
+
+# --- inbound -------------------------------------------------------------------------
+
+
+def _verify(account: ChannelAccount, req: WebhookRequest) -> None:
+    expected = setting_env(account, "webhook_secret_env")
+    if not expected:
+        raise Forbidden("this account has no webhook secret configured")
+    got = req.headers.get(SECRET_HEADER, "")
+    if not hmac.compare_digest(got.encode("utf-8", "replace"), expected.encode()):
+        raise Forbidden(f"missing or wrong {SECRET_HEADER} header")
+
+
+def _update(body: bytes) -> Update:
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise WebhookError(f"body is not JSON: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("update_id"), int):
+        raise WebhookError("body is not a Telegram Update (no integer update_id)")
+    try:
+        return Update.de_json(raw, None)
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise WebhookError(f"malformed Telegram Update: {exc!r}") from None
+
+
+def _phone(raw: str) -> str:
+    """Telegram gives international numbers, often without the plus."""
+    return raw if raw.startswith("+") else "+" + raw
+
+
+def _attachments(m: Message) -> list[Attachment]:
+    out: list[Attachment] = []
+    if m.photo:
+        p = m.photo[-1]  # the largest size
+        out.append(
+            Attachment(kind="image", file_id=p.file_id, mime_type="image/jpeg", size=p.file_size)
+        )
+    files = (
+        ("file", m.document),
+        ("audio", m.audio),
+        ("voice", m.voice),
+        ("video", m.video),
+        ("video_note", m.video_note),
+        ("animation", m.animation),
+    )
+    for kind, f in files:
+        if f is not None:
+            out.append(
+                Attachment(
+                    kind=kind,
+                    file_id=f.file_id,
+                    size=f.file_size,
+                    name=getattr(f, "file_name", None),
+                    mime_type=getattr(f, "mime_type", None),
+                )
+            )
+    if (s := m.sticker) is not None:
+        mime = (
+            "application/x-tgsticker"
+            if s.is_animated
+            else "video/webm"
+            if s.is_video
+            else "image/webp"
+        )
+        out.append(
+            Attachment(
+                kind="sticker", file_id=s.file_id, name=s.emoji, mime_type=mime, size=s.file_size
+            )
+        )
+    if (loc := m.location) is not None:
+        name = m.venue.title if m.venue else None
+        out.append(
+            Attachment(kind="location", url=f"geo:{loc.latitude},{loc.longitude}", name=name)
+        )
+    if (c := m.contact) is not None:
+        name = " ".join(filter(None, (c.first_name, c.last_name)))
+        out.append(Attachment(kind="contact", url=f"tel:{_phone(c.phone_number)}", name=name))
+    return out
+
+
+def _sender(m: Message) -> Sender:
+    if m.sender_chat is not None:  # on behalf of a chat (anonymous admin, linked channel)
+        return Sender(external_user_id=str(m.sender_chat.id), name=m.sender_chat.title)
+    u = m.from_user
+    if u is None:
+        return Sender(external_user_id=str(m.chat.id), name=m.chat.full_name or m.chat.title)
+    own = m.contact if m.contact and m.contact.user_id == u.id else None
+    return Sender(
+        external_user_id=str(u.id),
+        name=u.full_name,
+        phone=_phone(own.phone_number) if own else None,
+    )
+
+
+def _is_owner_echo(m: Message) -> bool:
+    """A business-chat message written by the business owner (or a bot for them)."""
+    return m.business_connection_id is not None and (
+        m.sender_business_bot is not None
+        or (m.from_user is not None and m.from_user.id != m.chat.id)
+    )
+
+
+def _inbound(account: ChannelAccount, update_id: int, m: Message) -> InboundMessage | None:
+    text = m.text or m.caption or ""
+    attachments = _attachments(m)
+    if (not text and not attachments) or _is_owner_echo(m):
+        return None
+    topic = m.message_thread_id if m.is_topic_message else None
+    address = Address(m.chat.id, m.business_connection_id, topic)
+    thread = ":".join(str(p) for p in (m.business_connection_id, m.chat.id, topic) if p)
+    meta: dict[str, str | int | bool | None] = {
+        "update_id": update_id,
+        "chat_type": m.chat.type,
+        "username": m.from_user.username if m.from_user else None,
+        "business_connection_id": m.business_connection_id,
+        "media_group_id": m.media_group_id,
+    }
+    return InboundMessage(
+        channel=TelegramChannel.name,
+        account=account.account,
+        provider_id=provider_id(m.chat.id, m.message_id, m.business_connection_id),
+        thread_id=thread,
+        sender=_sender(m),
+        text=text,
+        sent_at=m.date,
+        attachments=attachments,
+        reply_to=address.encode(),
+        meta={k: v for k, v in meta.items() if v is not None},
+    )
+
+
+def _edit(account: ChannelAccount, m: Message) -> MessageEdit:
+    return MessageEdit(
+        channel=TelegramChannel.name,
+        account=account.account,
+        provider_id=provider_id(m.chat.id, m.message_id, m.business_connection_id),
+        text=m.text or m.caption or "",
+        attachments=_attachments(m),
+        edited_at=m.edit_date,
+    )
+
+
+def _reachability(account: ChannelAccount, cmu: ChatMemberUpdated) -> Reachability | None:
+    status = cmu.new_chat_member.status
+    if cmu.chat.type != "private" or status not in ("kicked", "member"):
+        return None
+    u = cmu.from_user
+    return Reachability(
+        channel=TelegramChannel.name,
+        account=account.account,
+        sender=Sender(external_user_id=str(u.id), name=u.full_name),
+        reachable=status == "member",
+        at=cmu.date,
+        reason="blocked the bot" if status == "kicked" else "unblocked the bot",
+    )
+
+
+# --- outbound ------------------------------------------------------------------------
+
+
+class _Target(TypedDict):
+    chat_id: int
+    business_connection_id: str | None
+    message_thread_id: int | None
+    reply_parameters: ReplyParameters | None
+
+
+def _quote(to: Address, in_reply_to: str | None) -> ReplyParameters | None:
+    """Quote the message we answer when it is in the same chat."""
+    chat, _, message_id = (in_reply_to or "").rpartition(":")
+    if (
+        chat
+        and message_id.isdigit()
+        and f"{chat}:0" == provider_id(to.chat_id, 0, to.business_connection_id)
+    ):
+        return ReplyParameters(int(message_id), allow_sending_without_reply=True)
+    return None
+
+
+def _retry_after_s(exc: tg.RetryAfter) -> float:
+    with warnings.catch_warnings():  # int vs timedelta migration notice
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value: Any = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def send_error(exc: tg.TelegramError, token: str | None = None) -> SendError:
+    """Map a python-telegram-bot error onto the outbox's retry decision (the bot token,
+    which python-telegram-bot puts into some messages, is redacted)."""
+    detail = exc.message.replace(token, "<token>") if token else exc.message
+    if isinstance(exc, tg.RetryAfter):
+        return SendError(
+            detail, retryable=True, retry_after=_retry_after_s(exc), code="rate_limited"
+        )
+    if isinstance(exc, tg.ChatMigrated):
+        return SendError(
+            f"{detail} (new chat id {exc.new_chat_id})", retryable=False, code="chat_migrated"
+        )
+    if isinstance(exc, tg.Forbidden):
+        return SendError(detail, retryable=False, code="forbidden")
+    if isinstance(exc, tg.InvalidToken):
+        return SendError(detail, retryable=False, code="invalid_token")
+    if isinstance(exc, tg.BadRequest):  # a NetworkError subclass: check it first
+        return SendError(detail, retryable=False, code="bad_request")
+    if isinstance(exc, tg.Conflict):
+        return SendError(detail, retryable=False, code="conflict")
+    if isinstance(exc, tg.TimedOut):
+        return SendError(detail, retryable=True, code="timeout")
+    if isinstance(exc, tg.NetworkError):  # 5xx, other statuses, connection errors
+        return SendError(detail, retryable=True, code="unavailable")
+    return SendError(detail, retryable=False, code="telegram_error")
+
+
+class TelegramChannel:
+    name = "telegram"
+
+    def __init__(self) -> None:
+        # One Bot (and its connection pool) per token/API base/timeout, per event loop.
+        self._bots: dict[tuple[str, str, int], tuple[asyncio.AbstractEventLoop, Bot]] = {}
+
+    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+        if req.method != "POST":
+            raise MethodNotAllowed("Telegram delivers updates by POST")
+        _verify(account, req)
+        update = _update(req.body)
+        if (m := update.message or update.business_message) is not None:
+            msg = _inbound(account, update.update_id, m)
+            return Parsed(messages=[msg] if msg else [])
+        if (e := update.edited_message or update.edited_business_message) is not None:
+            return Parsed(edits=[_edit(account, e)])
+        if update.my_chat_member is not None:
+            r = _reachability(account, update.my_chat_member)
+            return Parsed(reachability=[r] if r else [])
+        return Parsed()
+
+    def check_outbound(self, account: ChannelAccount, msg: OutboundMessage) -> None:
+        Address.decode(msg.recipient)
+        if len(msg.attachments) > 1:
+            raise SendError(
+                "Telegram replies carry at most one attachment",
+                retryable=False,
+                code="too_many_attachments",
+            )
+        if msg.attachments:
+            a = msg.attachments[0]
+            if a.kind not in SENDABLE or not (a.file_id or a.url):
+                raise SendError(
+                    f"cannot send a {a.kind!r} attachment without file_id or url",
+                    retryable=False,
+                    code="unsupported_attachment",
+                )
+            if len(msg.text) > MAX_CAPTION:
+                raise SendError(
+                    f"caption longer than {MAX_CAPTION} characters",
+                    retryable=False,
+                    code="text_too_long",
+                )
+        elif not msg.text.strip():
+            raise SendError("empty message", retryable=False, code="empty_message")
+        elif len(msg.text) > MAX_TEXT:
+            raise SendError(
+                f"text longer than {MAX_TEXT} characters", retryable=False, code="text_too_long"
+            )
+
+    async def send(
+        self, account: ChannelAccount, secret: str | None, msg: OutboundMessage
+    ) -> SendResult:
+        self.check_outbound(account, msg)
+        to = Address.decode(msg.recipient)
+        target = _Target(
+            chat_id=to.chat_id,
+            business_connection_id=to.business_connection_id,
+            message_thread_id=to.message_thread_id,
+            reply_parameters=_quote(to, msg.in_reply_to),
+        )
+        try:
+            bot = await self._bot(account, secret)
+            sent = await (
+                self._send_attachment(bot, msg, target)
+                if msg.attachments
+                else bot.send_message(text=msg.text, **target)
+            )
+        except tg.TelegramError as exc:
+            raise send_error(exc, secret) from exc
+        return SendResult(provider_id(to.chat_id, sent.message_id, to.business_connection_id))
+
+    @staticmethod
+    async def _send_attachment(bot: Bot, msg: OutboundMessage, target: _Target) -> Message:
+        a = msg.attachments[0]
+        ref = a.file_id or a.url or ""
+        caption = msg.text or None
+        if a.kind == "image":
+            return await bot.send_photo(photo=ref, caption=caption, **target)
+        if a.kind == "video":
+            return await bot.send_video(video=ref, caption=caption, **target)
+        if a.kind == "audio":
+            return await bot.send_audio(audio=ref, caption=caption, **target)
+        if a.kind == "voice":
+            return await bot.send_voice(voice=ref, caption=caption, **target)
+        if a.kind == "animation":
+            return await bot.send_animation(animation=ref, caption=caption, **target)
+        return await bot.send_document(document=ref, caption=caption, **target)
+
+    async def register_webhook(
+        self, account: ChannelAccount, secret: str | None, base_url: str
+    ) -> str:
+        token = setting_env(account, "webhook_secret_env")
+        if not token or not SECRET_TOKEN.match(token):
+            raise SendError(
+                "settings.webhook_secret_env must name an env var holding 1-256 "
+                "characters of A-Z a-z 0-9 _ -",
+                retryable=False,
+                code="bad_webhook_secret",
+            )
+        url = f"{base_url.rstrip('/')}/webhooks/{self.name}/{account.account}"
+        try:
+            async with self._new_bot(account, secret) as bot:
+                await bot.set_webhook(
+                    url=url, secret_token=token, allowed_updates=list(ALLOWED_UPDATES)
+                )
+        except tg.TelegramError as exc:
+            raise send_error(exc, secret) from exc
+        return url
+
+    @staticmethod
+    def _key(account: ChannelAccount, token: str | None) -> tuple[str, str, int]:
+        """(token, API base, timeout): what a Bot is made of; SendError if unusable."""
+        if not token:
+            raise SendError(
+                f"the bot token env var {account.secret_env!r} is not set",
+                retryable=False,
+                code="no_token",
+            )
+        base = (setting_str(account, "api_base") or DEFAULT_API_BASE).rstrip("/")
+        timeout = setting_str(account, "timeout_s") or str(DEFAULT_TIMEOUT_S)
+        if not timeout.isdigit() or int(timeout) < 1:
+            raise SendError(
+                f"settings.timeout_s must be a whole number of seconds, not {timeout!r}",
+                retryable=False,
+                code="bad_settings",
+            )
+        return token, base, int(timeout)
+
+    @classmethod
+    def _new_bot(cls, account: ChannelAccount, token: str | None) -> Bot:
+        token, base, t = cls._key(account, token)
+        request = HTTPXRequest(connect_timeout=t, read_timeout=t, write_timeout=t, pool_timeout=t)
+        # We never call getUpdates: one connection pool serves both of the Bot's slots.
+        return Bot(token, base_url=f"{base}/bot", request=request, get_updates_request=request)
+
+    async def _bot(self, account: ChannelAccount, token: str | None) -> Bot:
+        key = self._key(account, token)
+        loop = asyncio.get_running_loop()
+        cached = self._bots.get(key)
+        if cached is None or cached[0] is not loop:
+            cached = (loop, self._new_bot(account, token))
+            self._bots[key] = cached
+        bot = cached[1]
+        await bot.initialize()  # getMe on first use; a no-op afterwards
+        return bot

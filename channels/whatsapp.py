@@ -1,0 +1,505 @@
+"""WhatsApp Business Cloud API (Meta Graph webhooks), in and out.
+
+Inbound: ``/webhooks/whatsapp/{account}``.
+
+* ``GET`` is Meta's verification handshake: ``hub.mode=subscribe`` with our verify token
+  → the ``hub.challenge`` as ``text/plain``; anything else → 403.
+* ``POST`` must carry ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(raw body, app secret)>``
+  (missing or wrong → 401, nothing stored). Every ``entry[].changes[]`` with
+  ``field == "messages"`` is read: each ``messages[]`` item is one :class:`InboundMessage`
+  (dedup key: its wamid), ``statuses[]`` are receipts for our outbound messages, ``edit``
+  messages replace the text of the stored one. Other fields (``smb_message_echoes``,
+  ``account_update`` …) are acknowledged and ignored. Reactions and system notices are kept
+  as text but marked ``automatic`` (they never open a lead); attachments are metadata only.
+
+Outbound: ``POST {api_base}/{api_version}/{phone_number_id}/messages`` with the access
+token as Bearer; free-form text only, and only inside the 24 h customer-service window.
+
+Account settings (``channels.yaml``; secrets only as environment variable NAMES):
+
+``secret_env``
+    the access token (system-user or business token) for sending.
+``app_secret_env``
+    the Meta app secret that signs the webhooks (required to accept any POST).
+``verify_token_env``
+    the verify token typed into the App Dashboard (required for the GET handshake).
+``phone_number_id``
+    the business number to send from when the conversation does not say (replies go
+    from the number the customer wrote to).
+``api_base``
+    default ``https://graph.facebook.com``.
+``api_version``
+    default ``v25.0``.
+``timeout_s``
+    total timeout of one send request in seconds, default 10.
+
+Addresses: ``InboundMessage.reply_to`` (and ``thread_id``) is
+``"{phone_number_id}:{wa_id}"`` — or ``"{phone_number_id}:{user_id}"`` (business-scoped user
+id, sent as ``recipient`` instead of ``to``) for users whose phone number Meta withholds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from channels.base import (
+    Attachment,
+    DeliveryState,
+    Forbidden,
+    InboundMessage,
+    MessageEdit,
+    OutboundMessage,
+    Parsed,
+    Sender,
+    SendError,
+    SendResult,
+    StatusUpdate,
+    Unauthorized,
+    WebhookError,
+    WebhookRequest,
+    setting_env,
+    setting_str,
+)
+from config.models import ChannelAccount
+
+log = structlog.get_logger("omniroute.whatsapp")
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+DEFAULT_API_BASE = "https://graph.facebook.com"
+DEFAULT_API_VERSION = "v25.0"
+DEFAULT_TIMEOUT_S = 10.0
+WINDOW = timedelta(hours=24)
+MAX_TEXT = 4096
+MEDIA_KINDS = {
+    "image": "image",
+    "video": "video",
+    "audio": "audio",
+    "document": "file",
+    "sticker": "sticker",
+}
+STATES = {
+    "sent": DeliveryState.SENT,
+    "delivered": DeliveryState.DELIVERED,
+    "read": DeliveryState.READ,
+    "failed": DeliveryState.FAILED,
+}
+# 130429 throughput, 131056 pair rate (same user), 80007 WABA rate, 4 app call limit.
+RATE_LIMIT_CODES = {130429, 131056, 80007, 4}
+PAIR_RATE_LIMIT_WAIT_S = 6.0  # about one message per 6 s to the same user
+TRANSIENT_CODES = {1, 2, 131000, 131016}  # unknown / service / something went wrong
+WINDOW_CLOSED = 131047
+
+Json = dict[str, Any]
+Meta = dict[str, str | int | bool | None]
+
+
+# --- inbound --------------------------------------------------------------------------
+
+
+def signature(app_secret: str, body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` value Meta sends for ``body``."""
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _verify_signature(account: ChannelAccount, req: WebhookRequest) -> None:
+    app_secret = setting_env(account, "app_secret_env")
+    if not app_secret:
+        raise Unauthorized("no app secret configured for this account (settings.app_secret_env)")
+    given = req.headers.get(SIGNATURE_HEADER, "").strip()
+    if not given:
+        raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
+    expected = signature(app_secret, req.body)
+    if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
+        raise Unauthorized(f"{SIGNATURE_HEADER} does not match the body")
+
+
+def _handshake(account: ChannelAccount, query: Mapping[str, str]) -> Parsed:
+    token = setting_env(account, "verify_token_env")
+    given = query.get("hub.verify_token", "")
+    if query.get("hub.mode") != "subscribe" or "hub.challenge" not in query:
+        raise Forbidden("not a subscription handshake (hub.mode=subscribe, hub.challenge)")
+    if not token or not hmac.compare_digest(token.encode(), given.encode("utf-8", "replace")):
+        raise Forbidden("hub.verify_token does not match")
+    return Parsed(reply=query["hub.challenge"], reply_content_type="text/plain")
+
+
+def _dicts(value: Any) -> Iterator[Json]:
+    """The dict items of what should be a list (anything else yields nothing)."""
+    if isinstance(value, list):
+        yield from (v for v in value if isinstance(v, dict))
+
+
+def _obj(value: Any) -> Json:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int) and str(value) else None
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _media(kind: str, obj: Json) -> Attachment:
+    voice = kind == "audio" and obj.get("voice") is True
+    size = obj.get("file_size")
+    return Attachment(
+        kind="voice" if voice else MEDIA_KINDS[kind],
+        file_id=_str(obj.get("id")),
+        url=_str(obj.get("url")),
+        name=_str(obj.get("filename")),
+        mime_type=_str(obj.get("mime_type")),
+        size=size if isinstance(size, int) and size >= 0 else None,
+    )
+
+
+def _location(loc: Json) -> tuple[str, list[Attachment]]:
+    lat, lon = loc.get("latitude"), loc.get("longitude")
+    point = f"{lat}, {lon}" if lat is not None and lon is not None else None
+    lines = [s for s in (_str(loc.get("name")), _str(loc.get("address")), point) if s]
+    url = _str(loc.get("url")) or (f"geo:{lat},{lon}" if point else None)
+    return "\n".join(lines), [Attachment(kind="location", url=url, name=_str(loc.get("name")))]
+
+
+def _contact_card(card: Json) -> str:
+    name = _obj(card.get("name")).get("formatted_name") or "Contact"
+    phones = [p.get("phone") or p.get("wa_id") for p in _dicts(card.get("phones"))]
+    emails = [e.get("email") for e in _dicts(card.get("emails"))]
+    values = ", ".join(str(v) for v in (*phones, *emails) if v)
+    return f"{name}: {values}" if values else str(name)
+
+
+def _order(order: Json) -> str:
+    lines = [str(order["text"])] if order.get("text") else []
+    for item in _dicts(order.get("product_items")):
+        lines.append(
+            f"{item.get('quantity', 1)} × {item.get('product_retailer_id', '?')}"
+            f" @ {item.get('item_price', '?')} {item.get('currency', '')}".rstrip()
+        )
+    return "\n".join(lines) or "[order]"
+
+
+def _content(msg: Json, meta: Meta) -> tuple[str, list[Attachment]] | None:
+    """Text and attachments of one ``messages[]`` item (extra facts go to ``meta``);
+    None when the item is not a customer message we keep."""
+    kind = str(msg.get("type") or "unknown")
+    body = _obj(msg.get(kind))
+    if kind == "text":
+        return str(body.get("body") or ""), []
+    if kind in MEDIA_KINDS:
+        return str(body.get("caption") or ""), [_media(kind, body)]
+    if kind == "location":
+        return _location(body)
+    if kind == "contacts":
+        return "\n".join(_contact_card(c) for c in _dicts(msg.get("contacts"))), []
+    if kind == "interactive":
+        reply = _obj(body.get(str(body.get("type"))))
+        meta["reply_id"] = _str(reply.get("id")) or _str(reply.get("name"))
+        return str(reply.get("title") or reply.get("body") or reply.get("response_json") or ""), []
+    if kind == "button":
+        meta["reply_payload"] = _str(body.get("payload"))
+        return str(body.get("text") or ""), []
+    if kind == "reaction":
+        if not body.get("emoji"):  # a reaction removed
+            return None
+        meta["reaction_to"] = _str(body.get("message_id"))
+        return str(body["emoji"]), []
+    if kind == "order":
+        meta["catalog_id"] = _str(body.get("catalog_id"))
+        return _order(body), []
+    if kind == "system":
+        return str(body.get("body") or f"[system: {body.get('type', 'event')}]"), []
+    if kind == "revoke":  # deletion notice: nothing in base.py models it
+        return None
+    # unsupported / unknown / anything newer: keep that the customer wrote something.
+    errors = list(_dicts(msg.get("errors")))
+    if errors:
+        meta["error_code"] = _str(errors[0].get("code"))
+        details = _obj(errors[0].get("error_data")).get("details") or errors[0].get("title")
+        return f"[{kind} message: {details}]" if details else f"[{kind} message]", []
+    return f"[{kind} message]", []
+
+
+def _edit(account: ChannelAccount, msg: Json) -> MessageEdit | None:
+    edit = _obj(msg.get("edit"))
+    original = _str(edit.get("original_message_id"))
+    inner = _obj(edit.get("message"))
+    content = _content(inner, {}) if inner else None
+    if not original or content is None:
+        return None
+    return MessageEdit(
+        channel="whatsapp",
+        account=account.account,
+        provider_id=original,
+        text=content[0],
+        attachments=content[1],
+        edited_at=_time(msg.get("timestamp")),
+    )
+
+
+def _status(account: ChannelAccount, st: Json) -> StatusUpdate | None:
+    state, wamid = STATES.get(str(st.get("status"))), _str(st.get("id"))
+    if state is None or wamid is None:
+        return None  # e.g. "deleted", "warning", "played"
+    errors = [
+        f"{e.get('code')}: {e.get('title') or e.get('message') or 'error'}"
+        + (f" — {d}" if (d := _obj(e.get("error_data")).get("details")) else "")
+        for e in _dicts(st.get("errors"))
+    ]
+    return StatusUpdate(
+        channel="whatsapp",
+        account=account.account,
+        provider_id=wamid,
+        state=state,
+        at=_time(st.get("timestamp")),
+        error="; ".join(errors) or None,
+    )
+
+
+def _message(account: ChannelAccount, value: Json, msg: Json) -> InboundMessage | None:
+    wamid = _str(msg.get("id"))
+    wa_id, user_id = _str(msg.get("from")), _str(msg.get("from_user_id"))
+    if not wamid or not (wa_id or user_id):
+        log.warning("whatsapp.message_skipped", reason="no id or sender", account=account.account)
+        return None
+    meta_in = _obj(value.get("metadata"))
+    number = _str(meta_in.get("phone_number_id")) or setting_str(account, "phone_number_id")
+    meta: Meta = {
+        "wa_type": _str(msg.get("type")),
+        "phone_number_id": number,
+        "display_phone_number": _str(meta_in.get("display_phone_number")),
+    }
+    content = _content(msg, meta)
+    if content is None:
+        return None
+    contact = next(
+        (
+            c
+            for c in _dicts(value.get("contacts"))
+            if (wa_id and c.get("wa_id") == wa_id) or (user_id and c.get("user_id") == user_id)
+        ),
+        {},
+    )
+    profile = _obj(contact.get("profile"))
+    if profile.get("username"):
+        meta["username"] = _str(profile["username"])
+    context = _obj(msg.get("context"))
+    if context.get("id"):
+        meta["in_reply_to"] = _str(context["id"])
+    if context.get("forwarded") or context.get("frequently_forwarded"):
+        meta["forwarded"] = True
+    referral = _obj(msg.get("referral"))  # Click-to-WhatsApp ads: kept on the lead
+    for key in ("source_type", "source_id", "source_url", "headline", "ctwa_clid"):
+        if referral.get(key):
+            meta[f"referral_{key}"] = _str(referral[key])
+    address = f"{number}:{wa_id or user_id}" if number else (wa_id or user_id)
+    digits = wa_id is not None and wa_id.isdigit()
+    return InboundMessage(
+        channel="whatsapp",
+        account=account.account,
+        provider_id=wamid,
+        thread_id=address,
+        sender=Sender(
+            phone=f"+{wa_id}" if digits else None,
+            external_user_id=user_id or (None if digits else wa_id),
+            name=_str(profile.get("name")),
+        ),
+        text=content[0],
+        sent_at=_time(msg.get("timestamp")),
+        attachments=content[1],
+        # Reactions and system notices never open a lead on their own.
+        automatic=msg.get("type") in ("reaction", "system"),
+        reply_to=address,
+        meta={k: v for k, v in meta.items() if v is not None},
+    )
+
+
+class WhatsAppChannel:
+    name = "whatsapp"
+
+    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+        if req.method == "GET":
+            return _handshake(account, req.query)
+        _verify_signature(account, req)
+        try:
+            body = orjson.loads(req.body)
+        except orjson.JSONDecodeError as exc:
+            raise WebhookError(f"body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise WebhookError("body is not a JSON object")
+        parsed = Parsed()
+        if body.get("object") != "whatsapp_business_account":
+            return parsed
+        for entry in _dicts(body.get("entry")):
+            for change in _dicts(entry.get("changes")):
+                if change.get("field") != "messages":
+                    continue  # echoes, account/template/quality updates …
+                value = _obj(change.get("value"))
+                for msg in _dicts(value.get("messages")):
+                    if msg.get("type") == "edit":
+                        if (edit := _edit(account, msg)) is not None:
+                            parsed.edits.append(edit)
+                    elif (inbound := _message(account, value, msg)) is not None:
+                        parsed.messages.append(inbound)
+                for st in _dicts(value.get("statuses")):
+                    if (status := _status(account, st)) is not None:
+                        parsed.statuses.append(status)
+        return parsed
+
+    # --- outbound ---------------------------------------------------------------------
+
+    def _address(self, account: ChannelAccount, recipient: str) -> tuple[str | None, str]:
+        number, sep, to = recipient.rpartition(":")
+        return (number if sep and number else setting_str(account, "phone_number_id")), to
+
+    def check_outbound(self, account: ChannelAccount, msg: OutboundMessage) -> None:
+        number, to = self._address(account, msg.recipient)
+        if not to:
+            raise SendError(
+                "the conversation has no WhatsApp address", retryable=False, code="no_recipient"
+            )
+        if not number:
+            raise SendError(
+                "no phone_number_id to send from (settings.phone_number_id)",
+                retryable=False,
+                code="not_configured",
+            )
+        if msg.attachments:
+            raise SendError(
+                "the WhatsApp channel sends text only; attachments are not supported",
+                retryable=False,
+                code="attachments_unsupported",
+            )
+        if not msg.text.strip():
+            raise SendError("the message has no text", retryable=False, code="empty_message")
+        if len(msg.text) > MAX_TEXT:
+            raise SendError(
+                f"WhatsApp text is limited to {MAX_TEXT} characters ({len(msg.text)} given)",
+                retryable=False,
+                code="text_too_long",
+            )
+        last = msg.last_inbound_at
+        if last is not None and last.tzinfo is None:
+            last = last.replace(tzinfo=UTC)
+        if last is None or datetime.now(UTC) - last > WINDOW:
+            since = f"last customer message {last.isoformat()}" if last else "no customer message"
+            raise SendError(
+                f"outside WhatsApp's 24 h customer-service window ({since}): only an approved "
+                "template may be sent now, and template sends are not supported — wait for "
+                "the customer to write again",
+                retryable=False,
+                code="window_closed",
+            )
+
+    async def send(
+        self, account: ChannelAccount, secret: str | None, msg: OutboundMessage
+    ) -> SendResult:
+        if not secret:
+            raise SendError(
+                "no access token configured (secret_env)", retryable=False, code="not_configured"
+            )
+        number, to = self._address(account, msg.recipient)
+        base = (setting_str(account, "api_base") or DEFAULT_API_BASE).rstrip("/")
+        version = setting_str(account, "api_version") or DEFAULT_API_VERSION
+        payload: Json = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            ("to" if to.isdigit() else "recipient"): to,
+            "type": "text",
+            "text": {"body": msg.text, "preview_url": False},
+        }
+        if msg.in_reply_to:
+            payload["context"] = {"message_id": msg.in_reply_to}
+        timeout_s = _timeout_s(account)
+        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0))
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                resp = await client.post(
+                    f"{base}/{version}/{number}/messages",
+                    content=orjson.dumps(payload),
+                    headers={
+                        "Authorization": f"Bearer {secret}",
+                        "Content-Type": "application/json",
+                    },
+                )
+        except httpx.TimeoutException as exc:
+            raise SendError(
+                f"WhatsApp API timed out: {type(exc).__name__}", retryable=True, code="timeout"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise SendError(
+                f"WhatsApp API unreachable: {type(exc).__name__}: {exc}",
+                retryable=True,
+                code="connection_error",
+            ) from None
+        try:
+            data = _obj(orjson.loads(resp.content))
+        except orjson.JSONDecodeError:
+            data = {}
+        if resp.status_code == 200:
+            ids = [m.get("id") for m in _dicts(data.get("messages"))]
+            if ids and isinstance(ids[0], str) and ids[0]:
+                return SendResult(provider_id=ids[0])
+            # It may have gone out: a retry could duplicate it, so fail it visibly.
+            raise SendError(
+                f"WhatsApp API answered 200 without a message id: {resp.text[:300]}",
+                retryable=False,
+                code="bad_response",
+            )
+        raise _send_error(resp, _obj(data.get("error")))
+
+
+def _timeout_s(account: ChannelAccount) -> float:
+    try:
+        value = float(setting_str(account, "timeout_s") or DEFAULT_TIMEOUT_S)
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+    return value if value > 0 else DEFAULT_TIMEOUT_S
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        return max(float(resp.headers.get("Retry-After", "")), 0.0)
+    except ValueError:
+        return None
+
+
+def _send_error(resp: httpx.Response, err: Json) -> SendError:
+    """Map a Graph API error response to a :class:`SendError`."""
+    code = err.get("code") if isinstance(err.get("code"), int) else None
+    details = _obj(err.get("error_data")).get("details")
+    reason = " — ".join(str(s) for s in (err.get("message"), details) if s) or resp.text[:300]
+    detail = f"WhatsApp API error {code if code is not None else resp.status_code}: {reason}"
+    if resp.status_code == 429 or code in RATE_LIMIT_CODES:
+        wait = _retry_after(resp)
+        if wait is None and code == 131056:
+            wait = PAIR_RATE_LIMIT_WAIT_S
+        return SendError(detail, retryable=True, retry_after=wait, code="rate_limited")
+    if code == WINDOW_CLOSED:
+        return SendError(
+            f"{detail}. The 24 h customer-service window is closed: only an approved "
+            "template may be sent, and template sends are not supported",
+            retryable=False,
+            code="window_closed",
+        )
+    if resp.status_code >= 500 or code in TRANSIENT_CODES or err.get("is_transient") is True:
+        return SendError(
+            detail, retryable=True, retry_after=_retry_after(resp), code="provider_unavailable"
+        )
+    return SendError(
+        detail,
+        retryable=False,
+        code=f"whatsapp_{code}" if code is not None else f"http_{resp.status_code}",
+    )

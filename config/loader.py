@@ -1,0 +1,715 @@
+"""Load and check the YAML configuration.
+
+:func:`load_config` reads the five files of a configuration directory into one
+:class:`~config.models.AppConfig`. Every problem found — YAML syntax, unknown keys, wrong
+types, missing keys, broken references between files, literal secrets — is collected
+into one :class:`ConfigError`, each :class:`ConfigProblem` pointing at the file, line,
+column and key path of the offending key or value.
+
+Line numbers come from the composed YAML node tree: pydantic's error locations are
+mapped back onto the nodes that produced the data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from config.models import (
+    AppConfig,
+    CalendarFile,
+    ChannelAccount,
+    ChannelsFile,
+    PipelineKind,
+    PipelinesFile,
+    SourceMode,
+    SourcesFile,
+    UsersFile,
+)
+from config.settings import DEFAULT_CONFIG_DIR
+
+__all__ = [
+    "CONFIG_FILES",
+    "ConfigError",
+    "ConfigProblem",
+    "check_config",
+    "load_config",
+    "missing_secrets",
+    "resolve_secret",
+]
+
+CHANNELS = "channels.yaml"
+PIPELINES = "pipelines.yaml"
+SOURCES = "sources.yaml"
+USERS = "users.yaml"
+CALENDAR = "calendar.yaml"
+
+#: The files of a configuration directory, in reporting order.
+CONFIG_FILES: tuple[str, ...] = (CHANNELS, PIPELINES, SOURCES, USERS, CALENDAR)
+#: Files that may be absent (their defaults apply).
+OPTIONAL_FILES = frozenset({CHANNELS, CALENDAR})
+
+_IDENT_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+_ENV_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
+_ENV_NAME = re.compile(_ENV_PATTERN)
+_SECRET_WORDS = ("password", "secret", "token")
+
+Path_ = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+
+# --- problems ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in one file: ``file:line:col: key: message``."""
+
+    file: str  # file name inside the configuration directory, e.g. "sources.yaml"
+    line: int | None  # 1-based; None when there is no position (file missing, empty)
+    column: int | None  # 1-based
+    key: str  # dotted key path, e.g. "pipelines[1].stages[3].required_fields[0]"
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        parts = [where, self.key, self.message] if self.key else [where, self.message]
+        return ": ".join(parts)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; :attr:`problems` lists everything found."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems: list[ConfigProblem] = list(problems)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        head = f"{n} configuration problem{'s' if n != 1 else ''}"
+        return "\n".join([head + ":", *(f"  {p}" for p in self.problems)])
+
+
+def format_key(path: Path_) -> str:
+    """``("pipelines", 1, "stages", 3, "id")`` → ``"pipelines[1].stages[3].id"``."""
+    out = ""
+    for elem in path:
+        if isinstance(elem, int):
+            out += f"[{elem}]"
+        else:
+            out += f".{elem}" if out else elem
+    return out
+
+
+# --- YAML ----------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core scalars.
+
+    Only ``true``/``false`` are booleans (``on``, ``yes``, ``no`` stay strings), and
+    ``18:00`` is a string, not the base-60 integer 1080; ``0993`` is a string, not octal.
+    """
+
+
+_REPLACED_TAGS = frozenset(
+    {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+)
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _REPLACED_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?[0-9]+[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+@dataclass
+class _Doc:
+    """One parsed file: the composed node tree (for positions) and its Python data."""
+
+    file: str
+    root: Node | None = None
+    data: Any = None
+    parsed: bool = False
+
+
+def _position(node: Node | None) -> tuple[int | None, int | None]:
+    if node is None:
+        return None, None
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _lookup(mapping: MappingNode, name: str | int) -> tuple[Node, Node] | None:
+    """The (key, value) nodes of ``name`` in a mapping (the last one, as YAML loads)."""
+    found: tuple[Node, Node] | None = None
+    for key, value in mapping.value:
+        if isinstance(key, ScalarNode) and key.value == str(name):
+            found = (key, value)
+    return found
+
+
+def _iter_pairs(node: Node | None, path: Path_ = ()) -> Iterator[tuple[Path_, Node, Node]]:
+    """Every mapping entry below ``node``: (key path, key node, value node)."""
+    if isinstance(node, MappingNode):
+        for key, value in node.value:
+            if isinstance(key, ScalarNode):
+                sub = (*path, key.value)
+                yield sub, key, value
+                yield from _iter_pairs(value, sub)
+    elif isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _iter_pairs(item, (*path, i))
+
+
+def _duplicate_keys(doc: _Doc, node: Node | None, path: Path_ = ()) -> Iterator[ConfigProblem]:
+    """Keys repeated in one mapping (plain YAML loading would keep the last silently)."""
+    if isinstance(node, MappingNode):
+        first: dict[str, ScalarNode] = {}
+        for key, value in node.value:
+            if isinstance(key, ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in first:
+                    line, col = _position(key)
+                    prev, _ = _position(first[key.value])
+                    yield ConfigProblem(
+                        doc.file,
+                        line,
+                        col,
+                        format_key((*path, key.value)),
+                        f"duplicate key '{key.value}' (first on line {prev})",
+                    )
+                else:
+                    first[key.value] = key
+                yield from _duplicate_keys(doc, value, (*path, key.value))
+    elif isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(doc, item, (*path, i))
+
+
+def _parse(config_dir: Path, file: str, problems: list[ConfigProblem]) -> _Doc:
+    doc = _Doc(file)
+    path = config_dir / file
+    if not path.is_file():
+        if file not in OPTIONAL_FILES:
+            problems.append(ConfigProblem(file, None, None, "", f"file not found in {config_dir}"))
+        else:
+            doc.parsed = True  # absent optional file: defaults
+        return doc
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(ConfigProblem(file, None, None, "", f"cannot read: {exc}"))
+        return doc
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        problems.extend(_duplicate_keys(doc, root))
+        # Construction flattens merge keys ("<<") in place; positions stay valid.
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        problems.append(_syntax_problem(file, exc))
+        return doc
+    except yaml.YAMLError as exc:
+        problems.append(ConfigProblem(file, None, None, "", f"YAML error: {exc}"))
+        return doc
+    finally:
+        loader.dispose()
+    doc.root, doc.data, doc.parsed = root, data, True
+    return doc
+
+
+def _syntax_problem(file: str, exc: yaml.MarkedYAMLError) -> ConfigProblem:
+    mark, context = exc.problem_mark, exc.context or ""
+    # An unclosed flow collection or quoted scalar, or a key without its ':', is only
+    # noticed later (often lines later): point at where it starts instead.
+    if exc.context_mark is not None and (
+        mark is None
+        or context.startswith(
+            ("while scanning a simple key", "while parsing a flow", "while scanning a quoted")
+        )
+    ):
+        mark = exc.context_mark
+    message = f"YAML syntax error: {exc.problem or context or 'invalid YAML'}"
+    if context and exc.problem:
+        other = exc.context_mark if mark is exc.problem_mark else exc.problem_mark
+        if other is not None and mark is not None and other.line != mark.line:
+            where = "started" if other is exc.context_mark else "noticed"
+            message += f" ({context}, {where} on line {other.line + 1})"
+        else:
+            message += f" ({context})"
+    line = mark.line + 1 if mark is not None else None
+    column = mark.column + 1 if mark is not None else None
+    return ConfigProblem(file, line, column, "", message)
+
+
+# --- validation errors → positions ---------------------------------------------------
+
+
+def _walk(
+    root: Node | None, loc: Path_, *, missing: bool = False
+) -> tuple[Node | None, Node | None, Path_]:
+    """Follow ``loc`` down the node tree.
+
+    Returns the deepest node reached, the key node of the last mapping step (None after a
+    sequence step) and the part of ``loc`` that names data. Elements that match nothing
+    (pydantic's union member tags such as ``"str"`` or ``"int"``) are skipped. With
+    ``missing`` the last element is a key absent from the node reached before it.
+    """
+    cur, key_node, kept = root, None, []
+    for i, elem in enumerate(loc):
+        if missing and i == len(loc) - 1:
+            kept.append(elem)
+            break
+        if isinstance(cur, MappingNode):
+            pair = _lookup(cur, elem)
+            if pair is not None:
+                key_node, cur = pair
+                kept.append(elem)
+        elif isinstance(cur, SequenceNode) and isinstance(elem, int) and 0 <= elem < len(cur.value):
+            cur, key_node = cur.value[elem], None
+            kept.append(elem)
+    return cur, key_node, tuple(kept)
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _error_message(err: ErrorDetails, path: Path_) -> str:
+    kind = err["type"]
+    name = path[-1] if path else ""
+    value = err.get("input")
+    if kind == "missing":
+        return f"missing required key '{name}'"
+    if kind == "extra_forbidden":
+        return f"unknown key '{name}'"
+    if kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern")
+        if pattern == _ENV_PATTERN:
+            # Never echo the value: it may be the secret itself.
+            return (
+                "must be the NAME of an environment variable (A-Z, 0-9, '_'), not the secret itself"
+            )
+        if pattern == _IDENT_PATTERN:
+            return (
+                "must be an identifier: lowercase letters, digits, '_', '.', '-', "
+                f"starting with a letter or digit, got {_show(value)}"
+            )
+    message = err["msg"]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        message += f", got {_show(value)}"
+        if kind == "string_type" and isinstance(value, (int, float)):
+            message += " (put it in quotes)"
+    return message
+
+
+def _validation_problems(doc: _Doc, exc: ValidationError) -> list[ConfigProblem]:
+    grouped: dict[tuple[int | None, int | None, Path_], list[ErrorDetails]] = {}
+    for err in exc.errors():
+        kind = err["type"]
+        node, key_node, path = _walk(doc.root, tuple(err["loc"]), missing=kind == "missing")
+        at = key_node if kind == "extra_forbidden" and key_node is not None else node
+        line, col = _position(at)
+        grouped.setdefault((line, col, path), []).append(err)
+    return [
+        ConfigProblem(doc.file, line, col, format_key(path), _group_message(errors, path))
+        for (line, col, path), errors in grouped.items()
+    ]
+
+
+def _group_message(errors: list[ErrorDetails], path: Path_) -> str:
+    """One message for the errors at one position (a union gives one per member)."""
+    prefix = "Input should be a valid "
+    if len(errors) > 1 and all(e["msg"].startswith(prefix) for e in errors):
+        kinds: list[str] = []
+        for e in errors:
+            kind = e["msg"][len(prefix) :].split(",")[0]
+            if kind not in kinds:
+                kinds.append(kind)
+        message = prefix + (", ".join(kinds[:-1]) + " or " + kinds[-1])
+        value = errors[0].get("input")
+        if value is None or isinstance(value, (str, int, float, bool)):
+            message += f", got {_show(value)}"
+        return message
+    messages: list[str] = []
+    for e in errors:
+        message = _error_message(e, path)
+        if message not in messages:
+            messages.append(message)
+    return "; ".join(messages)
+
+
+def _validate(doc: _Doc, model: type[M], problems: list[ConfigProblem]) -> M | None:
+    if not doc.parsed:
+        return None
+    data = {} if doc.data is None else doc.data
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_validation_problems(doc, exc))
+        return None
+
+
+# --- references between files --------------------------------------------------------
+
+
+class _Checker:
+    def __init__(self, docs: dict[str, _Doc], problems: list[ConfigProblem]) -> None:
+        self.docs = docs
+        self.problems = problems
+
+    def where(self, file: str, path: Path_) -> tuple[int | None, int | None]:
+        node, _, _ = _walk(self.docs[file].root, path)
+        return _position(node)
+
+    def report(self, file: str, path: Path_, message: str) -> None:
+        line, col = self.where(file, path)
+        self.problems.append(ConfigProblem(file, line, col, format_key(path), message))
+
+    def unique(
+        self, file: str, what: str, items: Sequence[tuple[object, Path_]], scope: str = ""
+    ) -> None:
+        """Report every repeat of a value; ``items`` pairs each value with its path."""
+        seen: dict[object, Path_] = {}
+        for value, path in items:
+            if value in seen:
+                first, _ = self.where(file, seen[value])
+                where = f" {scope}" if scope else ""
+                self.report(
+                    file, path, f"duplicate {what} '{value}'{where} (first on line {first})"
+                )
+            else:
+                seen[value] = path
+
+    # pipelines.yaml
+
+    def pipelines(self, pf: PipelinesFile) -> None:
+        self.unique(
+            PIPELINES,
+            "pipeline id",
+            [(p.id, ("pipelines", i, "id")) for i, p in enumerate(pf.pipelines)],
+        )
+        for i, p in enumerate(pf.pipelines):
+            self.unique(
+                PIPELINES,
+                "stage id",
+                [(s.id, ("pipelines", i, "stages", j, "id")) for j, s in enumerate(p.stages)],
+                scope=f"in pipeline '{p.id}'",
+            )
+            if all(s.final for s in p.stages):
+                self.report(
+                    PIPELINES,
+                    ("pipelines", i, "stages"),
+                    f"pipeline '{p.id}' has no open stage (outcome: open) to start in",
+                )
+            if not any(s.final for s in p.stages):
+                self.report(
+                    PIPELINES,
+                    ("pipelines", i, "stages"),
+                    f"pipeline '{p.id}' has no final stage (outcome: won or failed)",
+                )
+
+    # users.yaml
+
+    def users(self, uf: UsersFile) -> None:
+        self.unique(USERS, "user id", [(u.id, ("users", i, "id")) for i, u in enumerate(uf.users)])
+        self.unique(
+            USERS,
+            "department id",
+            [(d.id, ("departments", i, "id")) for i, d in enumerate(uf.departments)],
+        )
+        dept_ids = {d.id for d in uf.departments}
+        user_ids = {u.id for u in uf.users}
+        for i, u in enumerate(uf.users):
+            if u.department not in dept_ids:
+                self.report(
+                    USERS, ("users", i, "department"), f"unknown department '{u.department}'"
+                )
+        for i, d in enumerate(uf.departments):
+            if d.parent is not None and d.parent not in dept_ids:
+                self.report(USERS, ("departments", i, "parent"), f"unknown department '{d.parent}'")
+            if d.head is not None and d.head not in user_ids:
+                self.report(USERS, ("departments", i, "head"), f"unknown user '{d.head}'")
+        self.department_cycles(uf)
+
+    def department_cycles(self, uf: UsersFile) -> None:
+        index = {d.id: i for i, d in reversed(list(enumerate(uf.departments)))}
+        parent = {d.id: d.parent for d in uf.departments if d.parent in index}
+        reported: set[frozenset[str]] = set()
+        for d in uf.departments:
+            chain: list[str] = []
+            cur: str | None = d.id
+            while cur is not None and cur not in chain:
+                chain.append(cur)
+                cur = parent.get(cur)
+            if cur is None:
+                continue
+            cycle = chain[chain.index(cur) :]
+            members = frozenset(cycle)
+            if members in reported:
+                continue
+            reported.add(members)
+            start = min(cycle, key=index.__getitem__)
+            k = cycle.index(start)
+            ordered = [*cycle[k:], *cycle[:k], start]
+            self.report(
+                USERS,
+                ("departments", index[start], "parent"),
+                f"department parent cycle: {' -> '.join(ordered)}",
+            )
+
+    # sources.yaml
+
+    def sources(self, sf: SourcesFile, pf: PipelinesFile | None, uf: UsersFile | None) -> None:
+        self.unique(
+            SOURCES, "source id", [(s.id, ("sources", i, "id")) for i, s in enumerate(sf.sources)]
+        )
+        pipelines = {p.id: p for p in pf.pipelines} if pf is not None else None
+        users = {u.id: u for u in uf.users} if uf is not None else None
+        for i, s in enumerate(sf.sources):
+            at: Path_ = ("sources", i)
+            if s.line is None and s.responsible is None:
+                self.report(
+                    SOURCES,
+                    at,
+                    f"source '{s.id}' needs a 'line' or a 'responsible' to assign new leads",
+                )
+            if pipelines is not None:
+                p = pipelines.get(s.pipeline)
+                if p is None:
+                    self.report(SOURCES, (*at, "pipeline"), f"unknown pipeline '{s.pipeline}'")
+                else:
+                    need = PipelineKind.LEAD if s.mode is SourceMode.LEADS else PipelineKind.DEAL
+                    if p.kind is not need:
+                        self.report(
+                            SOURCES,
+                            (*at, "pipeline"),
+                            f"mode {s.mode.value} needs a pipeline of kind {need.value}; "
+                            f"pipeline '{p.id}' is of kind {p.kind.value}",
+                        )
+                    if s.stage is not None:
+                        stage = p.stage(s.stage)
+                        if stage is None:
+                            self.report(
+                                SOURCES,
+                                (*at, "stage"),
+                                f"pipeline '{p.id}' has no stage '{s.stage}'",
+                            )
+                        elif stage.final:
+                            self.report(
+                                SOURCES,
+                                (*at, "stage"),
+                                f"stage '{s.stage}' is final (outcome {stage.outcome.value}); "
+                                "new leads/deals must start in an open stage",
+                            )
+            if users is not None:
+                if s.responsible is not None:
+                    user = users.get(s.responsible)
+                    if user is None:
+                        self.report(
+                            SOURCES, (*at, "responsible"), f"unknown user '{s.responsible}'"
+                        )
+                    elif not user.active:
+                        self.report(
+                            SOURCES, (*at, "responsible"), f"user '{s.responsible}' is inactive"
+                        )
+                if s.line is not None and not any(
+                    u.active and s.line in u.lines for u in users.values()
+                ):
+                    self.report(
+                        SOURCES,
+                        (*at, "line"),
+                        f"no active user serves line '{s.line}' (users.yaml users[].lines)",
+                    )
+
+    # channels.yaml
+
+    def channels(self, cf: ChannelsFile, sf: SourcesFile | None) -> None:
+        self.unique(
+            CHANNELS,
+            "account",
+            [
+                (f"{a.channel}/{a.account}", ("accounts", i, "account"))
+                for i, a in enumerate(cf.accounts)
+            ],
+        )
+        if sf is None:
+            return
+        source_ids = {s.id for s in sf.sources}
+        for i, a in enumerate(cf.accounts):
+            if a.source not in source_ids:
+                self.report(CHANNELS, ("accounts", i, "source"), f"unknown source '{a.source}'")
+
+    def channel_secrets(self) -> None:
+        """Secrets live in the environment: flag literal ones in any ``settings``."""
+        for path, key, value in _iter_pairs(self.docs[CHANNELS].root):
+            if "settings" not in path[:-1]:
+                continue
+            name = str(path[-1]).lower()
+            if name.endswith("_env"):
+                if not (isinstance(value, ScalarNode) and _ENV_NAME.match(value.value)):
+                    self.report(
+                        CHANNELS,
+                        path,
+                        "a *_env key must hold the NAME of an environment variable "
+                        "(A-Z, 0-9, '_'), not the secret itself",
+                    )
+            elif any(word in name for word in _SECRET_WORDS) and not (
+                isinstance(value, ScalarNode) and value.tag == "tag:yaml.org,2002:null"
+            ):
+                line, col = _position(key)
+                self.problems.append(
+                    ConfigProblem(
+                        CHANNELS,
+                        line,
+                        col,
+                        format_key(path),
+                        f"literal secret in '{path[-1]}': secrets never go into the "
+                        f"configuration; put it in an environment variable and name that "
+                        f"variable with '{path[-1]}_env'",
+                    )
+                )
+
+    # calendar.yaml
+
+    def calendar(self, cal: CalendarFile) -> None:
+        try:
+            zoneinfo.ZoneInfo(cal.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            self.report(
+                CALENDAR,
+                ("timezone",),
+                f"unknown time zone '{cal.timezone}' (use an IANA name like Europe/Moscow)",
+            )
+        hours = cal.working_hours
+        if hours.start >= hours.end:
+            self.report(
+                CALENDAR,
+                ("working_hours", "end"),
+                f"working day end {hours.end:%H:%M} must be after start {hours.start:%H:%M}",
+            )
+
+
+# --- the public API ------------------------------------------------------------------
+
+
+def _load(config_dir: Path) -> tuple[AppConfig | None, list[ConfigProblem]]:
+    problems: list[ConfigProblem] = []
+    if not config_dir.is_dir():
+        return None, [ConfigProblem(str(config_dir), None, None, "", "not a directory")]
+    docs = {file: _parse(config_dir, file, problems) for file in CONFIG_FILES}
+
+    channels = _validate(docs[CHANNELS], ChannelsFile, problems)
+    pipelines = _validate(docs[PIPELINES], PipelinesFile, problems)
+    sources = _validate(docs[SOURCES], SourcesFile, problems)
+    users = _validate(docs[USERS], UsersFile, problems)
+    calendar = _validate(docs[CALENDAR], CalendarFile, problems)
+
+    # References are checked wherever the files involved are valid on their own, so one
+    # broken file does not hide the problems of the others.
+    check = _Checker(docs, problems)
+    check.channel_secrets()
+    if pipelines is not None:
+        check.pipelines(pipelines)
+    if users is not None:
+        check.users(users)
+    if sources is not None:
+        check.sources(sources, pipelines, users)
+    if channels is not None:
+        check.channels(channels, sources)
+    if calendar is not None:
+        check.calendar(calendar)
+
+    order = {file: i for i, file in enumerate(CONFIG_FILES)}
+    problems.sort(key=lambda p: (order.get(p.file, -1), p.line or 0, p.column or 0))
+    if (
+        problems
+        or channels is None
+        or pipelines is None
+        or sources is None
+        or users is None
+        or calendar is None
+    ):
+        return None, problems
+    cfg = AppConfig(
+        channels=channels, pipelines=pipelines, sources=sources, users=users, calendar=calendar
+    )
+    return cfg, problems
+
+
+def load_config(config_dir: Path | str = DEFAULT_CONFIG_DIR) -> AppConfig:
+    """Read and check ``config_dir``; raise :class:`ConfigError` listing every problem."""
+    cfg, problems = _load(Path(config_dir))
+    if cfg is None:
+        raise ConfigError(problems)
+    return cfg
+
+
+def check_config(config_dir: Path | str = DEFAULT_CONFIG_DIR) -> list[ConfigProblem]:
+    """Every problem of ``config_dir`` (an empty list when it is valid)."""
+    _, problems = _load(Path(config_dir))
+    return problems
+
+
+def resolve_secret(account: ChannelAccount) -> str | None:
+    """The account's secret from the environment variable it names (None if unset)."""
+    if account.secret_env is None:
+        return None
+    return os.environ.get(account.secret_env)
+
+
+def _secret_env_names(account: ChannelAccount) -> Iterator[str]:
+    if account.secret_env is not None:
+        yield account.secret_env
+    for key, value in account.settings.items():
+        if key.lower().endswith("_env") and isinstance(value, str):
+            yield value
+
+
+def missing_secrets(cfg: AppConfig) -> list[str]:
+    """Names of secret environment variables of enabled accounts that are not set.
+
+    A warning, not an error: an account without its secret rejects its traffic.
+    """
+    names: list[str] = []
+    for account in cfg.channels.accounts:
+        if not account.enabled:
+            continue
+        for name in _secret_env_names(account):
+            if not os.environ.get(name) and name not in names:
+                names.append(name)
+    return names

@@ -1,0 +1,217 @@
+"""Typed models of the YAML configuration in this directory.
+
+One file per concern (``channels.yaml``, ``pipelines.yaml``, ``sources.yaml``,
+``users.yaml``, ``calendar.yaml``); :func:`config.loader.load_config` reads them all into
+one :class:`AppConfig` and checks the references between them.
+"""
+
+from __future__ import annotations
+
+from datetime import time
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Ident = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- channels.yaml -------------------------------------------------------------------
+
+
+class ChannelAccount(Strict):
+    """One account of one channel: a site form, a bot, a mailbox, a PBX line.
+
+    Secrets are never written here: ``secret_env`` names the environment variable that
+    holds the secret (HMAC key, bot token, mailbox password).
+    """
+
+    channel: Ident
+    account: Ident
+    source: Ident
+    secret_env: EnvName | None = None
+    enabled: bool = True
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Provider-specific settings (IMAP host, bot base URL ...); each channel module
+    # validates its own part.
+    settings: dict[str, str | int | bool] = Field(default_factory=dict)
+
+
+class ChannelsFile(Strict):
+    accounts: list[ChannelAccount] = Field(default_factory=list)
+
+
+# --- pipelines.yaml ------------------------------------------------------------------
+
+
+class PipelineKind(StrEnum):
+    LEAD = "lead"
+    DEAL = "deal"
+
+
+class StageOutcome(StrEnum):
+    OPEN = "open"
+    WON = "won"
+    FAILED = "failed"
+
+
+class Stage(Strict):
+    id: Ident
+    name: str
+    outcome: StageOutcome = StageOutcome.OPEN
+    # A failed stage that marks the sender as spam: later messages from the contact are
+    # stored but create no lead.
+    spam: bool = False
+    # Fields that must be filled before a lead/deal may enter this stage.
+    required_fields: list[Ident] = Field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.outcome is not StageOutcome.OPEN
+
+
+class Pipeline(Strict):
+    id: Ident
+    kind: PipelineKind
+    name: str
+    stages: list[Stage] = Field(min_length=1)
+    # Forbid moving back to an earlier open stage.
+    forbid_backward: bool = False
+
+    def stage(self, stage_id: str) -> Stage | None:
+        return next((s for s in self.stages if s.id == stage_id), None)
+
+    @property
+    def first_stage(self) -> Stage:
+        return next(s for s in self.stages if not s.final)
+
+
+class PipelinesFile(Strict):
+    pipelines: list[Pipeline] = Field(min_length=1)
+
+
+# --- sources.yaml --------------------------------------------------------------------
+
+
+class SourceMode(StrEnum):
+    LEADS = "leads"
+    # "No leads" mode: an unknown sender becomes a contact + a deal directly.
+    NO_LEADS = "no_leads"
+
+
+class Source(Strict):
+    """Where messages come from (a site, a mailbox, a line) and where they are routed."""
+
+    id: Ident
+    name: str
+    mode: SourceMode = SourceMode.LEADS
+    # Pipeline for new leads (mode leads) or new deals (mode no_leads).
+    pipeline: Ident
+    # Stage to open in; default the pipeline's first open stage.
+    stage: Ident | None = None
+    # Line whose users share new leads round-robin.
+    line: Ident | None = None
+    # Fixed responsible user for new leads from this source (overrides the line).
+    responsible: Ident | None = None
+
+
+class SourcesFile(Strict):
+    sources: list[Source] = Field(min_length=1)
+
+
+# --- users.yaml ----------------------------------------------------------------------
+
+
+class Role(StrEnum):
+    MANAGER = "manager"
+    DIRECTOR = "director"
+    ADMIN = "admin"
+    NO_ACCESS = "no_access"
+
+
+class Department(Strict):
+    id: Ident
+    name: str
+    parent: Ident | None = None
+    head: Ident | None = None
+
+
+class User(Strict):
+    id: Ident
+    name: str
+    role: Role
+    department: Ident
+    lines: list[Ident] = Field(default_factory=list)
+    email: str | None = None
+    active: bool = True
+
+
+class UsersFile(Strict):
+    departments: list[Department] = Field(default_factory=list)
+    users: list[User] = Field(default_factory=list)
+
+
+# --- calendar.yaml -------------------------------------------------------------------
+
+
+class WorkingHours(Strict):
+    start: time = time(9, 0)
+    end: time = time(18, 0)
+
+
+class CalendarFile(Strict):
+    timezone: str = "Europe/Moscow"
+    country: Literal["RU"] = "RU"
+    working_hours: WorkingHours = WorkingHours()
+
+
+# --- the whole configuration ---------------------------------------------------------
+
+
+class AppConfig(Strict):
+    channels: ChannelsFile
+    pipelines: PipelinesFile
+    sources: SourcesFile
+    users: UsersFile
+    calendar: CalendarFile
+
+    def account(self, channel: str, account: str) -> ChannelAccount | None:
+        return next(
+            (
+                a
+                for a in self.channels.accounts
+                if a.channel == channel and a.account == account and a.enabled
+            ),
+            None,
+        )
+
+    def source(self, source_id: str) -> Source:
+        return next(s for s in self.sources.sources if s.id == source_id)
+
+    def pipeline(self, pipeline_id: str) -> Pipeline:
+        return next(p for p in self.pipelines.pipelines if p.id == pipeline_id)
+
+    def line_users(self, line: str) -> list[User]:
+        return [u for u in self.users.users if u.active and line in u.lines]
+
+    def user(self, user_id: str) -> User | None:
+        return next((u for u in self.users.users if u.id == user_id), None)
+
+    def department_subtree(self, department_id: str) -> set[str]:
+        """The department and every department below it."""
+        children: dict[str, list[str]] = {}
+        for d in self.users.departments:
+            if d.parent:
+                children.setdefault(d.parent, []).append(d.id)
+        found, todo = set(), [department_id]
+        while todo:
+            dept = todo.pop()
+            if dept not in found:
+                found.add(dept)
+                todo.extend(children.get(dept, []))
+        return found

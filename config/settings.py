@@ -1,0 +1,85 @@
+"""Process settings from ``OMNIROUTE_*`` environment variables.
+
+Settings say *how* this process runs (where MongoDB is, which port to listen on, how
+to log); the YAML files in :attr:`Settings.config_dir` say *what* it routes. See
+``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The directory of this package: the example configuration shipped as package data.
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent
+
+_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMNIROUTE_", extra="ignore")
+
+    # MongoDB connection string; None starts the embedded store under data_dir/"mongo".
+    mongodb_uri: str | None = None
+    db_name: str = "omniroute"
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+    # auto: console output when stderr is a TTY, JSON lines otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    config_dir: Path = DEFAULT_CONFIG_DIR
+    data_dir: Path = Path("var")
+    embedded_port: int = Field(default=27018, ge=0, le=65535)
+
+    # Default request body limit (a channel account may set its own).
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+
+    # Intake routing: claims per batch, recovery sweep interval, claim lease.
+    route_batch_size: int = Field(default=64, gt=0)
+    recovery_interval_s: float = Field(default=5.0, gt=0)
+    intake_lease_s: float = Field(default=30.0, gt=0)
+
+    # Webhook deliveries to consumers: per-request timeout, first retry delay (doubling,
+    # with jitter), how often idle subscriptions look for new events.
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_retry_base_s: float = Field(default=1.0, gt=0)
+    webhook_poll_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("mongodb_uri")
+    @classmethod
+    def _empty_uri_is_none(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level == "WARN":
+            level = "WARNING"
+        if level not in _LEVELS:
+            raise ValueError(f"unknown log level {value!r}; expected one of {', '.join(_LEVELS)}")
+        return level
+
+    @property
+    def log_level_no(self) -> int:
+        """The numeric :mod:`logging` level."""
+        return logging.getLevelNamesMapping()[self.log_level]
+
+    @property
+    def embedded_data_dir(self) -> Path:
+        """Where the embedded store keeps its data."""
+        return self.data_dir / "mongo"
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment (not cached: each call reads it anew)."""
+    return Settings()

@@ -1,0 +1,107 @@
+"""Every collection's indexes, created idempotently at start (``omniroute db indexes``).
+
+Uniqueness and claims rest on these indexes, never on in-process locks:
+- ``intake._id`` is derived from (channel, account, provider message id): a provider retry
+  collides on insert;
+- ``contacts.identities`` is unique per array element: one contact per phone / e-mail /
+  messenger id, however many workers see a new sender at once;
+- ``leads.open_contact`` exists only while a lead is open: at most one open lead per
+  contact (a partial unique index);
+- ``deals.auto_open`` likewise guards the deal that "no leads" mode opens for a contact;
+- ``events.seq`` is unique: the feed order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import CollectionInvalid, OperationFailure
+
+EXISTS = {"$exists": True}
+
+INDEXES: dict[str, list[IndexModel]] = {
+    "intake": [
+        IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="status_lease"),
+        IndexModel([("received_at", ASCENDING)], name="received_at"),
+    ],
+    "contacts": [
+        IndexModel([("identities", ASCENDING)], name="identities_unique", unique=True),
+    ],
+    "leads": [
+        IndexModel(
+            [("open_contact", ASCENDING)],
+            name="one_open_lead_per_contact",
+            unique=True,
+            partialFilterExpression={"open_contact": EXISTS},
+        ),
+        IndexModel([("contact_id", ASCENDING), ("created_at", DESCENDING)], name="contact"),
+        IndexModel([("pipeline_id", ASCENDING), ("stage_id", ASCENDING)], name="stage"),
+    ],
+    "deals": [
+        IndexModel(
+            [("auto_open", ASCENDING)],
+            name="one_auto_deal_per_contact",
+            unique=True,
+            partialFilterExpression={"auto_open": EXISTS},
+        ),
+        IndexModel(
+            [("contact_id", ASCENDING), ("open", ASCENDING), ("last_activity_at", DESCENDING)],
+            name="contact_open_activity",
+        ),
+        IndexModel([("pipeline_id", ASCENDING), ("stage_id", ASCENDING)], name="stage"),
+    ],
+    "conversations": [
+        IndexModel([("contact_id", ASCENDING)], name="contact"),
+        IndexModel([("target.id", ASCENDING)], name="target"),
+        IndexModel([("last_message_at", DESCENDING)], name="last_message_at"),
+    ],
+    "messages": [
+        IndexModel(
+            [("conversation_id", ASCENDING), ("received_at", ASCENDING)], name="conversation"
+        ),
+        IndexModel([("contact_id", ASCENDING), ("received_at", ASCENDING)], name="contact"),
+        # The outbox: outbound messages waiting to be sent (the field exists only then).
+        IndexModel(
+            [("send_due_at", ASCENDING)],
+            name="outbox_due",
+            partialFilterExpression={"send_due_at": EXISTS},
+        ),
+        # Delivery receipts find our outbound message by the provider's id.
+        IndexModel(
+            [("channel", ASCENDING), ("account", ASCENDING), ("provider_id", ASCENDING)],
+            name="provider_id",
+        ),
+    ],
+    "events": [
+        IndexModel([("seq", ASCENDING)], name="seq_unique", unique=True),
+        IndexModel([("type", ASCENDING), ("seq", ASCENDING)], name="type_seq"),
+    ],
+    "api_tokens": [
+        IndexModel([("token_id", ASCENDING)], name="token_id", unique=True),
+        IndexModel([("user_id", ASCENDING)], name="user"),
+    ],
+    "subscriptions": [
+        IndexModel([("due_at", ASCENDING)], name="due"),
+    ],
+    "deliveries": [
+        IndexModel([("subscription_id", ASCENDING), ("seq", ASCENDING)], name="subscription_seq"),
+        IndexModel([("status", ASCENDING), ("subscription_id", ASCENDING)], name="status"),
+    ],
+    "counters": [],
+    "users": [],
+}
+
+
+async def ensure_indexes(db: AsyncDatabase[dict[str, object]]) -> dict[str, list[str]]:
+    """Create every collection and index that is missing; return the index names."""
+    existing = set(await db.list_collection_names())
+    created: dict[str, list[str]] = {}
+    for name, models in INDEXES.items():
+        if name not in existing:
+            # Another process may create it at the same moment; both outcomes are fine.
+            with contextlib.suppress(CollectionInvalid, OperationFailure):
+                await db.create_collection(name)
+        created[name] = await db[name].create_indexes(models) if models else []
+    return created

@@ -1,0 +1,140 @@
+"""Outbound messages: queued durably, claimed by any process's outbox worker, sent,
+retried with backoff, and their delivery state moved forward by provider receipts.
+
+An outbound message is a ``messages`` document with ``direction: "out"``. While it waits
+to be sent it carries ``send_due_at`` (when to try next) and ``send_lease_until`` (who
+holds it); both are removed once it is sent or has failed for good. The claim is the
+portable one: ``update_many`` on due, unleased records, then read back by owner token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from channels.base import STATE_RANK, DeliveryState
+from crm_store.events import append, event
+from crm_store.store import Document, Store
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def queue(
+    store: Store,
+    conversation: Document,
+    *,
+    text: str,
+    attachments: list[dict[str, Any]] | None = None,
+    author_id: str | None = None,
+    message_id: str | None = None,
+) -> Document:
+    """Store an outbound message as ``queued``; the outbox worker sends it."""
+    at = _now()
+    doc: Document = {
+        "_id": message_id or uuid.uuid4().hex,
+        "direction": "out",
+        "channel": conversation["channel"],
+        "account": conversation["account"],
+        "conversation_id": conversation["_id"],
+        "contact_id": conversation.get("contact_id"),
+        "target": conversation.get("target"),
+        "recipient": conversation.get("reply_to"),
+        "text": text,
+        "attachments": attachments or [],
+        "author_id": author_id,
+        "state": DeliveryState.QUEUED.value,
+        "state_rank": STATE_RANK[DeliveryState.QUEUED],
+        "state_history": [{"state": DeliveryState.QUEUED.value, "at": at}],
+        "received_at": at,
+        "attempts": 0,
+        "send_due_at": at,
+        "send_lease_until": EPOCH,
+    }
+    await store.messages.insert_one(doc)
+    await store.conversations.update_one(
+        {"_id": conversation["_id"]},
+        {"$max": {"last_message_at": at, "last_outbound_at": at}, "$inc": {"message_count": 1}},
+    )
+    return doc
+
+
+async def claim_due(store: Store, owner: str, lease_s: float, limit: int) -> list[Document]:
+    t = _now()
+    due = {"send_due_at": {"$lte": t}, "send_lease_until": {"$lt": t}}
+    ids = [d["_id"] async for d in store.messages.find(due, {"_id": 1}, limit=limit)]
+    if not ids:
+        return []
+    await store.messages.update_many(
+        {"_id": {"$in": ids}, **due},
+        {"$set": {"send_owner": owner, "send_lease_until": t + timedelta(seconds=lease_s)}},
+    )
+    cursor = store.messages.find({"_id": {"$in": ids}, "send_owner": owner,
+                                  "send_lease_until": {"$gt": t}})
+    return [d async for d in cursor]
+
+
+async def mark_sent(store: Store, doc: Document, provider_id: str,
+                    state: DeliveryState = DeliveryState.SENT) -> None:
+    at = _now()
+    rank = STATE_RANK[state]
+    await store.messages.update_one(
+        {"_id": doc["_id"]},
+        {
+            "$set": {"provider_id": provider_id, "sent_at": at},
+            "$unset": {"send_due_at": "", "send_lease_until": "", "send_owner": "",
+                       "error": ""},
+            "$inc": {"attempts": 1},
+        },
+    )
+    # A receipt may have raced ahead of us: only move the state forward.
+    await store.messages.update_one(
+        {"_id": doc["_id"], "state_rank": {"$lt": rank}},
+        {"$set": {"state": state.value, "state_rank": rank, "state_at": at},
+         "$push": {"state_history": {"state": state.value, "at": at}}},
+    )
+    await append(store, [event("message.sent", _refs(doc), {
+        "channel": doc["channel"], "provider_id": provider_id,
+    }, key=[doc["_id"]], at=at)], maybe_written=True)
+
+
+async def mark_retry(store: Store, doc: Document, delay_s: float, error: str) -> None:
+    await store.messages.update_one(
+        {"_id": doc["_id"]},
+        {"$set": {"send_due_at": _now() + timedelta(seconds=delay_s),
+                  "send_lease_until": EPOCH, "error": error[:1000]},
+         "$inc": {"attempts": 1}},
+    )
+
+
+async def mark_failed(store: Store, doc: Document, error: str, code: str) -> None:
+    at = _now()
+    await store.messages.update_one(
+        {"_id": doc["_id"]},
+        {
+            "$set": {"state": DeliveryState.FAILED.value,
+                     "state_rank": STATE_RANK[DeliveryState.FAILED], "state_at": at,
+                     "error": error[:1000], "error_code": code},
+            "$push": {"state_history": {"state": DeliveryState.FAILED.value, "at": at}},
+            "$unset": {"send_due_at": "", "send_lease_until": "", "send_owner": ""},
+            "$inc": {"attempts": 1},
+        },
+    )
+    await append(store, [event("message.delivery_changed", _refs(doc), {
+        "state": DeliveryState.FAILED.value, "error": error[:1000], "code": code,
+    }, key=[doc["_id"], "failed"], at=at)], maybe_written=True)
+
+
+def _refs(doc: Document) -> dict[str, str | None]:
+    target = doc.get("target") or {}
+    refs: dict[str, str | None] = {
+        "message_id": doc["_id"], "conversation_id": doc.get("conversation_id"),
+        "contact_id": doc.get("contact_id"),
+    }
+    if target.get("kind") in ("lead", "deal"):
+        refs[f"{target['kind']}_id"] = target.get("id")
+    return refs

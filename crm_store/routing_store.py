@@ -1,0 +1,185 @@
+"""Every store call routing makes, in one place.
+
+Reads are batched (one query per collection for a whole batch of messages); creations are
+single inserts guarded by unique indexes, so a conflict means "someone else created it
+first" and is answered by reading theirs. No find-and-modify on growing collections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo import DESCENDING, ReturnDocument, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from crm_store.documents import ContactDoc, ConversationDoc, DealDoc, LeadDoc
+from crm_store.intake import DUPLICATE_KEY
+from crm_store.store import Document, Store
+
+
+@dataclass(slots=True)
+class ContactState:
+    """What routing needs to know about a set of contacts."""
+
+    active_deal: dict[str, DealDoc] = field(default_factory=dict)
+    open_lead: dict[str, LeadDoc] = field(default_factory=dict)
+    history: set[str] = field(default_factory=set)
+
+
+async def load_conversations(store: Store, ids: Iterable[str]) -> dict[str, ConversationDoc]:
+    cursor = store.conversations.find({"_id": {"$in": list(set(ids))}})
+    return {d["_id"]: ConversationDoc.model_validate(d) async for d in cursor}
+
+
+async def load_contacts(
+    store: Store, identities: Iterable[str], ids: Iterable[str] = ()
+) -> list[ContactDoc]:
+    ors: list[Document] = []
+    if keys := list(set(identities)):
+        ors.append({"identities": {"$in": keys}})
+    if id_list := list(set(ids)):
+        ors.append({"_id": {"$in": id_list}})
+    if not ors:
+        return []
+    query = ors[0] if len(ors) == 1 else {"$or": ors}
+    return [ContactDoc.model_validate(d) async for d in store.contacts.find(query)]
+
+
+async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> ContactState:
+    ids = list(set(contact_ids))
+    state = ContactState()
+    if not ids:
+        return state
+    deals = store.deals.find(
+        {"contact_id": {"$in": ids}},
+        sort=[("last_activity_at", DESCENDING)],
+    )
+    async for d in deals:
+        deal = DealDoc.model_validate(d)
+        state.history.add(deal.contact_id)
+        if deal.open and deal.contact_id not in state.active_deal:
+            state.active_deal[deal.contact_id] = deal
+    async for d in store.leads.find({"contact_id": {"$in": ids}}):
+        lead = LeadDoc.model_validate(d)
+        state.history.add(lead.contact_id)
+        if lead.open:
+            state.open_lead[lead.contact_id] = lead
+    return state
+
+
+async def create_contact(store: Store, doc: Document) -> tuple[ContactDoc, bool]:
+    """Insert a contact; if any of its identities (or its id) is taken, return the owner."""
+    try:
+        await store.contacts.insert_one(doc)
+    except DuplicateKeyError:
+        existing = await store.contacts.find_one(
+            {"$or": [{"_id": doc["_id"]}, {"identities": {"$in": doc["identities"]}}]}
+        )
+        if existing is None:  # deleted in between: let the caller retry
+            raise
+        return ContactDoc.model_validate(existing), False
+    return ContactDoc.model_validate(doc), True
+
+
+async def create_lead(store: Store, doc: Document) -> tuple[LeadDoc, bool]:
+    """Insert an open lead; the contact's existing open lead wins a conflict."""
+    try:
+        await store.leads.insert_one(doc)
+    except DuplicateKeyError:
+        existing = await store.leads.find_one(
+            {"$or": [{"_id": doc["_id"]}, {"open_contact": doc["open_contact"]}]}
+        )
+        if existing is None:
+            raise
+        return LeadDoc.model_validate(existing), False
+    return LeadDoc.model_validate(doc), True
+
+
+async def create_deal(store: Store, doc: Document) -> tuple[DealDoc, bool]:
+    """Insert a routing-opened deal; the contact's existing one wins a conflict."""
+    try:
+        await store.deals.insert_one(doc)
+    except DuplicateKeyError:
+        existing = await store.deals.find_one(
+            {"$or": [{"_id": doc["_id"]}, {"auto_open": doc["auto_open"]}]}
+        )
+        if existing is None:
+            raise
+        return DealDoc.model_validate(existing), False
+    return DealDoc.model_validate(doc), True
+
+
+async def next_turn(store: Store, counter: str) -> int:
+    """Increment a named counter (a tiny collection: find-and-modify is fine here)."""
+    doc = await store.counters.find_one_and_update(
+        {"_id": counter},
+        {"$inc": {"value": 1}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    return int(doc["value"]) if doc else 1
+
+
+async def reserve_sequence(store: Store, count: int) -> int:
+    """Reserve ``count`` consecutive event sequence numbers; returns the first."""
+    doc = await store.counters.find_one_and_update(
+        {"_id": "events"},
+        {"$inc": {"value": count}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    last = int(doc["value"]) if doc else count
+    return last - count + 1
+
+
+async def existing_ids(store: Store, collection: str, ids: Sequence[str]) -> set[str]:
+    if not ids:
+        return set()
+    cursor = store[collection].find({"_id": {"$in": list(ids)}}, {"_id": 1})
+    return {d["_id"] async for d in cursor}
+
+
+async def insert_new(store: Store, collection: str, docs: Sequence[Document]) -> set[str]:
+    """Insert documents, ignoring those whose ``_id`` exists; returns the ids inserted."""
+    if not docs:
+        return set()
+    ids = [d["_id"] for d in docs]
+    try:
+        await store[collection].insert_many(list(docs), ordered=False)
+    except BulkWriteError as exc:
+        errors: list[dict[str, Any]] = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        failed = {int(e["index"]) for e in errors}
+        return {i for n, i in enumerate(ids) if n not in failed}
+    return set(ids)
+
+
+async def bulk_update(store: Store, collection: str, ops: Sequence[UpdateOne]) -> None:
+    """Apply updates in one round trip.
+
+    A duplicate-key error is retried once: two processes upserting the same new document
+    race, and the loser's retry updates the winner's. What still conflicts after that (an
+    ``$addToSet`` of an identity that belongs to another contact) is skipped — merging
+    contacts is an operator's decision.
+    """
+    pending = list(ops)
+    for _ in range(2):
+        if not pending:
+            return
+        try:
+            await store[collection].bulk_write(pending, ordered=False)
+        except BulkWriteError as exc:
+            errors: list[dict[str, Any]] = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            pending = [pending[int(e["index"])] for e in errors]
+        else:
+            return
+
+
+def touch_ops(ids: Iterable[str], at: datetime) -> list[UpdateOne]:
+    return [UpdateOne({"_id": i}, {"$max": {"last_activity_at": at}}) for i in set(ids)]

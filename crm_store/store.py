@@ -1,0 +1,93 @@
+"""The connection to MongoDB and the collections, shared by every write path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import AsyncMongoClient, WriteConcern
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
+
+from crm_store.indexes import ensure_indexes
+
+Document = dict[str, Any]
+Collection = AsyncCollection[Document]
+
+# Nothing is acknowledged to a provider before it is durable: majority + journal.
+DURABLE = WriteConcern(w="majority", j=True)
+
+# Errors that mean "the store is not reachable right now": answer 503, retry later.
+UNAVAILABLE: tuple[type[PyMongoError], ...] = (ConnectionFailure, ServerSelectionTimeoutError)
+
+
+def connect(uri: str, *, timeout_ms: int = 2000, **kwargs: Any) -> AsyncMongoClient[Document]:
+    """A client that fails fast (``timeout_ms``) when the store is away, so callers can
+    answer 503 instead of hanging."""
+    return AsyncMongoClient(
+        uri,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        tz_aware=True,
+        **kwargs,
+    )
+
+
+@dataclass(slots=True)
+class Store:
+    client: AsyncMongoClient[Document]
+    db: AsyncDatabase[Document]
+
+    @classmethod
+    def open(cls, uri: str, db_name: str, **kwargs: Any) -> Store:
+        client = connect(uri, **kwargs)
+        return cls(client, client.get_database(db_name, write_concern=DURABLE))
+
+    def __getitem__(self, name: str) -> Collection:
+        return self.db[name]
+
+    @property
+    def intake(self) -> Collection:
+        return self.db["intake"]
+
+    @property
+    def contacts(self) -> Collection:
+        return self.db["contacts"]
+
+    @property
+    def leads(self) -> Collection:
+        return self.db["leads"]
+
+    @property
+    def deals(self) -> Collection:
+        return self.db["deals"]
+
+    @property
+    def conversations(self) -> Collection:
+        return self.db["conversations"]
+
+    @property
+    def messages(self) -> Collection:
+        return self.db["messages"]
+
+    @property
+    def events(self) -> Collection:
+        return self.db["events"]
+
+    @property
+    def counters(self) -> Collection:
+        return self.db["counters"]
+
+    async def ensure_indexes(self) -> dict[str, list[str]]:
+        return await ensure_indexes(self.db)
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.admin.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,129 @@
+"""The outbox worker: sends queued outbound messages through their channel.
+
+Any process may run it; claims (crm_store/outbox.py) make sure one message is in one
+worker's hands at a time. Retryable failures (rate limits, 5xx, timeouts) are retried
+with exponential backoff and jitter — or after the provider's ``retry_after`` — for up to
+``max_attempts``; anything else fails the message at once with the provider's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from datetime import datetime
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from pymongo.errors import PyMongoError
+
+from channels import REGISTRY
+from channels.base import Attachment, OutboundMessage, SendError, SendingChannel
+from config.loader import resolve_secret
+from config.models import AppConfig
+from crm_store import outbox
+from crm_store.store import Document, Store
+
+log = structlog.get_logger("omniroute.outbox")
+
+
+def outbound_of(doc: Document, last_inbound_at: datetime | None = None) -> OutboundMessage:
+    return OutboundMessage(
+        id=doc["_id"],
+        channel=doc["channel"],
+        account=doc["account"],
+        recipient=doc.get("recipient") or "",
+        text=doc.get("text", ""),
+        attachments=[Attachment.model_validate(a) for a in doc.get("attachments", [])],
+        last_inbound_at=last_inbound_at,
+    )
+
+
+def backoff_s(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return max(retry_after, 0.0)
+    return min(2.0 ** attempt, 300.0) * (0.5 + random.random())
+
+
+class OutboxWorker:
+    def __init__(
+        self, store: Store, config: AppConfig, *, owner: str, lease_s: float = 60.0,
+        poll_s: float = 1.0, max_attempts: int = 8, concurrency: int = 8,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.owner = owner
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.max_attempts = max_attempts
+        self.concurrency = concurrency
+        self.wake = asyncio.Event()
+        self._sem = asyncio.Semaphore(concurrency)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                claimed = await outbox.claim_due(self.store, self.owner, self.lease_s,
+                                                 self.concurrency * 4)
+                if claimed:
+                    await asyncio.gather(*(self._send_limited(d) for d in claimed))
+                    continue
+            except PyMongoError as exc:
+                log.warning("outbox.store_unavailable", error=type(exc).__name__)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.poll_s)
+
+    async def _send_limited(self, doc: Document) -> None:
+        async with self._sem:
+            await self.send(doc)
+
+    async def send(self, doc: Document) -> None:
+        channel = REGISTRY.get(doc["channel"])
+        account = self.config.account(doc["channel"], doc["account"])
+        if not isinstance(channel, SendingChannel) or account is None:
+            await outbox.mark_failed(self.store, doc, "this channel account cannot send",
+                                     "channel_cannot_send")
+            return
+        conv = await self.store.conversations.find_one(
+            {"_id": doc.get("conversation_id")}, {"last_inbound_at": 1}
+        )
+        try:
+            msg = outbound_of(doc, conv.get("last_inbound_at") if conv else None)
+            channel.check_outbound(account, msg)
+            result = await channel.send(account, resolve_secret(account), msg)
+        except SendError as exc:
+            attempts = int(doc.get("attempts", 0)) + 1
+            if exc.retryable and attempts < self.max_attempts:
+                delay = backoff_s(attempts, exc.retry_after)
+                log.info("outbox.retry", message_id=doc["_id"], channel=doc["channel"],
+                         code=exc.code, delay_s=round(delay, 2), attempt=attempts)
+                await outbox.mark_retry(self.store, doc, delay, exc.detail)
+            else:
+                log.warning("outbox.failed", message_id=doc["_id"], channel=doc["channel"],
+                            code=exc.code, detail=exc.detail)
+                await outbox.mark_failed(self.store, doc, exc.detail, exc.code)
+            return
+        except ValidationError as exc:
+            await outbox.mark_failed(self.store, doc, str(exc), "invalid_message")
+            return
+        await outbox.mark_sent(self.store, doc, result.provider_id, result.state)
+        log.info("outbox.sent", message_id=doc["_id"], channel=doc["channel"])
+
+
+def describe(doc: Document) -> dict[str, Any]:
+    """The operator-facing view of an outbound message."""
+    return {k: doc.get(k) for k in ("_id", "channel", "account", "conversation_id", "state",
+                                    "provider_id", "error", "error_code", "attempts")}

@@ -1,0 +1,489 @@
+"""Routes batches of intake records: read the context, decide, write the outcome.
+
+The flow for one batch (store calls live in crm_store/routing_store.py):
+
+1. one read of the batch's conversations — a message whose conversation has an open
+   lead/deal (the steady state) needs nothing else read;
+2. for the rest, one read of their contacts (by any identity) and one read each of those
+   contacts' deals and leads;
+3. decide per message, in arrival order (pure, routing/decide.py); creations are single
+   inserts guarded by unique indexes, and a lost race re-decides against the winner;
+4. one write each: messages, conversations, deal activity, new identities, events; then
+   the intake records are marked routed.
+
+Every step is idempotent, so a batch that is routed again after a crash (or by two
+processes whose leases overlapped) stores nothing twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import UpdateOne
+
+from channels.base import InboundMessage
+from config.models import AppConfig, Source
+from crm_store import events
+from crm_store import routing_store as rs
+from crm_store.documents import (
+    ContactDoc,
+    ConversationDoc,
+    IntakeDoc,
+    Target,
+    TargetKind,
+    conversation_id,
+    stable_id,
+)
+from crm_store.intake import mark_routed
+from crm_store.store import Document, Store
+from routing.decide import Action, Context, Decision, decide, pick_round_robin
+from routing.identity import identity_keys
+
+MAX_REDECIDE = 3
+
+
+@dataclass(slots=True)
+class Routed:
+    intake_id: str
+    decision: Decision
+    target: Target
+    contact_id: str | None
+    conversation_id: str
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Working state of one batch: what was read, and what is to be written."""
+
+    convs: dict[str, ConversationDoc]
+    contacts_by_key: dict[str, ContactDoc] = field(default_factory=dict)
+    contacts_by_id: dict[str, ContactDoc] = field(default_factory=dict)
+    state: rs.ContactState = field(default_factory=rs.ContactState)
+    events: list[Document] = field(default_factory=list)
+
+    def remember_contact(self, c: ContactDoc) -> None:
+        self.contacts_by_id[c.id] = c
+        for k in c.identities:
+            self.contacts_by_key.setdefault(k, c)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def thread_of(msg: InboundMessage, keys: list[str]) -> str:
+    """The conversation key inside a channel account: the provider's chat/thread, else
+    the sender's strongest identity, else the message itself (a one-off)."""
+    if msg.thread_id:
+        return f"thread:{msg.thread_id}"
+    if keys:
+        return f"sender:{keys[0]}"
+    return f"message:{msg.provider_id}"
+
+
+def _event(
+    intake_id: str, type_: str, at: datetime, refs: dict[str, str | None], data: dict[str, Any]
+) -> Document:
+    return events.event(type_, refs, data, key=[intake_id], at=at)
+
+
+def _add_identities(keys: list[str]) -> Document:
+    phones = [k.removeprefix("phone:") for k in keys if k.startswith("phone:")]
+    emails = [k.removeprefix("email:") for k in keys if k.startswith("email:")]
+    add: Document = {"identities": {"$each": keys}}
+    if phones:
+        add["phones"] = {"$each": phones}
+    if emails:
+        add["emails"] = {"$each": emails}
+    return {"$addToSet": add}
+
+
+class Router:
+    def __init__(self, store: Store, config: AppConfig) -> None:
+        self.store = store
+        self.config = config
+
+    async def route(self, records: list[IntakeDoc], *, rerun: bool = False) -> list[Routed]:
+        """Route a batch. ``rerun``: the records may have been partly routed before."""
+        if not records:
+            return []
+        at = _now()
+        msgs = {r.id: InboundMessage.model_validate(r.message) for r in records}
+        keys = {r.id: identity_keys(r.channel, r.account, msgs[r.id].sender) for r in records}
+        conv_ids = {
+            r.id: conversation_id(r.channel, r.account, thread_of(msgs[r.id], keys[r.id]))
+            for r in records
+        }
+        batch = _Batch(convs=await rs.load_conversations(self.store, conv_ids.values()))
+
+        unsettled = [r for r in records if not self._steady(batch.convs.get(conv_ids[r.id]))]
+        if unsettled:
+            contacts = await rs.load_contacts(
+                self.store,
+                (k for r in unsettled for k in keys[r.id]),
+                (
+                    cv.contact_id
+                    for r in unsettled
+                    if (cv := batch.convs.get(conv_ids[r.id])) and cv.contact_id
+                ),
+            )
+            for contact in contacts:
+                batch.remember_contact(contact)
+            batch.state = await rs.load_contact_state(self.store, batch.contacts_by_id)
+
+        routed: list[Routed] = []
+        for r in records:
+            routed.append(await self._route_one(batch, r, msgs[r.id], keys[r.id], conv_ids[r.id]))
+        await self._write(batch, records, msgs, keys, routed, at, rerun)
+        return routed
+
+    @staticmethod
+    def _new_identities(
+        batch: _Batch, out: Routed, conv: ConversationDoc | None, keys: list[str]
+    ) -> list[str]:
+        """Keys of the sender the contact does not hold yet (a phone shared later in a
+        chat, a new e-mail address). In the steady state the contact is not read: the
+        conversation remembers the keys its sender has used."""
+        contact = batch.contacts_by_id.get(out.contact_id or "")
+        if contact is not None:
+            known = set(contact.identities)
+        elif conv is not None:
+            known = set(conv.sender_keys)
+        else:
+            return []
+        return [k for k in keys if k not in known]
+
+    @staticmethod
+    def _steady(conv: ConversationDoc | None) -> bool:
+        return conv is not None and conv.target.open and conv.target.id is not None
+
+    def _source(self, r: IntakeDoc) -> Source:
+        return self.config.source(r.source_id)
+
+    def _contact_for(
+        self, batch: _Batch, keys: list[str], conv: ConversationDoc | None
+    ) -> ContactDoc | None:
+        for k in keys:
+            if (c := batch.contacts_by_key.get(k)) is not None:
+                return c
+        if conv is not None and conv.contact_id:
+            return batch.contacts_by_id.get(conv.contact_id)
+        return None
+
+    def _context(
+        self, batch: _Batch, r: IntakeDoc, msg: InboundMessage, keys: list[str], conv_id: str
+    ) -> Context:
+        conv = batch.convs.get(conv_id)
+        contact = self._contact_for(batch, keys, conv)
+        cid = contact.id if contact else None
+        return Context(
+            intake_id=r.id,
+            source=self._source(r),
+            automatic=msg.automatic,
+            conversation=conv,
+            contact=contact,
+            active_deal=batch.state.active_deal.get(cid) if cid else None,
+            open_lead=batch.state.open_lead.get(cid) if cid else None,
+            has_history=cid in batch.state.history if cid else False,
+        )
+
+    async def _route_one(
+        self, batch: _Batch, r: IntakeDoc, msg: InboundMessage, keys: list[str], conv_id: str
+    ) -> Routed:
+        for _ in range(MAX_REDECIDE):
+            ctx = self._context(batch, r, msg, keys, conv_id)
+            decision = decide(ctx)
+            outcome = await self._execute(batch, r, msg, keys, ctx, decision)
+            if outcome is not None:
+                return outcome
+            # A creation lost a race: the batch now holds the winner; decide again.
+        raise RuntimeError(f"intake {r.id}: routing did not settle after {MAX_REDECIDE} tries")
+
+    async def _ensure_contact(
+        self,
+        batch: _Batch,
+        r: IntakeDoc,
+        msg: InboundMessage,
+        keys: list[str],
+        ctx: Context,
+    ) -> tuple[ContactDoc, bool]:
+        if ctx.contact is not None:
+            return ctx.contact, ctx.contact.origin_intake_id == r.id
+        responsible = await self._responsible(self._source(r), None)
+        contact, created = await rs.create_contact(
+            self.store,
+            {
+                "_id": stable_id("contact", r.id),
+                "identities": keys or [f"intake:{r.id}"],
+                "name": msg.sender.name,
+                "phones": [k[6:] for k in keys if k.startswith("phone:")],
+                "emails": [k[6:] for k in keys if k.startswith("email:")],
+                "responsible_id": responsible,
+                "origin": "routing",
+                "origin_intake_id": r.id,
+                "spam": False,
+                "created_at": _now(),
+            },
+        )
+        batch.remember_contact(contact)
+        if not created:
+            # Someone else knows this sender: read what they have before deciding.
+            more = await rs.load_contact_state(self.store, [contact.id])
+            batch.state.active_deal.update(more.active_deal)
+            batch.state.open_lead.update(more.open_lead)
+            batch.state.history |= more.history
+        return contact, created
+
+    async def _responsible(self, source: Source, contact: ContactDoc | None) -> str | None:
+        """The contact's responsible; else the source's; else the line's next in turn."""
+        if contact is not None and contact.responsible_id:
+            return contact.responsible_id
+        if source.responsible:
+            return source.responsible
+        if source.line:
+            users = [u.id for u in self.config.line_users(source.line)]
+            turn = await rs.next_turn(self.store, f"round_robin:{source.line}")
+            return pick_round_robin(users, turn)
+        return None
+
+    async def _execute(
+        self,
+        batch: _Batch,
+        r: IntakeDoc,
+        msg: InboundMessage,
+        keys: list[str],
+        ctx: Context,
+        d: Decision,
+    ) -> Routed | None:
+        conv_id = ctx.conversation.id if ctx.conversation else None
+        conv_key = conv_id or ""
+        if d.action in (Action.ATTACH_LEAD, Action.ATTACH_DEAL):
+            kind = TargetKind.DEAL if d.action is Action.ATTACH_DEAL else TargetKind.LEAD
+            contact_id = (
+                ctx.conversation.contact_id
+                if d.rule.value == "conversation" and ctx.conversation
+                else (ctx.contact.id if ctx.contact else None)
+            )
+            return Routed(r.id, d, Target(kind=kind, id=d.target_id), contact_id, conv_key)
+        if d.action is Action.ATTACH_CONTACT:
+            return Routed(
+                r.id,
+                d,
+                Target(kind=TargetKind.CONTACT, id=d.target_id, open=False),
+                d.target_id,
+                conv_key,
+            )
+        if d.action is Action.STORE_ONLY:
+            return Routed(r.id, d, Target(kind=TargetKind.NONE, open=False), None, conv_key)
+
+        # CREATE_LEAD / CREATE_DEAL
+        if d.created:  # re-run: the lead/deal already exists, created by this record
+            kind = TargetKind.LEAD if d.action is Action.CREATE_LEAD else TargetKind.DEAL
+            contact_id = ctx.contact.id if ctx.contact else None
+            return Routed(r.id, d, Target(kind=kind, id=d.target_id), contact_id, conv_key)
+        source = self._source(r)
+        contact, contact_created = await self._ensure_contact(batch, r, msg, keys, ctx)
+        if not contact_created and ctx.contact is None:
+            return None  # the sender turned out to be known: decide again with what we read
+        responsible = await self._responsible(source, contact)
+        pipeline = self.config.pipeline(source.pipeline)
+        stage = source.stage or pipeline.first_stage.id
+        at = _now()
+        doc: Document = {
+            "contact_id": contact.id,
+            "pipeline_id": pipeline.id,
+            "stage_id": stage,
+            "open": True,
+            "is_repeat": d.is_repeat,
+            "source_id": source.id,
+            "responsible_id": responsible,
+            "identities": keys,
+            "title": f"{msg.sender.name or (keys[0] if keys else 'Unknown')} — {source.name}",
+            "fields": {},
+            "meta": msg.meta,
+            "origin_intake_id": r.id,
+            "created_at": at,
+            "stage_entered_at": at,
+            "last_activity_at": at,
+        }
+        refs: dict[str, str | None] = {"contact_id": contact.id, "message_id": r.id}
+        if contact_created:
+            batch.events.append(
+                _event(r.id, "contact.created", at, refs, {"identities": keys, "origin": "routing"})
+            )
+        if d.action is Action.CREATE_LEAD:
+            doc["_id"] = stable_id("lead", r.id)
+            doc["open_contact"] = contact.id
+            lead, created = await rs.create_lead(self.store, doc)
+            batch.state.open_lead[contact.id] = lead
+            batch.state.history.add(contact.id)
+            if not created and lead.origin_intake_id != r.id:
+                return None
+            etype = "lead.repeat_created" if d.is_repeat else "lead.created"
+            data = {
+                "pipeline_id": lead.pipeline_id,
+                "stage_id": lead.stage_id,
+                "source_id": source.id,
+                "responsible_id": lead.responsible_id,
+                "is_repeat": lead.is_repeat,
+            }
+            batch.events.append(_event(r.id, etype, at, {**refs, "lead_id": lead.id}, data))
+            final = Decision(d.rule, d.action, d.reason, lead.id, d.is_repeat, created=True)
+            return Routed(
+                r.id, final, Target(kind=TargetKind.LEAD, id=lead.id), contact.id, conv_key
+            )
+        doc["_id"] = stable_id("deal", r.id)
+        doc["auto_open"] = contact.id
+        deal, created = await rs.create_deal(self.store, doc)
+        batch.state.active_deal[contact.id] = deal
+        batch.state.history.add(contact.id)
+        if not created and deal.origin_intake_id != r.id:
+            return None
+        data = {
+            "pipeline_id": deal.pipeline_id,
+            "stage_id": deal.stage_id,
+            "source_id": source.id,
+            "responsible_id": deal.responsible_id,
+            "is_repeat": deal.is_repeat,
+        }
+        batch.events.append(_event(r.id, "deal.created", at, {**refs, "deal_id": deal.id}, data))
+        final = Decision(d.rule, d.action, d.reason, deal.id, d.is_repeat, created=True)
+        return Routed(r.id, final, Target(kind=TargetKind.DEAL, id=deal.id), contact.id, conv_key)
+
+    async def _write(
+        self,
+        batch: _Batch,
+        records: list[IntakeDoc],
+        msgs: dict[str, InboundMessage],
+        keys: dict[str, list[str]],
+        routed: list[Routed],
+        at: datetime,
+        rerun: bool,
+    ) -> None:
+        by_id = {r.id: r for r in records}
+        message_docs: list[Document] = []
+        for out in routed:
+            r = by_id[out.intake_id]
+            msg = msgs[r.id]
+            cid = out.conversation_id or conversation_id(
+                r.channel, r.account, thread_of(msg, keys[r.id])
+            )
+            out.conversation_id = cid
+            message_docs.append(
+                {
+                    "_id": r.id,
+                    "direction": "in",
+                    "channel": r.channel,
+                    "account": r.account,
+                    "provider_id": r.provider_id,
+                    "source_id": r.source_id,
+                    "conversation_id": cid,
+                    "contact_id": out.contact_id,
+                    "target": out.target.model_dump(mode="json"),
+                    "sender": msg.sender.model_dump(exclude_none=True),
+                    "identities": keys[r.id],
+                    "text": msg.text,
+                    "attachments": [a.model_dump(exclude_none=True) for a in msg.attachments],
+                    "sent_at": msg.sent_at,
+                    "received_at": r.received_at,
+                    "routed_at": at,
+                    "automatic": msg.automatic,
+                    "meta": msg.meta,
+                    "decision": {
+                        "rule": out.decision.rule.value,
+                        "action": out.decision.action.value,
+                        "reason": out.decision.reason,
+                        "target_id": out.decision.target_id,
+                    },
+                }
+            )
+        inserted = await rs.insert_new(self.store, "messages", message_docs)
+
+        conv_ops: list[UpdateOne] = []
+        contact_ops: list[UpdateOne] = []
+        deal_ids: list[str] = []
+        for out in routed:
+            r = by_id[out.intake_id]
+            msg = msgs[r.id]
+            conv = batch.convs.get(out.conversation_id)
+            new_target = not self._steady(conv) or (
+                conv is not None and conv.target.id != out.target.id
+            )
+            refs: dict[str, str | None] = {
+                "message_id": r.id,
+                "conversation_id": out.conversation_id,
+                "contact_id": out.contact_id,
+                f"{out.target.kind.value}_id": out.target.id,
+            }
+            if out.target.kind is TargetKind.DEAL and out.target.id:
+                deal_ids.append(out.target.id)
+            update: dict[str, Any] = {
+                "$setOnInsert": {
+                    "channel": r.channel,
+                    "account": r.account,
+                    "thread": thread_of(msg, keys[r.id]),
+                    "status": "open",
+                    "created_at": at,
+                    "origin_intake_id": r.id,
+                },
+                "$max": {"last_message_at": r.received_at, "last_inbound_at": r.received_at},
+                "$set": {"reply_to": msg.reply_to} if msg.reply_to else {},
+            }
+            if keys[r.id] and (conv is None or not set(keys[r.id]) <= set(conv.sender_keys)):
+                update["$addToSet"] = {"sender_keys": {"$each": keys[r.id]}}
+            if r.id in inserted:
+                update["$inc"] = {"message_count": 1, "unread": 1}
+            if new_target:
+                update["$set"].update(
+                    target=out.target.model_dump(mode="json"), contact_id=out.contact_id
+                )
+                opened = conv is None or conv.origin_intake_id == r.id
+                batch.events.append(
+                    _event(
+                        r.id,
+                        "conversation.opened" if opened else "conversation.retargeted",
+                        at,
+                        refs,
+                        {
+                            "channel": r.channel,
+                            "account": r.account,
+                            "target": out.target.model_dump(mode="json"),
+                        },
+                    )
+                )
+                batch.convs[out.conversation_id] = ConversationDoc(
+                    id=out.conversation_id,
+                    channel=r.channel,
+                    account=r.account,
+                    thread=thread_of(msg, keys[r.id]),
+                    contact_id=out.contact_id,
+                    target=out.target,
+                    sender_keys=sorted({*(conv.sender_keys if conv else []), *keys[r.id]}),
+                    origin_intake_id=conv.origin_intake_id if conv else r.id,
+                )
+            if not update["$set"]:
+                del update["$set"]
+            conv_ops.append(UpdateOne({"_id": out.conversation_id}, update, upsert=True))
+            if out.contact_id and (extra := self._new_identities(batch, out, conv, keys[r.id])):
+                contact_ops.append(UpdateOne({"_id": out.contact_id}, _add_identities(extra)))
+            batch.events.append(
+                _event(
+                    r.id,
+                    "message.attached",
+                    at,
+                    refs,
+                    {
+                        "channel": r.channel,
+                        "rule": out.decision.rule.value,
+                        "reason": out.decision.reason,
+                        "automatic": msg.automatic,
+                    },
+                )
+            )
+        await rs.bulk_update(self.store, "conversations", conv_ops)
+        await rs.bulk_update(self.store, "contacts", contact_ops)
+        await rs.bulk_update(self.store, "deals", rs.touch_ops(deal_ids, at))
+        await events.append(self.store, batch.events, maybe_written=rerun)
+        await mark_routed(self.store, [r.id for r in records])

@@ -1,0 +1,79 @@
+"""Session-wide MongoDB fixtures.
+
+By default the session starts one ephemeral embedded store (SecantusDB, ``:memory:``); set
+``OMNIROUTE_TEST_MONGODB_URI`` to run the same tests against a real MongoDB instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from crm_store.embedded import EmbeddedStore
+from tests.helpers import free_port
+
+TEST_URI_ENV = "OMNIROUTE_TEST_MONGODB_URI"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def mongo_uri() -> AsyncIterator[str]:
+    """URI of the MongoDB the tests use: $OMNIROUTE_TEST_MONGODB_URI or an ephemeral store."""
+    external = os.environ.get(TEST_URI_ENV)
+    if external:
+        yield external
+        return
+    store = EmbeddedStore(storage_path=None, port=free_port())
+    await store.start()
+    try:
+        yield store.uri
+    finally:
+        await store.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def mongo_client(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db_name(mongo_client: AsyncMongoClient[dict[str, Any]]) -> AsyncIterator[str]:
+    """A fresh database name per test, dropped afterwards (best effort)."""
+    name = f"t_{uuid.uuid4().hex[:8]}"
+    yield name
+    with contextlib.suppress(Exception):  # cleanup must not mask the test's outcome
+        await mongo_client.drop_database(name)
+
+
+@pytest.fixture
+def db(
+    mongo_client: AsyncMongoClient[dict[str, Any]], db_name: str
+) -> AsyncDatabase[dict[str, Any]]:
+    return mongo_client[db_name]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def durable_store(tmp_path: Path) -> AsyncIterator[EmbeddedStore]:
+    """A started file-backed embedded store (--sync-on-commit) on a fixed port.
+
+    The test may ``await store.stop()`` / ``store.kill()`` and ``await store.start()`` again:
+    same port, same data. Always embedded, whatever OMNIROUTE_TEST_MONGODB_URI says.
+    """
+    store = EmbeddedStore(storage_path=tmp_path / "mongo", port=free_port())
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.stop()

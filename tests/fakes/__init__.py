@@ -1,0 +1,1 @@
+"""Local fakes of provider APIs that speak their protocol (one module per provider)."""
