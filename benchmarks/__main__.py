@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "this process, a load generator in another. Prints a table and writes JSON."
         ),
     )
-    p.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
+    p.add_argument("--quick", action="store_true", help="a short run (20–30 s)")
     p.add_argument("--messages", "-n", type=int, help="messages per path at concurrency C")
     p.add_argument("--concurrency", "-c", type=int, help="concurrent POSTs (C)")
     p.add_argument(
@@ -43,7 +43,7 @@ def options(args: argparse.Namespace) -> Options:
         return value if value is not None else (quick_default if quick else default)
 
     opts = Options(
-        messages=int(pick(args.messages, 500, 200)),
+        messages=int(pick(args.messages, 500, 150)),
         concurrency=int(pick(args.concurrency, 32, 32)),
         sequential_messages=int(pick(args.sequential_messages, 50, 20)),
         steady_senders=int(pick(args.senders, 200, 50)),

@@ -48,6 +48,9 @@ def table(result: dict[str, Any]) -> str:
         f"({mach['cpu_model'] or 'unknown CPU'}) · Python {mach['python']} · "
         f"pymongo {mach['pymongo']} · SecantusDB {mach['secantusdb']}"
     )
+    if mach.get("git_commit"):
+        dirty = " + uncommitted changes" if mach.get("git_uncommitted_changes") else ""
+        add(f"code: {mach['git_commit']}{dirty}")
     add(
         "store: embedded SecantusDB, file-backed in a temp dir, --sync-on-commit, "
         "w=majority j=true, fresh per run"

@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -54,9 +54,12 @@ from config.models import AppConfig
 from config.settings import DEFAULT_CONFIG_DIR, Settings
 from crm_store.embedded import EmbeddedStore, pick_free_port
 from crm_store.store import Document, Store
-from ingest.app import Service, create_app
+from ingest.app import create_app
 from ingest.logging import configure_logging
 from ingest.service import running_service
+
+if TYPE_CHECKING:  # only for annotations: where Service lives has moved before
+    from ingest.context import Service
 
 T = TypeVar("T")
 PHASE_TIMEOUT_S = 300.0
@@ -658,16 +661,26 @@ def machine(pinned: bool, loadgen_affinity: list[int] | None) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return None
 
-    commit = None
+    commit: str | None = None
+    dirty: bool | None = None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(
+        root = Path(__file__).resolve().parent.parent
+        head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             timeout=5,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=root,
         )
-        commit = out.stdout.strip() or None
+        commit = head.stdout.strip() or None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=root,
+        )
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model,
@@ -678,6 +691,7 @@ def machine(pinned: bool, loadgen_affinity: list[int] | None) -> dict[str, Any]:
         "aiohttp": version("aiohttp"),
         "secantusdb": version("secantusdb"),
         "git_commit": commit,
+        "git_uncommitted_changes": dirty,
         "affinity": {
             "pinned": pinned,
             "service": sorted(os.sched_getaffinity(0))

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from channels.base import (
     Attachment,
@@ -29,12 +29,31 @@ from channels.base import (
 )
 from channels.signing import matches, sign
 from config.models import ChannelAccount
+from routing.identity import normalize_email, normalize_phone
 
 __all__ = ["ApiChannel", "ApiMessage", "sign", "verify"]
 
 MAX_SKEW_S = 300
 TIMESTAMP_HEADER = "X-Omniroute-Timestamp"
 SIGNATURE_HEADER = "X-Omniroute-Signature"
+
+
+class ApiSender(Sender):
+    """The sender as this channel accepts it: a phone or e-mail must be usable as one."""
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() and normalize_phone(value) is None:
+            raise ValueError("not a phone number")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() and normalize_email(value) is None:
+            raise ValueError("not an e-mail address")
+        return value
 
 
 class ApiMessage(BaseModel):
@@ -45,7 +64,7 @@ class ApiMessage(BaseModel):
     external_id: str = Field(
         min_length=1, max_length=256, description="Your id of this message; retries reuse it"
     )
-    sender: Sender
+    sender: ApiSender
     text: str = Field(default="", max_length=65536)
     sent_at: datetime | None = None
     thread_id: str | None = Field(
@@ -56,7 +75,7 @@ class ApiMessage(BaseModel):
     @model_validator(mode="after")
     def _has_sender_identity(self) -> ApiMessage:
         s = self.sender
-        if not (s.phone or s.email or s.external_user_id):
+        if not ((s.phone or "").strip() or (s.email or "").strip() or s.external_user_id):
             raise ValueError("sender needs at least one of phone, email, external_user_id")
         if not self.text.strip() and not self.attachments:
             raise ValueError("a message needs text or attachments")

@@ -23,9 +23,10 @@ in constant time with the token in ``settings.webhook_token_env``; a wrong or mi
 * Anything else (the ``{}`` probe Avito suggests, other event types) → 200, ignored.
 * A body that is not a JSON object → 400; a message without id, chat_id or author_id → 422.
 
-Outbound: an OAuth2 ``client_credentials`` token (``POST {api_base}/token``) is cached per
-account in memory and fetched again 5 minutes before it expires (or half its lifetime, if
-shorter), and once more when a send is answered 401/403. Replies go to ``POST
+Outbound: an OAuth2 ``client_credentials`` token (``POST {api_base}/token``) is cached in
+memory per API client (``api_base``, ``client_id``), fetched again 5 minutes before it
+expires (or at half its lifetime, if shorter), and once more when a call is answered
+401/403 (then the call is repeated once with the new token). Replies go to ``POST
 {api_base}/messenger/v1/accounts/{user_id}/chats/{chat_id}/messages`` as
 ``{"message": {"text": …}, "type": "text"}``; the answer's ``id`` is the provider id. Text
 over 1000 characters, empty text and attachments are refused before queuing (no
@@ -210,8 +211,8 @@ def _content(kind: str, content: dict[str, Any]) -> tuple[str, list[Attachment],
         place = _text(part.get("text")) or text or title or ""
         return place, [Attachment(kind="location", url=geo, name=title)], {}
     if kind in ("call", "appCall"):
-        call = _obj(content.get("call")) or part
-        return text, [Attachment(kind="call")], {"avito_call_status": _str(call.get("status"))}
+        status = _str((_obj(content.get("call")) or part).get("status"), 64)
+        return text, [Attachment(kind="call")], {"avito_call_status": status} if status else {}
     return text, [], {"avito_type": kind[:64]}
 
 

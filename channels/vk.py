@@ -31,7 +31,8 @@ Account settings (``channels.yaml``):
 ``callback_secret_env``   NAME of the env var holding the Callback API secret key
                           (required: without it every request is refused)
 ``api_base``              API base URL, default ``https://api.vk.ru``
-``timeout_s``             timeout of one API call in seconds, default 10
+``timeout_s``             timeout of one API call in seconds (an int, or a quoted
+                          number like "2.5"), default 10
 
 ``secret_env`` names the env var holding the community access token (``messages`` right).
 """

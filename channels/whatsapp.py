@@ -49,6 +49,7 @@ from typing import Any
 import httpx
 import orjson
 import structlog
+from pydantic import ValidationError
 
 from channels.base import (
     Attachment,
@@ -159,7 +160,7 @@ def _media(kind: str, obj: Json) -> Attachment:
         kind="voice" if voice else MEDIA_KINDS[kind],
         file_id=_str(obj.get("id")),
         url=_str(obj.get("url")),
-        name=_str(obj.get("filename")),
+        name=(_str(obj.get("filename")) or "")[:512] or None,
         mime_type=_str(obj.get("mime_type")),
         size=size if isinstance(size, int) and size >= 0 else None,
     )
@@ -314,7 +315,7 @@ def _message(account: ChannelAccount, value: Json, msg: Json) -> InboundMessage 
         sender=Sender(
             phone=f"+{wa_id}" if digits else None,
             external_user_id=user_id or (None if digits else wa_id),
-            name=_str(profile.get("name")),
+            name=(_str(profile.get("name")) or "")[:256] or None,
         ),
         text=content[0],
         sent_at=_time(msg.get("timestamp")),
@@ -323,6 +324,14 @@ def _message(account: ChannelAccount, value: Json, msg: Json) -> InboundMessage 
         automatic=msg.get("type") in ("reaction", "system"),
         reply_to=address,
         meta={k: v for k, v in meta.items() if v is not None},
+    )
+
+
+def _skipped(account: ChannelAccount, item: Json, exc: ValidationError) -> None:
+    # Meta retries anything but 200 for days: acknowledge the request, drop the item.
+    errors = [".".join(map(str, e["loc"])) for e in exc.errors(include_input=False)]
+    log.warning(
+        "whatsapp.item_skipped", account=account.account, id=str(item.get("id"))[:80], fields=errors
     )
 
 
@@ -348,14 +357,20 @@ class WhatsAppChannel:
                     continue  # echoes, account/template/quality updates …
                 value = _obj(change.get("value"))
                 for msg in _dicts(value.get("messages")):
-                    if msg.get("type") == "edit":
-                        if (edit := _edit(account, msg)) is not None:
-                            parsed.edits.append(edit)
-                    elif (inbound := _message(account, value, msg)) is not None:
-                        parsed.messages.append(inbound)
+                    try:
+                        if msg.get("type") == "edit":
+                            if (edit := _edit(account, msg)) is not None:
+                                parsed.edits.append(edit)
+                        elif (inbound := _message(account, value, msg)) is not None:
+                            parsed.messages.append(inbound)
+                    except ValidationError as exc:  # signed, yet out of any sane bounds
+                        _skipped(account, msg, exc)
                 for st in _dicts(value.get("statuses")):
-                    if (status := _status(account, st)) is not None:
-                        parsed.statuses.append(status)
+                    try:
+                        if (status := _status(account, st)) is not None:
+                            parsed.statuses.append(status)
+                    except ValidationError as exc:
+                        _skipped(account, st, exc)
         return parsed
 
     # --- outbound ---------------------------------------------------------------------

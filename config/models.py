@@ -39,7 +39,7 @@ class ChannelAccount(Strict):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     # Provider-specific settings (IMAP host, bot base URL ...); each channel module
     # validates its own part.
-    settings: dict[str, str | int | bool] = Field(default_factory=dict)
+    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
 class ChannelsFile(Strict):

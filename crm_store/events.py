@@ -6,9 +6,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pymongo.errors import BulkWriteError
+
 from crm_store.documents import stable_id
-from crm_store.routing_store import existing_ids, insert_new, reserve_sequence
+from crm_store.intake import DUPLICATE_KEY
+from crm_store.routing_store import existing_ids, reserve_sequence
 from crm_store.store import Document, Store
+
+MAX_RENUMBER = 5
 
 
 def event(
@@ -33,18 +38,36 @@ def event(
 async def append(store: Store, events: list[Document], *, maybe_written: bool = False) -> None:
     """Give ``events`` consecutive sequence numbers and insert them.
 
-    ``maybe_written``: some may exist already (a re-run); they are skipped before
-    numbers are reserved, so a re-run leaves no gap.
+    An event whose id exists already is skipped (it was written before: a re-run). With
+    ``maybe_written`` those are looked up first, so a re-run reserves no numbers for them.
+    An event that collides on ``seq`` (numbers handed out twice — never on MongoDB, but
+    cheap to survive) is numbered again, never dropped.
     """
+    unique: dict[str, Document] = {}
+    for e in events:  # the same event may be announced twice in one batch
+        unique.setdefault(e["_id"], e)
+    events = list(unique.values())
     if maybe_written:
         seen = await existing_ids(store, "events", [e["_id"] for e in events])
         events = [e for e in events if e["_id"] not in seen]
-    if not events:
-        return
-    first = await reserve_sequence(store, len(events))
-    written = datetime.now(UTC)
-    for i, e in enumerate(events):
-        e["seq"] = first + i
-        # Readers use it to tell a gap still being written from an abandoned one.
-        e["written_at"] = written
-    await insert_new(store, "events", events)
+    for _ in range(MAX_RENUMBER):
+        if not events:
+            return
+        first = await reserve_sequence(store, len(events))
+        written = datetime.now(UTC)
+        for i, e in enumerate(events):
+            e["seq"] = first + i
+            # Readers use it to tell a gap still being written from an abandoned one.
+            e["written_at"] = written
+        try:
+            await store.events.insert_many(events, ordered=False)
+            return
+        except BulkWriteError as exc:
+            errors: list[dict[str, Any]] = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            # Duplicates on _id are done; duplicates on seq go round again.
+            events = [
+                events[int(e["index"])] for e in errors if "_id" not in e.get("keyPattern", {})
+            ]
+    raise RuntimeError(f"could not number {len(events)} events after {MAX_RENUMBER} tries")

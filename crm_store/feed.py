@@ -48,9 +48,12 @@ async def read(
     events: list[Document] = []
     cursor = after
     batch = max(limit, 50)
-    docs = store.events.find(query, {"written_at": 1, "seq": 1, "type": 1, "occurred_at": 1,
-                                     "refs": 1, "data": 1},
-                             sort=[("seq", ASCENDING)], limit=batch * 4)
+    docs = store.events.find(
+        query,
+        {"written_at": 1, "seq": 1, "type": 1, "occurred_at": 1, "refs": 1, "data": 1},
+        sort=[("seq", ASCENDING)],
+        limit=batch * 4,
+    )
     async for doc in docs:
         seq = int(doc["seq"])
         if seq != cursor + 1:
@@ -92,8 +95,7 @@ async def responsible_departments(
     owner: dict[str, str | None] = {}
     for coll, wanted in ids.items():
         if wanted:
-            async for d in store[coll].find({"_id": {"$in": list(wanted)}},
-                                            {"responsible_id": 1}):
+            async for d in store[coll].find({"_id": {"$in": list(wanted)}}, {"responsible_id": 1}):
                 owner[d["_id"]] = d.get("responsible_id")
     result: dict[str, set[str]] = {}
     for e in events:

@@ -104,4 +104,7 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, object]]) -> dict[str, list
             with contextlib.suppress(CollectionInvalid, OperationFailure):
                 await db.create_collection(name)
         created[name] = await db[name].create_indexes(models) if models else []
+    # The event sequence counter exists before the first append: concurrent first
+    # upserts of a missing document are where servers differ.
+    await db["counters"].update_one({"_id": "events"}, {"$setOnInsert": {"value": 0}}, upsert=True)
     return created

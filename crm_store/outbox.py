@@ -73,41 +73,62 @@ async def claim_due(store: Store, owner: str, lease_s: float, limit: int) -> lis
         {"_id": {"$in": ids}, **due},
         {"$set": {"send_owner": owner, "send_lease_until": t + timedelta(seconds=lease_s)}},
     )
-    cursor = store.messages.find({"_id": {"$in": ids}, "send_owner": owner,
-                                  "send_lease_until": {"$gt": t}})
+    cursor = store.messages.find(
+        {"_id": {"$in": ids}, "send_owner": owner, "send_lease_until": {"$gt": t}}
+    )
     return [d async for d in cursor]
 
 
-async def mark_sent(store: Store, doc: Document, provider_id: str,
-                    state: DeliveryState = DeliveryState.SENT) -> None:
+async def mark_sent(
+    store: Store, doc: Document, provider_id: str, state: DeliveryState = DeliveryState.SENT
+) -> None:
     at = _now()
     rank = STATE_RANK[state]
     await store.messages.update_one(
         {"_id": doc["_id"]},
         {
             "$set": {"provider_id": provider_id, "sent_at": at},
-            "$unset": {"send_due_at": "", "send_lease_until": "", "send_owner": "",
-                       "error": ""},
+            "$unset": {"send_due_at": "", "send_lease_until": "", "send_owner": "", "error": ""},
             "$inc": {"attempts": 1},
         },
     )
     # A receipt may have raced ahead of us: only move the state forward.
     await store.messages.update_one(
         {"_id": doc["_id"], "state_rank": {"$lt": rank}},
-        {"$set": {"state": state.value, "state_rank": rank, "state_at": at},
-         "$push": {"state_history": {"state": state.value, "at": at}}},
+        {
+            "$set": {"state": state.value, "state_rank": rank, "state_at": at},
+            "$push": {"state_history": {"state": state.value, "at": at}},
+        },
     )
-    await append(store, [event("message.sent", _refs(doc), {
-        "channel": doc["channel"], "provider_id": provider_id,
-    }, key=[doc["_id"]], at=at)], maybe_written=True)
+    await append(
+        store,
+        [
+            event(
+                "message.sent",
+                _refs(doc),
+                {
+                    "channel": doc["channel"],
+                    "provider_id": provider_id,
+                },
+                key=[doc["_id"]],
+                at=at,
+            )
+        ],
+        maybe_written=True,
+    )
 
 
 async def mark_retry(store: Store, doc: Document, delay_s: float, error: str) -> None:
     await store.messages.update_one(
         {"_id": doc["_id"]},
-        {"$set": {"send_due_at": _now() + timedelta(seconds=delay_s),
-                  "send_lease_until": EPOCH, "error": error[:1000]},
-         "$inc": {"attempts": 1}},
+        {
+            "$set": {
+                "send_due_at": _now() + timedelta(seconds=delay_s),
+                "send_lease_until": EPOCH,
+                "error": error[:1000],
+            },
+            "$inc": {"attempts": 1},
+        },
     )
 
 
@@ -116,23 +137,42 @@ async def mark_failed(store: Store, doc: Document, error: str, code: str) -> Non
     await store.messages.update_one(
         {"_id": doc["_id"]},
         {
-            "$set": {"state": DeliveryState.FAILED.value,
-                     "state_rank": STATE_RANK[DeliveryState.FAILED], "state_at": at,
-                     "error": error[:1000], "error_code": code},
+            "$set": {
+                "state": DeliveryState.FAILED.value,
+                "state_rank": STATE_RANK[DeliveryState.FAILED],
+                "state_at": at,
+                "error": error[:1000],
+                "error_code": code,
+            },
             "$push": {"state_history": {"state": DeliveryState.FAILED.value, "at": at}},
             "$unset": {"send_due_at": "", "send_lease_until": "", "send_owner": ""},
             "$inc": {"attempts": 1},
         },
     )
-    await append(store, [event("message.delivery_changed", _refs(doc), {
-        "state": DeliveryState.FAILED.value, "error": error[:1000], "code": code,
-    }, key=[doc["_id"], "failed"], at=at)], maybe_written=True)
+    await append(
+        store,
+        [
+            event(
+                "message.delivery_changed",
+                _refs(doc),
+                {
+                    "state": DeliveryState.FAILED.value,
+                    "error": error[:1000],
+                    "code": code,
+                },
+                key=[doc["_id"], "failed"],
+                at=at,
+            )
+        ],
+        maybe_written=True,
+    )
 
 
 def _refs(doc: Document) -> dict[str, str | None]:
     target = doc.get("target") or {}
     refs: dict[str, str | None] = {
-        "message_id": doc["_id"], "conversation_id": doc.get("conversation_id"),
+        "message_id": doc["_id"],
+        "conversation_id": doc.get("conversation_id"),
         "contact_id": doc.get("contact_id"),
     }
     if target.get("kind") in ("lead", "deal"):

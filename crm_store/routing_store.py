@@ -27,6 +27,14 @@ class ContactState:
     active_deal: dict[str, DealDoc] = field(default_factory=dict)
     open_lead: dict[str, LeadDoc] = field(default_factory=dict)
     history: set[str] = field(default_factory=set)
+    # Leads/deals by the intake record that created them (for re-runs).
+    created_by: dict[str, LeadDoc | DealDoc] = field(default_factory=dict)
+
+    def merge(self, other: ContactState) -> None:
+        self.active_deal.update(other.active_deal)
+        self.open_lead.update(other.open_lead)
+        self.history |= other.history
+        self.created_by.update(other.created_by)
 
 
 async def load_conversations(store: Store, ids: Iterable[str]) -> dict[str, ConversationDoc]:
@@ -62,11 +70,15 @@ async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> Contac
         state.history.add(deal.contact_id)
         if deal.open and deal.contact_id not in state.active_deal:
             state.active_deal[deal.contact_id] = deal
+        if deal.origin_intake_id:
+            state.created_by[deal.origin_intake_id] = deal
     async for d in store.leads.find({"contact_id": {"$in": ids}}):
         lead = LeadDoc.model_validate(d)
         state.history.add(lead.contact_id)
         if lead.open:
             state.open_lead[lead.contact_id] = lead
+        if lead.origin_intake_id:
+            state.created_by[lead.origin_intake_id] = lead
     return state
 
 

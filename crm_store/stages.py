@@ -80,12 +80,23 @@ async def move_stage(
         )
         if stage.spam:
             await store.contacts.update_one({"_id": entity["contact_id"]}, {"$set": {"spam": True}})
-    await append(store, [event(
-        f"{kind}.stage_changed",
-        {f"{kind}_id": entity_id, "contact_id": entity["contact_id"]},
-        {"from": entity.get("stage_id"), "to": stage_id, "by": by,
-         "pipeline_id": pipeline.id, "final": stage.final},
-        key=[kind, entity_id, stage_id, at.isoformat()], at=at,
-    )])
+    await append(
+        store,
+        [
+            event(
+                f"{kind}.stage_changed",
+                {f"{kind}_id": entity_id, "contact_id": entity["contact_id"]},
+                {
+                    "from": entity.get("stage_id"),
+                    "to": stage_id,
+                    "by": by,
+                    "pipeline_id": pipeline.id,
+                    "final": stage.final,
+                },
+                key=[kind, entity_id, stage_id, at.isoformat()],
+                at=at,
+            )
+        ],
+    )
     entity.update(update["$set"])
     return entity

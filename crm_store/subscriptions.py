@@ -35,8 +35,13 @@ async def current_seq(store: Store) -> int:
 
 
 async def create(
-    store: Store, url: str, types: list[str], *, secret: str | None = None,
-    from_seq: int | None = None, max_age_s: float = DEFAULT_MAX_AGE_S,
+    store: Store,
+    url: str,
+    types: list[str],
+    *,
+    secret: str | None = None,
+    from_seq: int | None = None,
+    max_age_s: float = DEFAULT_MAX_AGE_S,
 ) -> Document:
     """A live subscription; it starts after the current end of the log unless
     ``from_seq`` says where (0: from the beginning)."""
@@ -59,9 +64,7 @@ async def create(
     return doc
 
 
-async def create_replay(
-    store: Store, parent: Document, from_seq: int, to_seq: int
-) -> Document:
+async def create_replay(store: Store, parent: Document, from_seq: int, to_seq: int) -> Document:
     doc: Document = {
         "_id": "rpl_" + secrets.token_hex(8),
         "kind": "replay",
@@ -109,24 +112,31 @@ async def claim_due(store: Store, owner: str, lease_s: float, limit: int) -> lis
         {"_id": {"$in": ids}, **due},
         {"$set": {"owner": owner, "lease_until": t + timedelta(seconds=lease_s)}},
     )
-    return [d async for d in _coll(store).find({"_id": {"$in": ids}, "owner": owner,
-                                                "lease_until": {"$gt": t}})]
+    return [
+        d
+        async for d in _coll(store).find(
+            {"_id": {"$in": ids}, "owner": owner, "lease_until": {"$gt": t}}
+        )
+    ]
 
 
 async def advance(store: Store, sub: Document, owner: str, cursor: int) -> bool:
     """Move the cursor forward (only while we hold the lease); finish a replay at its end."""
     update: Document = {"$set": {"cursor": cursor, "head": None}}
     if sub.get("until_seq") is not None and cursor >= int(sub["until_seq"]):
-        update = {"$set": {"cursor": cursor, "head": None, "active": False,
-                           "finished_at": _now()}, "$unset": {"due_at": ""}}
+        update = {
+            "$set": {"cursor": cursor, "head": None, "active": False, "finished_at": _now()},
+            "$unset": {"due_at": ""},
+        }
     result = await _coll(store).update_one(
         {"_id": sub["_id"], "owner": owner, "cursor": {"$lte": cursor}}, update
     )
     return bool(result.matched_count)
 
 
-async def release(store: Store, sub: Document, owner: str, due_at: datetime,
-                  head: Document | None) -> None:
+async def release(
+    store: Store, sub: Document, owner: str, due_at: datetime, head: Document | None
+) -> None:
     await _coll(store).update_one(
         {"_id": sub["_id"], "owner": owner},
         {"$set": {"due_at": due_at, "lease_until": EPOCH, "head": head}},
@@ -134,8 +144,15 @@ async def release(store: Store, sub: Document, owner: str, due_at: datetime,
 
 
 async def record_attempt(
-    store: Store, sub: Document, event: Document, *, ok: bool, status: int | None,
-    error: str | None, duration_ms: float, dead: bool = False,
+    store: Store,
+    sub: Document,
+    event: Document,
+    *,
+    ok: bool,
+    status: int | None,
+    error: str | None,
+    duration_ms: float,
+    dead: bool = False,
 ) -> None:
     """Log one delivery attempt of ``event`` to ``sub`` (the delivery log / dead letters)."""
     t = _now()
@@ -143,15 +160,30 @@ async def record_attempt(
     await store.db["deliveries"].update_one(
         {"_id": f"{sub['_id']}:{event['_id']}"},
         {
-            "$setOnInsert": {"subscription_id": sub["_id"], "replay_of": sub.get("replay_of"),
-                             "event_id": event["_id"], "seq": event["seq"],
-                             "type": event["type"], "first_attempt_at": t},
-            "$set": {"status": state, "last_status": status, "last_error": error,
-                     "updated_at": t, **({"delivered_at": t} if ok else {})},
+            "$setOnInsert": {
+                "subscription_id": sub["_id"],
+                "replay_of": sub.get("replay_of"),
+                "event_id": event["_id"],
+                "seq": event["seq"],
+                "type": event["type"],
+                "first_attempt_at": t,
+            },
+            "$set": {
+                "status": state,
+                "last_status": status,
+                "last_error": error,
+                "updated_at": t,
+                **({"delivered_at": t} if ok else {}),
+            },
             "$inc": {"attempts": 1},
-            "$push": {"history": {"$each": [{"at": t, "status": status, "error": error,
-                                             "ms": round(duration_ms, 1)}],
-                                  "$slice": -20}},
+            "$push": {
+                "history": {
+                    "$each": [
+                        {"at": t, "status": status, "error": error, "ms": round(duration_ms, 1)}
+                    ],
+                    "$slice": -20,
+                }
+            },
         },
         upsert=True,
     )

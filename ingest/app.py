@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from channels import REGISTRY
@@ -39,14 +40,21 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     response: web.StreamResponse = await handler(request)
     response.headers["X-Request-Id"] = rid
     if request.path.startswith("/webhooks/"):
+        # The path may end in an account's secret token (/webhooks/{c}/{a}/{token}).
         log.info(
             "http.request",
             method=request.method,
-            path=request.path,
+            path=_loggable_path(request),
             status=response.status,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
     return response
+
+
+def _loggable_path(request: web.Request) -> str:
+    if "token" in request.match_info:
+        return request.path.rsplit("/", 1)[0] + "/<token>"
+    return request.path
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -100,6 +108,13 @@ async def webhook(request: web.Request) -> web.Response:
     )
     try:
         parsed = channel.parse(account, resolve_secret(account), req)
+    except ValidationError as exc:  # a channel's own model refused the payload
+        svc.metrics.intake.labels(channel_name, "rejected").inc()
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        return problem(422, "invalid_payload", "the payload does not validate", errors=errors)
     except WebhookError as exc:
         svc.metrics.intake.labels(channel_name, "rejected").inc()
         log.info(

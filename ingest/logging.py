@@ -21,6 +21,10 @@ def configure_logging(fmt: Literal["auto", "json", "console"], level: str) -> No
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    # HTTP client libraries log request URLs at INFO, and some providers put the token in
+    # the URL (Telegram's /bot<token>/...): never below WARNING.
+    for noisy in ("httpx", "httpcore", "urllib3", "telegram"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -51,6 +51,7 @@ class RoutingWorker:
         self.queue: asyncio.Queue[IntakeDoc] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._accepted_at: dict[str, float] = {}
+        self._interrupted: set[str] = set()
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -91,8 +92,12 @@ class RoutingWorker:
         backoff = 0.1
         while True:
             batch = await self._take_batch()
+            # A batch that failed half-way may have written part of its work: route it
+            # as a re-run (reads everything, re-emits what it created).
+            rerun = any(d.id in self._interrupted for d in batch)
             try:
-                await self.route(batch)
+                await self.route(batch, rerun=rerun)
+                self._interrupted.difference_update(d.id for d in batch)
                 backoff = 0.1
             except PyMongoError as exc:
                 # The store is away: keep the records (they are ours) and retry later.
@@ -101,6 +106,7 @@ class RoutingWorker:
                 await asyncio.sleep(backoff * (1 + random.random()))
                 backoff = min(backoff * 2, 10.0)
                 for d in batch:
+                    self._interrupted.add(d.id)
                     self.queue.put_nowait(d)
             finally:
                 if self.queue.empty():

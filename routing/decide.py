@@ -14,8 +14,8 @@ Everything the rules need is gathered into a :class:`Context` by routing/router.
 
 A contact that routing itself created for this very sender and that has no lead or deal
 yet (a crash between two writes) is still "unknown"; and a lead/deal that this very intake
-record created is reported as created again, so a re-run after a crash emits the same
-events (their ids are deterministic) and changes nothing else.
+record created is reported as created again — before any other rule — so a re-run after a
+crash emits the same events (their ids are deterministic) and changes nothing else.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class Context:
     active_deal: DealDoc | None
     open_lead: LeadDoc | None
     has_history: bool
+    # The lead/deal this very intake record created on an earlier run, if any (a re-run
+    # after a crash reports it as created again, whatever else is open now).
+    created_here: LeadDoc | DealDoc | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,21 @@ def _known(ctx: Context) -> bool:
 
 
 def decide(ctx: Context) -> Decision:
+    created = ctx.created_here
+    if created is not None:  # a re-run of the record that created this lead/deal
+        is_deal = isinstance(created, DealDoc)
+        if is_deal:
+            rule = Rule.REPEAT_DEAL if created.is_repeat else Rule.NEW_DEAL
+        else:
+            rule = Rule.REPEAT_LEAD if created.is_repeat else Rule.NEW_LEAD
+        return Decision(
+            rule,
+            Action.CREATE_DEAL if is_deal else Action.CREATE_LEAD,
+            f"{'deal' if is_deal else 'lead'} {created.id} created by this message",
+            created.id,
+            created.is_repeat,
+            created=True,
+        )
     conv = ctx.conversation
     if conv is not None and conv.target.open and conv.target.id is not None:
         kind = conv.target.kind.value
@@ -92,16 +110,6 @@ def decide(ctx: Context) -> Decision:
         )
     if ctx.active_deal is not None:
         d = ctx.active_deal
-        if d.origin_intake_id == ctx.intake_id:
-            rule = Rule.REPEAT_DEAL if d.is_repeat else Rule.NEW_DEAL
-            return Decision(
-                rule,
-                Action.CREATE_DEAL,
-                f"deal {d.id} created by this message",
-                d.id,
-                d.is_repeat,
-                created=True,
-            )
         return Decision(
             Rule.ACTIVE_DEAL,
             Action.ATTACH_DEAL,
@@ -110,16 +118,6 @@ def decide(ctx: Context) -> Decision:
         )
     if ctx.open_lead is not None:
         lead = ctx.open_lead
-        if lead.origin_intake_id == ctx.intake_id:
-            rule = Rule.REPEAT_LEAD if lead.is_repeat else Rule.NEW_LEAD
-            return Decision(
-                rule,
-                Action.CREATE_LEAD,
-                f"lead {lead.id} created by this message",
-                lead.id,
-                lead.is_repeat,
-                created=True,
-            )
         return Decision(
             Rule.OPEN_LEAD,
             Action.ATTACH_LEAD,

@@ -30,7 +30,9 @@ from crm_store import routing_store as rs
 from crm_store.documents import (
     ContactDoc,
     ConversationDoc,
+    DealDoc,
     IntakeDoc,
+    LeadDoc,
     Target,
     TargetKind,
     conversation_id,
@@ -100,6 +102,13 @@ def _add_identities(keys: list[str]) -> Document:
     return {"$addToSet": add}
 
 
+def _contact_created(intake_id: str, contact_id: str, keys: list[str]) -> Document:
+    refs: dict[str, str | None] = {"contact_id": contact_id, "message_id": intake_id}
+    return _event(
+        intake_id, "contact.created", _now(), refs, {"identities": keys, "origin": "routing"}
+    )
+
+
 class Router:
     def __init__(self, store: Store, config: AppConfig) -> None:
         self.store = store
@@ -118,7 +127,11 @@ class Router:
         }
         batch = _Batch(convs=await rs.load_conversations(self.store, conv_ids.values()))
 
-        unsettled = [r for r in records if not self._steady(batch.convs.get(conv_ids[r.id]))]
+        # A re-run reads everything: the record may have created what its conversation
+        # now points at.
+        unsettled = [
+            r for r in records if rerun or not self._steady(batch.convs.get(conv_ids[r.id]))
+        ]
         if unsettled:
             contacts = await rs.load_contacts(
                 self.store,
@@ -187,6 +200,7 @@ class Router:
             active_deal=batch.state.active_deal.get(cid) if cid else None,
             open_lead=batch.state.open_lead.get(cid) if cid else None,
             has_history=cid in batch.state.history if cid else False,
+            created_here=batch.state.created_by.get(r.id),
         )
 
     async def _route_one(
@@ -230,10 +244,7 @@ class Router:
         batch.remember_contact(contact)
         if not created:
             # Someone else knows this sender: read what they have before deciding.
-            more = await rs.load_contact_state(self.store, [contact.id])
-            batch.state.active_deal.update(more.active_deal)
-            batch.state.open_lead.update(more.open_lead)
-            batch.state.history |= more.history
+            batch.state.merge(await rs.load_contact_state(self.store, [contact.id]))
         return contact, created
 
     async def _responsible(self, source: Source, contact: ContactDoc | None) -> str | None:
@@ -279,12 +290,18 @@ class Router:
             return Routed(r.id, d, Target(kind=TargetKind.NONE, open=False), None, conv_key)
 
         # CREATE_LEAD / CREATE_DEAL
-        if d.created:  # re-run: the lead/deal already exists, created by this record
-            kind = TargetKind.LEAD if d.action is Action.CREATE_LEAD else TargetKind.DEAL
-            contact_id = ctx.contact.id if ctx.contact else None
-            return Routed(r.id, d, Target(kind=kind, id=d.target_id), contact_id, conv_key)
+        if ctx.contact is not None and ctx.contact.origin_intake_id == r.id:
+            # This record created the contact (on this run or an earlier one that died):
+            # announce it, whatever happens to the lead. Same id every time.
+            batch.events.append(_contact_created(r.id, ctx.contact.id, keys))
+        if d.created and ctx.created_here is not None:
+            # A re-run: the lead/deal exists, created by this record; emit its events again
+            # (same ids: nothing is written twice) in case the first run died before.
+            return self._created(batch, r, d, ctx.created_here, _now())
         source = self._source(r)
         contact, contact_created = await self._ensure_contact(batch, r, msg, keys, ctx)
+        if contact_created and ctx.contact is None:
+            batch.events.append(_contact_created(r.id, contact.id, keys))
         if not contact_created and ctx.contact is None:
             return None  # the sender turned out to be known: decide again with what we read
         responsible = await self._responsible(source, contact)
@@ -308,49 +325,50 @@ class Router:
             "stage_entered_at": at,
             "last_activity_at": at,
         }
-        refs: dict[str, str | None] = {"contact_id": contact.id, "message_id": r.id}
-        if contact_created:
-            batch.events.append(
-                _event(r.id, "contact.created", at, refs, {"identities": keys, "origin": "routing"})
-            )
+        entity: LeadDoc | DealDoc
         if d.action is Action.CREATE_LEAD:
             doc["_id"] = stable_id("lead", r.id)
             doc["open_contact"] = contact.id
-            lead, created = await rs.create_lead(self.store, doc)
-            batch.state.open_lead[contact.id] = lead
-            batch.state.history.add(contact.id)
-            if not created and lead.origin_intake_id != r.id:
-                return None
-            etype = "lead.repeat_created" if d.is_repeat else "lead.created"
-            data = {
-                "pipeline_id": lead.pipeline_id,
-                "stage_id": lead.stage_id,
-                "source_id": source.id,
-                "responsible_id": lead.responsible_id,
-                "is_repeat": lead.is_repeat,
-            }
-            batch.events.append(_event(r.id, etype, at, {**refs, "lead_id": lead.id}, data))
-            final = Decision(d.rule, d.action, d.reason, lead.id, d.is_repeat, created=True)
-            return Routed(
-                r.id, final, Target(kind=TargetKind.LEAD, id=lead.id), contact.id, conv_key
-            )
-        doc["_id"] = stable_id("deal", r.id)
-        doc["auto_open"] = contact.id
-        deal, created = await rs.create_deal(self.store, doc)
-        batch.state.active_deal[contact.id] = deal
+            entity, created = await rs.create_lead(self.store, doc)
+            batch.state.open_lead[contact.id] = entity
+        else:
+            doc["_id"] = stable_id("deal", r.id)
+            doc["auto_open"] = contact.id
+            entity, created = await rs.create_deal(self.store, doc)
+            batch.state.active_deal[contact.id] = entity
         batch.state.history.add(contact.id)
-        if not created and deal.origin_intake_id != r.id:
-            return None
+        if not created and entity.origin_intake_id != r.id:
+            return None  # the contact's open lead/deal won the race: attach to it instead
+        batch.state.created_by[r.id] = entity
+        return self._created(batch, r, d, entity, at)
+
+    def _created(
+        self,
+        batch: _Batch,
+        r: IntakeDoc,
+        d: Decision,
+        entity: LeadDoc | DealDoc,
+        at: datetime,
+    ) -> Routed:
+        """The outcome of a lead/deal creation, with its event."""
+        is_deal = isinstance(entity, DealDoc)
+        refs: dict[str, str | None] = {"contact_id": entity.contact_id, "message_id": r.id}
+        if is_deal:
+            etype, ref = "deal.created", "deal_id"
+        else:
+            etype, ref = ("lead.repeat_created" if entity.is_repeat else "lead.created"), "lead_id"
         data = {
-            "pipeline_id": deal.pipeline_id,
-            "stage_id": deal.stage_id,
-            "source_id": source.id,
-            "responsible_id": deal.responsible_id,
-            "is_repeat": deal.is_repeat,
+            "pipeline_id": entity.pipeline_id,
+            "stage_id": entity.stage_id,
+            "source_id": entity.source_id,
+            "responsible_id": entity.responsible_id,
+            "is_repeat": entity.is_repeat,
         }
-        batch.events.append(_event(r.id, "deal.created", at, {**refs, "deal_id": deal.id}, data))
-        final = Decision(d.rule, d.action, d.reason, deal.id, d.is_repeat, created=True)
-        return Routed(r.id, final, Target(kind=TargetKind.DEAL, id=deal.id), contact.id, conv_key)
+        batch.events.append(_event(r.id, etype, at, {**refs, ref: entity.id}, data))
+        final = Decision(d.rule, d.action, d.reason, entity.id, entity.is_repeat, created=True)
+        kind = TargetKind.DEAL if is_deal else TargetKind.LEAD
+        target = Target(kind=kind, id=entity.id, open=entity.open)
+        return Routed(r.id, final, target, entity.contact_id, "")
 
     async def _write(
         self,
@@ -435,11 +453,13 @@ class Router:
                 update["$addToSet"] = {"sender_keys": {"$each": keys[r.id]}}
             if r.id in inserted:
                 update["$inc"] = {"message_count": 1, "unread": 1}
-            if new_target:
+            # A re-run of the record that opened the conversation emits the event again
+            # (same id), in case the first run died before its events.
+            opened = conv is None or conv.origin_intake_id == r.id
+            if new_target or opened:
                 update["$set"].update(
                     target=out.target.model_dump(mode="json"), contact_id=out.contact_id
                 )
-                opened = conv is None or conv.origin_intake_id == r.id
                 batch.events.append(
                     _event(
                         r.id,

@@ -40,9 +40,12 @@ ACCOUNT_SECRET = {"site": "site-secret", "shop": "shop-secret"}
 
 
 def config_with(*accounts: ChannelAccount, base: AppConfig | None = None) -> AppConfig:
-    """The example config (or ``base``) plus extra channel accounts."""
+    """The example config (or ``base``) plus extra channel accounts (replacing accounts
+    of the same channel and name)."""
     cfg = base or load_config(DEFAULT_CONFIG_DIR)
-    channels = cfg.channels.model_copy(update={"accounts": [*cfg.channels.accounts, *accounts]})
+    replaced = {(a.channel, a.account) for a in accounts}
+    kept = [a for a in cfg.channels.accounts if (a.channel, a.account) not in replaced]
+    channels = cfg.channels.model_copy(update={"accounts": [*kept, *accounts]})
     return cfg.model_copy(update={"channels": channels})
 
 

@@ -260,19 +260,12 @@ async def test_sender_without_any_identity_is_422(
         await assert_nothing_stored(svc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="channels/api.py ApiMessage._has_sender_identity only checks that a string is "
-    "non-empty: a sender whose phone/e-mail cannot be normalised ('call me back', 'n/a') is "
-    "accepted with no identity at all, and every message of it becomes a new contact "
-    "'intake:<id>' and a new lead",
-)
 @pytest.mark.parametrize(
     ("sender", "field"),
     [
         ({"phone": "call me back"}, "sender.phone"),
         ({"email": "n/a"}, "sender.email"),
-        ({"phone": "-", "email": "none"}, "sender"),
+        ({"phone": "-", "email": "none"}, "sender.phone"),
     ],
     ids=["phone", "email", "both"],
 )

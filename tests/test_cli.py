@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,17 @@ COMMANDS = subcommands(build_parser())
 # --- help ------------------------------------------------------------------------------
 
 
-def test_top_level_help() -> None:
-    r = run("--help")
+@pytest.fixture(scope="module")
+def helps() -> dict[tuple[str, ...], Result]:
+    """``--help`` of the program and of every subcommand, run side by side (each one is a
+    fresh interpreter: running them one after the other is most of this module's time)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = {c: pool.submit(run, *c, "--help") for c in [(), *COMMANDS]}
+        return {c: f.result() for c, f in futures.items()}
+
+
+def test_top_level_help(helps: dict[tuple[str, ...], Result]) -> None:
+    r = helps[()]
     assert r.code == 0, r.err
     assert r.out.startswith("usage: omniroute")
     assert "MongoDB" in r.out
@@ -106,8 +116,10 @@ def test_the_expected_commands_exist() -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
-def test_every_subcommand_has_help(command: tuple[str, ...]) -> None:
-    r = run(*command, "--help")
+def test_every_subcommand_has_help(
+    helps: dict[tuple[str, ...], Result], command: tuple[str, ...]
+) -> None:
+    r = helps[command]
     assert r.code == 0, r.err
     assert r.out.startswith(f"usage: omniroute {' '.join(command)}")
     assert "-h, --help" in r.out

@@ -118,6 +118,8 @@ def test_example_pipelines_sources_users() -> None:
         "mail_wholesale",
         "phone",
         "shop",
+        "messengers",
+        "avito",
     }
     shop = cfg.source("shop")
     assert shop.mode is SourceMode.NO_LEADS
@@ -384,6 +386,16 @@ def test_resolve_and_missing_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         "OMNIROUTE_SECRET_API_SHOP",
         "OMNIROUTE_SECRET_MAIL_SALES",
         "OMNIROUTE_SECRET_MAIL_WHOLESALE",
+        "OMNIROUTE_SECRET_TELEGRAM_TOKEN",
+        "OMNIROUTE_SECRET_TELEGRAM_WEBHOOK",
+        "OMNIROUTE_SECRET_WHATSAPP_TOKEN",
+        "OMNIROUTE_SECRET_WHATSAPP_APP_SECRET",
+        "OMNIROUTE_SECRET_WHATSAPP_VERIFY_TOKEN",
+        "OMNIROUTE_SECRET_VIBER_TOKEN",
+        "OMNIROUTE_SECRET_VK_TOKEN",
+        "OMNIROUTE_SECRET_VK_CALLBACK",
+        "OMNIROUTE_SECRET_AVITO_CLIENT_SECRET",
+        "OMNIROUTE_SECRET_AVITO_WEBHOOK",
     ]
 
 

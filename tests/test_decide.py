@@ -89,7 +89,20 @@ def ctx(
     open_lead: LeadDoc | None = None,
     has_history: bool = False,
     intake_id: str = INTAKE,
+    created_here: LeadDoc | DealDoc | str | None = "derive",
 ) -> Context:
+    if created_here == "derive":
+        # As the router does: the lead/deal whose origin is this intake record is passed
+        # as what it created (it reads every lead and deal of the contact).
+        created_here = next(
+            (
+                e
+                for e in (active_deal, open_lead)
+                if e is not None and e.origin_intake_id == intake_id
+            ),
+            None,
+        )
+    assert not isinstance(created_here, str)
     return Context(
         intake_id=intake_id,
         source=source,
@@ -99,6 +112,7 @@ def ctx(
         active_deal=active_deal,
         open_lead=open_lead,
         has_history=has_history,
+        created_here=created_here,
     )
 
 
@@ -309,15 +323,6 @@ def test_someone_elses_lead_is_not_reported_as_created(origin: str | None) -> No
     assert (d.rule, d.created) == (Rule.ACTIVE_DEAL, False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routing/decide.py decide() checks the conversation rule (and the active deal) "
-    "before asking whether this intake record created the open lead/deal, so a re-run whose "
-    "conversation was already written (or that meets another active deal) is reported as "
-    "an attachment: created=False, and the lead.created/contact.created events of the first "
-    "run are never emitted (see tests/test_drills.py::test_rerun_after_interrupted_routing_"
-    "emits_creation_events)",
-)
 @pytest.mark.parametrize(
     "extra",
     [
@@ -330,6 +335,31 @@ def test_rerun_reports_own_lead_even_when_an_earlier_rule_matches(extra: dict[st
     own = lead("lead-own", origin_intake_id=INTAKE)
     d = decide(ctx(contact=contact(), open_lead=own, has_history=True, **extra))
     assert summary(d) == (Rule.NEW_LEAD, Action.CREATE_LEAD, "lead-own", False, True)
+
+
+def test_rerun_reports_a_lead_it_created_that_is_closed_by_now() -> None:
+    """The first run created a lead, an operator closed it before the re-run: the re-run
+    still reports it (and creates no repeat lead)."""
+    closed = lead("lead-own", origin_intake_id=INTAKE).model_copy(update={"open": False})
+    d = decide(ctx(contact=contact(), has_history=True, created_here=closed))
+    assert summary(d) == (Rule.NEW_LEAD, Action.CREATE_LEAD, "lead-own", False, True)
+
+
+@pytest.mark.parametrize("automatic", [False, True])
+def test_rerun_reports_its_deal_before_any_other_rule(automatic: bool) -> None:
+    own = deal("deal-own", origin_intake_id=INTAKE, is_repeat=True)
+    d = decide(
+        ctx(
+            source=NO_LEADS_SOURCE,
+            automatic=automatic,
+            conversation=conversation(TargetKind.LEAD, "lead-9"),
+            contact=contact(spam=True),
+            open_lead=lead(),
+            has_history=True,
+            created_here=own,
+        )
+    )
+    assert summary(d) == (Rule.REPEAT_DEAL, Action.CREATE_DEAL, "deal-own", True, True)
 
 
 # --- purity ----------------------------------------------------------------------------
@@ -407,7 +437,11 @@ def check_automatic_never_creates(c: Context, d: Decision) -> None:
 
 
 def check_open_conversation_means_conversation_rule(c: Context, d: Decision) -> None:
-    if _conversation_open(c):
+    if _own(c):
+        # A re-run reports what it created first, whatever the conversation says.
+        assert d.created
+        assert d.target_id in _own(c)
+    elif _conversation_open(c):
         assert c.conversation is not None
         assert d.rule is Rule.CONVERSATION
         assert d.target_id == c.conversation.target.id

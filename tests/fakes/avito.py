@@ -165,7 +165,10 @@ class FakeAvito:
             return None
         reason = failure.message or _reason(failure.status)
         answer: dict[str, Any] = (
-            {"error": "server_error", "error_description": reason}
+            {
+                "error": "server_error" if failure.status >= 500 else "invalid_request",
+                "error_description": reason,
+            }
             if endpoint == "token"
             else {"error": {"code": failure.status, "message": reason}}
         )
