@@ -86,9 +86,11 @@ async def mark_attempt_failed(store: Store, doc_id: str, error: str) -> None:
             "$inc": {"attempts": 1},
         },
     )
+    # Still pending: give it up so the next recovery sweep (ours too) tries again.
     await store.intake.update_one(
         {"_id": doc_id, "status": IntakeStatus.PENDING.value},
-        {"$set": {"error": error[:2000]}, "$inc": {"attempts": 1}},
+        {"$set": {"error": error[:2000], "lease_until": now()},
+         "$unset": {"owner": ""}, "$inc": {"attempts": 1}},
     )
 
 
@@ -98,7 +100,12 @@ async def claim_expired(store: Store, owner: str, lease_s: float, limit: int) ->
     candidates = [
         d["_id"]
         async for d in store.intake.find(
-            {"status": IntakeStatus.PENDING.value, "lease_until": {"$lt": t}},
+            # Our own records are still in our queue: never route them a second time.
+            {
+                "status": IntakeStatus.PENDING.value,
+                "lease_until": {"$lt": t},
+                "owner": {"$ne": owner},
+            },
             {"_id": 1},
             limit=limit,
         )
@@ -126,4 +133,14 @@ async def release(store: Store, ids: Sequence[str], owner: str) -> None:
         await store.intake.update_many(
             {"_id": {"$in": list(ids)}, "owner": owner, "status": IntakeStatus.PENDING.value},
             {"$set": {"lease_until": now()}},
+        )
+
+
+async def renew(store: Store, ids: Sequence[str], owner: str, lease_s: float) -> None:
+    """Extend our lease on records still waiting in our queue (a long backlog must not
+    let other processes take them over while we are alive)."""
+    if ids:
+        await store.intake.update_many(
+            {"_id": {"$in": list(ids)}, "owner": owner, "status": IntakeStatus.PENDING.value},
+            {"$set": {"lease_until": now() + timedelta(seconds=lease_s)}},
         )

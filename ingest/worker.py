@@ -141,8 +141,14 @@ class RoutingWorker:
         self._accepted_at.pop(doc.id, None)
 
     async def _recover(self) -> None:
+        last_renewal = time.monotonic()
         while True:
             try:
+                if time.monotonic() - last_renewal > self.lease_s / 3:
+                    await intake.renew(
+                        self.store, list(self._accepted_at), self.owner, self.lease_s
+                    )
+                    last_renewal = time.monotonic()
                 claimed = await intake.claim_expired(
                     self.store, self.owner, self.lease_s, self.batch_size
                 )

@@ -428,7 +428,10 @@ async def test_rerun_after_interrupted_routing_emits_creation_events(
                 raise AutoReconnect("drill: connection lost between routing writes")
             # The process "dies" here: this task never goes on, and its lease runs out.
             expired = datetime.now(UTC) - timedelta(seconds=1)
-            await store.intake.update_many({}, {"$set": {"lease_until": expired}})
+            # ...and its records look like those of a process that is gone.
+            await store.intake.update_many(
+                {}, {"$set": {"lease_until": expired, "owner": "crashed-process"}}
+            )
             await asyncio.Event().wait()
         await real_append(store, evs, **kw)
 

@@ -30,6 +30,7 @@ from crm_store.routing_store import insert_new, reserve_sequence
 from crm_store.stages import move_stage
 from crm_store.store import Document, Store
 from inbox.event_catalogue import EVENT_TYPES, Envelope, markdown
+from tests.helpers import wait_for
 from tests.service import InProcess, api_body, in_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +94,8 @@ async def read_all(svc: InProcess, token: str, query: str = "", limit: int = 100
 
 
 async def post_messages(svc: InProcess, n: int, prefix: str, account: str = "site") -> None:
+    """``n`` messages from new senders; returns once their 4 events each are written."""
+    before = await svc.store.events.count_documents({})
     for i in range(n):
         status, _ = await svc.client.post_api(
             api_body(f"{prefix}-{i}", email=f"{prefix}-{i}@example.com"),
@@ -101,6 +104,11 @@ async def post_messages(svc: InProcess, n: int, prefix: str, account: str = "sit
         )
         assert status == 200
     await svc.routed()
+
+    async def written() -> bool:
+        return await svc.store.events.count_documents({}) == before + 4 * n
+
+    await wait_for(written, timeout=10, message=f"{4 * n} events not written")
 
 
 async def db_seqs(store: Store) -> list[int]:
