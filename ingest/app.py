@@ -166,11 +166,12 @@ async def _store(svc: Service, source: str, parsed: Parsed, body: bytes) -> inta
         }
         for m in parsed.messages
     ]
-    accepted = (
-        await intake.accept(svc.store, docs, svc.owner, svc.lease_s)
-        if docs
-        else intake.Accepted([], [])
-    )
+    if not docs:
+        accepted = intake.Accepted([], [])
+    elif svc.intake is not None:  # concurrent requests share one durable write
+        accepted = await svc.intake.accept(docs)
+    else:
+        accepted = await intake.accept(svc.store, docs, svc.owner, svc.lease_s)
     for edit in parsed.edits:
         await updates.apply_edit(svc.store, edit)
     for status in parsed.statuses:

@@ -318,6 +318,24 @@ async def cmd_subs_replay(store: Store, args: argparse.Namespace) -> int:
 
 
 @_store_cmd
+async def cmd_subs_redeliver(store: Store, args: argparse.Namespace) -> int:
+    from crm_store import subscriptions as subs
+
+    delivery = await subs.get_delivery(store, args.delivery_id)
+    if delivery is None:
+        print(f"no delivery {args.delivery_id}", file=sys.stderr)
+        return 1
+    parent = await subs.get(store, delivery.get("replay_of") or delivery["subscription_id"])
+    if parent is None:
+        print(f"its subscription is gone: {delivery['subscription_id']}", file=sys.stderr)
+        return 1
+    seq = int(delivery["seq"])
+    replay = await subs.create_replay(store, parent, seq, seq)
+    print(f"replay {replay['_id']}: event {delivery['event_id']} (seq {seq}) → {parent['url']}")
+    return 0
+
+
+@_store_cmd
 async def cmd_subs_deliveries(store: Store, args: argparse.Namespace) -> int:
     from crm_store import subscriptions as subs
 
@@ -434,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("from_seq", type=int)
     q.add_argument("to_seq", type=int)
     q.set_defaults(func=cmd_subs_replay)
+    q = ssub.add_parser("redeliver", help="deliver one (dead-lettered) delivery again")
+    q.add_argument("delivery_id")
+    q.set_defaults(func=cmd_subs_redeliver)
     q = ssub.add_parser("deliveries", help="the delivery log (--status dead: dead letters)")
     q.add_argument("subscription_id")
     q.add_argument("--status", choices=["delivered", "failing", "dead"])

@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from config.models import AppConfig
+from crm_store.intake import GroupCommit
 from crm_store.store import Store
 from ingest.deliveries import DeliveryWorker
 from ingest.metrics import Metrics
@@ -28,6 +29,7 @@ class Service:
     lease_s: float = 30.0
     outbox: OutboxWorker | None = None
     deliveries: DeliveryWorker | None = None
+    intake: GroupCommit | None = None
 
 
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
@@ -49,5 +51,3 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> web.Response:
     return web.Response(
         body=orjson.dumps(body), status=status, content_type="application/problem+json"
     )
-
-

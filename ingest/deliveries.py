@@ -90,17 +90,33 @@ class DeliveryWorker:
             self._http = None
 
     async def _run(self) -> None:
-        while True:
-            try:
-                claimed = await subs.claim_due(
-                    self.store, self.owner, self.lease_s, self.concurrency
-                )
-                if claimed:
-                    await asyncio.gather(*(self.work(s) for s in claimed))
-                    continue
-            except PyMongoError as exc:
-                log.warning("deliveries.store_unavailable", error=type(exc).__name__)
-            await asyncio.sleep(self.poll_s)
+        """Keep up to ``concurrency`` subscriptions in flight; claim more as soon as one
+        finishes, so a slow consumer only ever holds its own slot."""
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                free = self.concurrency - len(running)
+                claimed: list[Document] = []
+                if free > 0:
+                    try:
+                        claimed = await subs.claim_due(self.store, self.owner, self.lease_s, free)
+                    except PyMongoError as exc:
+                        log.warning("deliveries.store_unavailable", error=type(exc).__name__)
+                for sub in claimed:
+                    running.add(asyncio.create_task(self.work(sub)))
+                if running:
+                    done, running = await asyncio.wait(
+                        running, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done:
+                        if not task.cancelled() and task.exception() is not None:
+                            log.error("deliveries.task_failed", error=repr(task.exception()))
+                else:
+                    await asyncio.sleep(self.poll_s)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def work(self, sub: Document) -> None:
         """Deliver what is due for one claimed subscription, then release it."""
@@ -109,8 +125,12 @@ class DeliveryWorker:
         try:
             while time.monotonic() - started < self.lease_s / 2:
                 page = await feed.read(
-                    self.store, cursor, limit=self.batch, types=sub["types"] or None,
-                    until=sub.get("until_seq"), gap_grace_s=self.gap_grace_s,
+                    self.store,
+                    cursor,
+                    limit=self.batch,
+                    types=sub["types"] or None,
+                    until=sub.get("until_seq"),
+                    gap_grace_s=self.gap_grace_s,
                 )
                 if page.next_after == cursor:
                     break
@@ -124,12 +144,16 @@ class DeliveryWorker:
                 if sub.get("until_seq") is not None and cursor >= int(sub["until_seq"]):
                     return
             await subs.release(
-                self.store, sub, self.owner,
-                datetime.now(UTC) + timedelta(seconds=self.poll_s), None,
+                self.store,
+                sub,
+                self.owner,
+                datetime.now(UTC) + timedelta(seconds=self.poll_s),
+                None,
             )
         except PyMongoError as exc:
-            log.warning("deliveries.store_unavailable", subscription=sub["_id"],
-                        error=type(exc).__name__)
+            log.warning(
+                "deliveries.store_unavailable", subscription=sub["_id"], error=type(exc).__name__
+            )
 
     async def _deliver(self, sub: Document, event: Document) -> bool:
         """POST one event; True when the consumer took it (or it was dead-lettered)."""
@@ -154,33 +178,60 @@ class DeliveryWorker:
             error = f"{type(exc).__name__}: {exc}"[:500]
         ms = (time.perf_counter() - t0) * 1000
         if status is not None and 200 <= status < 300:
-            await subs.record_attempt(self.store, sub, event, ok=True, status=status,
-                                      error=None, duration_ms=ms)
+            await subs.record_attempt(
+                self.store, sub, event, ok=True, status=status, error=None, duration_ms=ms
+            )
             await subs.advance(self.store, sub, self.owner, int(event["seq"]))
             return True
         error = error or f"HTTP {status}"
         head = sub.get("head") or {}
         first = (
-            head.get("first_attempt_at")
-            if head.get("event_id") == event["_id"]
-            else None
+            head.get("first_attempt_at") if head.get("event_id") == event["_id"] else None
         ) or datetime.now(UTC)
         attempts = (head.get("attempts", 0) if head.get("event_id") == event["_id"] else 0) + 1
         if (datetime.now(UTC) - first).total_seconds() >= float(sub["max_age_s"]):
-            log.warning("deliveries.dead_letter", subscription=sub["_id"],
-                        event_id=event["_id"], attempts=attempts, error=error)
-            await subs.record_attempt(self.store, sub, event, ok=False, status=status,
-                                      error=error, duration_ms=ms, dead=True)
+            log.warning(
+                "deliveries.dead_letter",
+                subscription=sub["_id"],
+                event_id=event["_id"],
+                attempts=attempts,
+                error=error,
+            )
+            await subs.record_attempt(
+                self.store,
+                sub,
+                event,
+                ok=False,
+                status=status,
+                error=error,
+                duration_ms=ms,
+                dead=True,
+            )
             await subs.advance(self.store, sub, self.owner, int(event["seq"]))
             return True
-        await subs.record_attempt(self.store, sub, event, ok=False, status=status,
-                                  error=error, duration_ms=ms)
+        await subs.record_attempt(
+            self.store, sub, event, ok=False, status=status, error=error, duration_ms=ms
+        )
         delay = retry_delay_s(attempts, self.retry_base_s)
-        log.info("deliveries.retry", subscription=sub["_id"], event_id=event["_id"],
-                 attempt=attempts, status=status, delay_s=round(delay, 2))
+        log.info(
+            "deliveries.retry",
+            subscription=sub["_id"],
+            event_id=event["_id"],
+            attempt=attempts,
+            status=status,
+            delay_s=round(delay, 2),
+        )
         await subs.release(
-            self.store, sub, self.owner, datetime.now(UTC) + timedelta(seconds=delay),
-            {"event_id": event["_id"], "seq": event["seq"], "attempts": attempts,
-             "first_attempt_at": first, "last_error": error},
+            self.store,
+            sub,
+            self.owner,
+            datetime.now(UTC) + timedelta(seconds=delay),
+            {
+                "event_id": event["_id"],
+                "seq": event["seq"],
+                "attempts": attempts,
+                "first_attempt_at": first,
+                "last_error": error,
+            },
         )
         return False

@@ -43,13 +43,20 @@ def outbound_of(doc: Document, last_inbound_at: datetime | None = None) -> Outbo
 def backoff_s(attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return max(retry_after, 0.0)
-    return min(2.0 ** attempt, 300.0) * (0.5 + random.random())
+    return min(2.0**attempt, 300.0) * (0.5 + random.random())
 
 
 class OutboxWorker:
     def __init__(
-        self, store: Store, config: AppConfig, *, owner: str, lease_s: float = 60.0,
-        poll_s: float = 1.0, max_attempts: int = 8, concurrency: int = 8,
+        self,
+        store: Store,
+        config: AppConfig,
+        *,
+        owner: str,
+        lease_s: float = 60.0,
+        poll_s: float = 1.0,
+        max_attempts: int = 8,
+        concurrency: int = 8,
     ) -> None:
         self.store = store
         self.config = config
@@ -75,8 +82,9 @@ class OutboxWorker:
     async def _run(self) -> None:
         while True:
             try:
-                claimed = await outbox.claim_due(self.store, self.owner, self.lease_s,
-                                                 self.concurrency * 4)
+                claimed = await outbox.claim_due(
+                    self.store, self.owner, self.lease_s, self.concurrency * 4
+                )
                 if claimed:
                     await asyncio.gather(*(self._send_limited(d) for d in claimed))
                     continue
@@ -94,8 +102,9 @@ class OutboxWorker:
         channel = REGISTRY.get(doc["channel"])
         account = self.config.account(doc["channel"], doc["account"])
         if not isinstance(channel, SendingChannel) or account is None:
-            await outbox.mark_failed(self.store, doc, "this channel account cannot send",
-                                     "channel_cannot_send")
+            await outbox.mark_failed(
+                self.store, doc, "this channel account cannot send", "channel_cannot_send"
+            )
             return
         conv = await self.store.conversations.find_one(
             {"_id": doc.get("conversation_id")}, {"last_inbound_at": 1}
@@ -108,12 +117,23 @@ class OutboxWorker:
             attempts = int(doc.get("attempts", 0)) + 1
             if exc.retryable and attempts < self.max_attempts:
                 delay = backoff_s(attempts, exc.retry_after)
-                log.info("outbox.retry", message_id=doc["_id"], channel=doc["channel"],
-                         code=exc.code, delay_s=round(delay, 2), attempt=attempts)
+                log.info(
+                    "outbox.retry",
+                    message_id=doc["_id"],
+                    channel=doc["channel"],
+                    code=exc.code,
+                    delay_s=round(delay, 2),
+                    attempt=attempts,
+                )
                 await outbox.mark_retry(self.store, doc, delay, exc.detail)
             else:
-                log.warning("outbox.failed", message_id=doc["_id"], channel=doc["channel"],
-                            code=exc.code, detail=exc.detail)
+                log.warning(
+                    "outbox.failed",
+                    message_id=doc["_id"],
+                    channel=doc["channel"],
+                    code=exc.code,
+                    detail=exc.detail,
+                )
                 await outbox.mark_failed(self.store, doc, exc.detail, exc.code)
             return
         except ValidationError as exc:
@@ -125,5 +145,17 @@ class OutboxWorker:
 
 def describe(doc: Document) -> dict[str, Any]:
     """The operator-facing view of an outbound message."""
-    return {k: doc.get(k) for k in ("_id", "channel", "account", "conversation_id", "state",
-                                    "provider_id", "error", "error_code", "attempts")}
+    return {
+        k: doc.get(k)
+        for k in (
+            "_id",
+            "channel",
+            "account",
+            "conversation_id",
+            "state",
+            "provider_id",
+            "error",
+            "error_code",
+            "attempts",
+        )
+    }

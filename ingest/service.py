@@ -19,6 +19,7 @@ from config.loader import load_config
 from config.models import AppConfig
 from config.settings import Settings
 from crm_store.embedded import EmbeddedStore
+from crm_store.intake import GroupCommit
 from crm_store.store import Store
 from ingest.app import create_app
 from ingest.context import Service
@@ -97,11 +98,22 @@ async def running_service(
     )
     sender = OutboxWorker(store, config, owner=owner)
     deliveries = DeliveryWorker(
-        store, owner=owner, timeout_s=settings.webhook_timeout_s,
-        retry_base_s=settings.webhook_retry_base_s, poll_s=settings.webhook_poll_s,
+        store,
+        owner=owner,
+        timeout_s=settings.webhook_timeout_s,
+        retry_base_s=settings.webhook_retry_base_s,
+        poll_s=settings.webhook_poll_s,
     )
     service = Service(
-        config, store, worker, metrics, owner, settings.intake_lease_s, sender, deliveries
+        config,
+        store,
+        worker,
+        metrics,
+        owner,
+        settings.intake_lease_s,
+        sender,
+        deliveries,
+        GroupCommit(store, owner, settings.intake_lease_s),
     )
     await worker.start()
     await sender.start()
