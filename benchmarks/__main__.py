@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import webhooks
 from benchmarks.report import table, write_json
 from benchmarks.run import Options, quiet_logging, run_all
 
@@ -33,6 +34,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=1, help="repeat everything; report medians")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file")
+    p.add_argument(
+        "--webhooks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="afterwards, the webhook delivery benchmark (python -m benchmarks.webhooks) in "
+        "its quick form unless sized below; its own table and JSON (default: on)",
+    )
+    webhooks.add_arguments(p, prefix="webhooks-")
+    p.add_argument(
+        "--webhooks-out", type=Path, default=webhooks.DEFAULT_OUT, help="its JSON output file"
+    )
     return p.parse_args(argv)
 
 
@@ -71,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     write_json(result, args.out)
     print(table(result))
     print(f"\nJSON: {args.out}")
-    return 0
+    if not args.webhooks:
+        return 0
+    # The quick form keeps `make bench` short; --webhooks-* options size it.
+    hooks = webhooks.options_from(
+        args, quick=True, runs=opts.runs, pin=opts.pin, prefix="webhooks-"
+    )
+    print()
+    return 0 if webhooks.run_and_report(hooks, args.webhooks_out)["correct"] else 1
 
 
 if __name__ == "__main__":

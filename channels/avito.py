@@ -78,8 +78,8 @@ from channels.base import (
     SendError,
     SendResult,
     StatusUpdate,
-    WebhookError,
     WebhookRequest,
+    json_object,
     setting_env,
     setting_str,
 )
@@ -328,12 +328,7 @@ class AvitoChannel:
 
     def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
         verify(account, req)
-        try:
-            body = orjson.loads(req.body)
-        except orjson.JSONDecodeError as exc:
-            raise WebhookError(f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise WebhookError("body is not a JSON object")
+        body = json_object(req.body)
         payload = _obj(body.get("payload"))
         if payload.get("type") != "message":
             return Parsed()  # the {} probe, and events we do not handle

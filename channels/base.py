@@ -14,6 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.models import ChannelAccount
@@ -213,7 +214,11 @@ class SendError(Exception):
     ``detail`` is shown to the operator."""
 
     def __init__(
-        self, detail: str, *, retryable: bool, retry_after: float | None = None,
+        self,
+        detail: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
         code: str = "send_failed",
     ) -> None:
         super().__init__(detail)
@@ -276,3 +281,14 @@ def setting_env(account: ChannelAccount, key: str) -> str | None:
     name secrets end in ``_env``, e.g. ``app_secret_env``)."""
     name = account.settings.get(key)
     return os.environ.get(name) if isinstance(name, str) and name else None
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; anything else is refused with 400 (nothing stored)."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise WebhookError(f"body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise WebhookError("body is not a JSON object")
+    return value

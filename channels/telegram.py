@@ -59,7 +59,6 @@ from datetime import timedelta
 from typing import Any, TypedDict
 from urllib.parse import parse_qs, urlencode
 
-import orjson
 from telegram import Bot, ChatMemberUpdated, Message, ReplyParameters, Update
 from telegram import error as tg
 from telegram.request import HTTPXRequest
@@ -78,6 +77,7 @@ from channels.base import (
     SendResult,
     WebhookError,
     WebhookRequest,
+    json_object,
     setting_env,
     setting_str,
 )
@@ -170,11 +170,8 @@ def _verify(account: ChannelAccount, req: WebhookRequest) -> None:
 
 
 def _update(body: bytes) -> Update:
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise WebhookError(f"body is not JSON: {exc}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("update_id"), int):
+    raw = json_object(body)
+    if not isinstance(raw.get("update_id"), int):
         raise WebhookError("body is not a Telegram Update (no integer update_id)")
     try:
         return Update.de_json(raw, None)

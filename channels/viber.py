@@ -59,8 +59,8 @@ from channels.base import (
     SendResult,
     StatusUpdate,
     Unauthorized,
-    WebhookError,
     WebhookRequest,
+    json_object,
     setting_str,
 )
 from config.models import ChannelAccount
@@ -176,12 +176,7 @@ class ViberChannel:
 
     def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
         verify(secret, req)
-        try:
-            body = orjson.loads(req.body)
-        except orjson.JSONDecodeError as exc:
-            raise WebhookError(f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise WebhookError("body is not a JSON object")
+        body = json_object(req.body)
         try:
             return self._parse(account.account, body)
         except ValidationError as exc:

@@ -49,7 +49,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import jconfig  # type: ignore[import-untyped]
-import orjson
 import requests
 import vk_api
 from pydantic import ValidationError
@@ -70,6 +69,7 @@ from channels.base import (
     StatusUpdate,
     WebhookError,
     WebhookRequest,
+    json_object,
     setting_env,
     setting_str,
 )
@@ -142,12 +142,7 @@ def _time(value: Any) -> datetime | None:
 
 
 def _load(body: bytes) -> dict[str, Any]:
-    try:
-        event = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise WebhookError(f"body is not JSON: {exc}") from None
-    if not isinstance(event, dict):
-        raise WebhookError("body is not a JSON object")
+    event = json_object(body)
     if not isinstance(event.get("type"), str):
         raise WebhookError("event has no 'type'")
     return event

@@ -64,8 +64,8 @@ from channels.base import (
     SendResult,
     StatusUpdate,
     Unauthorized,
-    WebhookError,
     WebhookRequest,
+    json_object,
     setting_env,
     setting_str,
 )
@@ -342,12 +342,7 @@ class WhatsAppChannel:
         if req.method == "GET":
             return _handshake(account, req.query)
         _verify_signature(account, req)
-        try:
-            body = orjson.loads(req.body)
-        except orjson.JSONDecodeError as exc:
-            raise WebhookError(f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise WebhookError("body is not a JSON object")
+        body = json_object(req.body)
         parsed = Parsed()
         if body.get("object") != "whatsapp_business_account":
             return parsed

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_retry_base_s: float = Field(default=1.0, gt=0)
     webhook_poll_s: float = Field(default=1.0, gt=0)
+    # How long a process holds a subscription it works on; after a crash, another
+    # process takes it over at most this much later.
+    webhook_lease_s: float = Field(default=30.0, gt=0)
 
     @field_validator("mongodb_uri")
     @classmethod

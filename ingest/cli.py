@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from config.loader import ConfigError, check_config, load_config, missing_secrets
 from config.settings import Settings, get_settings
 from crm_store import queries
@@ -269,10 +271,26 @@ async def cmd_subs_add(store: Store, args: argparse.Namespace) -> int:
     from crm_store import subscriptions as subs
     from inbox.events_api import SubscriptionIn
 
-    data = SubscriptionIn(
-        url=args.url, types=args.types or [], secret=args.secret, from_seq=args.from_seq
+    try:
+        data = SubscriptionIn(
+            url=args.url,
+            types=args.types or [],
+            secret=args.secret,
+            from_seq=args.from_seq,
+            max_age_s=args.max_age_s,
+        )
+    except ValidationError as exc:
+        for e in exc.errors(include_url=False, include_input=False):
+            print(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}", file=sys.stderr)
+        return 2
+    sub = await subs.create(
+        store,
+        data.url,
+        data.types,
+        secret=data.secret,
+        from_seq=data.from_seq,
+        max_age_s=data.max_age_s,
     )
-    sub = await subs.create(store, data.url, data.types, secret=data.secret, from_seq=data.from_seq)
     print(f"subscription {sub['_id']} → {sub['url']}  types: {', '.join(sub['types']) or 'all'}")
     print(f"signing secret (shown once): {sub['secret']}")
     return 0
@@ -440,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--types", nargs="*", help="event types (default: all)")
     q.add_argument("--secret", help="signing secret (default: generated)")
     q.add_argument("--from-seq", type=int, help="start at this sequence (default: from now)")
+    q.add_argument(
+        "--max-age-s",
+        type=float,
+        default=24 * 3600.0,
+        help="retry a failing event this long before dead-lettering it (24 h)",
+    )
     q.set_defaults(func=cmd_subs_add)
     q = ssub.add_parser("list", help="subscriptions and their cursors")
     q.add_argument("--all", action="store_true", help="also replays")

@@ -119,11 +119,17 @@ class DeliveryWorker:
             await asyncio.gather(*running, return_exceptions=True)
 
     async def work(self, sub: Document) -> None:
-        """Deliver what is due for one claimed subscription, then release it."""
+        """Deliver what is due for one claimed subscription, then release it.
+
+        Every POST starts only while the lease still covers it (``timeout_s`` to spare),
+        so no other worker can have claimed the subscription meanwhile; a stop
+        (cancellation) hands the subscription back at once.
+        """
         started = time.monotonic()
         cursor = int(sub["cursor"])
+        due_in = self.poll_s
         try:
-            while time.monotonic() - started < self.lease_s / 2:
+            while True:
                 page = await feed.read(
                     self.store,
                     cursor,
@@ -133,30 +139,42 @@ class DeliveryWorker:
                     gap_grace_s=self.gap_grace_s,
                 )
                 if page.next_after == cursor:
-                    break
+                    break  # nothing new
                 for event in page.events:
-                    if not await self._deliver(sub, event):
-                        return  # released with a backoff inside _deliver
+                    if time.monotonic() - started + self.timeout_s >= self.lease_s:
+                        due_in = 0.0  # more to do, but the lease is nearly spent
+                        break
+                    outcome = await self._deliver(sub, event)
+                    if outcome is not True:
+                        return  # released with a backoff (False) or the lease was lost
                     cursor = int(event["seq"])
-                cursor = page.next_after
-                if not await subs.advance(self.store, sub, self.owner, cursor):
-                    return  # lost the lease: someone else has it now
-                if sub.get("until_seq") is not None and cursor >= int(sub["until_seq"]):
-                    return
+                else:
+                    cursor = page.next_after  # also past events of other types
+                    if not await subs.advance(self.store, sub, self.owner, cursor):
+                        return
+                    if sub.get("until_seq") is not None and cursor >= int(sub["until_seq"]):
+                        return
+                    continue
+                break
             await subs.release(
-                self.store,
-                sub,
-                self.owner,
-                datetime.now(UTC) + timedelta(seconds=self.poll_s),
-                None,
+                self.store, sub, self.owner, datetime.now(UTC) + timedelta(seconds=due_in), None
             )
         except PyMongoError as exc:
             log.warning(
                 "deliveries.store_unavailable", subscription=sub["_id"], error=type(exc).__name__
             )
+        except asyncio.CancelledError:
+            # Stopping: let another process take the subscription now, not after the lease.
+            with contextlib.suppress(PyMongoError):
+                await asyncio.shield(
+                    subs.release(self.store, sub, self.owner, datetime.now(UTC), sub.get("head"))
+                )
+            raise
 
-    async def _deliver(self, sub: Document, event: Document) -> bool:
-        """POST one event; True when the consumer took it (or it was dead-lettered)."""
+    async def _deliver(self, sub: Document, event: Document) -> bool | None:
+        """POST one event. True: the consumer took it (or it was dead-lettered) and the
+        cursor moved; False: it failed and the subscription was released with a backoff;
+        None: our lease was gone — stop."""
         assert self._http is not None
         body = orjson.dumps(feed.envelope(event))
         ts = str(int(time.time()))
@@ -181,8 +199,7 @@ class DeliveryWorker:
             await subs.record_attempt(
                 self.store, sub, event, ok=True, status=status, error=None, duration_ms=ms
             )
-            await subs.advance(self.store, sub, self.owner, int(event["seq"]))
-            return True
+            return await subs.advance(self.store, sub, self.owner, int(event["seq"])) or None
         error = error or f"HTTP {status}"
         head = sub.get("head") or {}
         first = (
@@ -207,8 +224,7 @@ class DeliveryWorker:
                 duration_ms=ms,
                 dead=True,
             )
-            await subs.advance(self.store, sub, self.owner, int(event["seq"]))
-            return True
+            return await subs.advance(self.store, sub, self.owner, int(event["seq"])) or None
         await subs.record_attempt(
             self.store, sub, event, ok=False, status=status, error=error, duration_ms=ms
         )

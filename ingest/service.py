@@ -103,6 +103,7 @@ async def running_service(
         timeout_s=settings.webhook_timeout_s,
         retry_base_s=settings.webhook_retry_base_s,
         poll_s=settings.webhook_poll_s,
+        lease_s=settings.webhook_lease_s,
     )
     service = Service(
         config,

@@ -383,23 +383,7 @@ async def test_retries_after_errors_and_timeouts_keep_order(mongo_uri: str, db_n
         assert (one["cursor"], one["head"]) == (12, None)
 
 
-@pytest.mark.parametrize(
-    "failure",
-    [
-        "http_500",
-        "refused",
-        pytest.param(
-            "hang",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ingest/deliveries.py DeliveryWorker._run gathers every claimed "
-                "subscription and claims again only when all are done, so one consumer "
-                "that hangs until webhook_timeout_s holds back every subscription "
-                "claimed with it (head-of-line blocking across subscriptions)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("failure", ["http_500", "refused", "hang"])
 async def test_failing_consumer_does_not_hold_back_another(
     mongo_uri: str, db_name: str, failure: str
 ) -> None:
@@ -626,12 +610,6 @@ async def test_two_processes_share_a_subscription_without_duplicates(
     assert seqs == list(range(1, 161))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest/deliveries.py DeliveryWorker.stop() cancels work() without releasing "
-    "the claimed subscription (no finally: subs.release), so after a graceful SIGTERM "
-    "(a rolling deploy) the other process cannot claim it until the 60 s lease runs out",
-)
 async def test_graceful_stop_hands_the_subscription_over(
     mongo_uri: str, db_name: str, tmp_path: Path
 ) -> None:
@@ -667,13 +645,6 @@ async def test_graceful_stop_hands_the_subscription_over(
 # --------------------------------------------------------------------------- lease
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest/deliveries.py DeliveryWorker.work checks the lease age only between "
-    "pages and _deliver ignores subs.advance()'s result, so a page that takes longer than "
-    "lease_s (slow consumer) keeps being delivered after another worker has claimed the "
-    "subscription: the same events are sent twice, concurrently",
-)
 async def test_a_slow_page_is_not_delivered_by_two_workers(mongo_uri: str, db_name: str) -> None:
     store = Store.open(mongo_uri, db_name)
     await store.ensure_indexes()
