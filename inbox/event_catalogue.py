@@ -86,19 +86,22 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "contact.created": (ContactCreated, "routing created a contact for a new sender"),
     "lead.created": (EntityCreated, "a new lead (unknown sender, rule 5)"),
     "lead.repeat_created": (EntityCreated, "a repeat lead (known contact, nothing open)"),
-    "deal.created": (EntityCreated, "a deal opened by routing (\"no leads\" sources)"),
+    "deal.created": (EntityCreated, 'a deal opened by routing ("no leads" sources)'),
     "conversation.opened": (ConversationChanged, "the first message of a conversation"),
     "conversation.retargeted": (
-        ConversationChanged, "a conversation whose lead/deal closed moved to a new target",
+        ConversationChanged,
+        "a conversation whose lead/deal closed moved to a new target",
     ),
     "message.attached": (
-        MessageAttached, "an inbound message was received and attached (every message)",
+        MessageAttached,
+        "an inbound message was received and attached (every message)",
     ),
     "lead.stage_changed": (StageChanged, "a lead moved to another stage"),
     "deal.stage_changed": (StageChanged, "a deal moved to another stage"),
     "message.sent": (MessageSent, "an outbound message was accepted by the provider"),
     "message.delivery_changed": (
-        DeliveryChanged, "an outbound message's delivery state moved forward (or failed)",
+        DeliveryChanged,
+        "an outbound message's delivery state moved forward (or failed)",
     ),
 }
 

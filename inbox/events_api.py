@@ -40,11 +40,11 @@ def endpoint(fn: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
         except ApiError as exc:
             return problem(exc.status, exc.code, exc.detail)
         except ValidationError as exc:
-            errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body",
-                       "message": e["msg"]}
-                      for e in exc.errors(include_url=False, include_input=False)]
-            return problem(422, "invalid_request", "the request does not validate",
-                           errors=errors)
+            errors = [
+                {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+            return problem(422, "invalid_request", "the request does not validate", errors=errors)
 
     return handler
 
@@ -104,8 +104,9 @@ class SubscriptionIn(BaseModel):
     url: str = Field(max_length=2048)
     types: list[str] = Field(default_factory=list, description="empty: every type")
     secret: str | None = Field(default=None, min_length=16, max_length=256)
-    from_seq: int | None = Field(default=None, ge=0,
-                                 description="start here; default: after the current end")
+    from_seq: int | None = Field(
+        default=None, ge=0, description="start here; default: after the current end"
+    )
     max_age_s: float = Field(default=subs.DEFAULT_MAX_AGE_S, gt=0, le=7 * 24 * 3600)
 
     @field_validator("url")
@@ -133,8 +134,18 @@ class ReplayIn(BaseModel):
 
 
 def public(sub: Document, *, with_secret: bool = False) -> dict[str, Any]:
-    keys = ["url", "types", "active", "cursor", "max_age_s", "created_at", "kind",
-            "replay_of", "until_seq", "head"]
+    keys = [
+        "url",
+        "types",
+        "active",
+        "cursor",
+        "max_age_s",
+        "created_at",
+        "kind",
+        "replay_of",
+        "until_seq",
+        "head",
+    ]
     out: dict[str, Any] = {"id": sub["_id"], **{k: sub.get(k) for k in keys}}
     if with_secret:
         out["secret"] = sub["secret"]
@@ -161,8 +172,14 @@ async def create_subscription(
 ) -> web.Response:
     require_admin(principal)
     data = SubscriptionIn.model_validate(await _body(request))
-    sub = await subs.create(svc.store, data.url, data.types, secret=data.secret,
-                            from_seq=data.from_seq, max_age_s=data.max_age_s)
+    sub = await subs.create(
+        svc.store,
+        data.url,
+        data.types,
+        secret=data.secret,
+        from_seq=data.from_seq,
+        max_age_s=data.max_age_s,
+    )
     return json_response(public(sub, with_secret=True), status=201)
 
 
@@ -193,9 +210,7 @@ async def delete_subscription(
 
 
 @endpoint
-async def list_deliveries(
-    request: web.Request, svc: Service, principal: Principal
-) -> web.Response:
+async def list_deliveries(request: web.Request, svc: Service, principal: Principal) -> web.Response:
     require_admin(principal)
     sub = await _sub(svc, request.match_info["id"])
     status = request.query.get("status")
@@ -220,9 +235,7 @@ async def replay_range(request: web.Request, svc: Service, principal: Principal)
 
 
 @endpoint
-async def replay_delivery(
-    request: web.Request, svc: Service, principal: Principal
-) -> web.Response:
+async def replay_delivery(request: web.Request, svc: Service, principal: Principal) -> web.Response:
     require_admin(principal)
     delivery = await subs.get_delivery(svc.store, request.match_info["id"])
     if delivery is None:

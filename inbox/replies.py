@@ -40,16 +40,22 @@ async def reply(
     channel = REGISTRY.get(conv["channel"])
     account = config.account(conv["channel"], conv["account"])
     if not isinstance(channel, SendingChannel) or account is None:
-        raise ReplyError("channel_cannot_send",
-                         f"channel {conv['channel']}/{conv['account']} cannot send replies")
+        raise ReplyError(
+            "channel_cannot_send",
+            f"channel {conv['channel']}/{conv['account']} cannot send replies",
+        )
     if not conv.get("reply_to"):
         raise ReplyError("no_recipient", "the conversation has no address to reply to")
-    draft: Document = {"_id": "draft", "channel": conv["channel"], "account": conv["account"],
-                       "recipient": conv["reply_to"], "text": text,
-                       "attachments": attachments or []}
+    draft: Document = {
+        "_id": "draft",
+        "channel": conv["channel"],
+        "account": conv["account"],
+        "recipient": conv["reply_to"],
+        "text": text,
+        "attachments": attachments or [],
+    }
     try:
         channel.check_outbound(account, outbound_of(draft, conv.get("last_inbound_at")))
     except SendError as exc:
         raise ReplyError(exc.code, exc.detail) from None
-    return await outbox.queue(store, conv, text=text, attachments=attachments,
-                              author_id=author_id)
+    return await outbox.queue(store, conv, text=text, attachments=attachments, author_id=author_id)
