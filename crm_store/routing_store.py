@@ -124,6 +124,10 @@ async def create_deal(store: Store, doc: Document) -> tuple[DealDoc, bool]:
     return DealDoc.model_validate(doc), True
 
 
+async def ensure_counter(store: Store, counter: str) -> None:
+    await store.counters.update_one({"_id": counter}, {"$setOnInsert": {"value": 0}}, upsert=True)
+
+
 async def next_turn(store: Store, counter: str) -> int:
     """Increment a named counter (a tiny collection: find-and-modify is fine here)."""
     doc = await store.counters.find_one_and_update(

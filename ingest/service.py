@@ -18,6 +18,7 @@ from pymongo.errors import PyMongoError
 from config.loader import load_config
 from config.models import AppConfig
 from config.settings import Settings
+from crm_store import routing_store as rs
 from crm_store.embedded import EmbeddedStore
 from crm_store.intake import GroupCommit
 from crm_store.store import Store
@@ -84,6 +85,9 @@ async def running_service(
     settings: Settings, config: AppConfig, store: Store
 ) -> AsyncIterator[Service]:
     await ensure_indexes_with_retry(store)
+    # Round-robin counters exist before the first lead (see docs/store.md).
+    for line in sorted({s.line for s in config.sources.sources if s.line}):
+        await rs.ensure_counter(store, f"round_robin:{line}")
     metrics = Metrics()
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     router = Router(store, config)
