@@ -8,7 +8,8 @@ and are not counted either.
 PyMongo's async client publishes a command's events inside the task that runs it, so each
 command is attributed to its origin:
 
-- ``http``: an aiohttp request handler (the webhook: intake insert before the 2xx);
+- ``http``: an aiohttp request handler, or the group-commit task that writes the intake
+  of the waiting requests (the intake insert before the 2xx);
 - ``routing``: the routing work loop (tasks ``route-N``);
 - anything else — the recovery sweep, the outbox poller, future background loops — by its
   task name. Those run whether messages arrive or not and are reported apart; the
@@ -26,6 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from pymongo import monitoring
+
+from crm_store.intake import COMMIT_TASK
 
 PER_MESSAGE_ORIGINS = frozenset({"http", "routing"})
 RECOVERY = "recovery"
@@ -53,6 +56,8 @@ def origin() -> str:
     name = task.get_name()
     if name.startswith("route-"):
         return "routing"
+    if name == COMMIT_TASK:  # the shared intake write the webhook requests wait for
+        return "http"
     coro = getattr(task.get_coro(), "__qualname__", "")
     if coro.startswith("RequestHandler."):
         return "http"

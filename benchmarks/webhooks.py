@@ -41,7 +41,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -81,22 +82,24 @@ WORKER_CPU = 0
 CONSUMER_CPU = 1
 SECRET = "whsec_bench-webhooks"
 COLLECT_TIMEOUT_S = 300.0
+WARMUP_EVENTS = 20
+DB_NAME = "bench_webhooks"
 
 
 @dataclass(frozen=True, slots=True)
 class WebhookOptions:
-    events: int = 5000  # backlog N
+    events: int = 5000  # backlog: deliveries per case (N ÷ subscriptions events)
     append_batch: int = 100  # events per append() call while building the backlog
     subscriptions: tuple[int, ...] = (1, 4)
-    rates: tuple[float, ...] = (100.0, 300.0)  # steady load, events appended per second
+    rates: tuple[float, ...] = (20.0, 100.0)  # steady load, events appended per second
     steady_seconds: float = 10.0
-    tick_s: float = 0.02  # the appender appends what is due every tick
+    tick_s: float = 0.1  # the appender appends what is due every tick (a routing batch)
     runs: int = 1
     pin: bool = True
     quick: bool = False
 
 
-QUICK = WebhookOptions(events=1000, steady_seconds=5.0, quick=True)
+QUICK = WebhookOptions(events=1000, rates=(20.0,), steady_seconds=5.0, quick=True)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -178,31 +181,107 @@ def stats_ms(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-# ---------------------------------------------------------------------------- one case
+# ---------------------------------------------------------------------------- one phase
+
+
+@dataclass(slots=True)
+class Phase:
+    """One measured phase: a fresh store, its subscriptions and a delivery worker."""
+
+    opts: WebhookOptions
+    conn: Connection
+    k: int  # subscriptions
+    store: Store  # the worker's client (counted)
+    feeder: Store  # appends and checks (not counted)
+    subs: list[Document]
+    worker: DeliveryWorker
+    timer: CommandTimer
+    store_pid: int | None
+
+    async def collect(self, expected: int) -> Arrivals:
+        self.conn.send(Collect(expected, COLLECT_TIMEOUT_S))
+        arrivals: Arrivals = await recv(self.conn)
+        return arrivals
+
+    def worker_settings(self) -> dict[str, float]:
+        w = self.worker
+        return {
+            "poll_s": w.poll_s,
+            "lease_s": w.lease_s,
+            "batch": w.batch,
+            "concurrency": w.concurrency,
+            "timeout_s": w.timeout_s,
+            "retry_base_s": w.retry_base_s,
+        }
+
+
+@asynccontextmanager
+async def fresh_phase(
+    opts: WebhookOptions, conn: Connection, consumer_url: str, k: int, cpus: set[int]
+) -> AsyncIterator[Phase]:
+    """A fresh file-backed store with ``k`` subscriptions and a worker (not started yet).
+
+    Fresh for every phase: the embedded store's cost per write grows with the writes it
+    has taken since it started (docs/benchmarks.md), so phases must not inherit each
+    other's history.
+    """
+    with tempfile.TemporaryDirectory(prefix="omniroute-bench-webhooks-") as tmp:
+        embedded = EmbeddedStore(storage_path=Path(tmp) / "mongo")
+        if opts.pin:  # the store keeps every CPU; this process is pinned afterwards
+            pin_all_threads(cpus)
+        await embedded.start()
+        if opts.pin:
+            pin_all_threads({WORKER_CPU})
+        timer = CommandTimer()
+        store = Store.open(embedded.uri, DB_NAME, event_listeners=[timer])
+        feeder = Store.open(embedded.uri, DB_NAME)
+        worker: DeliveryWorker | None = None
+        try:
+            await feeder.ensure_indexes()
+            sub_docs = [
+                await subs.create(feeder, f"{consumer_url}/hook/{i}", [], secret=SECRET)
+                for i in range(k)
+            ]
+            settings = Settings()
+            # As ingest.service.running_service builds it.
+            worker = DeliveryWorker(
+                store,
+                owner=f"bench-webhooks:{os.getpid()}",
+                timeout_s=settings.webhook_timeout_s,
+                retry_base_s=settings.webhook_retry_base_s,
+                poll_s=settings.webhook_poll_s,
+            )
+            yield Phase(opts, conn, k, store, feeder, sub_docs, worker, timer, embedded.pid)
+        finally:
+            if worker is not None:
+                await worker.stop()
+            await feeder.close()
+            await store.close()
+            await embedded.stop()
 
 
 @dataclass(slots=True)
 class Usage:
     """CPU and store commands from the start of a phase."""
 
-    bench: Case
+    phase: Phase
     cpu0: tuple[float, float, float]
     commands0: tuple[Counter[str], Counter[str]]
     wall0: float
 
     @classmethod
-    def start(cls, bench: Case) -> Usage:
+    def start(cls, ph: Phase) -> Usage:
         return cls(
-            bench,
-            (cpu_seconds_self(), cpu_seconds_of(bench.store_pid), system_busy_seconds()),
-            bench.timer.snapshot(),
+            ph,
+            (cpu_seconds_self(), cpu_seconds_of(ph.store_pid), system_busy_seconds()),
+            ph.timer.snapshot(),
             time.monotonic(),
         )
 
     def end(self, deliveries: int, arrivals: Arrivals) -> dict[str, Any]:
-        b = self.bench
-        cpu1 = (cpu_seconds_self(), cpu_seconds_of(b.store_pid), system_busy_seconds())
-        count1, micros1 = b.timer.snapshot()
+        ph = self.phase
+        cpu1 = (cpu_seconds_self(), cpu_seconds_of(ph.store_pid), system_busy_seconds())
+        count1, micros1 = ph.timer.snapshot()
         count = count1 - self.commands0[0]
         micros = micros1 - self.commands0[1]
         wall = time.monotonic() - self.wall0
@@ -224,245 +303,198 @@ class Usage:
                 "consumer": round(arrivals.cpu_s * 1000 / n, 3),
             },
             "other_cpu_share": round(max(0.0, foreign / (wall * (os.cpu_count() or 1))), 3),
+            "store_rss_mib": mib(proc_status_kib(ph.store_pid or "self").get("VmRSS", 0)),
         }
 
 
-@dataclass(slots=True)
-class Case:
-    """One subscription count on a fresh database of the run's store."""
+async def drain(ph: Phase) -> dict[str, Any]:
+    """Backlog drain: N deliveries in all — N ÷ k events, appended before the worker starts."""
+    o = ph.opts
+    evs = make_events(max(1, o.events // ph.k), f"drain{ph.k}")
+    t = time.monotonic()
+    for i in range(0, len(evs), o.append_batch):
+        await event_log.append(ph.feeder, evs[i : i + o.append_batch])
+    append_s = time.monotonic() - t
+    expected = ph.k * len(evs)
+    usage = Usage.start(ph)
+    t0 = time.monotonic()
+    await ph.worker.start()
+    arrivals = await ph.collect(expected)
+    out = usage.end(expected, arrivals)
+    mono = arrivals.mono
+    last = max(mono, default=t0)
+    per_sub_last: dict[int, float] = {}
+    for sub, at in zip(arrivals.subscription, mono, strict=True):
+        per_sub_last[sub] = max(per_sub_last.get(sub, t0), at)
+    gaps = [b - a for a, b in itertools.pairwise(mono)]
+    elapsed = last - t0
+    per_sub = sorted(len(evs) / (v - t0) for v in per_sub_last.values() if v > t0)
+    # The rate in each fifth of the deliveries: does it hold up as the store fills?
+    fifths: list[float] = []
+    edges = [round(len(mono) * i / 5) for i in range(6)]
+    for a, b in itertools.pairwise(edges):
+        start = t0 if a == 0 else mono[a - 1]
+        if b > a and mono[b - 1] > start:
+            fifths.append(round((b - a) / (mono[b - 1] - start), 1))
+    checks = await verify(ph, evs, arrivals)
+    return {
+        "events": len(evs),
+        "deliveries_expected": expected,
+        "append_batch": o.append_batch,
+        "append_events_per_s": round(len(evs) / append_s, 1),
+        "elapsed_s": round(elapsed, 3),
+        "delivered_per_s": round(len(mono) / elapsed, 1) if elapsed > 0 else 0.0,
+        "delivered_per_s_by_fifth": fifths,
+        "per_subscription_per_s": {
+            "min": round(per_sub[0], 1) if per_sub else 0.0,
+            "median": round(median(per_sub), 1) if per_sub else 0.0,
+            "max": round(per_sub[-1], 1) if per_sub else 0.0,
+        },
+        # One subscription's chain: it delivers one event at a time, in order.
+        "wall_ms_per_delivery_per_subscription": round(1000 / median(per_sub), 2)
+        if per_sub
+        else 0.0,
+        "first_delivery_ms": ms(min(mono) - t0) if mono else None,
+        "gap_between_deliveries_ms": {
+            "p50": ms(percentile(gaps, 50)) if gaps else 0.0,
+            "p99": ms(percentile(gaps, 99)) if gaps else 0.0,
+            "max": ms(max(gaps)) if gaps else 0.0,
+        },
+        **out,
+        "checks": checks,
+        "consumer_rss_mib": mib(arrivals.rss_kib),
+    }
 
-    opts: WebhookOptions
-    conn: Connection
-    consumer_url: str
-    uri: str
-    store_pid: int | None
-    k: int
-    timer: CommandTimer = dataclasses.field(default_factory=CommandTimer)
 
-    async def collect(self, expected: int) -> Arrivals:
-        self.conn.send(Collect(expected, COLLECT_TIMEOUT_S))
-        arrivals: Arrivals = await recv(self.conn)
-        return arrivals
+async def steady(ph: Phase, rate: float) -> dict[str, Any]:
+    """Steady load: the worker runs and is caught up; events are appended at ``rate``."""
+    o = ph.opts
+    await ph.worker.start()
+    # Warm-up, not measured: connections open, the worker back in its idle poll cycle.
+    warm = make_events(WARMUP_EVENTS, f"warm{ph.k}")
+    await event_log.append(ph.feeder, warm)
+    warm_arrivals = await ph.collect(ph.k * len(warm))
+    if warm_arrivals.timed_out:
+        raise RuntimeError("webhook warm-up: the consumer did not get every event")
+    total = max(1, round(rate * o.steady_seconds))
+    evs = make_events(total, f"steady{ph.k}-{rate:g}")
+    visible = [0.0] * total  # monotonic: append() returned
+    appends: list[float] = []
+    usage = Usage.start(ph)
 
-    async def run(self) -> dict[str, Any]:
-        db_name = f"bench_webhooks_{self.k}"
-        settings = Settings()
-        store = Store.open(self.uri, db_name, event_listeners=[self.timer])  # the worker's
-        feeder = Store.open(self.uri, db_name)  # appends and checks: not counted
-        try:
-            await feeder.ensure_indexes()
-            sub_docs = [
-                await subs.create(feeder, f"{self.consumer_url}/hook/{i}", [], secret=SECRET)
-                for i in range(self.k)
-            ]
-            # As ingest.service.running_service builds it.
-            worker = DeliveryWorker(
-                store,
-                owner=f"bench-webhooks:{os.getpid()}",
-                timeout_s=settings.webhook_timeout_s,
-                retry_base_s=settings.webhook_retry_base_s,
-                poll_s=settings.webhook_poll_s,
-            )
-            worker_settings = {
-                "poll_s": worker.poll_s,
-                "lease_s": worker.lease_s,
-                "batch": worker.batch,
-                "concurrency": worker.concurrency,
-                "timeout_s": worker.timeout_s,
-                "retry_base_s": worker.retry_base_s,
-            }
-            try:
-                drain = await self.drain(worker, feeder, sub_docs)
-                steady = {}
-                for rate in self.opts.rates:
-                    steady[f"{rate:g}"] = await self.steady(feeder, sub_docs, rate)
-            finally:
-                await worker.stop()
-        finally:
-            await feeder.close()
-            await store.close()
-        return {
-            "subscriptions": self.k,
-            "worker_settings": worker_settings,
-            "drain": drain,
-            "steady": steady,
-        }
+    async def appender(start: float) -> None:
+        i = tick = 0
+        while i < total:
+            due = min(total, int((time.monotonic() - start) * rate) + 1)
+            if due > i:
+                t = time.monotonic()
+                await event_log.append(ph.feeder, evs[i:due])
+                done = time.monotonic()
+                appends.append(done - t)
+                visible[i:due] = [done] * (due - i)
+                i = due
+            tick += 1
+            await asyncio.sleep(max(0.0, start + tick * o.tick_s - time.monotonic()))
 
-    async def drain(
-        self, worker: DeliveryWorker, feeder: Store, sub_docs: list[Document]
-    ) -> dict[str, Any]:
-        o = self.opts
-        evs = make_events(o.events, f"drain{self.k}")
-        t = time.monotonic()
-        for i in range(0, len(evs), o.append_batch):
-            await event_log.append(feeder, evs[i : i + o.append_batch])
-        append_s = time.monotonic() - t
-        expected = self.k * len(evs)
-        usage = Usage.start(self)
-        t0 = time.monotonic()
-        await worker.start()
-        arrivals = await self.collect(expected)
-        out = usage.end(expected, arrivals)
-        mono = arrivals.mono
-        last = max(mono, default=t0)
-        per_sub_last: dict[int, float] = {}
-        for sub, at in zip(arrivals.subscription, mono, strict=True):
-            per_sub_last[sub] = max(per_sub_last.get(sub, t0), at)
-        gaps = [b - a for a, b in itertools.pairwise(mono)]
-        elapsed = last - t0
-        per_sub = sorted(len(evs) / (v - t0) for v in per_sub_last.values() if v > t0)
-        checks = await self.verify(feeder, sub_docs, evs, arrivals)
-        return {
-            "events": len(evs),
-            "deliveries_expected": expected,
-            "append_batch": o.append_batch,
-            "append_events_per_s": round(len(evs) / append_s, 1),
-            "elapsed_s": round(elapsed, 3),
-            "delivered_per_s": round(len(arrivals.event_id) / elapsed, 1) if elapsed else 0.0,
-            "per_subscription_per_s": {
-                "min": round(per_sub[0], 1) if per_sub else 0.0,
-                "median": round(median(per_sub), 1) if per_sub else 0.0,
-                "max": round(per_sub[-1], 1) if per_sub else 0.0,
-            },
-            # One subscription's chain: it delivers one event at a time, in order.
-            "wall_ms_per_delivery_per_subscription": round(
-                elapsed * 1000 / len(evs) if self.k == 1 else 1000 / median(per_sub), 2
-            )
-            if per_sub
-            else 0.0,
-            "first_delivery_ms": ms(min(mono) - t0) if mono else None,
-            "gap_between_deliveries_ms": {
-                "p50": ms(percentile(gaps, 50)) if gaps else 0.0,
-                "p99": ms(percentile(gaps, 99)) if gaps else 0.0,
-                "max": ms(max(gaps)) if gaps else 0.0,
-            },
-            **out,
-            "checks": checks,
-            "consumer_rss_mib": mib(arrivals.rss_kib),
-        }
+    t0 = time.monotonic()
+    feeding = asyncio.create_task(appender(t0))
+    arrivals = await ph.collect(ph.k * total)
+    await feeding
+    out = usage.end(ph.k * total, arrivals)
+    last_visible = max(visible)
+    index = {e["_id"]: n for n, e in enumerate(evs)}
+    lag: list[float] = []
+    lag_visible: list[float] = []
+    by_event: dict[int, list[float]] = {}
+    for eid, wall, mono in zip(arrivals.event_id, arrivals.wall, arrivals.mono, strict=True):
+        n = index.get(eid)
+        if n is None:
+            continue
+        late = wall - written_wall(evs[n])
+        lag.append(late)
+        lag_visible.append(mono - visible[n])
+        by_event.setdefault(n, []).append(late)
+    # Did delivery keep up? The lag of the last fifth of the events against the first
+    # fifth's: it grows when the worker falls behind the appender.
+    fifth = max(1, total // 5)
+    head = [x for n in range(fifth) for x in by_event.get(n, [])]
+    tail = [x for n in range(total - fifth, total) for x in by_event.get(n, [])]
+    growth = (median(tail) - median(head)) if head and tail else 0.0
+    last_arrival = max(arrivals.mono, default=t0)
+    checks = await verify(ph, evs, arrivals)
+    return {
+        "rate_target_per_s": rate,
+        "seconds": o.steady_seconds,
+        "events": total,
+        "deliveries_expected": ph.k * total,
+        "append_rate_per_s": round(total / (last_visible - t0), 1) if last_visible > t0 else 0.0,
+        "append_calls": len(appends),
+        "append_ms": stats_ms(appends),
+        "lag_ms": stats_ms(lag),
+        "lag_after_append_returned_ms": stats_ms(lag_visible),
+        "delivered_per_s": round(len(arrivals.event_id) / (last_arrival - t0), 1)
+        if last_arrival > t0
+        else 0.0,
+        "lag_growth_ms": ms(growth),
+        "last_delivery_after_last_append_ms": ms(last_arrival - last_visible),
+        **out,
+        "checks": checks,
+    }
 
-    async def steady(self, feeder: Store, sub_docs: list[Document], rate: float) -> dict[str, Any]:
-        o = self.opts
-        total = max(1, round(rate * o.steady_seconds))
-        evs = make_events(total, f"steady{self.k}-{rate:g}")
-        visible = [0.0] * total  # monotonic: append() returned
-        usage = Usage.start(self)
-        appends: list[float] = []
 
-        async def appender() -> None:
-            start = time.monotonic()
-            i = 0
-            tick = 0
-            while i < total:
-                due = min(total, int((time.monotonic() - start) * rate) + 1)
-                if due > i:
-                    t = time.monotonic()
-                    await event_log.append(feeder, evs[i:due])
-                    done = time.monotonic()
-                    appends.append(done - t)
-                    for j in range(i, due):
-                        visible[j] = done
-                    i = due
-                tick += 1
-                await asyncio.sleep(max(0.0, start + tick * o.tick_s - time.monotonic()))
-
-        t0 = time.monotonic()
-        feeding = asyncio.create_task(appender())
-        arrivals = await self.collect(self.k * total)
-        await feeding
-        out = usage.end(self.k * total, arrivals)
-        first_append = t0
-        last_visible = max(visible)
-        index = {e["_id"]: n for n, e in enumerate(evs)}
-        lag: list[float] = []
-        lag_visible: list[float] = []
-        by_event: dict[int, list[float]] = {}
-        for eid, wall, mono in zip(arrivals.event_id, arrivals.wall, arrivals.mono, strict=True):
-            n = index.get(eid)
-            if n is None:
-                continue
-            lag.append(wall - written_wall(evs[n]))
-            lag_visible.append(mono - visible[n])
-            by_event.setdefault(n, []).append(wall - written_wall(evs[n]))
-        # Did delivery keep up? Compare the lag of the last fifth of the events with the
-        # first fifth: it grows when the worker falls behind the appender.
-        fifth = max(1, total // 5)
-        head = [x for n in range(fifth) for x in by_event.get(n, [])]
-        tail = [x for n in range(total - fifth, total) for x in by_event.get(n, [])]
-        growth = (median(tail) - median(head)) if head and tail else 0.0
-        last_arrival = max(arrivals.mono, default=t0)
-        checks = await self.verify(feeder, sub_docs, evs, arrivals)
-        return {
-            "rate_target_per_s": rate,
-            "seconds": o.steady_seconds,
-            "events": total,
-            "deliveries_expected": self.k * total,
-            "append_rate_per_s": round(total / (last_visible - first_append), 1),
-            "append_calls": len(appends),
-            "append_ms": stats_ms(appends),
-            "lag_ms": stats_ms(lag),
-            "lag_after_append_returned_ms": stats_ms(lag_visible),
-            "delivered_per_s": round(len(arrivals.event_id) / (last_arrival - t0), 1),
-            "lag_growth_ms": ms(growth),
-            "last_delivery_after_last_append_ms": ms(last_arrival - last_visible),
-            **out,
-            "checks": checks,
-        }
-
-    async def verify(
-        self, feeder: Store, sub_docs: list[Document], evs: list[Document], arrivals: Arrivals
-    ) -> dict[str, Any]:
-        """Every event to every subscription, once, in order, signed; logged delivered."""
-        seq_of = {e["_id"]: int(e["seq"]) for e in evs}
-        received: dict[int, list[int]] = {i: [] for i in range(self.k)}
-        unexpected = 0
-        for sub, eid in zip(arrivals.subscription, arrivals.event_id, strict=True):
-            seq = seq_of.get(eid)
-            if seq is None or sub not in received:
-                unexpected += 1
-            else:
-                received[sub].append(seq)
-        missing = duplicates = out_of_order = 0
-        for seqs in received.values():
-            distinct = set(seqs)
-            missing += len(seq_of) - len(distinct)
-            duplicates += len(seqs) - len(distinct)
-            out_of_order += sum(1 for a, b in itertools.pairwise(seqs) if b <= a)
-        first, last = min(seq_of.values()), max(seq_of.values())
-        ids = [s["_id"] for s in sub_docs]
-        log = feeder.db["deliveries"]
-        span = {"subscription_id": {"$in": ids}, "seq": {"$gte": first, "$lte": last}}
-        logged = await log.count_documents({**span, "status": "delivered"})
-        retried = await log.count_documents({**span, "attempts": {"$gt": 1}})
-        post_ms: list[float] = []
-        async for d in log.find(span, {"history.ms": 1}):
-            post_ms.extend(float(h["ms"]) for h in d.get("history", []))
-        cursors = [
-            int(d["cursor"]) async for d in feeder.db["subscriptions"].find({"_id": {"$in": ids}})
-        ]
-        expected = self.k * len(evs)
-        ok = (
-            not (missing or duplicates or out_of_order or unexpected or arrivals.bad_signatures)
-            and not arrivals.timed_out
-            and logged == expected
-            and not retried
-            and cursors == [last] * self.k
-        )
-        return {
-            "ok": ok,
-            "received": len(arrivals.event_id),
-            "expected": expected,
-            "missing": missing,
-            "duplicates": duplicates,
-            "out_of_order": out_of_order,
-            "unexpected": unexpected,
-            "bad_signatures": arrivals.bad_signatures,
-            "timed_out": arrivals.timed_out,
-            "logged_delivered": logged,
-            "retried": retried,
-            "cursors_at_last_event": cursors == [last] * self.k,
-            "post_ms": stats_ms([x / 1000 for x in post_ms]),
-        }
+async def verify(ph: Phase, evs: list[Document], arrivals: Arrivals) -> dict[str, Any]:
+    """Every event to every subscription, once, in order, signed; logged delivered."""
+    seq_of = {e["_id"]: int(e["seq"]) for e in evs}
+    received: dict[int, list[int]] = {i: [] for i in range(ph.k)}
+    unexpected = 0
+    for sub, eid in zip(arrivals.subscription, arrivals.event_id, strict=True):
+        seq = seq_of.get(eid)
+        if seq is None or sub not in received:
+            unexpected += 1
+        else:
+            received[sub].append(seq)
+    missing = duplicates = out_of_order = 0
+    for seqs in received.values():
+        distinct = set(seqs)
+        missing += len(seq_of) - len(distinct)
+        duplicates += len(seqs) - len(distinct)
+        out_of_order += sum(1 for a, b in itertools.pairwise(seqs) if b <= a)
+    first, last = min(seq_of.values()), max(seq_of.values())
+    ids = [s["_id"] for s in ph.subs]
+    log = ph.feeder.db["deliveries"]
+    span = {"subscription_id": {"$in": ids}, "seq": {"$gte": first, "$lte": last}}
+    logged = await log.count_documents({**span, "status": "delivered"})
+    retried = await log.count_documents({**span, "attempts": {"$gt": 1}})
+    post_ms: list[float] = []
+    async for d in log.find(span, {"history.ms": 1}):
+        post_ms.extend(float(h["ms"]) for h in d.get("history", []))
+    cursors = [
+        int(d["cursor"]) async for d in ph.feeder.db["subscriptions"].find({"_id": {"$in": ids}})
+    ]
+    expected = ph.k * len(evs)
+    at_end = cursors == [last] * ph.k
+    ok = (
+        not (missing or duplicates or out_of_order or unexpected or arrivals.bad_signatures)
+        and not arrivals.timed_out
+        and logged == expected
+        and not retried
+        and at_end
+    )
+    return {
+        "ok": ok,
+        "received": len(arrivals.event_id),
+        "expected": expected,
+        "missing": missing,
+        "duplicates": duplicates,
+        "out_of_order": out_of_order,
+        "unexpected": unexpected,
+        "bad_signatures": arrivals.bad_signatures,
+        "timed_out": arrivals.timed_out,
+        "logged_delivered": logged,
+        "retried": retried,
+        "cursors_at_last_event": at_end,
+        "post_ms": stats_ms([x / 1000 for x in post_ms]),
+    }
 
 
 # ---------------------------------------------------------------------------- a run
@@ -472,34 +504,28 @@ async def one_run(
     opts: WebhookOptions, conn: Connection, consumer_url: str, cpus: set[int]
 ) -> dict[str, Any]:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="omniroute-bench-webhooks-") as tmp:
-        embedded = EmbeddedStore(storage_path=Path(tmp) / "mongo")
-        if opts.pin:  # the store keeps every CPU; this process is pinned afterwards
-            pin_all_threads(cpus)
-        await embedded.start()
-        if opts.pin:
-            pin_all_threads({WORKER_CPU})
-        try:
-            cases = []
-            for k in opts.subscriptions:
-                case = Case(opts, conn, consumer_url, embedded.uri, embedded.pid, k)
-                cases.append(await case.run())
-            store_rss = proc_status_kib(embedded.pid or "self")
+    cases: list[dict[str, Any]] = []
+    settings: dict[str, float] = {}
+    for k in opts.subscriptions:
+        async with fresh_phase(opts, conn, consumer_url, k, cpus) as ph:
+            settings = ph.worker_settings()
+            drained = await drain(ph)
             store_affinity = (
-                sorted(os.sched_getaffinity(embedded.pid))
-                if embedded.pid and hasattr(os, "sched_getaffinity")
+                sorted(os.sched_getaffinity(ph.store_pid))
+                if ph.store_pid and hasattr(os, "sched_getaffinity")
                 else None
             )
-        finally:
-            await embedded.stop()
+        loaded: dict[str, Any] = {}
+        for rate in opts.rates:
+            async with fresh_phase(opts, conn, consumer_url, k, cpus) as ph:
+                loaded[f"{rate:g}"] = await steady(ph, rate)
+        cases.append({"subscriptions": k, "drain": drained, "steady": loaded})
     me = proc_status_kib()
     return {
         "wall_s": round(time.monotonic() - started, 1),
+        "worker_settings": settings,
         "cases": cases,
-        "rss_mib": {
-            "worker_process_peak": mib(me.get("VmHWM", 0)),
-            "store_now": mib(store_rss.get("VmRSS", 0)),
-        },
+        "worker_process_rss_peak_mib": mib(me.get("VmHWM", 0)),
         "store_affinity": store_affinity,
     }
 
@@ -513,6 +539,9 @@ def headline(run: dict[str, Any]) -> dict[str, float]:
         p = f"drain_{k}sub_"
         h[p + "delivered_per_s"] = d["delivered_per_s"]
         h[p + "per_subscription_per_s"] = d["per_subscription_per_s"]["median"]
+        fifths = d["delivered_per_s_by_fifth"] or [0.0]
+        h[p + "first_fifth_per_s"] = fifths[0]
+        h[p + "last_fifth_per_s"] = fifths[-1]
         h[p + "first_delivery_ms"] = d["first_delivery_ms"] or 0.0
         h[p + "max_gap_ms"] = d["gap_between_deliveries_ms"]["max"]
         h[p + "round_trips_per_delivery"] = d["store_round_trips_per_delivery"]
@@ -612,7 +641,7 @@ async def run_webhooks(opts: WebhookOptions, progress: Callable[[str], None]) ->
             "write_concern": {"w": "majority", "j": True},
             "started_fresh_per_run": True,
         },
-        "worker_settings": runs[0]["cases"][0]["worker_settings"],
+        "worker_settings": runs[0]["worker_settings"],
         "correct": correct,
         "problems": problems,
         "median": med,
@@ -663,9 +692,9 @@ def problem_list(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _num(v: float) -> str:
-    if v >= 100:
+    if abs(v) >= 100:
         return f"{v:,.0f}"
-    if v >= 10:
+    if abs(v) >= 10:
         return f"{v:.1f}"
     return f"{v:.2f}"
 
@@ -724,11 +753,16 @@ def table(result: dict[str, Any]) -> str:
 
     def row(label: str, key: str) -> None:
         """``key`` names a headline figure, with ``{k}`` for the subscription count."""
-        add(f"  {label:<40}" + "".join(f"{f(key.format(k=k)):<{w}}" for k in ks))
+        add(f"  {label:<44}" + "".join(f"{f(key.format(k=k)):<{w}}" for k in ks))
 
-    add(f"Backlog drain: {o['events']:,} events appended, then the worker starts")
-    add(f"  {'':<40}{head}")
+    add(
+        f"Backlog drain: {o['events']:,} deliveries per case ({o['events']:,} ÷ subscriptions "
+        "events appended), then the worker starts; a fresh store per phase"
+    )
+    add(f"  {'':<44}{head}")
     row("deliveries/s (all subscriptions)", "drain_{k}sub_delivered_per_s")
+    row("  in the first fifth of the deliveries", "drain_{k}sub_first_fifth_per_s")
+    row("  in the last fifth", "drain_{k}sub_last_fifth_per_s")
     row("deliveries/s per subscription", "drain_{k}sub_per_subscription_per_s")
     row("first delivery after start (ms)", "drain_{k}sub_first_delivery_ms")
     row("longest pause between deliveries (ms)", "drain_{k}sub_max_gap_ms")
@@ -750,15 +784,15 @@ def table(result: dict[str, Any]) -> str:
         f"Steady load: events appended at a fixed rate for {o['steady_seconds']:g} s "
         f"(every {o['tick_s'] * 1000:g} ms); lag = consumer arrival − event written_at"
     )
-    add(f"  {'':<40}{head}")
+    add(f"  {'':<44}{head}")
     for r in rates:
         q = "steady_{k}sub_" + r + "_"
         row(f"{r}/s: append rate achieved", q + "append_rate_per_s")
         for pct in ("p50", "p95", "p99", "max"):
             row(f"{r}/s: lag {pct} (ms)", q + f"lag_{pct}_ms")
         row(f"{r}/s: deliveries/s", q + "delivered_per_s")
-        row(f"{r}/s: lag growth, last 5th − first (ms)", q + "lag_growth_ms")
-        row(f"{r}/s: last delivery − last append (ms)", q + "tail_ms")
+        row(f"{r}/s: lag growth, last−first fifth (ms)", q + "lag_growth_ms")
+        row(f"{r}/s: last delivery after last append (ms)", q + "tail_ms")
         row(f"{r}/s: store round trips / delivery", q + "round_trips_per_delivery")
         row(f"{r}/s: other processes' CPU share", q + "other_cpu_share")
     add("")
@@ -797,24 +831,35 @@ def table(result: dict[str, Any]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """The webhook benchmark's sizes (``prefix``: ``"webhooks-"`` inside ``python -m
-    benchmarks``)."""
+    benchmarks``, which runs the quick form)."""
     d, q = WebhookOptions(), QUICK
+
+    def both(full: object, quick: object) -> str:
+        return f"{full}; quick {quick}" if prefix == "" else f"{quick}"
+
+    def listed(values: Sequence[float]) -> str:
+        return ",".join(f"{v:g}" for v in values)
+
     p.add_argument(
-        f"--{prefix}events", type=int, help=f"backlog events N ({d.events}; quick {q.events})"
+        f"--{prefix}events",
+        type=int,
+        help="backlog drain: deliveries per case, N (N ÷ subscriptions events are appended) "
+        f"({both(d.events, q.events)})",
     )
     p.add_argument(
         f"--{prefix}subscriptions",
-        help="comma-separated subscription counts, one case each (1,4)",
+        help="comma-separated subscription counts, one case each "
+        f"({both(listed(d.subscriptions), listed(q.subscriptions))})",
     )
     p.add_argument(
         f"--{prefix}rates",
         help="comma-separated steady append rates, events/s "
-        f"({','.join(f'{r:g}' for r in d.rates)})",
+        f"({both(listed(d.rates), listed(q.rates))})",
     )
     p.add_argument(
         f"--{prefix}steady-seconds",
         type=float,
-        help=f"length of each steady phase ({d.steady_seconds:g}; quick {q.steady_seconds:g})",
+        help=f"length of each steady phase, s ({both(d.steady_seconds, q.steady_seconds)})",
     )
 
 
@@ -870,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
             "in this process, a consumer in another. Prints a table and writes JSON."
         ),
     )
-    p.add_argument("--quick", action="store_true", help="a short run (~30 s idle)")
+    p.add_argument("--quick", action="store_true", help="a short run (~45 s idle)")
     add_arguments(p)
     p.add_argument("--runs", type=int, default=1, help="repeat everything; report medians")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")

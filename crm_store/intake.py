@@ -161,6 +161,9 @@ async def renew(store: Store, ids: Sequence[str], owner: str, lease_s: float) ->
         )
 
 
+COMMIT_TASK = "intake-commit"
+
+
 class GroupCommit:
     """Accepts intake for concurrent requests in shared writes.
 
@@ -182,7 +185,7 @@ class GroupCommit:
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._waiting.append((docs, future))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_all())
+            self._writer = asyncio.create_task(self._write_all(), name=COMMIT_TASK)
         return await future
 
     async def _write_all(self) -> None:
