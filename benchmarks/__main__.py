@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     progress(f"service log: {log_path}")
+    cpus = webhooks.allowed_cpus()  # before the run pins this process's threads
     result = asyncio.run(run_all(opts, progress))
     write_json(result, args.out)
     print(table(result))
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         args, quick=True, runs=opts.runs, pin=opts.pin, prefix="webhooks-"
     )
     print()
-    return 0 if webhooks.run_and_report(hooks, args.webhooks_out)["correct"] else 1
+    return 0 if webhooks.run_and_report(hooks, args.webhooks_out, cpus)["correct"] else 1
 
 
 if __name__ == "__main__":

@@ -2,21 +2,21 @@
 
 How fast the service pushes events to a consumer, and how late they arrive:
 
-1. start an ephemeral, file-backed embedded store (as ``python -m benchmarks`` does);
-2. start a fast consumer in another process (benchmarks/consumer.py): an aiohttp server
+1. start a fast consumer in another process (benchmarks/consumer.py): an aiohttp server
    on a free loopback port that answers 200 at once and records when each event arrived;
-3. for 1 and for 4 subscriptions (a fresh database each, ``crm_store.subscriptions.create``,
-   all event types, every subscription posting to the same consumer):
+2. for 1 and for 4 subscriptions (``crm_store.subscriptions.create``, all event types,
+   every subscription posting to the same consumer), each phase on a fresh ephemeral,
+   file-backed embedded store (as ``python -m benchmarks`` starts it):
 
-   a. **backlog drain** — append N events (``crm_store.events.append``, in batches) while
-      no worker runs, then start the service's ``DeliveryWorker`` in this process and
-      measure deliveries per second until the consumer has every event, for every
-      subscription;
+   a. **backlog drain** — append N ÷ k events (``crm_store.events.append``, in batches)
+      while no worker runs, so N deliveries for k subscriptions; then start the
+      service's ``DeliveryWorker`` in this process and measure deliveries per second until
+      the consumer has every event, for every subscription;
    b. **steady load** — with the worker running and caught up, append events at a fixed
       rate for a few seconds and measure the delivery lag: consumer arrival time − the
       event's ``written_at`` (set by ``append`` just before its insert), p50/p95/p99;
 
-4. after every phase, check what the consumer received: every event, once, in sequence
+3. after every phase, check what the consumer received: every event, once, in sequence
    order per subscription, correctly signed; and what the store says (each delivery
    logged ``delivered`` after one attempt, each cursor at the last event).
 
@@ -88,7 +88,7 @@ DB_NAME = "bench_webhooks"
 
 @dataclass(frozen=True, slots=True)
 class WebhookOptions:
-    events: int = 5000  # backlog: deliveries per case (N ÷ subscriptions events)
+    events: int = 2000  # backlog: deliveries per case (N ÷ subscriptions events)
     append_batch: int = 100  # events per append() call while building the backlog
     subscriptions: tuple[int, ...] = (1, 4)
     rates: tuple[float, ...] = (20.0, 100.0)  # steady load, events appended per second
@@ -250,6 +250,7 @@ async def fresh_phase(
                 timeout_s=settings.webhook_timeout_s,
                 retry_base_s=settings.webhook_retry_base_s,
                 poll_s=settings.webhook_poll_s,
+                lease_s=settings.webhook_lease_s,
             )
             yield Phase(opts, conn, k, store, feeder, sub_docs, worker, timer, embedded.pid)
         finally:
@@ -578,9 +579,18 @@ def headline(run: dict[str, Any]) -> dict[str, float]:
     return h
 
 
-async def run_webhooks(opts: WebhookOptions, progress: Callable[[str], None]) -> dict[str, Any]:
+def allowed_cpus() -> set[int]:
+    """The CPUs this process may use (before anything pinned it)."""
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+
+
+async def run_webhooks(
+    opts: WebhookOptions, progress: Callable[[str], None], cpus: set[int] | None = None
+) -> dict[str, Any]:
+    """``cpus``: the CPUs the store may use — by default this process's affinity, which
+    must not be pinned yet (``python -m benchmarks`` passes the set it saw at start)."""
     can_pin = opts.pin and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
-    cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+    cpus = allowed_cpus() if cpus is None else cpus
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
@@ -896,11 +906,11 @@ def options_from(
     return opts
 
 
-def run_and_report(opts: WebhookOptions, out: Path) -> dict[str, Any]:
+def run_and_report(opts: WebhookOptions, out: Path, cpus: set[int] | None = None) -> dict[str, Any]:
     def progress(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    result = asyncio.run(run_webhooks(opts, progress))
+    result = asyncio.run(run_webhooks(opts, progress, cpus))
     write_json(result, out)
     print(table(result))
     print(f"\nJSON: {out}")
