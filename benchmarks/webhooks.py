@@ -649,7 +649,7 @@ async def run_webhooks(
             "sync_on_commit": True,
             "cache_size": "64M",
             "write_concern": {"w": "majority", "j": True},
-            "started_fresh_per_run": True,
+            "started_fresh_per_phase": True,
         },
         "worker_settings": runs[0]["worker_settings"],
         "correct": correct,
@@ -741,7 +741,7 @@ def table(result: dict[str, Any]) -> str:
         add(f"code: {mach['git_commit']}{dirty}")
     add(
         "store: embedded SecantusDB, file-backed in a temp dir, --sync-on-commit, "
-        "w=majority j=true, fresh per run"
+        "w=majority j=true, fresh per phase"
     )
     aff = mach["affinity"]
     if aff["pinned"]:
