@@ -17,10 +17,11 @@ def write_json(result: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _num(v: float) -> str:
-    if v >= 100:
+def num(v: float) -> str:
+    """A figure with as many decimals as its size deserves."""
+    if abs(v) >= 100:
         return f"{v:,.0f}"
-    if v >= 10:
+    if abs(v) >= 10:
         return f"{v:.1f}"
     return f"{v:.2f}"
 
@@ -34,10 +35,10 @@ def table(result: dict[str, Any]) -> str:
     c = o["concurrency"]
 
     def f(key: str, unit: str = "") -> str:
-        text = _num(m[key]) + unit
+        text = num(m[key]) + unit
         if spread:
             lo, hi = spread[key]
-            text += f" [{_num(lo)}–{_num(hi)}]"
+            text += f" [{num(lo)}–{num(hi)}]"
         return text
 
     lines: list[str] = []
@@ -80,8 +81,8 @@ def table(result: dict[str, Any]) -> str:
     cpu = raw["store_cpu_ms_per_doc"]
     add(
         f"  (run 1: with intake's 2 secondary indexes "
-        f"{_num(raw['indexed_sequential_docs_per_s'])} seq / "
-        f"{_num(raw['indexed_concurrent_docs_per_s'])} conc docs/s; "
+        f"{num(raw['indexed_sequential_docs_per_s'])} seq / "
+        f"{num(raw['indexed_concurrent_docs_per_s'])} conc docs/s; "
         f"store CPU {cpu.get('raw_seq', 0):.2f} ms per sequential insert)"
     )
     add("")
@@ -142,7 +143,7 @@ def table(result: dict[str, Any]) -> str:
     add("Targets (medians):")
     for t in result["targets"]:
         verdict = "PASS" if t["pass"] else "MISS"
-        add(f"  {verdict}  {t['target']}: {_num(t['value'])} (limit {_num(t['limit'])})")
+        add(f"  {verdict}  {t['target']}: {num(t['value'])} (limit {num(t['limit'])})")
     problems = []
     expected_rule = {"new_lead": "new_lead", "steady": "conversation"}
     for i, r in enumerate(runs, 1):

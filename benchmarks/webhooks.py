@@ -55,7 +55,7 @@ from benchmarks import consumer
 from benchmarks.consumer import Arrivals, Collect, Ready
 from benchmarks.counting import command_key
 from benchmarks.loadgen import proc_status_kib
-from benchmarks.report import write_json
+from benchmarks.report import num, write_json
 from benchmarks.run import (
     cpu_seconds_of,
     cpu_seconds_self,
@@ -701,14 +701,6 @@ def problem_list(runs: list[dict[str, Any]]) -> list[str]:
 # ---------------------------------------------------------------------------- table
 
 
-def _num(v: float) -> str:
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
 def table(result: dict[str, Any]) -> str:
     m: dict[str, float] = result["median"]
     spread: dict[str, list[float]] | None = result["spread"]
@@ -722,10 +714,10 @@ def table(result: dict[str, Any]) -> str:
     def f(key: str) -> str:
         if key not in m:
             return "–"
-        text = _num(m[key])
+        text = num(m[key])
         if spread:
             lo, hi = spread[key]
-            text += f" [{_num(lo)}–{_num(hi)}]"
+            text += f" [{num(lo)}–{num(hi)}]"
         return text
 
     lines: list[str] = []
