@@ -18,7 +18,7 @@ from typing import Any
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from crm_store.documents import IntakeDoc, IntakeStatus
-from crm_store.store import Document, Store
+from crm_store.store import Document, Store, claim
 
 DUPLICATE_KEY = 11000
 # After this many failed routing attempts a record is parked as ``failed`` (visible in
@@ -112,34 +112,16 @@ async def mark_attempt_failed(store: Store, doc_id: str, error: str) -> None:
 async def claim_expired(store: Store, owner: str, lease_s: float, limit: int) -> list[IntakeDoc]:
     """Claim pending records whose lease has run out (their process died or gave up)."""
     t = now()
-    candidates = [
-        d["_id"]
-        async for d in store.intake.find(
-            # Our own records are still in our queue: never route them a second time.
-            {
-                "status": IntakeStatus.PENDING.value,
-                "lease_until": {"$lt": t},
-                "owner": {"$ne": owner},
-            },
-            {"_id": 1},
-            limit=limit,
-        )
-    ]
-    if not candidates:
-        return []
-    await store.intake.update_many(
-        {
-            "_id": {"$in": candidates},
-            "status": IntakeStatus.PENDING.value,
-            "lease_until": {"$lt": t},
-        },
-        {"$set": {"owner": owner, "lease_until": t + timedelta(seconds=lease_s)}},
-    )
-    claimed = store.intake.find(
-        {"_id": {"$in": candidates}, "owner": owner, "status": IntakeStatus.PENDING.value},
+    claimed = await claim(
+        store.intake,
+        # Our own records are still in our queue: never route them a second time.
+        {"status": IntakeStatus.PENDING.value, "lease_until": {"$lt": t}, "owner": {"$ne": owner}},
+        {"owner": owner, "lease_until": t + timedelta(seconds=lease_s)},
+        {"owner": owner, "status": IntakeStatus.PENDING.value},
+        limit,
         {"raw": 0},
     )
-    return [IntakeDoc.model_validate(d) async for d in claimed]
+    return [IntakeDoc.model_validate(d) for d in claimed]
 
 
 async def release(store: Store, ids: Sequence[str], owner: str) -> None:

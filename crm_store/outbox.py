@@ -15,7 +15,7 @@ from typing import Any
 
 from channels.base import STATE_RANK, DeliveryState
 from crm_store.events import append, event
-from crm_store.store import Document, Store
+from crm_store.store import Document, Store, claim
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -65,18 +65,13 @@ async def queue(
 
 async def claim_due(store: Store, owner: str, lease_s: float, limit: int) -> list[Document]:
     t = _now()
-    due = {"send_due_at": {"$lte": t}, "send_lease_until": {"$lt": t}}
-    ids = [d["_id"] async for d in store.messages.find(due, {"_id": 1}, limit=limit)]
-    if not ids:
-        return []
-    await store.messages.update_many(
-        {"_id": {"$in": ids}, **due},
-        {"$set": {"send_owner": owner, "send_lease_until": t + timedelta(seconds=lease_s)}},
+    return await claim(
+        store.messages,
+        {"send_due_at": {"$lte": t}, "send_lease_until": {"$lt": t}},
+        {"send_owner": owner, "send_lease_until": t + timedelta(seconds=lease_s)},
+        {"send_owner": owner, "send_lease_until": {"$gt": t}},
+        limit,
     )
-    cursor = store.messages.find(
-        {"_id": {"$in": ids}, "send_owner": owner, "send_lease_until": {"$gt": t}}
-    )
-    return [d async for d in cursor]
 
 
 async def mark_sent(

@@ -91,3 +91,22 @@ class Store:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+async def claim(
+    coll: Collection,
+    due: Document,
+    take: Document,
+    held: Document,
+    limit: int,
+    projection: Document | None = None,
+) -> list[Document]:
+    """The portable claim (docs/store.md): find up to ``limit`` documents matching ``due``,
+    ``$set`` ``take`` (owner token, lease) on those that still match, then read back the
+    ones that match ``held`` — ours. Exactly-once per document on MongoDB and the
+    embedded server alike, without find-and-modify."""
+    ids = [d["_id"] async for d in coll.find(due, {"_id": 1}, limit=limit)]
+    if not ids:
+        return []
+    await coll.update_many({"_id": {"$in": ids}, **due}, {"$set": take})
+    return [d async for d in coll.find({"_id": {"$in": ids}, **held}, projection)]

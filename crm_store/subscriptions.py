@@ -15,7 +15,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from crm_store.store import Document, Store
+from crm_store.store import Document, Store, claim
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_MAX_AGE_S = 24 * 3600.0
@@ -104,20 +104,13 @@ async def deactivate(store: Store, sub_id: str) -> bool:
 
 async def claim_due(store: Store, owner: str, lease_s: float, limit: int) -> list[Document]:
     t = _now()
-    due = {"active": True, "due_at": {"$lte": t}, "lease_until": {"$lt": t}}
-    ids = [d["_id"] async for d in _coll(store).find(due, {"_id": 1}, limit=limit)]
-    if not ids:
-        return []
-    await _coll(store).update_many(
-        {"_id": {"$in": ids}, **due},
-        {"$set": {"owner": owner, "lease_until": t + timedelta(seconds=lease_s)}},
+    return await claim(
+        _coll(store),
+        {"active": True, "due_at": {"$lte": t}, "lease_until": {"$lt": t}},
+        {"owner": owner, "lease_until": t + timedelta(seconds=lease_s)},
+        {"owner": owner, "lease_until": {"$gt": t}},
+        limit,
     )
-    return [
-        d
-        async for d in _coll(store).find(
-            {"_id": {"$in": ids}, "owner": owner, "lease_until": {"$gt": t}}
-        )
-    ]
 
 
 async def advance(store: Store, sub: Document, owner: str, cursor: int) -> bool:
