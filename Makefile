@@ -1,7 +1,8 @@
 # omniroute — developer entry points. Needs only python3 (>= 3.11) and make.
 #
 #   make run     start the service on the embedded store (data under ./var/mongo)
-#   make test    the test suite (an ephemeral embedded store, or $OMNIROUTE_TEST_MONGODB_URI)
+#   make test    the test suite (an ephemeral embedded store, or $OMNIROUTE_TEST_MONGODB_URI;
+#                installs Dovecot from Debian when missing)
 #   make lint    ruff check, ruff format --check, mypy --strict
 #   make bench   the benchmarks
 #   make soak    the slow multi-process and crash drills only
@@ -22,7 +23,7 @@ PYPROJECT_HASH := $(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(ope
 STAMP := $(VENV)/.installed-$(PYPROJECT_HASH)-$(subst $(comma),_,$(EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint bench soak clean distclean
+.PHONY: help venv run test test-system lint bench soak clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -48,9 +49,25 @@ run: venv
 	OMNIROUTE_SECRET_API_SITE="$${OMNIROUTE_SECRET_API_SITE:-dev-site-secret}" \
 		$(BIN)/omniroute serve $(ARGS)
 
+# Debian packages the tests run for real: Dovecot (the IMAP server of the e-mail tests).
+# Installed once when missing (as root, or through sudo).
+TEST_DEB_PACKAGES ?= dovecot-imapd
+
+test-system:
+	@missing=""; for p in $(TEST_DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null || { \
+			echo "could not install$$missing (needs root or sudo)" >&2; exit 1; }; \
+	fi
+
 # Exit code 5 means pytest collected nothing: always a mistake here (wrong directory,
 # a marker that deselects everything), so it fails like any other non-zero status.
-test: venv
+test: venv test-system
 	@rc=0; $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
@@ -60,10 +77,10 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: venv
+bench: venv test-system
 	$(BIN)/python -m benchmarks $(ARGS)
 
-soak: venv
+soak: venv test-system
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests $(PYTEST_ARGS)
 
 clean:

@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import webhooks
+from benchmarks import automation, calls, mail, mime, webhooks
 from benchmarks.report import table, write_json
 from benchmarks.run import Options, quiet_logging, run_all
 
@@ -45,6 +46,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--webhooks-out", type=Path, default=webhooks.DEFAULT_OUT, help="its JSON output file"
     )
+    p.add_argument(
+        "--calls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="afterwards, the telephony benchmark (python -m benchmarks.calls) in its quick "
+        "form unless sized below; its own table and JSON (default: on)",
+    )
+    calls.add_arguments(p, prefix="calls-")
+    p.add_argument("--calls-out", type=Path, default=calls.DEFAULT_OUT, help="its JSON output file")
+    for name, what in (
+        ("automation", "the automation benchmark (python -m benchmarks.automation --quick)"),
+        ("mail", "the e-mail intake benchmark (python -m benchmarks.mail --quick; needs Dovecot)"),
+        ("mime", "the e-mail parser benchmark (python -m benchmarks.mime --repeat 20)"),
+    ):
+        p.add_argument(
+            f"--{name}",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help=f"afterwards, {what} (default: on)",
+        )
     return p.parse_args(argv)
 
 
@@ -84,14 +105,29 @@ def main(argv: list[str] | None = None) -> int:
     write_json(result, args.out)
     print(table(result))
     print(f"\nJSON: {args.out}")
-    if not args.webhooks:
-        return 0
-    # The quick form keeps `make bench` short; --webhooks-* options size it.
-    hooks = webhooks.options_from(
-        args, quick=True, runs=opts.runs, pin=opts.pin, prefix="webhooks-"
-    )
-    print()
-    return 0 if webhooks.run_and_report(hooks, args.webhooks_out, cpus)["correct"] else 1
+    correct = True
+    if args.webhooks:
+        # The quick form keeps `make bench` short; --webhooks-* options size it.
+        hooks = webhooks.options_from(
+            args, quick=True, runs=opts.runs, pin=opts.pin, prefix="webhooks-"
+        )
+        print()
+        correct = webhooks.run_and_report(hooks, args.webhooks_out, cpus)["correct"]
+    if args.calls:
+        phones = calls.options_from(args, quick=True, runs=opts.runs, pin=opts.pin, prefix="calls-")
+        print()
+        correct = calls.run_and_report(phones, args.calls_out, cpus)["correct"] and correct
+    # The quick forms of the others; run each module directly to size it.
+    later: list[tuple[bool, Callable[[list[str]], int], list[str]]] = [
+        (args.automation, automation.main, ["--quick"]),
+        (args.mail, mail.main, ["--quick"]),
+        (args.mime, mime.main, ["--repeat", "20"]),
+    ]
+    for enabled, run, argv_ in later:
+        if enabled:
+            print()
+            correct = run(argv_) == 0 and correct
+    return 0 if correct else 1
 
 
 if __name__ == "__main__":

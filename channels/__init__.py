@@ -5,10 +5,15 @@ from __future__ import annotations
 from channels.api import ApiChannel
 from channels.avito import AvitoChannel
 from channels.base import Channel
+from channels.email import EmailChannel
+from channels.mango import MangoChannel
+from channels.megafon import MegaFonChannel
+from channels.pbx import PbxChannel
 from channels.telegram import TelegramChannel
 from channels.viber import ViberChannel
 from channels.vk import VkChannel
 from channels.whatsapp import WhatsAppChannel
+from channels.zadarma import ZadarmaChannel
 
 REGISTRY: dict[str, Channel] = {
     c.name: c
@@ -19,6 +24,11 @@ REGISTRY: dict[str, Channel] = {
         ViberChannel(),
         VkChannel(),
         AvitoChannel(),
+        EmailChannel(),
+        MegaFonChannel(),
+        MangoChannel(),
+        ZadarmaChannel(),
+        PbxChannel(),
     )
 }
 

@@ -66,6 +66,10 @@ class InboundMessage(BaseModel):
     # Provider specifics worth keeping (Avito item_id, Telegram business_connection_id …);
     # copied onto a lead/deal the message creates.
     meta: dict[str, str | int | bool | None] = Field(default_factory=dict)
+    # Provider ids of earlier messages this one answers, nearest first (e-mail:
+    # In-Reply-To, then References newest to oldest). The first one that is stored
+    # decides the conversation, before thread_id and the sender.
+    references: list[str] = Field(default_factory=list, max_length=200)
 
 
 class WebhookError(Exception):
@@ -168,6 +172,104 @@ class Reachability(BaseModel):
     reason: str | None = None
 
 
+# --- telephony: calls as providers report them (merged by channels/calls.py) ---------
+
+
+class CallDirection(StrEnum):
+    IN = "in"
+    OUT = "out"
+    INTERNAL = "internal"
+
+
+class CallStage(StrEnum):
+    """How far a call got; it only moves forward (``ringing`` < ``answered`` < ``ended``)."""
+
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+class Disposition(StrEnum):
+    """How a call ended, whatever the provider's words (see each channel module)."""
+
+    ANSWERED = "answered"
+    MISSED = "missed"
+    BUSY = "busy"
+    FAILED = "failed"
+
+
+class CallEvent(BaseModel):
+    """One provider report about one call (a PBX webhook), normalized. Reports of one call
+    may arrive in any order and more than once; channels/calls.py merges them so that the
+    stored call converges. Every field is what this one report says (None: it says
+    nothing about it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str
+    account: str
+    # The provider's id of the whole call (MegaFon callid, Mango entry_id, Zadarma
+    # pbx_call_id, Asterisk Linkedid).
+    call_id: str = Field(min_length=1, max_length=256)
+    # The provider's name of the report (for logs and the call's history).
+    event: str = Field(max_length=64)
+    leg_id: str | None = Field(default=None, max_length=256)
+    direction: CallDirection | None = None
+    # The customer's number as the provider wrote it, and our number (the DID dialled or
+    # shown); routing and the call record normalize them.
+    customer: str | None = Field(default=None, max_length=64)
+    line: str | None = Field(default=None, max_length=64)
+    # The employee (PBX login or extension) the report is about.
+    agent: str | None = Field(default=None, max_length=128)
+    stage: CallStage | None = None
+    disposition: Disposition | None = None
+    # The provider's summary of the whole call (MegaFon history, Mango summary, …): its
+    # agent is the one who had the call last.
+    final: bool = False
+    transferred: bool = False
+    # When the provider says the report happened, and what it says of the call's times.
+    at: datetime | None = None
+    started_at: datetime | None = None
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_s: int | None = Field(default=None, ge=0)
+    talk_s: int | None = Field(default=None, ge=0)
+    hangup_cause: str | None = Field(default=None, max_length=128)
+    recording_url: str | None = Field(default=None, max_length=4096)
+    recording_id: str | None = Field(default=None, max_length=256)
+    rating: int | None = None
+    # The provider's sequence number of the report within the call, if it has one.
+    seq: int | None = Field(default=None, ge=0)
+
+
+@dataclass(frozen=True, slots=True)
+class CallerQuery:
+    """A PBX asks, while the phone rings, who is calling: the app looks ``phone`` up in
+    the contacts and the channel (a :class:`CallerLookup`) formats the answer."""
+
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A known caller, as the ring-path lookup found it."""
+
+    contact_id: str
+    name: str | None
+    responsible_id: str | None
+
+
+@runtime_checkable
+class CallerLookup(Protocol):
+    """A channel whose PBX asks who is calling (:attr:`Parsed.lookup`)."""
+
+    name: str
+
+    def caller_reply(self, account: ChannelAccount, caller: Caller | None) -> Parsed:
+        """The answer to the PBX for a known caller, or for an unknown one (None)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Parsed:
     """The result of parsing one webhook request: what to store, and what to answer."""
@@ -176,6 +278,11 @@ class Parsed:
     edits: list[MessageEdit] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
     reachability: list[Reachability] = field(default_factory=list)
+    # Call reports (telephony): applied to the ``calls`` collection.
+    calls: list[CallEvent] = field(default_factory=list)
+    # A ring-path "who is calling" question: nothing is stored, the answer comes from
+    # the channel's :meth:`CallerLookup.caller_reply`.
+    lookup: CallerQuery | None = None
     # A response body some providers require (VK "ok", handshakes, challenges);
     # None → ``{"ok": true, ...}`` as JSON.
     reply: str | None = None
@@ -198,8 +305,20 @@ class OutboundMessage(BaseModel):
     attachments: list[Attachment] = Field(default_factory=list)
     # When the customer last wrote in this conversation (WhatsApp's 24 h window).
     last_inbound_at: datetime | None = None
-    # The provider id of the message this one answers, if any.
+    # The provider id of a message the operator chose to quote (messengers show it as a
+    # reply to that message), if any.
     in_reply_to: str | None = None
+    # The provider id of the conversation's last inbound message and the chain before it
+    # (e-mail threads on them: In-Reply-To / References, oldest first).
+    answers: str | None = None
+    references: list[str] = Field(default_factory=list)
+    # The conversation's subject (e-mail: sent as "Re: <subject>").
+    subject: str | None = None
+    # Sent by automation rather than an operator (e-mail marks it Auto-Submitted).
+    automatic: bool = False
+    # The message it answers was itself automatic (an auto-reply, a bounce, a null
+    # reverse-path): an automatic message must not answer it.
+    answers_automatic: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Load and check the YAML configuration.
 
-:func:`load_config` reads the five files of a configuration directory into one
+:func:`load_config` reads the six files of a configuration directory into one
 :class:`~config.models.AppConfig`. Every problem found — YAML syntax, unknown keys, wrong
 types, missing keys, broken references between files, literal secrets — is collected
 into one :class:`ConfigError`, each :class:`ConfigProblem` pointing at the file, line,
@@ -25,6 +25,18 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from automation import expressions, templates
+from automation.rules import (
+    ENTRY_KEYS,
+    Action,
+    AutomationFile,
+    Condition,
+    RoleRef,
+    UserRef,
+    Who,
+    conditions,
+    rule_problems,
+)
 from config.models import (
     AppConfig,
     CalendarFile,
@@ -34,6 +46,7 @@ from config.models import (
     PipelinesFile,
     SourceMode,
     SourcesFile,
+    StageOutcome,
     UsersFile,
 )
 from config.settings import DEFAULT_CONFIG_DIR
@@ -53,11 +66,12 @@ PIPELINES = "pipelines.yaml"
 SOURCES = "sources.yaml"
 USERS = "users.yaml"
 CALENDAR = "calendar.yaml"
+AUTOMATION = "automation.yaml"
 
 #: The files of a configuration directory, in reporting order.
-CONFIG_FILES: tuple[str, ...] = (CHANNELS, PIPELINES, SOURCES, USERS, CALENDAR)
+CONFIG_FILES: tuple[str, ...] = (CHANNELS, PIPELINES, SOURCES, USERS, CALENDAR, AUTOMATION)
 #: Files that may be absent (their defaults apply).
-OPTIONAL_FILES = frozenset({CHANNELS, CALENDAR})
+OPTIONAL_FILES = frozenset({CHANNELS, CALENDAR, AUTOMATION})
 
 _IDENT_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 _ENV_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
@@ -317,6 +331,8 @@ def _error_message(err: ErrorDetails, path: Path_) -> str:
         return f"missing required key '{name}'"
     if kind == "extra_forbidden":
         return f"unknown key '{name}'"
+    if kind == "value_error":  # our own validators say what they got
+        return err["msg"].removeprefix("Value error, ")
     if kind == "string_pattern_mismatch":
         pattern = (err.get("ctx") or {}).get("pattern")
         if pattern == _ENV_PATTERN:
@@ -442,6 +458,23 @@ class _Checker:
                     ("pipelines", i, "stages"),
                     f"pipeline '{p.id}' has no final stage (outcome: won or failed)",
                 )
+            for j, stage in enumerate(p.stages):
+                at: Path_ = ("pipelines", i, "stages", j)
+                if stage.no_return and stage.final:
+                    self.report(
+                        PIPELINES,
+                        (*at, "no_return"),
+                        "no_return applies to open stages (a final stage is left only by "
+                        "reopening)",
+                    )
+                for k, req in enumerate(stage.requires):
+                    for key in sorted(set(req.if_.keys_used()) - ENTRY_KEYS):
+                        self.report(
+                            PIPELINES,
+                            (*at, "requires", k, "if", key),
+                            f"an entry condition tests the lead/deal itself; '{key}' is not "
+                            f"allowed here (use {', '.join(sorted(ENTRY_KEYS))})",
+                        )
 
     # users.yaml
 
@@ -567,12 +600,31 @@ class _Checker:
                 for i, a in enumerate(cf.accounts)
             ],
         )
+        self.channel_settings(cf)
         if sf is None:
             return
         source_ids = {s.id for s in sf.sources}
         for i, a in enumerate(cf.accounts):
             if a.source not in source_ids:
                 self.report(CHANNELS, ("accounts", i, "source"), f"unknown source '{a.source}'")
+
+    def channel_settings(self, cf: ChannelsFile) -> None:
+        """Channels that model their ``settings`` (e-mail) check them here, key by key."""
+        from channels.email import MailboxSettings  # channels/ imports config.models
+
+        for i, a in enumerate(cf.accounts):
+            if a.channel != "email":
+                continue
+            try:
+                MailboxSettings.model_validate(a.settings)
+            except ValidationError as exc:
+                for err in exc.errors(include_url=False, include_input=False):
+                    loc = tuple(err["loc"])
+                    name = str(loc[0]) if loc else ""
+                    if err["type"] == "extra_forbidden" and any(w in name for w in _SECRET_WORDS):
+                        continue  # a literal secret: channel_secrets() reports it
+                    path: Path_ = ("accounts", i, "settings", *loc)
+                    self.report(CHANNELS, path, _error_message(err, path))
 
     def channel_secrets(self) -> None:
         """Secrets live in the environment: flag literal ones in any ``settings``."""
@@ -623,6 +675,182 @@ class _Checker:
                 f"working day end {hours.end:%H:%M} must be after start {hours.start:%H:%M}",
             )
 
+    # automation.yaml
+
+    def automation(
+        self,
+        af: AutomationFile,
+        pf: PipelinesFile | None,
+        uf: UsersFile | None,
+        cf: ChannelsFile | None,
+    ) -> None:
+        self.unique(
+            AUTOMATION, "rule id", [(r.id, ("rules", i, "id")) for i, r in enumerate(af.rules)]
+        )
+        refs = _Refs(
+            {p.id: p.kind.value for p in pf.pipelines} if pf is not None else None,
+            {p.id: {s.id: s.outcome for s in p.stages} for p in pf.pipelines}
+            if pf is not None
+            else None,
+            {u.id: u.active for u in uf.users} if uf is not None else None,
+            {(a.channel, a.account) for a in cf.accounts} if cf is not None else None,
+            {r.id for r in af.rules if r.timed},
+        )
+        for i, rule in enumerate(af.rules):
+            at: Path_ = ("rules", i)
+            for path, message in rule_problems(rule):
+                self.report(AUTOMATION, (*at, *path), message)
+            for path, cond in conditions(rule):
+                self.rule_condition(cond, (*at, *path), refs)
+            scope = refs.scope(rule.if_)
+            for j, action in enumerate(rule.do):
+                self.rule_action(action, (*at, "do", j), refs, scope)
+
+    def rule_condition(self, cond: Condition, at: Path_, refs: _Refs) -> None:
+        if refs.pipelines is not None:
+            for k, pid in enumerate(cond.pipeline or ()):
+                if pid not in refs.pipelines:
+                    self.report(AUTOMATION, (*at, "pipeline", k), f"unknown pipeline '{pid}'")
+        scope = refs.scope(cond)
+        for key in ("stage", "from_stage", "to_stage"):
+            for k, sid in enumerate(getattr(cond, key) or ()):
+                if scope and not any(sid in refs.stages_of(p) for p in scope):
+                    self.report(
+                        AUTOMATION,
+                        (*at, key, k),
+                        f"no stage '{sid}' in pipeline{'s' if len(scope) > 1 else ''} "
+                        + ", ".join(f"'{p}'" for p in scope),
+                    )
+        for k, rid in enumerate(cond.timer or ()):
+            if rid not in refs.timed:
+                self.report(AUTOMATION, (*at, "timer", k), f"no rule '{rid}' with a delay")
+        if refs.users is not None:
+            for k, uid in enumerate(cond.responsible or ()):
+                if uid not in refs.users:
+                    self.report(AUTOMATION, (*at, "responsible", k), f"unknown user '{uid}'")
+
+    def rule_who(self, who: Who, at: Path_, refs: _Refs) -> None:
+        if isinstance(who, UserRef) and refs.users is not None:
+            if who.user not in refs.users:
+                self.report(AUTOMATION, (*at, "user"), f"unknown user '{who.user}'")
+            elif not refs.users[who.user]:
+                self.report(AUTOMATION, (*at, "user"), f"user '{who.user}' is inactive")
+        elif isinstance(who, RoleRef):
+            pass  # the role names are checked by the model
+
+    def rule_text(self, text: str, at: Path_) -> None:
+        for message in templates.problems(text):
+            self.report(AUTOMATION, at, message)
+
+    def rule_action(self, action: Action, at: Path_, refs: _Refs, scope: list[str]) -> None:
+        if (a := action.create_task) is not None:
+            p = (*at, "create_task")
+            self.rule_text(a.title, (*p, "title"))
+            if a.description:
+                self.rule_text(a.description, (*p, "description"))
+            self.rule_who(a.assignee, (*p, "assignee"), refs)
+            for k, w in enumerate(a.watchers):
+                self.rule_who(w, (*p, "watchers", k), refs)
+        if (n := action.notify) is not None:
+            self.rule_text(n.text, (*at, "notify", "text"))
+            for k, w in enumerate(n.to):
+                self.rule_who(w, (*at, "notify", "to", k), refs)
+        if (sf := action.set_field) is not None and sf.compute is not None:
+            try:
+                expressions.parse(sf.compute)
+            except expressions.ExpressionError as exc:
+                self.report(AUTOMATION, (*at, "set_field", "compute"), f"bad expression: {exc}")
+        mv = action.move_to_stage
+        if mv is not None and mv.stage != "next" and scope and not refs.in_scope(mv.stage, scope):
+            self.report(
+                AUTOMATION,
+                (*at, "move_to_stage", "stage"),
+                f"no stage '{mv.stage}' in " + ", ".join(f"'{p}'" for p in scope),
+            )
+        if (cp := action.copy_to_pipeline) is not None and refs.pipelines is not None:
+            p = (*at, "copy_to_pipeline")
+            kind = refs.pipelines.get(cp.pipeline)
+            if kind is None:
+                self.report(AUTOMATION, (*p, "pipeline"), f"unknown pipeline '{cp.pipeline}'")
+            elif kind != PipelineKind.DEAL.value:
+                self.report(
+                    AUTOMATION,
+                    (*p, "pipeline"),
+                    f"copies are deals: pipeline '{cp.pipeline}' is of kind {kind}",
+                )
+            elif cp.stage is not None:
+                outcome = refs.stages_of(cp.pipeline).get(cp.stage)
+                if outcome is None:
+                    self.report(
+                        AUTOMATION,
+                        (*p, "stage"),
+                        f"pipeline '{cp.pipeline}' has no stage '{cp.stage}'",
+                    )
+                elif outcome is not StageOutcome.OPEN:
+                    self.report(AUTOMATION, (*p, "stage"), f"stage '{cp.stage}' is final")
+        if (sm := action.send_message) is not None:
+            p = (*at, "send_message")
+            self.rule_text(sm.text, (*p, "text"))
+            if sm.account is not None and sm.channel is None:
+                self.report(AUTOMATION, (*p, "account"), "an account needs its 'channel'")
+            elif sm.channel is not None and refs.accounts is not None:
+                known = {a for c, a in refs.accounts if c == sm.channel}
+                if not known:
+                    self.report(
+                        AUTOMATION, (*p, "channel"), f"no account of channel '{sm.channel}'"
+                    )
+                elif sm.account is not None and sm.account not in known:
+                    self.report(
+                        AUTOMATION,
+                        (*p, "account"),
+                        f"no account '{sm.account}' of channel '{sm.channel}'",
+                    )
+        if (nn := action.next_number) is not None:
+            try:
+                nn.format.format(n=1)
+            except (ValueError, KeyError, IndexError) as exc:
+                self.report(
+                    AUTOMATION,
+                    (*at, "next_number", "format"),
+                    f"bad format (use {{n}}, e.g. 'ORD-{{n:05d}}'): {exc}",
+                )
+        if (
+            (cj := action.close_as_junk) is not None
+            and scope
+            and not any(refs.stages_of(p).get(cj.stage) is StageOutcome.FAILED for p in scope)
+        ):
+            self.report(
+                AUTOMATION,
+                (*at, "close_as_junk", "stage"),
+                f"'{cj.stage}' is not a failed stage of " + ", ".join(f"'{p}'" for p in scope),
+            )
+        if (wh := action.webhook) is not None and not re.match(r"^https?://[^/\s]+", wh.url):
+            self.report(AUTOMATION, (*at, "webhook", "url"), "must be an http(s) URL")
+
+
+@dataclass
+class _Refs:
+    """What automation.yaml may refer to in the other files (None: that file is broken)."""
+
+    pipelines: dict[str, str] | None  # id → kind
+    stages: dict[str, dict[str, StageOutcome]] | None  # pipeline → stage → outcome
+    users: dict[str, bool] | None  # id → active
+    accounts: set[tuple[str, str]] | None
+    timed: set[str]
+
+    def stages_of(self, pipeline: str) -> dict[str, StageOutcome]:
+        return (self.stages or {}).get(pipeline, {})
+
+    def in_scope(self, stage: str, scope: list[str]) -> bool:
+        return any(stage in self.stages_of(p) for p in scope)
+
+    def scope(self, cond: Condition | None) -> list[str]:
+        """The pipelines a condition limits a rule to (all, if it names none)."""
+        if self.pipelines is None:
+            return []
+        named = [p for p in (cond.pipeline or ()) if p in self.pipelines] if cond else []
+        return named or list(self.pipelines)
+
 
 # --- the public API ------------------------------------------------------------------
 
@@ -638,6 +866,7 @@ def _load(config_dir: Path) -> tuple[AppConfig | None, list[ConfigProblem]]:
     sources = _validate(docs[SOURCES], SourcesFile, problems)
     users = _validate(docs[USERS], UsersFile, problems)
     calendar = _validate(docs[CALENDAR], CalendarFile, problems)
+    automation = _validate(docs[AUTOMATION], AutomationFile, problems)
 
     # References are checked wherever the files involved are valid on their own, so one
     # broken file does not hide the problems of the others.
@@ -653,6 +882,8 @@ def _load(config_dir: Path) -> tuple[AppConfig | None, list[ConfigProblem]]:
         check.channels(channels, sources)
     if calendar is not None:
         check.calendar(calendar)
+    if automation is not None:
+        check.automation(automation, pipelines, users, channels)
 
     order = {file: i for i, file in enumerate(CONFIG_FILES)}
     problems.sort(key=lambda p: (order.get(p.file, -1), p.line or 0, p.column or 0))
@@ -663,10 +894,16 @@ def _load(config_dir: Path) -> tuple[AppConfig | None, list[ConfigProblem]]:
         or sources is None
         or users is None
         or calendar is None
+        or automation is None
     ):
         return None, problems
     cfg = AppConfig(
-        channels=channels, pipelines=pipelines, sources=sources, users=users, calendar=calendar
+        channels=channels,
+        pipelines=pipelines,
+        sources=sources,
+        users=users,
+        calendar=calendar,
+        automation=automation,
     )
     return cfg, problems
 

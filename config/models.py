@@ -1,8 +1,9 @@
 """Typed models of the YAML configuration in this directory.
 
 One file per concern (``channels.yaml``, ``pipelines.yaml``, ``sources.yaml``,
-``users.yaml``, ``calendar.yaml``); :func:`config.loader.load_config` reads them all into
-one :class:`AppConfig` and checks the references between them.
+``users.yaml``, ``calendar.yaml``, ``automation.yaml``); :func:`config.loader.load_config`
+reads them all into one :class:`AppConfig` and checks the references between them. The
+rule language of ``automation.yaml`` is modelled in :mod:`automation.rules`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from automation.rules import AutomationFile, Condition
 
 Ident = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$")]
@@ -60,6 +63,14 @@ class StageOutcome(StrEnum):
     FAILED = "failed"
 
 
+class EntryRequirement(Strict):
+    """A condition a lead/deal must meet to enter a stage, and what to say when it does
+    not ("payment is complete")."""
+
+    message: str = Field(min_length=1, max_length=200)
+    if_: Condition = Field(alias="if")
+
+
 class Stage(Strict):
     id: Ident
     name: str
@@ -69,6 +80,10 @@ class Stage(Strict):
     spam: bool = False
     # Fields that must be filled before a lead/deal may enter this stage.
     required_fields: list[Ident] = Field(default_factory=list)
+    # Conditions on the fields to enter this stage (conditional entry).
+    requires: list[EntryRequirement] = Field(default_factory=list)
+    # Once a lead/deal has reached this stage, it may not move back before it.
+    no_return: bool = False
 
     @property
     def final(self) -> bool:
@@ -179,6 +194,7 @@ class AppConfig(Strict):
     sources: SourcesFile
     users: UsersFile
     calendar: CalendarFile
+    automation: AutomationFile = AutomationFile()
 
     def account(self, channel: str, account: str) -> ChannelAccount | None:
         return next(

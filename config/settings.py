@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     # process takes it over at most this much later.
     webhook_lease_s: float = Field(default=30.0, gt=0)
 
+    # Pipeline automation (docs/automation.md): run the rule engine in this process; how
+    # often it looks for new events and due timers; how long a process holds the event
+    # cursor or a claimed timer (after a crash another takes over at most this much
+    # later); timers claimed per round; the delay before a failed firing is retried.
+    automation_enabled: bool = True
+    automation_poll_s: float = Field(default=1.0, gt=0)
+    automation_lease_s: float = Field(default=30.0, gt=0)
+    automation_timer_batch: int = Field(default=50, gt=0)
+    automation_retry_s: float = Field(default=30.0, gt=0)
+
     @field_validator("mongodb_uri")
     @classmethod
     def _empty_uri_is_none(cls, value: str | None) -> str | None:

@@ -91,6 +91,40 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "counters": [],
     "users": [],
+    # --- e-mail
+    "mailboxes": [],
+    "leases": [],
+    "files": [],
+    "file_chunks": [IndexModel([("file_id", ASCENDING), ("n", ASCENDING)], name="file_n")],
+    # --- telephony
+    # One document per call; _id = hash(channel, account, provider call id). The call of
+    # a message, and the calls of a number, newest first.
+    "calls": [
+        IndexModel([("message_id", ASCENDING)], name="message"),
+        IndexModel([("customer", ASCENDING), ("started_at", DESCENDING)], name="customer"),
+    ],
+    # --- automation
+    "tasks": [
+        IndexModel(
+            [("assignee_id", ASCENDING), ("status", ASCENDING), ("deadline", ASCENDING)],
+            name="assignee",
+        ),
+        IndexModel([("watchers", ASCENDING), ("status", ASCENDING)], name="watchers"),
+        IndexModel([("entity_id", ASCENDING), ("created_at", ASCENDING)], name="entity"),
+    ],
+    "notifications": [
+        IndexModel([("user_id", ASCENDING), ("created_at", DESCENDING)], name="user"),
+    ],
+    # Due timers are claimed by (state, due_at), orphaned ones by (state, lease_until); an
+    # entity's are cancelled by entity_id when it moves.
+    "timers": [
+        IndexModel([("state", ASCENDING), ("due_at", ASCENDING)], name="due"),
+        IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="lease"),
+        IndexModel([("entity_id", ASCENDING), ("state", ASCENDING)], name="entity"),
+    ],
+    "automation_actions": [],
+    "automation_cursors": [],
+    "companies": [],
 }
 
 

@@ -32,8 +32,13 @@ async def queue(
     attachments: list[dict[str, Any]] | None = None,
     author_id: str | None = None,
     message_id: str | None = None,
+    automatic: bool = False,
 ) -> Document:
-    """Store an outbound message as ``queued``; the outbox worker sends it."""
+    """Store an outbound message as ``queued``; the outbox worker sends it.
+
+    ``automatic``: sent by automation, not an operator (e-mail marks it Auto-Submitted and
+    refuses to answer an automatic message with it). ``message_id`` makes the queueing
+    idempotent: a second call with the same id raises ``DuplicateKeyError``."""
     at = _now()
     doc: Document = {
         "_id": message_id or uuid.uuid4().hex,
@@ -47,6 +52,7 @@ async def queue(
         "text": text,
         "attachments": attachments or [],
         "author_id": author_id,
+        "automatic": automatic,
         "state": DeliveryState.QUEUED.value,
         "state_rank": STATE_RANK[DeliveryState.QUEUED],
         "state_history": [{"state": DeliveryState.QUEUED.value, "at": at}],

@@ -42,6 +42,41 @@ async def load_conversations(store: Store, ids: Iterable[str]) -> dict[str, Conv
     return {d["_id"]: ConversationDoc.model_validate(d) async for d in cursor}
 
 
+async def conversations_of(
+    store: Store, wanted: dict[tuple[str, str], set[str]]
+) -> dict[tuple[str, str, str], str]:
+    """The conversations of stored messages (inbound or ours), by (channel, account,
+    provider id): how a reply finds its thread."""
+    ors = [
+        {"channel": c, "account": a, "provider_id": {"$in": sorted(ids)}}
+        for (c, a), ids in wanted.items()
+        if ids
+    ]
+    if not ors:
+        return {}
+    out: dict[tuple[str, str, str], str] = {}
+    cursor = store.messages.find(
+        {"$or": ors} if len(ors) > 1 else ors[0],
+        {"channel": 1, "account": 1, "provider_id": 1, "conversation_id": 1},
+    )
+    async for d in cursor:
+        if d.get("conversation_id") and d.get("provider_id"):
+            out[(d["channel"], d["account"], d["provider_id"])] = d["conversation_id"]
+    return out
+
+
+async def mark_failing_addresses(store: Store, addresses: Sequence[str]) -> list[tuple[str, str]]:
+    """Mark the contacts holding these e-mail addresses as failing on them (a bounce);
+    returns the (contact id, address) pairs (idempotent: a re-run marks nothing twice)."""
+    keys = [f"email:{a}" for a in addresses]
+    hits: list[tuple[str, str]] = []
+    async for c in store.contacts.find({"identities": {"$in": keys}}, {"identities": 1}):
+        hits += [(c["_id"], a) for a in addresses if f"email:{a}" in c["identities"]]
+    for cid, addr in hits:
+        await store.contacts.update_one({"_id": cid}, {"$addToSet": {"failing_emails": addr}})
+    return hits
+
+
 async def load_contacts(
     store: Store, identities: Iterable[str], ids: Iterable[str] = ()
 ) -> list[ContactDoc]:

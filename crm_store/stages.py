@@ -1,18 +1,30 @@
-"""The stage-move write path of leads and deals.
+"""The stage-move write path of leads and deals, and the stage guards.
 
-The rules (required fields, no backward moves) are checked by the caller against the
-pipeline config; this module writes the move so that everything derived from it stays
-true: ``open`` follows the stage, the open-lead / auto-deal guards are released when the
-entity closes, the conversations pointing at it learn that their target closed, a lead
-closed as spam marks its contact, and a ``*.stage_changed`` event is appended.
+Every move — an operator's through the API, a robot's through automation — goes through
+:func:`move_stage`, which refuses what the pipeline config forbids (:func:`check_move`):
+
+- **required fields** of the target stage (``required_fields``);
+- **conditional entry** (``requires``: conditions on the fields, each with its message —
+  "Won" only when the closing documents are signed and the order is paid in full);
+- **backward moves**: anywhere in a ``forbid_backward`` pipeline, and back past a stage
+  marked ``no_return`` once the lead/deal has reached it. Final stages stay reachable.
+
+A refusal (:class:`StageError`) lists everything missing at once. The move itself keeps
+everything derived from it true: ``open`` follows the stage, the open-lead / auto-deal
+guards are released when the entity closes, the conversations pointing at it learn that
+their target closed, a lead closed as spam marks its contact, and a ``*.stage_changed``
+event is appended. The update is conditional on the stage the checks saw, so two moves at
+once cannot both pass the guards of different starting points.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from config.models import Pipeline
+from automation.conditions import Snapshot, matches
+from config.models import Pipeline, Stage
 from crm_store.events import append, event
 from crm_store.store import Document, Store
 
@@ -20,27 +32,105 @@ Kind = Literal["lead", "deal"]
 
 
 class StageError(ValueError):
-    """The move is not allowed; ``field`` names what is missing, if anything."""
+    """The move is not allowed.
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    ``code``: ``stage_refused`` (a guard said no), ``unknown_stage``, ``not_found``,
+    ``conflict`` (the entity moved meanwhile). ``missing_fields`` are the required fields
+    that are empty, ``unmet`` the messages of the entry conditions and direction rules that
+    do not hold; ``field`` is the first missing field (or None).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        field: str | None = None,
+        *,
+        code: str = "stage_refused",
+        missing_fields: Sequence[str] = (),
+        unmet: Sequence[str] = (),
+    ) -> None:
         super().__init__(message)
-        self.field = field
+        self.code = code
+        self.missing_fields = list(missing_fields)
+        self.field = field if field is not None else next(iter(self.missing_fields), None)
+        self.unmet = list(unmet)
+
+    def details(self) -> dict[str, Any]:
+        """What a problem+json answer carries."""
+        return {"code": self.code, "missing_fields": self.missing_fields, "unmet": self.unmet}
+
+
+def _index(pipeline: Pipeline, stage_id: str) -> int:
+    return next(i for i, s in enumerate(pipeline.stages) if s.id == stage_id)
+
+
+def _backward(pipeline: Pipeline, entity: Document, target: Stage) -> str | None:
+    """Why moving back to ``target`` is forbidden, if it is."""
+    current = pipeline.stage(str(entity.get("stage_id")))
+    if current is None or target.final:
+        return None
+    to, at = _index(pipeline, target.id), _index(pipeline, current.id)
+    if pipeline.forbid_backward and to < at:
+        return f"moving back from {current.id} to {target.id} is not allowed"
+    reached = set(entity.get("no_return_reached") or [])
+    for stage in pipeline.stages[to + 1 :]:
+        if not stage.no_return:
+            continue
+        passed = stage.id in reached or (not current.final and at >= _index(pipeline, stage.id))
+        if passed:
+            return (
+                f"it has reached {stage.id}: moving back to {target.id} is not allowed "
+                f"(no return after {stage.id})"
+            )
+    return None
 
 
 def check_move(pipeline: Pipeline, entity: Document, stage_id: str) -> None:
-    """Raise :class:`StageError` when ``entity`` may not enter ``stage_id``."""
+    """Raise :class:`StageError` when ``entity`` may not enter ``stage_id``, listing every
+    reason at once."""
     target = pipeline.stage(stage_id)
     if target is None:
-        raise StageError(f"pipeline {pipeline.id} has no stage {stage_id!r}")
-    fields: dict[str, object] = entity.get("fields", {})
-    for name in target.required_fields:
-        if fields.get(name) in (None, "", []):
-            raise StageError(f"stage {stage_id} requires field {name!r}", field=name)
-    current = pipeline.stage(str(entity.get("stage_id")))
-    if pipeline.forbid_backward and current is not None and not target.final:
-        ids = [s.id for s in pipeline.stages]
-        if ids.index(stage_id) < ids.index(current.id):
-            raise StageError(f"moving back from {current.id} to {stage_id} is not allowed")
+        raise StageError(f"pipeline {pipeline.id} has no stage {stage_id!r}", code="unknown_stage")
+    if entity.get("deleted"):
+        raise StageError("it was deleted (a duplicate)", code="not_found")
+    fields: dict[str, object] = entity.get("fields") or {}
+    missing = [n for n in target.required_fields if fields.get(n) in (None, "", [])]
+    snap = Snapshot.of(str(entity.get("kind") or "deal"), {"_id": "", **entity})
+    unmet = [r.message for r in target.requires if not matches(r.if_, snap)]
+    back = _backward(pipeline, entity, target)
+    if back is not None:
+        unmet.append(back)
+    if missing or unmet:
+        reasons = [f"stage {stage_id} requires field {name!r}" for name in missing]
+        reasons += [f"{message} (not met)" if message != back else message for message in unmet]
+        raise StageError("; ".join(reasons), missing_fields=missing, unmet=unmet)
+
+
+def stage_changed(
+    kind: Kind,
+    entity: Document,
+    pipeline: Pipeline,
+    from_stage: str | None,
+    to_stage: Stage,
+    *,
+    by: str | None,
+    at: datetime,
+    key: Sequence[str],
+) -> Document:
+    """The ``<kind>.stage_changed`` event of a move."""
+    return event(
+        f"{kind}.stage_changed",
+        {f"{kind}_id": entity["_id"], "contact_id": entity.get("contact_id")},
+        {
+            "from": from_stage,
+            "to": to_stage.id,
+            "by": by,
+            "pipeline_id": pipeline.id,
+            "final": to_stage.final,
+        },
+        key=key,
+        at=at,
+    )
 
 
 async def move_stage(
@@ -50,16 +140,22 @@ async def move_stage(
     pipeline: Pipeline,
     stage_id: str,
     by: str | None = None,
+    *,
+    at: datetime | None = None,
+    key: str | None = None,
 ) -> Document:
-    """Move a lead or deal to ``stage_id`` (checked by :func:`check_move`)."""
+    """Move a lead or deal to ``stage_id`` (checked by :func:`check_move`).
+
+    ``key`` makes the event id deterministic (automation passes its idempotency key);
+    ``at`` is the time of the move (default now)."""
     coll = store.leads if kind == "lead" else store.deals
     entity = await coll.find_one({"_id": entity_id})
     if entity is None:
-        raise StageError(f"no {kind} {entity_id}")
-    check_move(pipeline, entity, stage_id)
+        raise StageError(f"no {kind} {entity_id}", code="not_found")
+    check_move(pipeline, {**entity, "kind": kind}, stage_id)
     stage = pipeline.stage(stage_id)
     assert stage is not None
-    at = datetime.now(UTC)
+    at = at or datetime.now(UTC)
     guard = "open_contact" if kind == "lead" else "auto_open"
     update: dict[str, Document] = {
         "$set": {
@@ -73,28 +169,25 @@ async def move_stage(
         update["$unset"] = {guard: ""}
         update["$set"]["closed_at"] = at
         update["$set"]["outcome"] = stage.outcome.value
-    await coll.update_one({"_id": entity_id}, update)
+    if stage.no_return:
+        update["$addToSet"] = {"no_return_reached": stage_id}
+    result = await coll.update_one(
+        {"_id": entity_id, "stage_id": entity.get("stage_id"), "deleted": {"$ne": True}}, update
+    )
+    if result.matched_count == 0:
+        raise StageError(f"the {kind} changed meanwhile; try again", code="conflict")
     if stage.final:
         await store.conversations.update_many(
             {"target.id": entity_id}, {"$set": {"target.open": False}}
         )
         if stage.spam:
             await store.contacts.update_one({"_id": entity["contact_id"]}, {"$set": {"spam": True}})
+    event_key = [key] if key is not None else [kind, entity_id, stage_id, at.isoformat()]
     await append(
         store,
         [
-            event(
-                f"{kind}.stage_changed",
-                {f"{kind}_id": entity_id, "contact_id": entity["contact_id"]},
-                {
-                    "from": entity.get("stage_id"),
-                    "to": stage_id,
-                    "by": by,
-                    "pipeline_id": pipeline.id,
-                    "final": stage.final,
-                },
-                key=[kind, entity_id, stage_id, at.isoformat()],
-                at=at,
+            stage_changed(
+                kind, entity, pipeline, entity.get("stage_id"), stage, by=by, at=at, key=event_key
             )
         ],
     )

@@ -14,6 +14,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from automation.event_schemas import (
+    AutomationFailed,
+    EntityDeleted,
+    FieldChanged,
+    NotificationCreated,
+    ResponsibleChanged,
+    TaskChanged,
+    TaskCreated,
+    TimerFired,
+)
+from crm_store.calls import CallEnded, CallMissed, CallStarted
+
 
 class _Data(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -82,6 +94,12 @@ class DeliveryChanged(_Data):
     code: str | None = None
 
 
+class AddressFailing(_Data):
+    address: str = Field(description="the e-mail address the bounce reported as failing")
+    channel: str
+    account: str = Field(description="the mailbox the bounce arrived in")
+
+
 EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "contact.created": (ContactCreated, "routing created a contact for a new sender"),
     "lead.created": (EntityCreated, "a new lead (unknown sender, rule 5)"),
@@ -102,6 +120,55 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "message.delivery_changed": (
         DeliveryChanged,
         "an outbound message's delivery state moved forward (or failed)",
+    ),
+    # --- e-mail
+    "contact.address_failing": (
+        AddressFailing,
+        "a bounce reported that mail to one of the contact's addresses fails",
+    ),
+    # --- telephony
+    "call.started": (
+        CallStarted,
+        "a customer's call began (inbound or outbound); refs: call, message, contact if known",
+    ),
+    "call.ended": (
+        CallEnded,
+        "a customer's call ended, with its disposition (answered, missed, busy, failed)",
+    ),
+    "call.missed": (
+        CallMissed,
+        "an inbound call from a known contact ended unanswered: someone should call back",
+    ),
+    # --- automation
+    "task.created": (TaskCreated, "a task was created (by a rule or a person)"),
+    "task.completed": (TaskChanged, "a task was marked done"),
+    "task.reopened": (TaskChanged, "a done task was opened again"),
+    "notification.created": (
+        NotificationCreated,
+        "a user was notified (stored; the inbox shows it); one event per user",
+    ),
+    "timer.fired": (
+        TimerFired,
+        "a rule's timer came due with its condition still holding, and its actions ran",
+    ),
+    "lead.field_changed": (FieldChanged, "fields of a lead were set or cleared"),
+    "deal.field_changed": (FieldChanged, "fields of a deal were set or cleared"),
+    "lead.responsible_changed": (ResponsibleChanged, "a lead got another responsible"),
+    "deal.responsible_changed": (ResponsibleChanged, "a deal got another responsible"),
+    "contact.responsible_changed": (
+        ResponsibleChanged,
+        "a contact got another responsible (e.g. cascaded from its deal)",
+    ),
+    "company.responsible_changed": (
+        ResponsibleChanged,
+        "a company got another responsible (e.g. cascaded from a deal)",
+    ),
+    "lead.deleted": (EntityDeleted, "a duplicate lead was removed from the pipeline"),
+    "deal.deleted": (EntityDeleted, "a duplicate deal was removed from the pipeline"),
+    "automation.failed": (
+        AutomationFailed,
+        "an action of a rule could not be carried out (a refused stage move, no "
+        "conversation to write to, a webhook that kept failing)",
     ),
 }
 

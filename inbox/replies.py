@@ -55,7 +55,7 @@ async def reply(
         "attachments": attachments or [],
     }
     try:
-        channel.check_outbound(account, outbound_of(draft, conv.get("last_inbound_at")))
+        channel.check_outbound(account, outbound_of(draft, conv))
     except SendError as exc:
         raise ReplyError(exc.code, exc.detail) from None
     return await outbox.queue(store, conv, text=text, attachments=attachments, author_id=author_id)

@@ -4,10 +4,15 @@
 request; every message is written to ``intake`` durably and only then is the 2xx sent.
 A provider retry of a stored message answers 2xx and stores nothing. If the store cannot
 be reached the answer is 503, so the provider retries later.
+
+Telephony: call reports (``Parsed.calls``) are merged into the ``calls`` collection before
+the 2xx too (crm_store/calls.py); a PBX's "who is calling" question (``Parsed.lookup``) is
+answered from the contacts' identity index and stores nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
@@ -19,11 +24,12 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from channels import REGISTRY
-from channels.base import Channel, Parsed, WebhookError, WebhookRequest
+from channels.base import CallerLookup, Channel, Parsed, WebhookError, WebhookRequest
 from config.loader import resolve_secret
-from crm_store import intake, updates
+from config.models import ChannelAccount
+from crm_store import calls, intake, updates
 from crm_store.documents import intake_id
-from inbox import events_api
+from inbox import calls_api, events_api, tasks_api
 from ingest.context import SERVICE, Service, json_response, problem
 from ingest.metrics import CONTENT_TYPE_LATEST
 from routing.identity import identity_keys
@@ -125,6 +131,8 @@ async def webhook(request: web.Request) -> web.Response:
             reason=exc.detail,
         )
         return problem(exc.status, exc.code, exc.detail, errors=exc.errors)
+    if parsed.lookup is not None:
+        parsed = await _caller_reply(svc, channel, account, parsed)
 
     try:
         accepted = await _store(svc, account.source, parsed, body)
@@ -147,6 +155,29 @@ async def webhook(request: web.Request) -> web.Response:
             "duplicates": accepted.duplicates,
         }
     )
+
+
+# The ring path: a PBX waits for the "who is calling" answer before it routes the call.
+LOOKUP_TIMEOUT_S = 1.0
+
+
+async def _caller_reply(
+    svc: Service, channel: Channel, account: ChannelAccount, parsed: Parsed
+) -> Parsed:
+    """Answer a PBX's "who is calling" (``Parsed.lookup``) from the contacts' identity
+    index. A store that does not answer in time gets the "unknown caller" answer: the
+    call must go on."""
+    assert parsed.lookup is not None
+    if not isinstance(channel, CallerLookup):
+        raise TypeError(f"channel {channel.name} asked for a caller lookup it cannot answer")
+    try:
+        async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+            caller = await calls.find_caller(svc.store, parsed.lookup.phone)
+    except (PyMongoError, TimeoutError) as exc:
+        svc.metrics.store_errors.labels("caller_lookup").inc()
+        log.warning("webhook.caller_lookup_failed", channel=channel.name, error=type(exc).__name__)
+        caller = None
+    return channel.caller_reply(account, caller)
 
 
 async def _store(svc: Service, source: str, parsed: Parsed, body: bytes) -> intake.Accepted:
@@ -180,6 +211,8 @@ async def _store(svc: Service, source: str, parsed: Parsed, body: bytes) -> inta
         await updates.apply_reachability(
             svc.store, r, identity_keys(r.channel, r.account, r.sender)
         )
+    for call in parsed.calls:
+        await calls.apply(svc.store, call, source)
     return accepted
 
 
@@ -192,5 +225,9 @@ def create_app(service: Service) -> web.Application:
     app.router.add_post("/webhooks/{channel}/{account}", webhook)
     app.router.add_get("/webhooks/{channel}/{account}", webhook)
     app.router.add_post("/webhooks/{channel}/{account}/{token}", webhook)
+    # Mango posts to <the URL entered in its cabinet>/events/call, /events/summary …
+    app.router.add_post("/webhooks/{channel:mango}/{account}/events/{kind}", webhook)
     events_api.setup(app)
+    tasks_api.setup(app)
+    calls_api.setup(app)
     return app

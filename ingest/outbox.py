@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -28,7 +27,18 @@ from crm_store.store import Document, Store
 log = structlog.get_logger("omniroute.outbox")
 
 
-def outbound_of(doc: Document, last_inbound_at: datetime | None = None) -> OutboundMessage:
+# The conversation fields a send needs (see :func:`outbound_of`).
+CONVERSATION_FIELDS = {"last_inbound_at": 1, "last_inbound": 1}
+
+
+def outbound_of(doc: Document, conversation: Document | None = None) -> OutboundMessage:
+    """The message as a channel sends it: the stored outbound message plus what its
+    conversation knows (when the customer last wrote, the message being answered and its
+    thread, the subject)."""
+    conv = conversation or {}
+    last: Document = conv.get("last_inbound") or {}
+    refs = [r for r in last.get("references") or [] if isinstance(r, str)]
+    answered = last.get("provider_id")
     return OutboundMessage(
         id=doc["_id"],
         channel=doc["channel"],
@@ -36,7 +46,12 @@ def outbound_of(doc: Document, last_inbound_at: datetime | None = None) -> Outbo
         recipient=doc.get("recipient") or "",
         text=doc.get("text", ""),
         attachments=[Attachment.model_validate(a) for a in doc.get("attachments", [])],
-        last_inbound_at=last_inbound_at,
+        last_inbound_at=conv.get("last_inbound_at"),
+        answers=answered if isinstance(answered, str) else None,
+        references=refs,
+        subject=subject if isinstance(subject := last.get("subject"), str) else None,
+        automatic=bool(doc.get("automatic", False)),
+        answers_automatic=bool(last.get("automatic", False)),
     )
 
 
@@ -107,10 +122,10 @@ class OutboxWorker:
             )
             return
         conv = await self.store.conversations.find_one(
-            {"_id": doc.get("conversation_id")}, {"last_inbound_at": 1}
+            {"_id": doc.get("conversation_id")}, CONVERSATION_FIELDS
         )
         try:
-            msg = outbound_of(doc, conv.get("last_inbound_at") if conv else None)
+            msg = outbound_of(doc, conv)
             channel.check_outbound(account, msg)
             result = await channel.send(account, resolve_secret(account), msg)
         except SendError as exc:

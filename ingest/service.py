@@ -10,6 +10,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -25,12 +26,20 @@ from crm_store.store import Store
 from ingest.app import create_app
 from ingest.context import Service
 from ingest.deliveries import DeliveryWorker
+from ingest.mail_sync import MailSync
 from ingest.metrics import Metrics
 from ingest.outbox import OutboxWorker
 from ingest.worker import RoutingWorker
 from routing.router import Router
 
 log = structlog.get_logger("omniroute.service")
+
+
+class Background(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
 EMBEDDED_HOST = "127.0.0.1"
 
 
@@ -120,12 +129,48 @@ async def running_service(
         deliveries,
         GroupCommit(store, owner, settings.intake_lease_s),
     )
+    # Further background workers (anything with async start() and stop()): started after
+    # the core ones, stopped before them, in reverse order.
+    background: list[Background] = []
+    # --- e-mail
+    background.append(
+        MailSync(
+            store,
+            config,
+            owner=owner,
+            submit=worker.submit,
+            metrics=metrics,
+            intake_lease_s=settings.intake_lease_s,
+        )
+    )
+    # --- telephony
+    # --- automation
+    if settings.automation_enabled:
+        from automation.worker import AutomationWorker
+
+        background.append(
+            AutomationWorker(
+                store,
+                config,
+                owner=owner,
+                poll_s=settings.automation_poll_s,
+                lease_s=settings.automation_lease_s,
+                timer_batch=settings.automation_timer_batch,
+                retry_s=settings.automation_retry_s,
+            )
+        )
     await worker.start()
     await sender.start()
     await deliveries.start()
+    started: list[Background] = []
     try:
+        for b in background:
+            await b.start()
+            started.append(b)
         yield service
     finally:
+        for b in reversed(started):
+            await b.stop()
         await deliveries.stop()
         await sender.stop()
         await worker.stop()

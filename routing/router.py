@@ -41,7 +41,7 @@ from crm_store.documents import (
 from crm_store.intake import mark_routed
 from crm_store.store import Document, Store
 from routing.decide import Action, Context, Decision, decide, pick_round_robin
-from routing.identity import identity_keys
+from routing.identity import identity_keys, normalize_email
 
 MAX_REDECIDE = 3
 
@@ -109,6 +109,25 @@ def _contact_created(intake_id: str, contact_id: str, keys: list[str]) -> Docume
     )
 
 
+MAX_REFERENCES = 20
+
+
+def _last_inbound(msg: InboundMessage) -> Document:
+    """What a reply to this message needs (e-mail threading; no automatic answers to
+    automatic mail): its id, the chain it answered (oldest first, the root kept when
+    trimmed), its subject."""
+    chain = list(reversed(msg.references))
+    if len(chain) > MAX_REFERENCES:
+        chain = chain[:1] + chain[-(MAX_REFERENCES - 1) :]
+    subject = msg.meta.get("subject")
+    return {
+        "provider_id": msg.provider_id,
+        "references": chain,
+        "subject": subject if isinstance(subject, str) else None,
+        "automatic": msg.automatic,
+    }
+
+
 class Router:
     def __init__(self, store: Store, config: AppConfig) -> None:
         self.store = store
@@ -125,6 +144,7 @@ class Router:
             r.id: conversation_id(r.channel, r.account, thread_of(msgs[r.id], keys[r.id]))
             for r in records
         }
+        await self._follow_references(records, msgs, conv_ids)
         batch = _Batch(convs=await rs.load_conversations(self.store, conv_ids.values()))
 
         # A re-run reads everything: the record may have created what its conversation
@@ -151,6 +171,27 @@ class Router:
             routed.append(await self._route_one(batch, r, msgs[r.id], keys[r.id], conv_ids[r.id]))
         await self._write(batch, records, msgs, keys, routed, at, rerun)
         return routed
+
+    async def _follow_references(
+        self,
+        records: list[IntakeDoc],
+        msgs: dict[str, InboundMessage],
+        conv_ids: dict[str, str],
+    ) -> None:
+        """A message answering a stored one (e-mail In-Reply-To / References) continues
+        that message's conversation, whoever sends it."""
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for r in records:
+            if refs := msgs[r.id].references:
+                wanted.setdefault((r.channel, r.account), set()).update(refs)
+        if not wanted:
+            return
+        known = await rs.conversations_of(self.store, wanted)
+        for r in records:
+            for ref in msgs[r.id].references:
+                if (cid := known.get((r.channel, r.account, ref))) is not None:
+                    conv_ids[r.id] = cid
+                    break
 
     @staticmethod
     def _new_identities(
@@ -370,6 +411,30 @@ class Router:
         target = Target(kind=kind, id=entity.id, open=entity.open)
         return Routed(r.id, final, target, entity.contact_id, "")
 
+    async def _mark_bounced(
+        self,
+        records: list[IntakeDoc],
+        msgs: dict[str, InboundMessage],
+        batch: _Batch,
+        at: datetime,
+    ) -> None:
+        """A bounce marks the contact's failing address (``meta.bounced_recipients``)."""
+        for r in records:
+            listed = msgs[r.id].meta.get("bounced_recipients")
+            if not isinstance(listed, str) or not listed:
+                continue
+            addrs = [a for x in listed.split(",") if (a := normalize_email(x))]
+            for contact_id, addr in await rs.mark_failing_addresses(self.store, addrs):
+                batch.events.append(
+                    events.event(
+                        "contact.address_failing",
+                        {"contact_id": contact_id, "message_id": r.id},
+                        {"address": addr, "channel": r.channel, "account": r.account},
+                        key=[r.id, contact_id, addr],
+                        at=at,
+                    )
+                )
+
     async def _write(
         self,
         batch: _Batch,
@@ -447,8 +512,10 @@ class Router:
                     "origin_intake_id": r.id,
                 },
                 "$max": {"last_message_at": r.received_at, "last_inbound_at": r.received_at},
-                "$set": {"reply_to": msg.reply_to} if msg.reply_to else {},
+                "$set": {"last_inbound": _last_inbound(msg)},
             }
+            if msg.reply_to:
+                update["$set"]["reply_to"] = msg.reply_to
             if keys[r.id] and (conv is None or not set(keys[r.id]) <= set(conv.sender_keys)):
                 update["$addToSet"] = {"sender_keys": {"$each": keys[r.id]}}
             if r.id in inserted:
@@ -505,5 +572,6 @@ class Router:
         await rs.bulk_update(self.store, "conversations", conv_ops)
         await rs.bulk_update(self.store, "contacts", contact_ops)
         await rs.bulk_update(self.store, "deals", rs.touch_ops(deal_ids, at))
+        await self._mark_bounced(records, msgs, batch, at)
         await events.append(self.store, batch.events, maybe_written=rerun)
         await mark_routed(self.store, [r.id for r in records])

@@ -26,7 +26,8 @@ from config.loader import load_config
 from config.models import AppConfig, ChannelAccount
 from config.settings import DEFAULT_CONFIG_DIR, Settings
 from crm_store.store import Store
-from ingest.app import Service, create_app
+from ingest.app import create_app
+from ingest.context import Service
 from ingest.service import running_service
 from tests.helpers import free_port, wait_for
 

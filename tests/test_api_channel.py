@@ -368,20 +368,23 @@ async def test_chunked_body_within_the_limit_is_accepted(mongo_uri: str, db_name
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "code"),
     [
-        "/webhooks/telegram/site",  # no such channel module
-        "/webhooks/email/sales",  # configured account, but no webhook channel of that name
-        "/webhooks/api/nobody",  # no such account
-        "/webhooks/api/SITE",  # ids are case-sensitive
+        ("/webhooks/telegram/site", "unknown_channel_account"),  # no such account there
+        ("/webhooks/nochannel/site", "unknown_channel_account"),  # no such channel module
+        ("/webhooks/email/sales", "no_webhooks"),  # a channel that has no webhooks (IMAP)
+        ("/webhooks/api/nobody", "unknown_channel_account"),  # no such account
+        ("/webhooks/api/SITE", "unknown_channel_account"),  # ids are case-sensitive
     ],
-    ids=["channel", "channel_without_module", "account", "account_case"],
+    ids=["channel", "channel_without_module", "channel_without_webhooks", "account", "case"],
 )
-async def test_unknown_channel_or_account_is_404(mongo_uri: str, db_name: str, path: str) -> None:
+async def test_unknown_channel_or_account_is_404(
+    mongo_uri: str, db_name: str, path: str, code: str
+) -> None:
     async with in_process(mongo_uri, db_name) as svc:
         raw = body_bytes()
         status, ctype, body = await post_raw(svc, raw, signed_headers(SITE_SECRET, raw), path)
-        assert_problem(status, ctype, body, 404, "unknown_channel_account")
+        assert_problem(status, ctype, body, 404, code)
         await assert_nothing_stored(svc)
 
 

@@ -138,6 +138,11 @@ def test_example_pipelines_sources_users() -> None:
         "tls": True,
         "user": "sales@example.com",
         "folder": "INBOX",
+        "display_name": "Mebel-Lux sales",
+        "smtp_host": "smtp.example.com",
+        "smtp_port": 587,
+        "smtp_security": "starttls",
+        "sent_folder": "Sent",
     }
     assert cfg.calendar.timezone == "Europe/Moscow"
     assert cfg.calendar.working_hours.start == time(9, 0)
@@ -396,6 +401,9 @@ def test_resolve_and_missing_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         "OMNIROUTE_SECRET_VK_CALLBACK",
         "OMNIROUTE_SECRET_AVITO_CLIENT_SECRET",
         "OMNIROUTE_SECRET_AVITO_WEBHOOK",
+        "OMNIROUTE_SECRET_MEGAFON_CRM_TOKEN",
+        "OMNIROUTE_SECRET_MEGAFON_API_TOKEN",
+        "OMNIROUTE_SECRET_PBX_SHOWROOM",
     ]
 
 

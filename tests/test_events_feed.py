@@ -467,7 +467,9 @@ async def test_every_event_written_matches_the_catalogue(mongo_uri: str, db_name
 
         admin, _ = await tokens.issue(svc.store, ADMIN)
         events = await read_all(svc, admin)
-        assert [e["sequence"] for e in events] == await db_seqs(svc.store)
+        # Automation may append (a task for the lead in work) while we read: what was read
+        # is the log's prefix, in order, without gaps.
+        assert [e["sequence"] for e in events] == (await db_seqs(svc.store))[: len(events)]
         produced = {e["type"] for e in events}
         assert produced >= {
             "contact.created",

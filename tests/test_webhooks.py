@@ -424,7 +424,9 @@ async def test_failing_consumer_does_not_hold_back_another(
         assert bad.accepted() == []
         if failure != "refused":
             assert bad.requests, "the failing subscription was tried"
-        assert max(latencies) < 1.0, latencies
+        # Coupled deliveries would make the good consumer wait out the bad one's attempt
+        # (its timeout, its backoff); isolated ones arrive well before that.
+        assert max(latencies) < timeout_s, latencies
 
 
 async def test_dead_letter_then_replays(mongo_uri: str, db_name: str) -> None:

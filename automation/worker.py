@@ -1,0 +1,341 @@
+"""The automation worker: follows the event log and fires due timers.
+
+Two loops, in every process that runs it:
+
+- **events** — one process at a time holds the ``automation`` cursor (a lease, see
+  :mod:`crm_store.cursors`) and reads the log in ``seq`` order from where the cursor stands
+  (:func:`crm_store.feed.read`: contiguous, gap-safe, only the event types some rule
+  cares about). For each event it reads the entity, asks the rules
+  (:func:`automation.evaluate.plan_event`), schedules and cancels timers, carries out the
+  actions, then moves the cursor. A crash re-reads the page: every step is idempotent.
+- **timers** — any process claims due timers with a lease (:mod:`crm_store.timers`) and
+  fires them: the rule's condition is checked against the entity as it is now; if it no
+  longer holds the timer is cancelled, not fired; else its actions run, ``timer.fired`` is
+  appended and the timer is done or due again. A firing that fails midway is retried
+  (after a backoff, or by another process once the lease runs out) and skips what was
+  done: each action is keyed by (rule, entity, timer, firing number).
+
+Business time comes from an injectable :class:`~automation.clock.Clock`; tests advance a
+fake one and call :meth:`AutomationWorker.drain`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import structlog
+from pymongo.errors import PyMongoError
+
+from automation import snapshot
+from automation.actions import Deferred, Executor, RetryLater, counter_name
+from automation.calendar import WorkingCalendar
+from automation.clock import SYSTEM_CLOCK, Clock
+from automation.conditions import Snapshot
+from automation.evaluate import RuleBook, TimerPlan, entity_of, facts_of, plan_event, plan_timer
+from config.models import AppConfig
+from crm_store import cursors, feed, timers
+from crm_store import routing_store as rs
+from crm_store import subscriptions as subs
+from crm_store.events import event
+from crm_store.store import Document, Store
+
+log = structlog.get_logger("omniroute.automation")
+
+CURSOR = "automation"
+# An event whose handling keeps failing (not the store: a bug) is skipped after this many
+# tries, so one bad event cannot stop the robots.
+MAX_EVENT_TRIES = 5
+
+
+def timer_doc(plan: TimerPlan, kind: str, entity_id: str, contact_id: str | None) -> Document:
+    return {
+        "_id": plan.id,
+        "rule_id": plan.rule_id,
+        "entity": {"kind": kind, "id": entity_id},
+        "entity_id": entity_id,
+        "contact_id": contact_id,
+        "due_at": plan.due_at,
+        "times": plan.times,
+        "in_stage": plan.in_stage,
+        "stage_id": plan.stage_id,
+        "stage_since": plan.stage_since,
+        "field": plan.field,
+        "field_value": plan.field_value,
+        "event_id": plan.event_id,
+    }
+
+
+class AutomationWorker:
+    def __init__(
+        self,
+        store: Store,
+        config: AppConfig,
+        *,
+        owner: str,
+        clock: Clock = SYSTEM_CLOCK,
+        poll_s: float = 1.0,
+        lease_s: float = 30.0,
+        timer_batch: int = 50,
+        timer_concurrency: int = 8,
+        event_batch: int = 100,
+        retry_s: float = 30.0,
+        max_attempts: int = 5,
+        start_at_end: bool = True,
+        gap_grace_s: float = feed.GAP_GRACE_S,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.owner = owner
+        self.clock = clock
+        self.poll_s = poll_s
+        self.lease_s = lease_s
+        self.timer_batch = timer_batch
+        self.timer_concurrency = timer_concurrency
+        self.event_batch = event_batch
+        self.retry_s = retry_s
+        self.max_attempts = max_attempts
+        self.start_at_end = start_at_end
+        self.gap_grace_s = gap_grace_s
+        self.book = RuleBook(config.automation)
+        self.calendar = WorkingCalendar.from_config(config.calendar)
+        self.executor = Executor(store, config, self.calendar, clock, self._session)
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tries: dict[str, int] = {}
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(headers={"User-Agent": "omniroute-automation/1"})
+        return self._http
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Create the cursor (at the current end of the log, unless ``start_at_end`` is
+        false) and the counters the rules number from."""
+        start = await subs.current_seq(self.store) if self.start_at_end else 0
+        await cursors.ensure(self.store, CURSOR, start)
+        for rule in self.book.rules:
+            for action in rule.do:
+                if action.next_number is not None:
+                    await rs.ensure_counter(self.store, counter_name(action.next_number.counter))
+
+    async def start(self) -> None:
+        await self.prepare()
+        self._tasks = [
+            asyncio.create_task(self._loop(self.run_events), name="automation-events"),
+            asyncio.create_task(self._loop(self.run_timers), name="automation-timers"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        with contextlib.suppress(PyMongoError):
+            await cursors.release(self.store, CURSOR, self.owner)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _loop(self, step: Any) -> None:
+        while True:
+            try:
+                worked = await step()
+            except PyMongoError as exc:
+                log.warning("automation.store_unavailable", error=type(exc).__name__)
+                worked = 0
+            except Exception as exc:  # keep the loop alive; the cause is logged
+                log.exception("automation.loop_failed", error=repr(exc))
+                worked = 0
+            if not worked:
+                await asyncio.sleep(self.poll_s)
+
+    async def drain(self, rounds: int = 100) -> int:
+        """Handle every event and fire every due timer, until nothing is left (tests and
+        benchmarks). Returns how many events and timers were handled."""
+        total = 0
+        for _ in range(rounds):
+            n = await self.run_events() + await self.run_timers()
+            total += n
+            if n == 0:
+                return total
+        raise RuntimeError(f"automation did not settle in {rounds} rounds")
+
+    # --- events -------------------------------------------------------------------
+
+    async def run_events(self) -> int:
+        """Handle the events after the cursor (if this process holds it); returns how many
+        events were read."""
+        held = await cursors.hold(self.store, CURSOR, self.owner, self.lease_s)
+        if held is None:
+            return 0
+        position = int(held["seq"])
+        page = await feed.read(
+            self.store,
+            position,
+            limit=self.event_batch,
+            types=self.book.event_types,
+            gap_grace_s=self.gap_grace_s,
+        )
+        if page.next_after == position:
+            return 0
+        renewed = time.monotonic()
+        for ev in page.events:
+            if time.monotonic() - renewed > self.lease_s / 3:
+                # A long page: keep the cursor ours (another process would redo the page).
+                if await cursors.hold(self.store, CURSOR, self.owner, self.lease_s) is None:
+                    return 0
+                renewed = time.monotonic()
+            try:
+                await self.handle_event(ev)
+            except (PyMongoError, RetryLater) as exc:
+                # Try again from this event on the next round.
+                log.warning("automation.event_retry", event_id=ev["_id"], error=repr(exc))
+                await cursors.advance(self.store, CURSOR, self.owner, int(ev["seq"]) - 1)
+                return 0
+            except Exception as exc:
+                tries = self._tries[ev["_id"]] = self._tries.get(ev["_id"], 0) + 1
+                log.exception("automation.event_failed", event_id=ev["_id"], tries=tries)
+                if tries < MAX_EVENT_TRIES:
+                    await cursors.advance(self.store, CURSOR, self.owner, int(ev["seq"]) - 1)
+                    return 0
+                log.error("automation.event_skipped", event_id=ev["_id"], error=repr(exc))
+            self._tries.pop(ev["_id"], None)
+        await cursors.advance(self.store, CURSOR, self.owner, page.next_after)
+        return max(1, len(page.events))
+
+    async def handle_event(self, ev: Mapping[str, Any]) -> None:
+        facts = facts_of(ev)
+        ref = entity_of(ev)
+        if not facts or ref is None:
+            return
+        kind, entity_id = ref
+        snap = await snapshot.load(self.store, self.book, kind, entity_id)
+        if snap is None:
+            return
+        now = self.clock.now()
+        plan = plan_event(self.book, facts, snap, self.calendar, now)
+        if plan.empty:
+            return
+        if plan.stage_changed:
+            await timers.cancel_left_stage(
+                self.store, snap.id, snap.stage_id, snap.stage_entered_at, now
+            )
+        for rule_id, keep in plan.replaced:
+            await timers.cancel_others(
+                self.store, rule_id, snap.id, keep or "", "the date changed", now
+            )
+        for t in plan.timers:
+            await timers.schedule(self.store, timer_doc(t, snap.kind, snap.id, snap.contact_id))
+        # An event may be handled again after a crash: what was done is looked up.
+        deferred = await self.executor.run(plan.actions, snap)
+        await deferred.write(self.store, maybe_written=True)
+
+    # --- timers -------------------------------------------------------------------
+
+    async def run_timers(self) -> int:
+        """Claim the timers due by the clock and fire them; returns how many.
+
+        The timers of a claimed batch are fired concurrently; what their firings leave to
+        write — notifications, events, the timers' new state — is written once for the
+        batch (group commit: three writes instead of three per timer)."""
+        claimed = await timers.claim_due(
+            self.store, self.owner, self.clock.now(), self.lease_s, self.timer_batch
+        )
+        if not claimed:
+            return 0
+        now = self.clock.now()
+        gate = asyncio.Semaphore(self.timer_concurrency)
+        try:
+            snaps = await snapshot.load_many(self.store, self.book, [ref(t) for t in claimed])
+        except PyMongoError as exc:
+            log.warning("automation.store_unavailable", error=type(exc).__name__)
+            return 0  # left claimed: retried when the lease runs out
+
+        async def one(t: Document) -> Firing | None:
+            async with gate:
+                return await self.fire(t, now, snaps.get(ref(t)))
+
+        firings = [f for f in await asyncio.gather(*(one(t) for t in claimed)) if f]
+        if firings:
+            batch = Deferred()
+            for f in firings:
+                batch.extend(f.deferred)
+            try:
+                await batch.write(self.store, maybe_written=not all(f.first for f in firings))
+                await timers.fired_many(
+                    self.store, [(f.timer, f.next_due) for f in firings], self.owner, at=now
+                )
+            except PyMongoError as exc:
+                # Left claimed: taken over when the lease runs out; nothing is done twice.
+                log.warning("automation.batch_unfinished", error=type(exc).__name__)
+        return len(claimed)
+
+    async def fire(self, timer: Document, now: datetime, snap: Snapshot | None) -> Firing | None:
+        """Decide and act for one claimed timer (``snap``: its entity, None if gone).
+        Returns what is left to write for it, or None (cancelled, or failed and left for a
+        retry)."""
+        try:
+            decision = plan_timer(self.book, timer, snap, self.calendar, now)
+            if not decision.fire or snap is None:
+                await timers.cancel(self.store, timer, self.owner, decision.reason, now)
+                log.info("automation.timer_cancelled", timer=timer["_id"], reason=decision.reason)
+                return None
+            # A timer claimed fresh (not taken over from a dead worker, not a retry)
+            # has done nothing of this firing yet: no need to look up what was done.
+            first = bool(timer.get("fresh")) and not timer.get("attempts")
+            deferred = await self.executor.run(decision.actions, snap, first_try=first)
+            refs: dict[str, str | None] = {
+                f"{snap.kind}_id": snap.id,
+                "contact_id": snap.contact_id,
+                "timer_id": timer["_id"],
+            }
+            data = {
+                "rule_id": timer["rule_id"],
+                "timer_id": timer["_id"],
+                "n": decision.n,
+                "due_at": timer["due_at"],
+            }
+            fired = event("timer.fired", refs, data, key=[timer["_id"], str(decision.n)], at=now)
+            deferred.events.append(fired)
+            return Firing(timer, deferred, decision.next_due, first)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("automation.timer_retry", timer=timer["_id"], error=repr(exc))
+            with contextlib.suppress(PyMongoError):
+                await timers.retry_later(
+                    self.store,
+                    timer,
+                    self.owner,
+                    repr(exc),
+                    retry_in_s=self.retry_s,
+                    max_attempts=self.max_attempts,
+                    at=now,
+                )
+            return None
+
+
+def ref(timer: Document) -> tuple[str, str]:
+    entity = timer.get("entity") or {}
+    return str(entity.get("kind")), str(entity.get("id"))
+
+
+@dataclass(slots=True)
+class Firing:
+    """A timer that fired, with what is left to write for it."""
+
+    timer: Document
+    deferred: Deferred
+    next_due: datetime | None
+    first: bool

@@ -1,0 +1,243 @@
+"""E-mail intake: ``python -m benchmarks.mail`` — see docs/benchmarks.md.
+
+1. A throw-away Dovecot (as the tests run it) receives N mails by IMAP APPEND — realistic
+   customer mails of 2–40 KB, a fifth with a PDF attachment, a tenth replies with a quoted
+   previous message, a few in windows-1251/koi8-r.
+2. **Initial sync**: the service starts on a fresh file-backed embedded store with one
+   mailbox pointing at it; the clock runs from the start until all N messages are in
+   intake (fetched, parsed, attachments stored, durably accepted) and until all are
+   routed (lead created, events appended). Reported as messages/s.
+3. **IDLE latency**: with the poller caught up and in IDLE (poll interval 5 minutes, so
+   nothing but the push brings mail in), M mails are appended one at a time; for each, the
+   time from the APPEND's OK to the routed message appearing in the store (polled every
+   2 ms). Reported as p50/p99/max.
+
+Figures depend on the machine; the JSON records what it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import num, write_json
+from benchmarks.run import percentile, quiet_logging
+from crm_store.embedded import EmbeddedStore
+from crm_store.store import Store
+from tests.mail_support import (
+    MAIL_PASSWORD,
+    Dovecot,
+    dovecot_available,
+    email_account,
+    imap_client,
+    mail_config,
+)
+from tests.service import in_process
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "mail.json"
+USER = "sales@example.test"
+WORDS = [
+    "kitchen",
+    "wardrobe",
+    "sofa",
+    "delivery",
+    "price",
+    "order",
+    "please",
+    "call",
+    "measure",
+    "install",
+    "color",
+    "oak",
+    "white",
+    "drawer",
+    "hinge",
+    "table",
+    "chair",
+    "warranty",
+    "discount",
+    "invoice",
+    "payment",
+    "tomorrow",
+]
+
+
+def customer_mail(i: int, rnd: random.Random) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"Customer {i} <customer{i}@example-client.test>"
+    msg["To"] = USER
+    msg["Subject"] = f"Request {i}: {' '.join(rnd.sample(WORDS, 3))}"
+    msg["Date"] = "Mon, 23 Nov 2026 10:00:00 +0300"
+    msg["Message-ID"] = f"<bench-{i}-{rnd.getrandbits(32):x}@example-client.test>"
+    body = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(300, 6000)))
+    if i % 10 == 3:
+        msg["In-Reply-To"] = f"<earlier-{i}@example.test>"
+        body += "\n\nOn Mon, 23 Nov 2026 at 09:00, Sales <sales@example.test> wrote:\n> " + (
+            "\n> ".join(rnd.choice(WORDS) for _ in range(40))
+        )
+    charset = "windows-1251" if i % 25 == 7 else ("koi8-r" if i % 25 == 8 else "utf-8")
+    if charset != "utf-8":
+        body = "Здравствуйте! Нужна кухня. " + body
+    msg.set_content(body, charset=charset)
+    if i % 5 == 1:
+        msg.add_attachment(
+            rnd.randbytes(rnd.randint(20_000, 200_000)),
+            maintype="application",
+            subtype="pdf",
+            filename=f"plan-{i}.pdf",
+        )
+    return msg.as_bytes()
+
+
+async def fill(server: Dovecot, n: int, seed: int) -> int:
+    rnd = random.Random(seed)
+    client = await imap_client(server, USER)
+    total = 0
+    try:
+        for i in range(n):
+            raw = customer_mail(i, rnd)
+            total += len(raw)
+            resp = await client.append(raw, mailbox="INBOX")
+            if resp.result != "OK":
+                raise RuntimeError(f"APPEND failed: {resp}")
+    finally:
+        await client.logout()
+    return total
+
+
+async def measure(n: int, idle_mails: int, seed: int) -> dict[str, Any]:
+    server = Dovecot({USER: MAIL_PASSWORD})
+    server.start()
+    try:
+        t0 = time.monotonic()
+        size = await fill(server, n, seed)
+        append_s = time.monotonic() - t0
+        with tempfile.TemporaryDirectory(prefix="omniroute-bench-mail-") as tmp:
+            embedded = EmbeddedStore(storage_path=Path(tmp) / "mongo")
+            await embedded.start()
+            try:
+                return await _run(server, embedded.uri, n, idle_mails, size, append_s, seed)
+            finally:
+                await embedded.stop()
+    finally:
+        server.cleanup()
+
+
+async def _run(
+    server: Dovecot, uri: str, n: int, idle_mails: int, size: int, append_s: float, seed: int
+) -> dict[str, Any]:
+    acct = email_account(
+        "sales", "mail_sales", server, USER, poll_s=300.0, lease_s=900.0, fetch_batch=100
+    )
+    probe = Store.open(uri, "bench_mail")
+    try:
+        started = time.monotonic()
+        async with in_process(uri, "bench_mail", mail_config(acct)) as svc:
+            in_intake = routed = 0.0
+            while True:
+                got = await probe.intake.count_documents({})
+                done = await probe.messages.count_documents({"direction": "in"})
+                now = time.monotonic() - started
+                if not in_intake and got >= n:
+                    in_intake = now
+                if done >= n:
+                    routed = now
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # the poller goes back into IDLE
+            latencies: list[float] = []
+            client = await imap_client(server, USER)
+            rnd = random.Random(seed + 1)
+            try:
+                for k in range(idle_mails):
+                    raw = customer_mail(n + k, rnd)
+                    await client.append(raw, mailbox="INBOX")
+                    t = time.monotonic()
+                    while True:
+                        if await probe.messages.count_documents({"direction": "in"}) > n + k:
+                            break
+                        await asyncio.sleep(0.002)
+                    latencies.append(time.monotonic() - t)
+                    await asyncio.sleep(0.3)
+            finally:
+                await client.logout()
+            leads = await probe.leads.count_documents({})
+            files = await probe["files"].count_documents({})
+            _ = svc
+    finally:
+        await probe.close()
+    return {
+        "messages": n,
+        "mailbox_mib": round(size / 1048576, 1),
+        "append_s": round(append_s, 2),
+        "sync_to_intake_s": round(in_intake, 2),
+        "sync_to_routed_s": round(routed, 2),
+        "intake_msgs_per_s": round(n / in_intake, 1),
+        "routed_msgs_per_s": round(n / routed, 1),
+        "leads": leads,
+        "attachments_stored": files,
+        "idle_latency_ms": {
+            "samples": len(latencies),
+            "p50": round(percentile(latencies, 50) * 1000, 1),
+            "p99": round(percentile(latencies, 99) * 1000, 1),
+            "max": round(max(latencies) * 1000, 1),
+        },
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    lat = r["idle_latency_ms"]
+    rows = [
+        ("mailbox", f"{r['messages']} mails, {r['mailbox_mib']} MiB"),
+        ("initial sync → in intake", f"{num(r['sync_to_intake_s'])} s"),
+        ("initial sync → routed", f"{num(r['sync_to_routed_s'])} s"),
+        ("initial sync, intake", f"{num(r['intake_msgs_per_s'])} msgs/s"),
+        ("initial sync, routed", f"{num(r['routed_msgs_per_s'])} msgs/s"),
+        (
+            f"new mail → routed under IDLE ({lat['samples']})",
+            f"p50 {num(lat['p50'])} ms, p99 {num(lat['p99'])} ms, max {num(lat['max'])} ms",
+        ),
+        ("leads / attachments stored", f"{r['leads']} / {r['attachments_stored']}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.mail", description=__doc__)
+    p.add_argument("--messages", "-n", type=int, default=5000)
+    p.add_argument("--idle-mails", type=int, default=50)
+    p.add_argument("--quick", action="store_true", help="1,000 mails, 20 IDLE samples")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    if not dovecot_available():
+        print("Dovecot is not installed: make test-system installs it", file=sys.stderr)
+        return 1
+    n, idle = (1000, 20) if args.quick else (args.messages, args.idle_mails)
+    log_path = Path(tempfile.gettempdir()) / "omniroute-bench-mail.log"
+    quiet_logging(log_path)
+    print(f"service log: {log_path}", file=sys.stderr)
+    result = asyncio.run(measure(n, idle, args.seed))
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    write_json(result, args.out)
+    print(table(result))
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

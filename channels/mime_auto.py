@@ -1,0 +1,179 @@
+"""Automatic mail: auto-replies, bounces (DSN and MAILER-DAEMON text) and list/bulk mail.
+
+Pure decisions on header values and a little body text; no I/O. The rules, in order
+(the first that matches wins):
+
+1. BOUNCE: a ``multipart/report; report-type=delivery-status`` or any
+   ``message/(global-)delivery-status`` part; or a From of ``MAILER-DAEMON@…`` /
+   ``postmaster@…`` / "Mail Delivery System" with a DSN-like subject or body.
+2. AUTO_REPLY: ``Auto-Submitted`` other than ``no``, ``X-Autoreply``, ``X-Autorespond``,
+   ``X-Auto-Response-Suppress``, ``Precedence: auto_reply``, ``X-Autoreply-From``,
+   ``X-Mail-Autoreply``, or an out-of-office subject ("Automatic reply:",
+   "Автоматический ответ:", "Out of Office:" …).
+3. BOUNCE: a null reverse path (``Return-Path: <>``) with none of the above.
+4. BULK: ``Precedence: bulk/junk/list``, ``List-Id``, ``List-Unsubscribe``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+
+
+class AutoKind(StrEnum):
+    AUTO_REPLY = "auto_reply"  # Auto-Submitted != no, X-Autoreply, X-Autorespond,
+    # X-Auto-Response-Suppress, Precedence auto_reply
+    BOUNCE = "bounce"  # multipart/report delivery-status, null Return-Path (<>),
+    # From MAILER-DAEMON@ / postmaster@ with a DSN-like body
+    BULK = "bulk"  # Precedence bulk/junk/list, List-Id, List-Unsubscribe
+
+
+_DAEMON = re.compile(
+    r"(?:^|[<\s\"'])(mailer-daemon|postmaster|mail-daemon|mailerdaemon)(?:@|\s|>|$)"
+    r"|mail delivery (?:system|subsystem)|почтовая служба|служба доставки",
+    re.IGNORECASE,
+)
+_DSN_TEXT = re.compile(
+    r"undeliver|delivery status notification|delivery (?:has )?failed|failure notice|"
+    r"returned mail|mail delivery failed|could not be delivered|couldn't be delivered|"
+    r"wasn't delivered|was not delivered|delivery to the following recipient|"
+    r"permanent error|final-recipient|diagnostic-code|\b5\.\d\.\d+\b|"
+    r"не может быть доставлено|не доставлено|недоставленное|не удалось доставить|"
+    r"ошибка доставки|сообщение не доставлено",
+    re.IGNORECASE,
+)
+_OOO_SUBJECT = re.compile(
+    r"^\s*(?:automatic reply|auto(?:matic)?[- ]?(?:reply|response)|autoreply|"
+    r"out of (?:the )?office|abwesenheitsnotiz|automatische antwort|réponse automatique|"
+    r"respuesta automática|автоматический ответ|автоответ|нет на месте)\b",
+    re.IGNORECASE,
+)
+_AUTO_FLAGS = (
+    "x-autoreply",
+    "x-autorespond",
+    "x-auto-response-suppress",
+    "x-autoreply-from",
+    "x-mail-autoreply",
+)
+# Every header field the rules read (lower-case).
+AUTO_HEADERS = (*_AUTO_FLAGS, "auto-submitted", "precedence", "list-id", "list-unsubscribe")
+
+
+def _first(headers: Mapping[str, list[str]], name: str) -> str | None:
+    values = headers.get(name)
+    return values[0].strip() if values else None
+
+
+def _token(value: str) -> str:
+    return value.split(";", 1)[0].strip().strip('"').lower()
+
+
+def is_auto_reply(headers: Mapping[str, list[str]], subject: str) -> bool:
+    submitted = _first(headers, "auto-submitted")
+    if submitted is not None and _token(submitted) not in ("", "no"):
+        return True
+    for name in _AUTO_FLAGS:
+        value = _first(headers, name)
+        if value is not None and _token(value) not in ("no", "false", "0"):
+            return True
+    precedence = _first(headers, "precedence")
+    if precedence is not None and _token(precedence) in ("auto_reply", "auto-reply"):
+        return True
+    return bool(_OOO_SUBJECT.match(subject))
+
+
+def is_bulk(headers: Mapping[str, list[str]]) -> bool:
+    precedence = _first(headers, "precedence")
+    if precedence is not None and _token(precedence) in ("bulk", "junk", "list"):
+        return True
+    return bool(headers.get("list-id") or headers.get("list-unsubscribe"))
+
+
+def looks_like_daemon(from_raw: str) -> bool:
+    return bool(_DAEMON.search(from_raw))
+
+
+def classify(
+    headers: Mapping[str, list[str]],
+    *,
+    subject: str,
+    from_raw: str,
+    body_start: str,
+    has_delivery_status: bool,
+    null_return_path: bool,
+) -> AutoKind | None:
+    """The kind of automatic mail, or None for a (probably) human message.
+
+    ``headers``: lower-case header name → values of the top-level message;
+    ``body_start``: the first few KB of the readable text.
+    """
+    if has_delivery_status:
+        return AutoKind.BOUNCE
+    if (looks_like_daemon(from_raw) or (null_return_path and not from_raw.strip())) and (
+        _DSN_TEXT.search(subject) or _DSN_TEXT.search(body_start)
+    ):
+        return AutoKind.BOUNCE
+    if is_auto_reply(headers, subject):
+        return AutoKind.AUTO_REPLY
+    if null_return_path:
+        return AutoKind.BOUNCE
+    if is_bulk(headers):
+        return AutoKind.BULK
+    return None
+
+
+# ---------------------------------------------------------------- DSN (RFC 3464)
+
+_FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)\s*:\s*(.*)$")
+
+
+def dsn_fields_from_text(text: str) -> list[list[tuple[str, str]]]:
+    """The header-like blocks of a delivery-status body given as text."""
+    blocks: list[list[tuple[str, str]]] = []
+    current: list[tuple[str, str]] = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        if not line.strip():
+            if current:
+                blocks.append(current)
+                current = []
+            continue
+        if line[:1] in (" ", "\t") and current:
+            name, value = current[-1]
+            current[-1] = (name, f"{value} {line.strip()}")
+            continue
+        m = _FIELD.match(line)
+        if m:
+            current.append((m.group(1), m.group(2).strip()))
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _recipient(value: str) -> str | None:
+    addr = value.split(";", 1)[1] if ";" in value else value
+    addr = addr.strip().strip("<>").strip().strip('"').strip()
+    return addr.lower() if "@" in addr and " " not in addr else None
+
+
+def failed_recipients(blocks: Iterable[list[tuple[str, str]]]) -> list[str]:
+    """Final-/Original-Recipient addresses of per-recipient blocks whose delivery failed.
+
+    A block fails with ``Action: failed``; a block without Action fails on a 5.x.x Status.
+    """
+    out: list[str] = []
+    for block in blocks:
+        fields: dict[str, str] = {}
+        for name, value in block:
+            fields.setdefault(name.lower(), value)
+        action = fields.get("action", "").split("(", 1)[0].strip().lower()
+        status = fields.get("status", "").strip()
+        failed = action == "failed" or (not action and status.startswith("5"))
+        if not failed:
+            continue
+        for key in ("final-recipient", "original-recipient"):
+            if key in fields:
+                addr = _recipient(fields[key])
+                if addr and addr not in out:
+                    out.append(addr)
+    return out

@@ -1,0 +1,180 @@
+"""The generic call webhook: Asterisk (dialplan ``CURL``/``System``, AMI or ARI bridges)
+and any other PBX that can POST JSON.
+
+``POST /webhooks/pbx/{account}`` with a JSON body (:class:`PbxCallEvent`), signed like the
+API channel with the account's secret::
+
+    X-Omniroute-Timestamp: <unix seconds>
+    X-Omniroute-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>
+
+Requests more than five minutes off the server clock, or with a missing or wrong
+signature, are refused with 401 (nothing stored); a body that does not fit the contract
+with 422 naming the fields. A PBX may send the events of a call in any order and repeat
+them: the call record converges (channels/calls.py); dedup key (``call_id``, ``event``,
+``seq``).
+
+Events: ``call.started`` and ``call.ringing`` (ringing; ``extension``/``agent`` is who it
+rings), ``call.answered`` (``agent`` took it; a second agent answering later is a
+transfer), ``call.ended`` (with ``disposition``: answered, no-answer, busy, failed or
+cancelled — Asterisk's ``DIALSTATUS`` words ANSWER, NOANSWER, BUSY, CANCEL, CONGESTION,
+CHANUNAVAIL … are accepted too), ``call.recording_ready`` (``recording_url``).
+``docs/channels/telephony.md`` has the contract with a dialplan that sends it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from channels.api import verify
+from channels.base import (
+    CallDirection,
+    CallEvent,
+    CallStage,
+    Disposition,
+    InvalidPayload,
+    Parsed,
+    WebhookRequest,
+)
+from channels.calls import parsed
+from config.models import ChannelAccount
+
+EventName = Literal[
+    "call.started", "call.ringing", "call.answered", "call.ended", "call.recording_ready"
+]
+STAGES: dict[str, CallStage | None] = {
+    "call.started": CallStage.RINGING,
+    "call.ringing": CallStage.RINGING,
+    "call.answered": CallStage.ANSWERED,
+    "call.ended": CallStage.ENDED,
+    "call.recording_ready": None,
+}
+# The contract's words, and Asterisk's DIALSTATUS values.
+DISPOSITIONS: dict[str, Disposition] = {
+    "answered": Disposition.ANSWERED,
+    "answer": Disposition.ANSWERED,
+    "no-answer": Disposition.MISSED,
+    "noanswer": Disposition.MISSED,
+    "cancelled": Disposition.MISSED,
+    "cancel": Disposition.MISSED,
+    "busy": Disposition.BUSY,
+    "failed": Disposition.FAILED,
+    "congestion": Disposition.FAILED,
+    "chanunavail": Disposition.FAILED,
+    "dontcall": Disposition.FAILED,
+    "torture": Disposition.FAILED,
+    "invalidargs": Disposition.FAILED,
+}
+
+
+class PbxCallEvent(BaseModel):
+    """The request body: one event of one call."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    event: EventName
+    call_id: str = Field(
+        min_length=1, max_length=256, description="the whole call (Asterisk: Linkedid)"
+    )
+    leg_id: str | None = Field(default=None, max_length=256, description="Asterisk: Uniqueid")
+    direction: Literal["in", "out", "internal"]
+    from_: str | None = Field(default=None, alias="from", max_length=64)
+    to: str | None = Field(default=None, max_length=64)
+    extension: str | None = Field(default=None, max_length=64)
+    agent: str | None = Field(default=None, max_length=128)
+    started_at: datetime | None = None
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_sec: int | None = Field(default=None, ge=0)
+    billsec: int | None = Field(default=None, ge=0)
+    disposition: str | None = Field(default=None, max_length=32)
+    hangup_cause: str | None = Field(default=None, max_length=128)
+    recording_url: str | None = Field(default=None, max_length=4096)
+    seq: int | None = Field(default=None, ge=0)
+
+    @field_validator("disposition")
+    @classmethod
+    def _known_disposition(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() not in DISPOSITIONS:
+            words = "answered, no-answer, busy, failed, cancelled (or Asterisk's DIALSTATUS)"
+            raise ValueError(f"must be one of {words}")
+        return value
+
+    @field_validator("from_", "to", "extension", "agent", "hangup_cause", "recording_url")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return (value.strip() or None) if value is not None else None
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {
+            "field": ".".join("from" if p == "from_" else str(p) for p in e["loc"]) or "body",
+            "message": e["msg"],
+        }
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def to_call_event(channel: str, account: str, body: PbxCallEvent) -> CallEvent:
+    direction = CallDirection(body.direction)
+    customer = {CallDirection.IN: body.from_, CallDirection.OUT: body.to}.get(direction)
+    line = {CallDirection.IN: body.to, CallDirection.OUT: body.from_}.get(direction)
+    disposition = DISPOSITIONS[body.disposition.strip().lower()] if body.disposition else None
+    stage = STAGES[body.event]
+    if stage is CallStage.ANSWERED:
+        disposition = Disposition.ANSWERED
+    at = (
+        {
+            CallStage.RINGING: body.started_at,
+            CallStage.ANSWERED: body.answered_at,
+            CallStage.ENDED: body.ended_at,
+        }.get(stage)
+        if stage
+        else None
+    )
+    return CallEvent(
+        channel=channel,
+        account=account,
+        call_id=body.call_id,
+        event=body.event,
+        leg_id=body.leg_id,
+        direction=direction,
+        customer=customer,
+        line=line,
+        agent=body.agent or body.extension,
+        stage=stage,
+        disposition=disposition,
+        at=at,
+        started_at=body.started_at,
+        answered_at=body.answered_at,
+        ended_at=body.ended_at,
+        duration_s=body.duration_sec,
+        talk_s=body.billsec,
+        hangup_cause=body.hangup_cause,
+        recording_url=body.recording_url,
+        seq=body.seq,
+    )
+
+
+class PbxChannel:
+    name = "pbx"
+
+    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+        verify(secret, req)
+        try:
+            raw = orjson.loads(req.body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidPayload(
+                f"body is not JSON: {exc}", [{"field": "body", "message": str(exc)}]
+            ) from None
+        try:
+            body = PbxCallEvent.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidPayload(
+                "body does not match the call event contract", _field_errors(exc)
+            ) from None
+        return parsed(to_call_event(self.name, account.account, body))

@@ -1,0 +1,258 @@
+"""Zadarma PBX call notifications in, the callback request (click-to-call) out.
+
+Inbound (``/webhooks/zadarma/{account}``, form fields):
+
+* the URL check: a request with ``zd_echo=<value>`` (query or form) is answered with the
+  value as the body — Zadarma's check when the URL is set;
+* every notification carries the header ``Signature`` = base64 of the *hex* HMAC-SHA1 of
+  a per-event field concatenation, keyed with the API secret (``secret_env``); a missing or
+  wrong one → 401, nothing stored. Events whose signature string is not documented
+  (``NOTIFY_IVR`` …) are acknowledged and ignored, since they cannot be verified.
+
+* ``NOTIFY_START`` — an inbound call rings: ``caller_id`` → ``called_did``;
+* ``NOTIFY_INTERNAL`` — … now at extension ``internal``;
+* ``NOTIFY_ANSWER`` — extension ``internal`` answered;
+* ``NOTIFY_END`` — the inbound call is over: ``disposition``, ``duration``, recording;
+* ``NOTIFY_OUT_START`` — extension ``internal`` calls ``destination``;
+* ``NOTIFY_OUT_END`` — that call is over;
+* ``NOTIFY_RECORD`` — the recording ``call_id_with_rec`` is ready.
+
+The signed strings: caller_id + called_did + call_start (START, INTERNAL, END);
+caller_id + destination + call_start (ANSWER); internal + destination + call_start
+(OUT_START, OUT_END); pbx_call_id + call_id_with_rec (RECORD).
+
+``pbx_call_id`` is the call; ``call_start`` (``YYYY-MM-DD HH:MM:SS``) is in the time zone
+of the Zadarma account (``settings.timezone``, default UTC). ``disposition``: answered →
+answered; busy → busy; cancel, no answer → missed; anything else (failed, no money,
+unallocated number, line limit …) → failed, the word kept as ``hangup_cause``.
+
+Outbound: ``GET {api_base}/v1/request/callback/?from=<extension>&to=<number>`` with
+``Authorization: <key>:<base64(hex(HMAC-SHA1(secret, path + query + md5(query))))>`` (the
+query sorted by name, form-encoded) — Zadarma rings the extension, then the number.
+
+Account settings: ``secret_env`` (the API secret), ``api_key_env`` (the API key, for
+click-to-call), ``api_base`` (default ``https://api.zadarma.com``), ``timezone``,
+``login.<user id>`` (the user's extension), ``timeout_s`` (default 10).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import aiohttp
+import orjson
+
+from channels.base import (
+    CallDirection,
+    CallEvent,
+    CallStage,
+    Disposition,
+    Parsed,
+    SendError,
+    Unauthorized,
+    WebhookError,
+    WebhookRequest,
+    setting_env,
+    setting_str,
+)
+from channels.calls import form_fields, int_field, invalid, parsed, text_field
+from config.models import ChannelAccount
+
+API_BASE = "https://api.zadarma.com"
+CALLBACK_PATH = "/v1/request/callback/"
+SIGNATURE_HEADER = "Signature"
+DEFAULT_TIMEOUT_S = 10.0
+# event → the fields whose values, concatenated, are signed.
+SIGNED: dict[str, tuple[str, ...]] = {
+    "NOTIFY_START": ("caller_id", "called_did", "call_start"),
+    "NOTIFY_INTERNAL": ("caller_id", "called_did", "call_start"),
+    "NOTIFY_ANSWER": ("caller_id", "destination", "call_start"),
+    "NOTIFY_END": ("caller_id", "called_did", "call_start"),
+    "NOTIFY_OUT_START": ("internal", "destination", "call_start"),
+    "NOTIFY_OUT_END": ("internal", "destination", "call_start"),
+    "NOTIFY_RECORD": ("pbx_call_id", "call_id_with_rec"),
+}
+DISPOSITIONS = {
+    "answered": Disposition.ANSWERED,
+    "busy": Disposition.BUSY,
+    "cancel": Disposition.MISSED,
+    "no answer": Disposition.MISSED,
+}
+
+
+def signature(secret: str, text: str) -> str:
+    """base64 of the hex HMAC-SHA1 (as PHP's ``base64_encode(hash_hmac(...))``)."""
+    digest = hmac.new(secret.encode(), text.encode(), hashlib.sha1).hexdigest()
+    return base64.b64encode(digest.encode()).decode()
+
+
+def signed_string(event: str, fields: Mapping[str, str]) -> str:
+    return "".join(fields.get(name, "") for name in SIGNED[event])
+
+
+def verify(secret: str | None, event: str, fields: Mapping[str, str], req: WebhookRequest) -> None:
+    if not secret:
+        raise Unauthorized("this account has no API secret configured")
+    given = req.headers.get(SIGNATURE_HEADER, "").strip()
+    if not given:
+        raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
+    expected = signature(secret, signed_string(event, fields))
+    if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
+        raise Unauthorized("signature does not match")
+
+
+def _zone(account: ChannelAccount) -> ZoneInfo | None:
+    name = setting_str(account, "timezone")
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise WebhookError(f"settings.timezone {name!r} is not a time zone") from None
+
+
+def _start(account: ChannelAccount, fields: Mapping[str, str]) -> datetime | None:
+    value = text_field(fields, "call_start")
+    if value is None:
+        return None
+    try:
+        local = datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        raise invalid("call_start", "must be YYYY-MM-DD HH:MM:SS") from None
+    return local.replace(tzinfo=_zone(account) or UTC).astimezone(UTC)
+
+
+class ZadarmaChannel:
+    name = "zadarma"
+
+    # --- inbound ------------------------------------------------------------------
+
+    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+        fields = form_fields(req)
+        if "zd_echo" in fields:
+            return Parsed(reply=fields["zd_echo"], reply_content_type="text/plain")
+        event = (fields.get("event") or "").strip()
+        if event not in SIGNED:
+            return Parsed()  # NOTIFY_IVR and the like: not verifiable, not needed
+        verify(secret, event, fields, req)
+        call_id = text_field(fields, "pbx_call_id")
+        if call_id is None:
+            raise invalid("pbx_call_id", "required")
+        return parsed(self._event(account, event, call_id, fields))
+
+    def _event(
+        self, account: ChannelAccount, event: str, call_id: str, f: Mapping[str, str]
+    ) -> CallEvent:
+        start = _start(account, f)
+        base = {"channel": self.name, "account": account.account, "call_id": call_id}
+        recorded = (f.get("is_recorded") or "").strip() in ("1", "true")
+        rec_id = text_field(f, "call_id_with_rec")
+        if event == "NOTIFY_RECORD":
+            return CallEvent(**base, event=event, recording_id=rec_id)
+        if event in ("NOTIFY_START", "NOTIFY_INTERNAL", "NOTIFY_ANSWER"):
+            answered = event == "NOTIFY_ANSWER"
+            return CallEvent(
+                **base,
+                event=event,
+                direction=CallDirection.IN,
+                customer=text_field(f, "caller_id"),
+                line=text_field(f, "called_did"),
+                agent=text_field(f, "internal"),
+                stage=CallStage.ANSWERED if answered else CallStage.RINGING,
+                disposition=Disposition.ANSWERED if answered else None,
+                at=start,
+                started_at=start,
+            )
+        if event == "NOTIFY_OUT_START":
+            return CallEvent(
+                **base,
+                event=event,
+                direction=CallDirection.OUT,
+                customer=text_field(f, "destination"),
+                agent=text_field(f, "internal"),
+                stage=CallStage.RINGING,
+                at=start,
+                started_at=start,
+            )
+        # NOTIFY_END / NOTIFY_OUT_END
+        word = (text_field(f, "disposition") or "").lower()
+        disposition = DISPOSITIONS.get(word, Disposition.FAILED)
+        duration = int_field(f, "duration")
+        outbound = event == "NOTIFY_OUT_END"
+        ended = start + timedelta(seconds=duration) if start and duration is not None else None
+        return CallEvent(
+            **base,
+            event=event,
+            direction=CallDirection.OUT if outbound else CallDirection.IN,
+            customer=text_field(f, "destination" if outbound else "caller_id"),
+            line=text_field(f, "caller_id" if outbound else "called_did"),
+            agent=text_field(f, "internal"),
+            stage=CallStage.ENDED,
+            disposition=disposition,
+            final=True,
+            at=ended or start,
+            started_at=start,
+            ended_at=ended,
+            duration_s=duration,
+            hangup_cause=None if disposition is Disposition.ANSWERED else word[:128] or None,
+            recording_id=rec_id if recorded else None,
+        )
+
+    # --- click-to-call ------------------------------------------------------------
+
+    async def make_call(
+        self, account: ChannelAccount, secret: str | None, login: str, phone: str
+    ) -> str:
+        key = setting_env(account, "api_key_env")
+        if not secret or not key:
+            raise SendError(
+                "secret_env (the API secret) and settings.api_key_env are needed",
+                retryable=False,
+                code="zadarma_not_configured",
+            )
+        params = {"from": login, "to": phone.lstrip("+")}
+        query = urlencode(sorted(params.items()))
+        url = f"{(setting_str(account, 'api_base') or API_BASE).rstrip('/')}{CALLBACK_PATH}"
+        headers = {"Authorization": f"{key}:{api_signature(secret, CALLBACK_PATH, query)}"}
+        timeout_s = float(setting_str(account, "timeout_s") or DEFAULT_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
+                http.get(f"{url}?{query}", headers=headers) as resp,
+            ):
+                status, raw = resp.status, await resp.read()
+        except TimeoutError:
+            raise SendError(
+                f"Zadarma did not answer within {timeout_s:g} s",
+                retryable=True,
+                code="zadarma_timeout",
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise SendError(
+                f"cannot reach Zadarma: {exc}", retryable=True, code="zadarma_unreachable"
+            ) from None
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+        if status == 200 and isinstance(data, dict) and data.get("status") == "success":
+            return str(data.get("time") or "")
+        message = data.get("message") if isinstance(data, dict) else None
+        detail = message or raw[:200].decode("utf-8", "replace")
+        raise SendError(
+            f"Zadarma answered HTTP {status}: {detail}",
+            retryable=status == 429 or status >= 500,
+            code=f"zadarma_http_{status}" if status != 200 else "zadarma_refused",
+        )
+
+
+def api_signature(secret: str, path: str, query: str) -> str:
+    """The signature part of Zadarma's ``Authorization`` header."""
+    text = path + query + hashlib.md5(query.encode()).hexdigest()
+    return signature(secret, text)

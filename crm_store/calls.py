@@ -1,0 +1,259 @@
+"""The ``calls`` collection: one document per call, converging whatever the order of its
+reports, and the ring-path "who is calling" lookup.
+
+A report (:class:`~channels.base.CallEvent`) is applied with one upsert whose operators
+are all order-independent (``$setOnInsert`` of constants, ``$min``, ``$max``,
+``$addToSet``; see channels/calls.py), so concurrent and repeated reports need no read
+before the write and no lock. The document is then read back by ``_id`` to announce what
+the call has reached — ``call.started``, ``call.ended`` and, for an inbound call nobody
+answered from a known contact, ``call.missed`` — each once (event ids derive from the
+call; ``announced`` remembers what was considered).
+
+Document: ``_id`` = hash(channel, account, provider call id); ``channel``, ``account``,
+``call_id`` (the provider's), ``source_id``, ``message_id`` (the intake/message id of the
+call's message, which routing attaches to a contact, lead or deal), the merged call fields
+(channels/calls.py: ``direction``, ``customer``, ``line``, ``status``, ``disposition``,
+``agent``, ``answered_by``, ``transferred``, ``started_at``, ``answered_at``,
+``ended_at``, ``duration_s``, ``talk_s``, ``hangup_cause``, ``recording_url``,
+``recording_id``, ``rating``, ``seq``), ``announced``, and the bookkeeping
+``first_seen_at`` / ``last_seen_at`` / ``reports`` (count of reports applied, repeats
+included).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pymongo.errors import DuplicateKeyError
+
+from channels.base import Caller, CallEvent, Disposition
+from channels.calls import (
+    CALL_ENDED,
+    CALL_MISSED,
+    CALL_STARTED,
+    CallRecord,
+    contributions,
+    due_announcements,
+    message_provider_id,
+)
+from crm_store import events
+from crm_store import routing_store as rs
+from crm_store.documents import ContactDoc, intake_id, stable_id
+from crm_store.store import Collection, Document, Store
+from routing.identity import normalize_phone, phone_key
+
+COLLECTION = "calls"
+
+
+def calls(store: Store) -> Collection:
+    return store[COLLECTION]
+
+
+def call_doc_id(channel: str, account: str, call_id: str) -> str:
+    return stable_id("call", channel, account, call_id)
+
+
+def message_id(channel: str, account: str, call_id: str) -> str:
+    """The intake/message id of the call's message (see channels.calls.call_message)."""
+    return intake_id(channel, account, message_provider_id(call_id))
+
+
+def update_of(ev: CallEvent, source_id: str, at: datetime) -> Document:
+    """The one MongoDB update that applies a report to its call document."""
+    update: Document = {
+        "$setOnInsert": {
+            "channel": ev.channel,
+            "account": ev.account,
+            "call_id": ev.call_id,
+            "source_id": source_id,
+            "message_id": message_id(ev.channel, ev.account, ev.call_id),
+        },
+        "$min": {"first_seen_at": at},
+        "$max": {"last_seen_at": at},
+        "$inc": {"reports": 1},
+    }
+    for op, name, value in contributions(ev):
+        update.setdefault(op.value, {})[name] = value
+    return update
+
+
+async def apply(store: Store, ev: CallEvent, source_id: str) -> CallRecord:
+    """Apply one report; announce what the call reached. Returns the call as stored."""
+    doc_id = call_doc_id(ev.channel, ev.account, ev.call_id)
+    update = update_of(ev, source_id, datetime.now(UTC))
+    try:
+        await calls(store).update_one({"_id": doc_id}, update, upsert=True)
+    except DuplicateKeyError:
+        # Two first reports of one call upserted at once; ours now updates the winner's.
+        await calls(store).update_one({"_id": doc_id}, update, upsert=True)
+    doc = await calls(store).find_one({"_id": doc_id})
+    rec = CallRecord.model_validate(doc)
+    if due := due_announcements(rec):
+        await announce(store, rec, due)
+    return rec
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+class CallStarted(BaseModel):
+    channel: str
+    account: str
+    provider_call_id: str
+    direction: Literal["in", "out"]
+    phone: str | None = Field(description="the customer's number (E.164 when it is one)")
+    line: str | None = Field(description="our number the call came in on or went out from")
+    agent: str | None = Field(description="the PBX login/extension that had the call last")
+
+
+class CallEnded(CallStarted):
+    disposition: Disposition
+    started_at: datetime | None
+    answered_at: datetime | None
+    ended_at: datetime | None
+    duration_s: int | None
+    talk_s: int | None
+    transferred: bool
+    recording_url: str | None
+
+
+class CallMissed(BaseModel):
+    channel: str
+    account: str
+    provider_call_id: str
+    phone: str | None = Field(description="the number to call back")
+    line: str | None
+    disposition: Disposition = Field(description="missed, busy or failed")
+    started_at: datetime | None
+    responsible_id: str | None = Field(
+        description="who should call back: the responsible of the contact's active deal, "
+        "else of its open lead, else of the contact"
+    )
+    agent: str | None = Field(description="the PBX login/extension the call last rang")
+
+
+class CallerState(BaseModel):
+    """The known contact behind a number, with its active deal or open lead."""
+
+    contact: ContactDoc
+    deal_id: str | None = None
+    lead_id: str | None = None
+    responsible_id: str | None = None
+
+
+async def caller_state(store: Store, phone: str | None) -> CallerState | None:
+    """The contact owning ``phone`` (E.164), with what routing would attach to."""
+    if not phone or not phone.startswith("+"):
+        return None
+    found = await store.contacts.find_one({"identities": phone_key(phone)})
+    if found is None:
+        return None
+    contact = ContactDoc.model_validate(found)
+    state = await rs.load_contact_state(store, [contact.id])
+    deal = state.active_deal.get(contact.id)
+    lead = state.open_lead.get(contact.id)
+    responsible = (
+        (deal.responsible_id if deal else None)
+        or (lead.responsible_id if lead else None)
+        or contact.responsible_id
+    )
+    return CallerState(
+        contact=contact,
+        deal_id=deal.id if deal else None,
+        lead_id=lead.id if lead and not deal else None,
+        responsible_id=responsible,
+    )
+
+
+def _started(rec: CallRecord) -> CallStarted:
+    if rec.direction is None or not (rec.call_id and rec.channel and rec.account):
+        raise ValueError(f"call {rec.id} has no direction or identity to announce")
+    return CallStarted(
+        channel=rec.channel,
+        account=rec.account,
+        provider_call_id=rec.call_id,
+        direction="in" if rec.direction.value == "in" else "out",
+        phone=rec.customer,
+        line=rec.line,
+        agent=rec.agent,
+    )
+
+
+def event_data(type_: str, rec: CallRecord, caller: CallerState | None) -> BaseModel:
+    """The event's data, by its schema in inbox/event_catalogue.py."""
+    started = _started(rec)
+    if type_ == CALL_STARTED:
+        return started
+    disposition = rec.disposition or Disposition.FAILED
+    if type_ == CALL_ENDED:
+        return CallEnded(
+            **started.model_dump(),
+            disposition=disposition,
+            started_at=rec.started_at,
+            answered_at=rec.answered_at,
+            ended_at=rec.ended_at,
+            duration_s=rec.duration_s,
+            talk_s=rec.talk_s,
+            transferred=rec.was_transferred,
+            recording_url=rec.recording_url,
+        )
+    return CallMissed(
+        channel=started.channel,
+        account=started.account,
+        provider_call_id=started.provider_call_id,
+        phone=rec.customer,
+        line=rec.line,
+        disposition=disposition,
+        started_at=rec.started_at,
+        responsible_id=caller.responsible_id if caller else None,
+        agent=rec.agent,
+    )
+
+
+def known(caller: CallerState | None, rec: CallRecord) -> bool:
+    """The caller was a contact before this call (not one routing made for it)."""
+    return caller is not None and caller.contact.origin_intake_id != rec.message_id
+
+
+async def announce(store: Store, rec: CallRecord, due: list[str]) -> None:
+    """Append the due events (once: their ids derive from the call) and remember them."""
+    assert rec.id is not None
+    caller = await caller_state(store, rec.customer)
+    refs: dict[str, str | None] = {"call_id": rec.id}
+    if rec.customer and normalize_phone(rec.customer):
+        refs["message_id"] = rec.message_id
+    if caller is not None:
+        refs.update(contact_id=caller.contact.id, deal_id=caller.deal_id, lead_id=caller.lead_id)
+    docs: list[Document] = []
+    for type_ in due:
+        if type_ == CALL_MISSED and not known(caller, rec):
+            continue  # an unknown caller's missed call is a new lead, not a call-back
+        at = rec.ended_at if type_ != CALL_STARTED else rec.started_at
+        data = event_data(type_, rec, caller).model_dump(mode="json")
+        docs.append(events.event(type_, refs, data, key=[rec.id], at=at))
+    await events.append(store, docs, maybe_written=True)
+    await calls(store).update_one({"_id": rec.id}, {"$addToSet": {"announced": {"$each": due}}})
+
+
+# --- who is calling (the ring path) ------------------------------------------------------
+
+
+async def find_caller(store: Store, raw_phone: str) -> Caller | None:
+    """The contact owning a number, by the unique ``contacts.identities`` index: one
+    indexed read of three fields."""
+    phone = normalize_phone(raw_phone)
+    if phone is None:
+        return None
+    doc = await store.contacts.find_one(
+        {"identities": phone_key(phone)}, {"name": 1, "responsible_id": 1}
+    )
+    if doc is None:
+        return None
+    name, responsible = doc.get("name"), doc.get("responsible_id")
+    return Caller(
+        contact_id=str(doc["_id"]),
+        name=name if isinstance(name, str) else None,
+        responsible_id=responsible if isinstance(responsible, str) else None,
+    )

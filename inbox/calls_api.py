@@ -1,0 +1,134 @@
+"""Click-to-call: ``POST /api/v1/calls`` — the PBX rings the employee, then the customer.
+
+Body ``{"phone": "...", "user_id": "...", "channel": "...", "account": "..."}``; only
+``phone`` is required. ``user_id`` defaults to the caller's own user; calling for someone
+else needs an admin, or a director who sees that user's department. The telephony
+account is ``channel``/``account`` if given, else the first enabled account that can
+place calls and knows the user's PBX login (``settings.login.<user id>``).
+
+Answers: ``202`` the PBX took the request (``provider_call_id`` if it gave one); ``401`` /
+``403`` (inbox/auth.py); ``404`` no such telephony account; ``422`` a bad body, an
+unknown user, no PBX login for the user; ``502`` the PBX refused (its reason in
+``detail``, a stable ``code``); ``503`` the PBX is unreachable or busy (try again).
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from channels import REGISTRY
+from channels.base import SendError
+from channels.calls import ClickToCall, user_login
+from config.loader import resolve_secret
+from config.models import ChannelAccount, Role, User
+from inbox.auth import ApiError, Principal
+from inbox.events_api import endpoint
+from ingest.context import Service, json_response
+from routing.identity import normalize_phone
+
+log = structlog.get_logger("omniroute.calls_api")
+
+
+class CallRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str = Field(min_length=1, max_length=64, description="the customer's number")
+    user_id: str | None = Field(default=None, max_length=64, description="default: yourself")
+    channel: str | None = Field(default=None, max_length=64)
+    account: str | None = Field(default=None, max_length=64)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str) -> str:
+        e164 = normalize_phone(value)
+        if e164 is None:
+            raise ValueError("not a phone number")
+        return e164
+
+
+def _user(svc: Service, principal: Principal, user_id: str | None) -> User:
+    if user_id is None or user_id == principal.user.id:
+        return principal.user
+    user = svc.config.user(user_id)
+    if user is None or not user.active:
+        raise ApiError(422, "unknown_user", f"no active user {user_id!r}")
+    may = principal.is_admin or (
+        principal.user.role is Role.DIRECTOR and principal.sees_department(user.department)
+    )
+    if not may:
+        raise ApiError(403, "forbidden", "you may only place calls as yourself")
+    return user
+
+
+def _accounts(svc: Service, req: CallRequest) -> list[tuple[ChannelAccount, ClickToCall]]:
+    """The telephony accounts that may place this call, in configuration order."""
+    found: list[tuple[ChannelAccount, ClickToCall]] = []
+    for account in svc.config.channels.accounts:
+        if not account.enabled or (req.channel and account.channel != req.channel):
+            continue
+        if req.account and account.account != req.account:
+            continue
+        channel = REGISTRY.get(account.channel)
+        if isinstance(channel, ClickToCall):
+            found.append((account, channel))
+    if not found:
+        raise ApiError(404, "no_telephony_account", "no enabled account that can place calls")
+    return found
+
+
+async def _body(request: web.Request) -> object:
+    try:
+        return await request.json()
+    except ValueError:
+        raise ApiError(400, "invalid_json", "the body is not JSON") from None
+
+
+@endpoint
+async def create_call(request: web.Request, svc: Service, principal: Principal) -> web.Response:
+    req = CallRequest.model_validate(await _body(request))
+    user = _user(svc, principal, req.user_id)
+    candidates = _accounts(svc, req)
+    chosen = next(((a, c, login) for a, c in candidates if (login := user_login(a, user.id))), None)
+    if chosen is None:
+        raise ApiError(
+            422,
+            "no_pbx_login",
+            f"user {user.id!r} has no PBX login (settings.login.{user.id}) on "
+            + ", ".join(f"{a.channel}/{a.account}" for a, _ in candidates),
+        )
+    account, channel, login = chosen
+    try:
+        call_id = await channel.make_call(account, resolve_secret(account), login, req.phone)
+    except SendError as exc:
+        log.warning(
+            "calls.click_to_call_failed",
+            channel=account.channel,
+            account=account.account,
+            user_id=user.id,
+            code=exc.code,
+        )
+        raise ApiError(503 if exc.retryable else 502, exc.code, exc.detail) from None
+    log.info(
+        "calls.click_to_call",
+        channel=account.channel,
+        account=account.account,
+        user_id=user.id,
+        by=principal.user.id,
+    )
+    return json_response(
+        {
+            "channel": account.channel,
+            "account": account.account,
+            "user_id": user.id,
+            "login": login,
+            "phone": req.phone,
+            "provider_call_id": call_id or None,
+        },
+        status=202,
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/v1/calls", create_call)

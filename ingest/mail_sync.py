@@ -1,0 +1,468 @@
+"""The IMAP intake: one poller per configured mailbox, leased to one process at a time.
+
+For each e-mail account, :class:`MailboxPoller` loops:
+
+1. take the mailbox's lease (``crm_store/mailboxes.py``); while another live process
+   holds it, wait and try again — when that process dies its lease runs out;
+2. connect, log in, select the folder; a UIDVALIDITY other than the checkpoint's starts a
+   new epoch at UID 0 (every message is fetched again and deduplicated by its intake id);
+3. fetch every UID above the checkpoint — in batches bounded by count and bytes, with
+   ``BODY.PEEK[]`` so nothing is marked read unless ``mark_seen`` — parse, store the
+   attachments, write the batch to intake durably, hand the new records to routing, and
+   only then advance the checkpoint: a crash anywhere re-fetches, never loses;
+4. every ``full_scan_s``, the safety net: the Message-IDs of the whole folder are
+   compared with intake and anything missing is fetched;
+5. wait for news: IDLE when the server has it (re-issued at the latest every ``poll_s``,
+   far below the 29-minute limit), else sleep ``poll_s``; renew the lease; go to 3.
+
+Any failure — the server away, a refused login, a dropped connection, the store away —
+closes the session and retries with exponential backoff and jitter (capped at
+``backoff_max_s``). Nothing depends on how long an outage lasts: the checkpoint says what
+is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aioimaplib
+import structlog
+from pydantic import ValidationError
+from pymongo.errors import PyMongoError
+
+from channels.email import (
+    MailboxSettings,
+    broken_inbound,
+    inbound_from_mail,
+    mailbox_settings,
+)
+from channels.imap import HEADER_CHUNK, SIZE_CHUNK, Fetched, ImapError, ImapSession
+from channels.mime import ParsedMail, parse_mail
+from config.loader import resolve_secret
+from config.models import AppConfig, ChannelAccount
+from crm_store import files, intake, mailboxes
+from crm_store.documents import IntakeDoc, intake_id, stable_id
+from crm_store.store import Document, Store
+from ingest.metrics import Metrics
+
+log = structlog.get_logger("omniroute.mail")
+
+# Raw mails up to this size stay in the intake record; bigger ones go to files.
+RAW_INLINE_MAX = 2 * 1024 * 1024
+RETRYABLE = (
+    ImapError,
+    aioimaplib.AioImapException,
+    OSError,
+    TimeoutError,
+    PyMongoError,
+    asyncio.IncompleteReadError,
+)
+
+
+class LeaseLost(Exception):
+    """Another process holds the mailbox now: stop touching it."""
+
+
+@dataclass(slots=True)
+class SyncStats:
+    fetched: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+
+
+class MailboxPoller:
+    def __init__(
+        self,
+        store: Store,
+        account: ChannelAccount,
+        settings: MailboxSettings,
+        password: str,
+        *,
+        owner: str,
+        submit: Callable[[list[IntakeDoc]], None],
+        metrics: Metrics | None = None,
+        intake_lease_s: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.account = account
+        self.settings = settings
+        self.password = password
+        self.owner = owner
+        self.submit = submit
+        self.metrics = metrics
+        self.intake_lease_s = intake_lease_s
+        self.key = mailboxes.mailbox_key(account.account, settings.folder)
+        self.lease = f"mailbox:{self.key}"
+        self.failures = 0
+        self.next_full_scan = 0.0
+        self.lease_renewed = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"mail:{self.key}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(PyMongoError):
+            await mailboxes.release(self.store, self.lease, self.owner)
+
+    async def run(self) -> None:
+        bound = structlog.get_logger("omniroute.mail").bind(
+            account=self.account.account, folder=self.settings.folder
+        )
+        while True:
+            try:
+                if not await mailboxes.acquire(
+                    self.store, self.lease, self.owner, self.settings.lease_s
+                ):
+                    await asyncio.sleep(self.settings.lease_s / 3 * (0.5 + random.random()))
+                    continue
+                self.lease_renewed = time.monotonic()
+                await self._session(bound)
+            except LeaseLost:
+                bound.info("mail.lease_lost")
+            except RETRYABLE as exc:
+                self.failures += 1
+                delay = self.backoff_s()
+                bound.warning(
+                    "mail.retry",
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                    attempt=self.failures,
+                    delay_s=round(delay, 2),
+                )
+                if self.metrics is not None:
+                    self.metrics.store_errors.labels("mail").inc()
+                await asyncio.sleep(delay)
+
+    def backoff_s(self) -> float:
+        cap = self.settings.backoff_max_s
+        return min(cap, 0.5 * 2.0 ** min(self.failures, 20)) * (0.5 + random.random())
+
+    async def _session(self, bound: structlog.typing.FilteringBoundLogger) -> None:
+        s = self.settings
+        session = await ImapSession.open(
+            s.host,
+            s.port,
+            tls=s.tls,
+            verify=s.tls_verify,
+            user=s.user,
+            password=self.password,
+            timeout_s=s.timeout_s,
+        )
+        try:
+            uidvalidity = await session.select(s.folder)
+            bound.info("mail.connected", idle=s.idle and session.can_idle)
+            while True:
+                stats = await self.sync(session, uidvalidity)
+                if stats.fetched:
+                    bound.info(
+                        "mail.synced",
+                        fetched=stats.fetched,
+                        accepted=stats.accepted,
+                        duplicates=stats.duplicates,
+                    )
+                self.failures = 0
+                await self._renew()
+                if s.idle and session.can_idle:
+                    await session.wait_for_news(min(s.poll_s, s.lease_s / 3))
+                else:
+                    await asyncio.sleep(min(s.poll_s, s.lease_s / 3))
+                    await session.noop()
+                await self._renew()
+        finally:
+            await session.close()
+
+    async def _renew(self) -> None:
+        if not await mailboxes.renew(self.store, self.lease, self.owner, self.settings.lease_s):
+            raise LeaseLost(self.lease)
+        self.lease_renewed = time.monotonic()
+
+    async def _renew_if_due(self) -> None:
+        if time.monotonic() - self.lease_renewed > self.settings.lease_s / 3:
+            await self._renew()
+
+    # --- one sync round -------------------------------------------------------------
+
+    async def sync(self, session: ImapSession, uidvalidity: int) -> SyncStats:
+        cp = await mailboxes.checkpoint(self.store, self.key)
+        if cp.uidvalidity != uidvalidity:
+            log.info(
+                "mail.new_epoch",
+                account=self.account.account,
+                uidvalidity=uidvalidity,
+                previous=cp.uidvalidity,
+            )
+            await mailboxes.start_epoch(self.store, self.key, uidvalidity, cp.uidvalidity)
+            cp = mailboxes.Checkpoint(uidvalidity, 0)
+        stats = SyncStats()
+        uids = await session.uids_after(cp.last_uid)
+        await self._fetch_store(session, uidvalidity, uids, stats, advance=True)
+        if time.monotonic() >= self.next_full_scan:
+            await self.full_scan(session, uidvalidity, stats)
+            self.next_full_scan = time.monotonic() + self.settings.full_scan_s
+        return stats
+
+    async def full_scan(self, session: ImapSession, uidvalidity: int, stats: SyncStats) -> None:
+        """The safety net: fetch whatever in the folder is not in intake."""
+        cp = await mailboxes.checkpoint(self.store, self.key)
+        uids = [u for u in await session.all_uids() if u <= cp.last_uid]
+        missing: list[int] = []
+        for chunk in _chunks(uids, HEADER_CHUNK):
+            heads = await session.fetch(chunk, "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]")
+            ids = {f.uid: _message_id(f.data) for f in heads}
+            wanted = {
+                intake_id(self.account.channel, self.account.account, mid): u
+                for u, mid in ids.items()
+                if mid
+            }
+            found = {
+                d["_id"]
+                async for d in self.store.intake.find({"_id": {"$in": list(wanted)}}, {"_id": 1})
+            }
+            missing += [u for i, u in wanted.items() if i not in found]
+            # No Message-ID: its intake id is the content hash; fetch it to know.
+            missing += [u for u, mid in ids.items() if not mid]
+            await self._renew_if_due()
+        before = stats.accepted
+        await self._fetch_store(session, uidvalidity, sorted(set(missing)), stats, advance=False)
+        await mailboxes.record_full_scan(self.store, self.key, stats.accepted - before)
+        if stats.accepted > before:
+            log.warning(
+                "mail.full_scan_found",
+                account=self.account.account,
+                found=stats.accepted - before,
+            )
+
+    async def _fetch_store(
+        self,
+        session: ImapSession,
+        uidvalidity: int,
+        uids: list[int],
+        stats: SyncStats,
+        *,
+        advance: bool,
+    ) -> None:
+        if not uids:
+            return
+        sizes: dict[int, int] = {}
+        for chunk in _chunks(uids, SIZE_CHUNK):
+            sizes.update(await session.sizes(chunk))
+        for batch in _batches(
+            uids, sizes, self.settings.fetch_batch, self.settings.fetch_batch_bytes
+        ):
+            fetched = await session.fetch(batch)
+            got = {f.uid for f in fetched}
+            # A UID that vanished between SEARCH and FETCH (expunged) has nothing to store.
+            await self._store_batch(fetched, uidvalidity, stats)
+            if self.settings.mark_seen and got:
+                await session.mark_seen(sorted(got))
+            if session_lost := [u for u in batch if u not in got and u in sizes]:
+                log.info("mail.expunged_meanwhile", uids=session_lost[:20])
+            if advance:
+                await mailboxes.advance(self.store, self.key, uidvalidity, max(batch))
+            await self._renew_if_due()
+
+    async def _store_batch(
+        self, fetched: Sequence[Fetched], uidvalidity: int, stats: SyncStats
+    ) -> None:
+        stats.fetched += len(fetched)
+        if not fetched:
+            return
+        # Parsing is CPU work: off the event loop, so webhooks are not held up meanwhile.
+        parsed = await asyncio.to_thread(lambda: [parse_mail(f.data) for f in fetched])
+        pids = await self._provider_ids(parsed)
+        acct = self.account
+        iids = [intake_id(acct.channel, acct.account, pid) for pid in pids]
+        # Every attachment of the batch in one write (ids from the intake id: a re-fetch
+        # rewrites the same documents).
+        wanted = [
+            files.NewFile(
+                stable_id("file", iid, str(n)),
+                att.data,
+                att.name,
+                att.mime_type,
+                {"intake_id": iid, "part": n, "content_id": att.content_id},
+            )
+            for iid, p in zip(iids, parsed, strict=True)
+            for n, att in enumerate(p.attachments)
+        ]
+        stored = iter(
+            await files.put_many(self.store, wanted, max_bytes=self.settings.max_attachment_bytes)
+        )
+        docs = [
+            await self._intake_doc(f, p, pid, uidvalidity, [next(stored) for _ in p.attachments])
+            for f, p, pid in zip(fetched, parsed, pids, strict=True)
+        ]
+        accepted = await intake.accept(self.store, docs, self.owner, self.intake_lease_s)
+        stats.accepted += len(accepted.new)
+        stats.duplicates += len(accepted.duplicates)
+        if self.metrics is not None:
+            self.metrics.intake.labels("email", "accepted").inc(len(accepted.new))
+            self.metrics.intake.labels("email", "duplicate").inc(len(accepted.duplicates))
+        if accepted.new:
+            self.submit(accepted.new)
+
+    async def _provider_ids(self, parsed: Sequence[ParsedMail]) -> list[str]:
+        """The Message-ID of each mail — unless another mail with different content was
+        stored under it (senders do reuse ids): then ``<id>#<content hash>``, so both are
+        kept while a re-fetch of the same mail still dedupes."""
+        acct = self.account
+        pids = [p.message_id[:480] for p in parsed]
+        iids = [intake_id(acct.channel, acct.account, pid) for pid in pids]
+        hashes: dict[str, str | None] = {
+            d["_id"]: ((d.get("message") or {}).get("meta") or {}).get("content_hash")
+            async for d in self.store.intake.find(
+                {"_id": {"$in": iids}}, {"message.meta.content_hash": 1}
+            )
+        }
+        for i, p in enumerate(parsed):
+            first = hashes.setdefault(iids[i], p.content_hash)
+            if first is not None and first != p.content_hash:
+                pids[i] = f"{pids[i]}#{p.content_hash[:16]}"
+        return pids
+
+    async def _intake_doc(
+        self,
+        f: Fetched,
+        parsed: ParsedMail,
+        provider_id: str,
+        uidvalidity: int,
+        stored: list[files.StoredFile],
+    ) -> Document:
+        acct, folder = self.account, self.settings.folder
+        try:
+            msg = inbound_from_mail(
+                acct,
+                parsed,
+                stored,
+                provider_id=provider_id,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                uid=f.uid,
+            )
+        except ValidationError as exc:
+            reason = f"unusable after parsing: {exc.errors()[0]['msg']}"
+            msg = broken_inbound(
+                acct, f.data, reason, folder=folder, uidvalidity=uidvalidity, uid=f.uid
+            )
+            log.warning("mail.unusable", account=acct.account, uid=f.uid, reason=reason)
+        if msg.meta.get("broken"):
+            log.warning("mail.broken", account=acct.account, uid=f.uid, reason=msg.meta["broken"])
+        doc: Document = {
+            "_id": intake_id(msg.channel, msg.account, msg.provider_id),
+            "channel": msg.channel,
+            "account": msg.account,
+            "provider_id": msg.provider_id,
+            "source_id": acct.source,
+            "message": msg.model_dump(mode="python"),
+            "received_at": intake.now(),
+            "mail": {"folder": folder, "uidvalidity": uidvalidity, "uid": f.uid},
+        }
+        if len(f.data) <= RAW_INLINE_MAX:
+            doc["raw"] = f.data
+        else:
+            raw = await files.put(
+                self.store,
+                stable_id("file", doc["_id"], "raw"),
+                f.data,
+                name=None,
+                mime_type="message/rfc822",
+                origin={"intake_id": doc["_id"], "part": "raw"},
+                max_bytes=1 << 40,
+            )
+            doc["raw_file_id"] = raw.id
+        return doc
+
+
+def _message_id(header_block: bytes) -> str | None:
+    text = header_block.decode("utf-8", "replace")
+    _, _, value = text.partition(":")
+    value = " ".join(value.split()).strip().strip("<>").strip()
+    return value or None
+
+
+def _chunks(items: list[int], n: int) -> list[list[int]]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+def _batches(
+    uids: list[int], sizes: dict[int, int], max_count: int, max_bytes: int
+) -> list[list[int]]:
+    """UIDs in order, grouped so a batch stays under both limits (a single bigger mail is
+    a batch of its own)."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    cur_bytes = 0
+    for u in uids:
+        size = sizes.get(u, 0)
+        if cur and (len(cur) >= max_count or cur_bytes + size > max_bytes):
+            out.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(u)
+        cur_bytes += size
+    if cur:
+        out.append(cur)
+    return out
+
+
+class MailSync:
+    """Every enabled e-mail account's poller (a background worker of the service)."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: AppConfig,
+        *,
+        owner: str,
+        submit: Callable[[list[IntakeDoc]], None],
+        metrics: Metrics | None = None,
+        intake_lease_s: float = 30.0,
+    ) -> None:
+        self.pollers: list[MailboxPoller] = []
+        for account in config.channels.accounts:
+            if account.channel != "email" or not account.enabled:
+                continue
+            try:
+                settings = mailbox_settings(account)
+            except ValidationError as exc:
+                log.error("mail.bad_settings", account=account.account, error=str(exc))
+                continue
+            password = resolve_secret(account)
+            if not password:
+                log.warning(
+                    "mail.no_password",
+                    account=account.account,
+                    secret_env=account.secret_env,
+                    detail="the mailbox is not read until its password is set",
+                )
+                continue
+            self.pollers.append(
+                MailboxPoller(
+                    store,
+                    account,
+                    settings,
+                    password,
+                    owner=owner,
+                    submit=submit,
+                    metrics=metrics,
+                    intake_lease_s=intake_lease_s,
+                )
+            )
+
+    async def start(self) -> None:
+        for p in self.pollers:
+            await p.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.pollers))

@@ -1,0 +1,504 @@
+"""The seeds' robots end to end: messages in over HTTP, routing, operators' moves and
+edits through the store's write paths (and the tasks API), the robots on a fake clock.
+
+Dates are real ones of the Russian production calendar (2025): the May holidays are in
+the middle of the furniture maker's payment reminders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crm_store import entities
+from crm_store.events import append, event
+from crm_store.stages import StageError
+from tests.automation_support import MSK, Robots, msk, robots, seed_config
+
+ANNA, IVAN = "anna.smirnova", "ivan.petrov"
+
+
+def local(doc: dict[str, Any], key: str = "created_at") -> str:
+    return str(doc[key].astimezone(MSK).strftime("%m-%d %H:%M"))
+
+
+async def order_from_lead(r: Robots, external_id: str, phone: str) -> tuple[str, str]:
+    """A furniture lead (responsible Anna) taken into work and qualified: the robots open
+    its order. Returns (lead id, deal id)."""
+    lead = await r.lead_from(external_id, phone)
+    await entities.set_responsible(r.store, "lead", lead["_id"], ANNA, by=ANNA)
+    await r.move("lead", lead["_id"], "in_work")
+    await r.set("lead", lead["_id"], order_type="custom")
+    await r.move("lead", lead["_id"], "qualified")
+    await r.run()
+    [deal] = [d async for d in r.store.deals.find({"copied_from": lead["_id"]})]
+    return lead["_id"], deal["_id"]
+
+
+async def to_awaiting_payment(r: Robots, deal_id: str) -> None:
+    await r.set("deal", deal_id, estimate_amount=150000)
+    await r.move("deal", deal_id, "approval")
+    await r.set("deal", deal_id, contract_number="C-7", amount=150000)
+    await r.set("deal", deal_id, payment_due_date="2025-05-15")
+    await r.move("deal", deal_id, "awaiting_payment")
+
+
+# --- the furniture maker -----------------------------------------------------------------
+
+
+async def test_furniture_leads(mongo_uri: str, db_name: str) -> None:
+    async with robots(mongo_uri, db_name, start=msk(2025, 4, 29, 10, 0)) as r:
+        lead = await r.lead_from("fm-1", "+79001230001", name="Ivan")
+        await entities.set_responsible(r.store, "lead", lead["_id"], ANNA, by=ANNA)
+        await r.run()
+        # Untouched for 2 hours → the sales head is told (not a minute earlier).
+        await r.advance(hours=1, minutes=59)
+        assert await r.notes() == []
+        await r.advance(minutes=1)
+        [note] = await r.notes()
+        assert (note["user_id"], local(note)) == (IVAN, "04-29 12:00")
+        assert note["text"] == (
+            "Lead «Ivan — Site request form» has waited 2 hours in New (responsible: Anna Smirnova)"
+        )
+        # Into work → the task "Specify order type", due in 4 working hours.
+        await r.move("lead", lead["_id"], "in_work")
+        await r.run()
+        [task] = await r.tasks()
+        assert (task["title"], task["assignee_id"], local(task, "deadline")) == (
+            "Specify order type",
+            ANNA,
+            "04-29 16:00",
+        )
+        # Qualified → the order is opened in the orders pipeline with what was learnt.
+        await r.set("lead", lead["_id"], order_type="custom")
+        await r.move("lead", lead["_id"], "qualified")
+        await r.run()
+        [deal] = [d async for d in r.store.deals.find({})]
+        assert (deal["pipeline_id"], deal["stage_id"], deal["responsible_id"]) == (
+            "orders",
+            "estimate",
+            ANNA,
+        )
+        assert (deal["fields"], deal["contact_id"], deal["copied_from"]) == (
+            {"order_type": "custom"},
+            lead["contact_id"],
+            lead["_id"],
+        )
+        [created] = await r.events("deal.created")
+        assert created["refs"]["copied_from"] == lead["_id"]
+        # The customer writes again: the message joins the order.
+        status, body = await r.svc.client.post_api(
+            {"external_id": "fm-2", "sender": {"phone": "8 900 123 00 01"}, "text": "Any news?"}
+        )
+        assert status == 200
+        await r.svc.routed()
+        msg = await r.store.messages.find_one({"_id": body["accepted"][0]})
+        assert msg is not None
+        assert (msg["decision"]["rule"], msg["target"]["id"]) == ("active_deal", deal["_id"])
+
+
+async def test_furniture_payment(mongo_uri: str, db_name: str) -> None:
+    async with robots(mongo_uri, db_name, start=msk(2025, 4, 30, 10, 0)) as r:
+        _, paid = await order_from_lead(r, "fp-1", "+79001230002")
+        _, unpaid = await order_from_lead(r, "fp-2", "+79001230003")
+        # Awaiting payment needs the amount and the due date.
+        await r.set("deal", paid, estimate_amount=150000)
+        await r.move("deal", paid, "approval")
+        await r.set("deal", paid, contract_number="C-7", amount=150000)
+        with pytest.raises(StageError) as refused:
+            await r.move("deal", paid, "awaiting_payment")
+        assert refused.value.unmet == ["the payment due date is set"]
+        r.clock.set(msk(2025, 4, 30, 11, 0))
+        await r.set("deal", paid, payment_due_date="2025-05-15")
+        await r.move("deal", paid, "awaiting_payment")
+        await to_awaiting_payment(r, unpaid)
+        await r.run()
+        # Every 2 working days: 30 April + 2 = 6 May (1–4 May off), then 12 May (8–11 off).
+        await r.until(msk(2025, 5, 6, 10, 59))
+        assert await r.notes() == []
+        await r.until(msk(2025, 5, 6, 11, 0))
+        notes = await r.notes(**{"entity.id": paid})
+        assert {n["user_id"] for n in notes} == {ANNA, IVAN}
+        assert notes[0]["text"].endswith("is still not paid (due 2025-05-15); reminder 1 of 3")
+        await r.until(msk(2025, 5, 12, 11, 0))
+        assert len(await r.notes(**{"entity.id": paid})) == 4
+        # The payment arrives: the order gets its number, once.
+        await r.until(msk(2025, 5, 13, 9, 30))
+        await r.set("deal", paid, paid_amount=50000)
+        await r.run()
+        assert (await r.get("deal", paid))["fields"]["order_number"] == "ORD-00001"
+        await r.set("deal", paid, paid_amount=150000)
+        await r.run()
+        assert (await r.get("deal", paid))["fields"]["order_number"] == "ORD-00001"
+        # The third reminder: only for the unpaid order; then no more.
+        await r.until(msk(2025, 5, 14, 11, 0))
+        await r.until(msk(2025, 6, 30, 11, 0))
+        assert len(await r.notes(**{"entity.id": paid})) == 4
+        unpaid_notes = await r.notes(**{"entity.id": unpaid, "user_id": ANNA})
+        assert [local(n) for n in unpaid_notes] == ["05-06 11:00", "05-12 11:00", "05-14 11:00"]
+        assert unpaid_notes[-1]["text"].endswith("reminder 3 of 3")
+        states = {
+            t["entity_id"]: t async for t in r.store["timers"].find({"rule_id": "payment-reminder"})
+        }
+        assert (states[paid]["state"], states[paid]["end_reason"]) == (
+            "cancelled",
+            "its condition no longer holds",
+        )
+        assert (states[unpaid]["state"], states[unpaid]["fired"]) == ("done", 3)
+        await r.set("deal", unpaid, paid_amount=1)
+        await r.run()
+        assert (await r.get("deal", unpaid))["fields"]["order_number"] == "ORD-00002"
+
+
+async def test_furniture_production_to_survey(mongo_uri: str, db_name: str) -> None:
+    async with robots(mongo_uri, db_name, start=msk(2025, 5, 14, 9, 0)) as r:
+        lead_id, deal = await order_from_lead(r, "fw-1", "+79001230004")
+        await to_awaiting_payment(r, deal)
+        await r.set("deal", deal, prepayment_amount=45000)
+        await r.move("deal", deal, "design")
+        await r.set("deal", deal, design_file="kitchen.pdf")
+        await r.move("deal", deal, "production_task")
+        await r.until(msk(2025, 5, 14, 12, 0))
+        await r.move("deal", deal, "production")
+        await r.run()
+        # Custom furniture: over 7 working days in production → told 3 times a day.
+        await r.until(msk(2025, 5, 23, 11, 59))
+        assert await r.notes() == []
+        for when in (
+            msk(2025, 5, 23, 12, 0),
+            msk(2025, 5, 23, 15, 0),
+            msk(2025, 5, 23, 18, 0),
+            msk(2025, 5, 26, 12, 0),
+        ):
+            await r.until(when)
+        notes = await r.notes(user_id=IVAN)
+        assert [local(n) for n in notes] == [
+            "05-23 12:00",
+            "05-23 15:00",
+            "05-23 18:00",
+            "05-26 12:00",
+        ]
+        assert "(custom) is in production for more than 7 working days" in notes[0]["text"]
+        # The shipping date is set; the order is ready; the production reminders stop.
+        await r.until(msk(2025, 5, 26, 13, 0))
+        await r.set("deal", deal, shipping_date="2025-05-28", delivery_address="Tverskaya 1")
+        await r.move("deal", deal, "order_ready")
+        await r.run()
+        await r.until(msk(2025, 5, 28, 8, 59))
+        assert len(await r.notes(user_id=IVAN)) == 4
+        assert (await r.get("deal", deal))["stage_id"] == "order_ready"
+        # On the shipping date it moves to Shipping by itself, and cannot go back.
+        await r.until(msk(2025, 5, 28, 9, 0))
+        assert (await r.get("deal", deal))["stage_id"] == "shipping"
+        moved = (await r.events("deal.stage_changed"))[-1]
+        assert (moved["data"]["to"], moved["data"]["by"]) == ("shipping", "automation:ship-on-date")
+        with pytest.raises(StageError, match="back"):
+            await r.move("deal", deal, "order_ready")
+        # Installation within 3 working days, then the closing documents.
+        await r.set("deal", deal, installation_date="2025-05-30")
+        await r.move("deal", deal, "installation")
+        await r.run()
+        [install] = await r.tasks(template="installation")
+        assert (install["assignee_id"], install["watchers"], local(install, "deadline")) == (
+            ANNA,
+            [IVAN],
+            "06-02 09:00",
+        )
+        status, _ = await r.api("POST", f"/api/v1/tasks/{install['_id']}/complete", ANNA)
+        assert status == 200
+        await r.run()
+        [docs] = await r.tasks(template="closing_documents")
+        assert docs["title"] == "Closing documents for «Ivan — Site request form»"
+        # Won only with the signed documents and the full payment.
+        with pytest.raises(StageError) as refused:
+            await r.move("deal", deal, "won")
+        assert refused.value.unmet == [
+            "the closing documents are signed",
+            "the order is paid in full",
+        ]
+        await r.set("deal", deal, documents_signed=True, paid_amount=150000)
+        await r.move("deal", deal, "won")
+        await r.run()
+        # Copied into the satisfaction survey; the customer gets the link in their chat.
+        [nps] = [d async for d in r.store.deals.find({"pipeline_id": "nps"})]
+        assert (nps["stage_id"], nps["fields"]) == (
+            "survey",
+            {"order_number": "ORD-00001", "amount": 150000},
+        )
+        [survey] = await r.outbound()
+        assert survey["automatic"] is True
+        assert f"https://mebel-lux.example/nps/{nps['_id']}" in survey["text"]
+        assert "ORD-00001" in survey["text"]
+        conv = await r.store.conversations.find_one({"_id": survey["conversation_id"]})
+        assert conv is not None
+        assert conv["contact_id"] == nps["contact_id"]
+        # Not all fives: marked negative.
+        await r.set("deal", nps["_id"], score_quality=5, score_delivery=4, score_installation=5)
+        await r.run()
+        rated = await r.get("deal", nps["_id"])
+        assert (rated["stage_id"], rated["fields"]["sentiment"]) == ("detractor", "negative")
+        assert len(await r.outbound()) == 1
+        assert lead_id
+
+
+async def test_furniture_all_fives(mongo_uri: str, db_name: str) -> None:
+    async with robots(mongo_uri, db_name, start=msk(2025, 6, 2, 10, 0)) as r:
+        lead = await r.lead_from("f5-1", "+79001230005")
+        # As the won-to-nps rule does for a won order.
+        nps, _ = await entities.copy_to_pipeline(
+            r.store, lead, r.config.pipeline("nps"), "survey", [], key="won-order-1"
+        )
+        await r.run()
+        await r.set("deal", nps["_id"], score_quality=5, score_delivery=5)
+        await r.run()
+        assert (await r.get("deal", nps["_id"]))["stage_id"] == "survey"  # not all rated yet
+        await r.set("deal", nps["_id"], score_installation=5)
+        await r.run()
+        assert (await r.get("deal", nps["_id"]))["stage_id"] == "promoter"
+        survey, review = await r.outbound()
+        assert "rate the quality" in survey["text"]
+        assert review["text"].startswith("Thank you for the fives!")
+        assert "sentiment" not in (await r.get("deal", nps["_id"]))["fields"]
+
+
+async def test_furniture_missed_call(mongo_uri: str, db_name: str) -> None:
+    async with robots(mongo_uri, db_name, start=msk(2025, 6, 2, 17, 30)) as r:
+        lead = await r.lead_from("mc-1", "+79001230006", name="Pyotr")
+        await entities.set_responsible(r.store, "lead", lead["_id"], ANNA, by=ANNA)
+        await r.run()
+        # What telephony appends when a known contact's call goes unanswered.
+        refs = {"call_id": "call-1", "contact_id": lead["contact_id"], "lead_id": lead["_id"]}
+        await append(r.store, [event("call.missed", refs, {"channel": "megafon"}, key=["call-1"])])
+        await r.run()
+        [task] = await r.tasks(template="call_back")
+        # 17:30 + 1 working hour = 9:30 the next working day.
+        assert (task["title"], task["assignee_id"], local(task, "deadline")) == (
+            "Call back Pyotr",
+            ANNA,
+            "06-03 09:30",
+        )
+
+
+# --- the kitchen shop --------------------------------------------------------------------
+
+
+async def test_kitchen_shop(mongo_uri: str, db_name: str) -> None:
+    cfg = seed_config("kitchen_shop")
+    async with robots(mongo_uri, db_name, config=cfg, start=msk(2025, 6, 2, 10, 0)) as r:
+        deal = await r.lead_from("k-1", "+79001240001", name="Olga")
+        assert (deal["pipeline_id"], deal["stage_id"]) == ("kitchens", "measurement")
+        manager = deal["responsible_id"]
+        assert manager == "pavel.sokolov"
+        await r.run()
+        [measure] = await r.tasks()
+        assert (measure["title"], local(measure, "deadline")) == (
+            "Measure the kitchen of Olga",
+            "06-04 10:00",
+        )
+        # Each stage's task in sequence: done measuring → the design stage and its task.
+        await r.api("POST", f"/api/v1/tasks/{measure['_id']}/complete", manager)
+        await r.run()
+        assert (await r.get("deal", deal["_id"]))["stage_id"] == "design"
+        [design] = await r.tasks(template="design")
+        await r.api("POST", f"/api/v1/tasks/{design['_id']}/complete", manager)
+        await r.run()
+        assert [t["template"] for t in await r.tasks()] == ["measure", "design", "take_prepayment"]
+        # The remaining amount follows the amount and the prepayment.
+        await r.set("deal", deal["_id"], amount=300000)
+        await r.run()
+        assert "remaining_amount" not in (await r.get("deal", deal["_id"]))["fields"]
+        await r.set("deal", deal["_id"], prepayment_amount=90000)
+        await r.run()
+        assert (await r.get("deal", deal["_id"]))["fields"]["remaining_amount"] == 210000
+        await r.set("deal", deal["_id"], amount=320000)
+        await r.run()
+        assert (await r.get("deal", deal["_id"]))["fields"]["remaining_amount"] == 230000
+        # "Prepayment received" needs the prepayment and the desired date.
+        with pytest.raises(StageError) as refused:
+            await r.move("deal", deal["_id"], "prepayment")
+        assert refused.value.missing_fields == ["desired_date"]
+        await r.set("deal", deal["_id"], desired_date="2025-06-20")
+        await r.move("deal", deal["_id"], "prepayment")
+        await r.move("deal", deal["_id"], "production")
+        await r.set("deal", deal["_id"], installation_date="2025-06-20")
+        await r.run()
+        # The day before the installation: a control call task and a reminder message.
+        await r.until(msk(2025, 6, 19, 9, 59))
+        assert len(await r.tasks()) == 4
+        assert await r.outbound() == []
+        await r.until(msk(2025, 6, 19, 10, 0))
+        assert [t["template"] for t in await r.tasks()] == [
+            "measure",
+            "design",
+            "take_prepayment",
+            "order_production",
+            "control_call",
+        ]
+        [reminder] = await r.outbound()
+        assert "we install your kitchen tomorrow, 2025-06-20" in reminder["text"]
+        assert "The remaining amount is 230000." in reminder["text"]
+
+
+# --- the forensic lab --------------------------------------------------------------------
+
+
+async def test_forensic_lab(mongo_uri: str, db_name: str) -> None:
+    cfg = seed_config("forensic_lab")
+    async with robots(mongo_uri, db_name, config=cfg, start=msk(2025, 3, 3, 10, 0)) as r:
+        forgotten = await r.lead_from("lab-1", "+79001250001", name="LLC Vector")
+        handled = await r.lead_from("lab-2", "+79001250002", name="LLC Delta")
+        await r.move("deal", forgotten["_id"], "qualified")
+        await r.move("deal", handled["_id"], "qualified")
+        await r.run()
+        await r.until(msk(2025, 3, 13, 10, 0))
+        await r.set("deal", handled["_id"], contract_number="E-1")
+        await r.move("deal", handled["_id"], "contract")
+        # Forgotten in Qualified: the head hears of it after 15 and after 30 days.
+        await r.until(msk(2025, 3, 18, 9, 59))
+        assert await r.notes() == []
+        await r.until(msk(2025, 3, 18, 10, 0))
+        await r.until(msk(2025, 4, 2, 10, 0))
+        await r.until(msk(2025, 6, 1, 10, 0))
+        notes = await r.notes()
+        assert [(n["user_id"], local(n)) for n in notes] == [
+            ("elena.markova", "03-18 10:00"),
+            ("elena.markova", "04-02 10:00"),
+        ]
+        assert notes[1]["text"].endswith("is still in Qualified: escalation 2 of 2")
+        assert {n["entity"]["id"] for n in notes} == {forgotten["_id"]}
+        # A new responsible of the deal is the contact's and the company's too.
+        await r.store["companies"].insert_one(
+            {"_id": "company-1", "name": "Vector", "responsible_id": "boris.kuznetsov"}
+        )
+        await r.store.contacts.update_one(
+            {"_id": forgotten["contact_id"]}, {"$set": {"company_id": "company-1"}}
+        )
+        await entities.set_responsible(
+            r.store, "deal", forgotten["_id"], "nikolai.popov", by="elena.markova"
+        )
+        await r.run()
+        contact = await r.get("contact", forgotten["contact_id"])
+        company = await r.get("company", "company-1")
+        assert (contact["responsible_id"], company["responsible_id"]) == (
+            "nikolai.popov",
+            "nikolai.popov",
+        )
+        [c] = await r.events("contact.responsible_changed")
+        assert c["data"] == {
+            "from": "boris.kuznetsov",
+            "to": "nikolai.popov",
+            "by": "automation:responsible-cascade",
+        }
+        assert len(await r.events("company.responsible_changed")) == 1
+        # The other contact is untouched.
+        assert (await r.get("contact", handled["contact_id"]))[
+            "responsible_id"
+        ] == "boris.kuznetsov"
+
+
+# --- the oil distributor -----------------------------------------------------------------
+
+
+async def test_oil_distributor(mongo_uri: str, db_name: str) -> None:
+    cfg = seed_config("oil_distributor")
+    async with robots(mongo_uri, db_name, config=cfg, start=msk(2025, 6, 2, 9, 0)) as r:
+        slow = await r.lead_from("oil-1", "+79001260001", name="Fuel Ltd")
+        quick = await r.lead_from("oil-2", "+79001260002", name="Diesel Ltd")
+        await r.run()
+        tasks = {t["entity_id"]: t for t in await r.tasks(template="validity_check")}
+        assert set(tasks) == {slow["_id"], quick["_id"]}
+        # Due in 22 (calendar) hours.
+        assert local(tasks[slow["_id"]], "deadline") == "06-03 07:00"
+        await r.until(msk(2025, 6, 2, 15, 0))
+        await r.api(
+            "POST", f"/api/v1/tasks/{tasks[quick['_id']]['_id']}/complete", quick["responsible_id"]
+        )
+        # Not checked in 24 hours → the supervisor is told, about that lead only.
+        await r.until(msk(2025, 6, 3, 8, 59))
+        assert await r.notes() == []
+        await r.until(msk(2025, 6, 3, 9, 0))
+        [note] = await r.notes()
+        assert (note["user_id"], note["entity"]["id"]) == ("viktor.belov", slow["_id"])
+        # Marked junk → closed as junk.
+        await r.set("lead", slow["_id"], quality="junk")
+        await r.run()
+        junk = await r.get("lead", slow["_id"])
+        assert (junk["stage_id"], junk["open"], junk["outcome"]) == ("junk", False, "failed")
+        # "Already in work" → the duplicate is removed.
+        dup = await r.lead_from("oil-3", "+79001260003", name="Copy Ltd")
+        await r.run()
+        await r.set("lead", dup["_id"], quality="already_in_work")
+        await r.run()
+        removed = await r.get("lead", dup["_id"])
+        assert (removed["deleted"], removed["open"]) == (True, False)
+        [deleted] = await r.events("lead.deleted")
+        assert deleted["data"] == {"by": "automation:duplicate", "reason": "duplicate"}
+        assert (
+            await r.store["timers"].count_documents({"entity_id": dup["_id"], "state": "pending"})
+            == 0
+        )
+        # The sender writes again: a repeat lead, not the removed one.
+        again = await r.lead_from("oil-4", "+79001260003", name="Copy Ltd")
+        assert again["_id"] != dup["_id"]
+        assert again["is_repeat"] is True
+
+
+# --- the eco-goods wholesaler ------------------------------------------------------------
+
+
+async def win(r: Robots, deal_id: str) -> None:
+    await r.set("deal", deal_id, order_amount=50000)
+    await r.move("deal", deal_id, "first_order")
+    await r.move("deal", deal_id, "won")
+
+
+async def test_eco_goods(mongo_uri: str, db_name: str) -> None:
+    cfg = seed_config("eco_goods")
+    async with robots(mongo_uri, db_name, config=cfg, start=msk(2025, 7, 1, 10, 0)) as r:
+        stalled = await r.lead_from("eco-1", "+79001270001", name="Green Shop")
+        moving = await r.lead_from("eco-2", "+79001270002", name="Eco Market")
+        await r.move("deal", stalled["_id"], "ready_for_first_order")
+        await r.move("deal", moving["_id"], "ready_for_first_order")
+        await r.run()
+        await r.until(msk(2025, 7, 6, 10, 0))
+        await r.set("deal", moving["_id"], order_amount=10000)
+        await r.move("deal", moving["_id"], "first_order")
+        # Ready for the first order for over 14 days → a task to the responsible.
+        await r.until(msk(2025, 7, 15, 9, 59))
+        assert await r.tasks() == []
+        await r.until(msk(2025, 7, 15, 10, 0))
+        [task] = await r.tasks()
+        assert (task["entity_id"], task["assignee_id"]) == (stalled["_id"], "svetlana.frolova")
+        assert task["title"] == "Green Shop is ready for the first order for 14 days: call"
+        # Exactly one won deal → a repeat-sale call a month later.
+        await r.until(msk(2025, 7, 20, 10, 0))
+        await win(r, stalled["_id"])
+        await r.move("deal", moving["_id"], "won")
+        await r.run()
+        # … the second customer buys again within the month: two won deals, no call.
+        status, _ = await r.svc.client.post_api(
+            {"external_id": "eco-3", "sender": {"phone": "+79001270002"}, "text": "Again"}
+        )
+        assert status == 200
+        await r.svc.routed()
+        repeat = await r.store.deals.find_one({"contact_id": moving["contact_id"], "open": True})
+        assert repeat is not None
+        assert repeat["is_repeat"] is True
+        await r.until(msk(2025, 8, 1, 10, 0))
+        await r.move("deal", repeat["_id"], "ready_for_first_order")
+        await win(r, repeat["_id"])
+        await r.run()
+        await r.until(msk(2025, 8, 19, 9, 59))
+        assert len(await r.tasks(template="repeat_sale")) == 0
+        await r.until(msk(2025, 8, 19, 10, 0))
+        await r.until(msk(2025, 9, 30, 10, 0))
+        [call] = await r.tasks(template="repeat_sale")
+        assert (call["entity_id"], call["title"]) == (
+            stalled["_id"],
+            "Repeat sale: call Green Shop",
+        )
+        gone = await r.store["timers"].find_one(
+            {"rule_id": "repeat-sale", "entity_id": moving["_id"]}
+        )
+        assert gone is not None
+        assert (gone["state"], gone["end_reason"]) == ("cancelled", "its condition no longer holds")
