@@ -78,7 +78,7 @@ class MailboxSettings(BaseModel):
     # The safety net: every full_scan_s the whole folder is compared with intake.
     full_scan_s: float = Field(default=3600.0, gt=0)
     fetch_batch: int = Field(default=100, gt=0, le=200)
-    fetch_batch_bytes: int = Field(default=16 * MB, gt=0)
+    fetch_batch_bytes: int = Field(default=8 * MB, gt=0)
     max_attachment_bytes: int = Field(default=25 * MB, ge=0)
     timeout_s: float = Field(default=60.0, gt=0)
     backoff_max_s: float = Field(default=300.0, gt=0)

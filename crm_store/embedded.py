@@ -98,7 +98,10 @@ class EmbeddedStore:
         storage_path: Path | None,
         port: int | None = None,
         host: str = "127.0.0.1",
-        cache_size: str = "64M",
+        # One write must fit in the server's cache with its oplog copy: a transaction
+        # bigger than the cache stalls the storage engine (an intake batch of raw mail
+        # is several MiB).
+        cache_size: str = "256M",
         log_path: Path | None = None,
     ) -> None:
         self.storage_path = Path(storage_path) if storage_path is not None else None

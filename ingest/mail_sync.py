@@ -144,6 +144,11 @@ class MailboxPoller:
                 if self.metrics is not None:
                     self.metrics.store_errors.labels("mail").inc()
                 await asyncio.sleep(delay)
+            except Exception:  # a bug must not silently end the mailbox's intake
+                self.failures += 1
+                delay = self.backoff_s()
+                bound.exception("mail.unexpected_error", attempt=self.failures, delay_s=delay)
+                await asyncio.sleep(delay)
 
     def backoff_s(self) -> float:
         cap = self.settings.backoff_max_s
