@@ -3,7 +3,7 @@
 Parses, in this process and one at a time, (1) three synthetic "typical" mails of about
 50 KB — a plain-text reply with a quoted history and a 40 KB PDF, a text+HTML newsletter,
 an HTML-only Outlook reply — and (2) every Chatwoot ``.eml`` fixture in
-``../shared/fixtures/email/chatwoot`` when it is there. Each mail is parsed ``--repeat``
+``tests/fixtures/email/chatwoot``. Each mail is parsed ``--repeat``
 times; the table shows the median and p95 wall time per parse and the median CPU time
 (``time.process_time``, less sensitive to other load on a shared machine). With ``--out``
 the figures are also written as JSON.
@@ -28,7 +28,7 @@ from benchmarks.mail import WORDS
 from benchmarks.report import num, write_json
 from channels.mime import parse_mail
 
-CHATWOOT = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "email" / "chatwoot"
+CHATWOOT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "email" / "chatwoot"
 
 
 def _prose(rnd: random.Random, lines: int) -> str:

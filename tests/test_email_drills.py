@@ -5,7 +5,7 @@ directory whose only mailbox is a throw-away Dovecot), SIGKILLs it while the ini
 of a large mailbox is in progress, and starts another: every mail ends up stored and
 routed exactly once, and the checkpoint never ran ahead of intake.
 
-The corpus drill appends the Chatwoot ``.eml`` files (MIT, ../shared/fixtures) and the
+The corpus drill appends the Chatwoot ``.eml`` files (MIT, tests/fixtures/email/chatwoot) and the
 CPython ``test_email`` messages (PSF, tests/fixtures/email/cpython) to Dovecot: every one
 is stored (one intake record per distinct Message-ID / content hash), none stops the
 poller, and what is known about a mail (sender, subject, text) is what is stored.
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 SALES = "sales@example.test"
-CHATWOOT = ROOT.parent / "shared" / "fixtures" / "email" / "chatwoot"
+CHATWOOT = ROOT / "tests" / "fixtures" / "email" / "chatwoot"
 CPYTHON = ROOT / "tests" / "fixtures" / "email" / "cpython"
 
 
