@@ -231,10 +231,7 @@ class MailboxPoller:
                 for u, mid in ids.items()
                 if mid
             }
-            found = {
-                d["_id"]
-                async for d in self.store.intake.find({"_id": {"$in": list(wanted)}}, {"_id": 1})
-            }
+            found = set(await _stored(self.store, list(wanted)))
             missing += [u for i, u in wanted.items() if i not in found]
             # No Message-ID: its intake id is the content hash; fetch it to know.
             missing += [u for u, mid in ids.items() if not mid]
@@ -326,10 +323,8 @@ class MailboxPoller:
         pids = [p.message_id[:480] for p in parsed]
         iids = [intake_id(acct.channel, acct.account, pid) for pid in pids]
         hashes: dict[str, str | None] = {
-            d["_id"]: ((d.get("message") or {}).get("meta") or {}).get("content_hash")
-            async for d in self.store.intake.find(
-                {"_id": {"$in": iids}}, {"message.meta.content_hash": 1}
-            )
+            i: ((d.get("message") or {}).get("meta") or {}).get("content_hash")
+            for i, d in (await _stored(self.store, iids, {"message.meta.content_hash": 1})).items()
         }
         for i, p in enumerate(parsed):
             first = hashes.setdefault(iids[i], p.content_hash)
@@ -388,6 +383,19 @@ class MailboxPoller:
             )
             doc["raw_file_id"] = raw.id
         return doc
+
+
+async def _stored(
+    store: Store, ids: list[str], projection: Document | None = None
+) -> dict[str, Document]:
+    """The intake records among ``ids``, by point lookups on ``_id`` (concurrent; an
+    ``$in`` over a growing collection is a scan on some servers, the embedded one
+    included)."""
+    unique = list(dict.fromkeys(ids))
+    docs = await asyncio.gather(
+        *(store.intake.find_one({"_id": i}, projection or {"_id": 1}) for i in unique)
+    )
+    return {i: d for i, d in zip(unique, docs, strict=True) if d is not None}
 
 
 def _message_id(header_block: bytes) -> str | None:
