@@ -7,6 +7,12 @@ account's secret::
     X-Omniroute-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>
 
 Requests more than five minutes away from the server clock are refused (replay guard).
+
+Replies: an account with ``settings.reply_url`` gets every operator reply POSTed there as
+JSON (:class:`ApiReply`), signed the same way with the same secret; a 2xx answer means it
+was taken (``{"id": "<your id>"}`` in the answer is kept as the provider id, else ours),
+429/5xx/timeouts are retried by the outbox, another 4xx fails the reply with the answer's
+text. Without ``reply_url`` the account cannot reply (refused at once).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -22,16 +29,20 @@ from channels.base import (
     Attachment,
     InboundMessage,
     InvalidPayload,
+    OutboundMessage,
     Parsed,
     Sender,
+    SendError,
+    SendResult,
     Unauthorized,
     WebhookRequest,
+    setting_str,
 )
 from channels.signing import matches, sign
 from config.models import ChannelAccount
 from routing.identity import normalize_email, normalize_phone
 
-__all__ = ["ApiChannel", "ApiMessage", "sign", "verify"]
+__all__ = ["ApiChannel", "ApiMessage", "ApiReply", "sign", "verify"]
 
 MAX_SKEW_S = 300
 TIMESTAMP_HEADER = "X-Omniroute-Timestamp"
@@ -136,5 +147,91 @@ class ApiChannel:
             text=body.text,
             sent_at=body.sent_at,
             attachments=body.attachments,
+            reply_to=_reply_address(body.sender),
         )
         return Parsed([msg])
+
+    def check_outbound(self, account: ChannelAccount, msg: OutboundMessage) -> None:
+        if not setting_str(account, "reply_url"):
+            raise SendError(
+                f"api account {account.account} has no settings.reply_url: it cannot reply",
+                retryable=False,
+                code="channel_cannot_send",
+            )
+        if not msg.text.strip() and not msg.attachments:
+            raise SendError("empty message", retryable=False, code="empty_message")
+
+    async def send(
+        self, account: ChannelAccount, secret: str | None, msg: OutboundMessage
+    ) -> SendResult:
+        self.check_outbound(account, msg)
+        url = setting_str(account, "reply_url") or ""
+        body = orjson.dumps(
+            ApiReply(
+                id=msg.id,
+                account=account.account,
+                recipient=msg.recipient,
+                thread_id=msg.thread_id,
+                text=msg.text,
+                attachments=msg.attachments,
+                automatic=msg.automatic,
+            ).model_dump(mode="json")
+        )
+        stamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: stamp,
+            SIGNATURE_HEADER: sign(secret or "", stamp, body),
+            "Idempotency-Key": msg.id,
+        }
+        timeout = aiohttp.ClientTimeout(total=float(setting_str(account, "timeout_s") or 10))
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.post(url, data=body, headers=headers) as resp,
+            ):
+                answer = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SendError(
+                f"reply_url unreachable: {type(exc).__name__}", retryable=True, code="unreachable"
+            ) from None
+        if 200 <= status < 300:
+            return SendResult(_their_id(answer) or msg.id)
+        detail = answer[:300].decode(errors="replace") or f"HTTP {status}"
+        retryable = status == 429 or status >= 500
+        raise SendError(
+            f"reply_url answered {status}: {detail}", retryable=retryable, code=f"http_{status}"
+        )
+
+
+class ApiReply(BaseModel):
+    """What ``settings.reply_url`` receives for each reply."""
+
+    id: str = Field(description="our message id: the same on every retry (deduplicate on it)")
+    account: str
+    recipient: str = Field(description="whom: user:<id>, phone:+7…, or email:…")
+    thread_id: str | None
+    text: str
+    attachments: list[Attachment]
+    automatic: bool
+
+
+def _reply_address(sender: Sender) -> str | None:
+    """Where a reply goes: the integration's own user id, else the phone, else the e-mail."""
+    if sender.external_user_id:
+        return f"user:{sender.external_user_id}"
+    if sender.phone and (phone := normalize_phone(sender.phone)):
+        return f"phone:{phone}"
+    if sender.email and (email := normalize_email(sender.email)):
+        return f"email:{email}"
+    return None
+
+
+def _their_id(answer: bytes) -> str | None:
+    try:
+        data = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return str(value)[:256] if value else None

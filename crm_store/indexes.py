@@ -56,6 +56,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("contact_id", ASCENDING)], name="contact"),
         IndexModel([("target.id", ASCENDING)], name="target"),
         IndexModel([("last_message_at", DESCENDING)], name="last_message_at"),
+        # The operator's lists (inbox/conversations_api.py): by department, by assignee.
+        IndexModel([("department", ASCENDING), ("last_message_at", DESCENDING)], name="department"),
+        IndexModel([("assignee_id", ASCENDING), ("last_message_at", DESCENDING)], name="assignee"),
     ],
     "messages": [
         IndexModel(
@@ -102,6 +105,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     "calls": [
         IndexModel([("message_id", ASCENDING)], name="message"),
         IndexModel([("customer", ASCENDING), ("started_at", DESCENDING)], name="customer"),
+        IndexModel([("started_at", DESCENDING)], name="started_at"),  # the call log
     ],
     # --- automation
     "tasks": [

@@ -12,6 +12,7 @@ Bearer tokens (``Authorization: Bearer omr_…``) belong to users from ``users.y
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -23,11 +24,12 @@ from crm_store.store import Store
 class ApiError(Exception):
     """An API refusal, rendered as problem+json by the caller."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.extra = extra
 
 
 @dataclass(frozen=True, slots=True)

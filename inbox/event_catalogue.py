@@ -100,6 +100,31 @@ class AddressFailing(_Data):
     account: str = Field(description="the mailbox the bounce arrived in")
 
 
+class ConversationAssigned(_Data):
+    assignee_id: str | None = Field(description="null: unassigned")
+    previous_assignee_id: str | None
+    department: str | None = Field(description="the department the conversation belongs to now")
+    by: str | None = Field(description="the user who did it")
+
+
+class ConversationStatus(_Data):
+    status: Literal["open", "closed", "snoozed"]
+    snoozed_until: datetime | None = None
+    department: str | None
+    by: str | None
+
+
+class ConversationRead(_Data):
+    department: str | None
+    by: str
+
+
+class OperatorMessage(_Data):
+    channel: str
+    author_id: str | None
+    department: str | None
+
+
 EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "contact.created": (ContactCreated, "routing created a contact for a new sender"),
     "lead.created": (EntityCreated, "a new lead (unknown sender, rule 5)"),
@@ -170,6 +195,20 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
         "an action of a rule could not be carried out (a refused stage move, no "
         "conversation to write to, a webhook that kept failing)",
     ),
+    # --- conversations (the operator API, inbox/conversations_api.py)
+    "conversation.assigned": (
+        ConversationAssigned,
+        "a conversation was assigned, transferred, taken or unassigned (assignee null)",
+    ),
+    "conversation.closed": (ConversationStatus, "an operator closed a conversation"),
+    "conversation.reopened": (
+        ConversationStatus,
+        "a closed or snoozed conversation is open again (by an operator, or a snooze ended)",
+    ),
+    "conversation.snoozed": (ConversationStatus, "a conversation was snoozed until a time"),
+    "conversation.read": (ConversationRead, "an operator marked a conversation read"),
+    "message.queued": (OperatorMessage, "an operator's reply was queued for sending"),
+    "message.note_added": (OperatorMessage, "an internal note (never sent) was added"),
 }
 
 

@@ -28,7 +28,7 @@ log = structlog.get_logger("omniroute.outbox")
 
 
 # The conversation fields a send needs (see :func:`outbound_of`).
-CONVERSATION_FIELDS = {"last_inbound_at": 1, "last_inbound": 1}
+CONVERSATION_FIELDS = {"last_inbound_at": 1, "last_inbound": 1, "thread": 1}
 
 
 def outbound_of(doc: Document, conversation: Document | None = None) -> OutboundMessage:
@@ -39,11 +39,14 @@ def outbound_of(doc: Document, conversation: Document | None = None) -> Outbound
     last: Document = conv.get("last_inbound") or {}
     refs = [r for r in last.get("references") or [] if isinstance(r, str)]
     answered = last.get("provider_id")
+    thread = conv.get("thread")
     return OutboundMessage(
         id=doc["_id"],
         channel=doc["channel"],
         account=doc["account"],
         recipient=doc.get("recipient") or "",
+        # The provider's own thread id, when the conversation is one (routing/router.py).
+        thread_id=thread[7:] if isinstance(thread, str) and thread.startswith("thread:") else None,
         text=doc.get("text", ""),
         attachments=[Attachment.model_validate(a) for a in doc.get("attachments", [])],
         last_inbound_at=conv.get("last_inbound_at"),

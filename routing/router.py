@@ -115,7 +115,7 @@ MAX_REFERENCES = 20
 def _last_inbound(msg: InboundMessage) -> Document:
     """What a reply to this message needs (e-mail threading; no automatic answers to
     automatic mail): its id, the chain it answered (oldest first, the root kept when
-    trimmed), its subject."""
+    trimmed), its subject; the start of its text for the operator's list."""
     chain = list(reversed(msg.references))
     if len(chain) > MAX_REFERENCES:
         chain = chain[:1] + chain[-(MAX_REFERENCES - 1) :]
@@ -125,6 +125,7 @@ def _last_inbound(msg: InboundMessage) -> Document:
         "references": chain,
         "subject": subject if isinstance(subject, str) else None,
         "automatic": msg.automatic,
+        "text": msg.text[:200],  # the inbox list shows it
     }
 
 
@@ -411,6 +412,30 @@ class Router:
         target = Target(kind=kind, id=entity.id, open=entity.open)
         return Routed(r.id, final, target, entity.contact_id, "")
 
+    def _assignment(self, batch: _Batch, out: Routed) -> Document:
+        """Who works a conversation that opens or moves to a new target: the target's
+        responsible, and the department that sees it (inbox/access.py). Nothing is set
+        when the target's responsible is unknown here (the conversation keeps its own)."""
+        entity: LeadDoc | DealDoc | ContactDoc | None = None
+        tid = out.target.id
+        if tid:
+            known = [
+                *batch.state.created_by.values(),
+                *batch.state.open_lead.values(),
+                *batch.state.active_deal.values(),
+                *batch.contacts_by_id.values(),
+            ]
+            entity = next((e for e in known if e.id == tid), None)
+        if entity is None and out.contact_id:
+            entity = batch.contacts_by_id.get(out.contact_id)
+        if entity is None or not entity.responsible_id:
+            return {}
+        user = self.config.user(entity.responsible_id)
+        return {
+            "assignee_id": entity.responsible_id,
+            "department": user.department if user else None,
+        }
+
     async def _mark_bounced(
         self,
         records: list[IntakeDoc],
@@ -520,6 +545,9 @@ class Router:
                 update["$addToSet"] = {"sender_keys": {"$each": keys[r.id]}}
             if r.id in inserted:
                 update["$inc"] = {"message_count": 1, "unread": 1}
+                if not msg.automatic:  # a customer wrote: a closed or snoozed conversation opens
+                    del update["$setOnInsert"]["status"]
+                    update["$set"].update(status="open", snoozed_until=None)
             # A re-run of the record that opened the conversation emits the event again
             # (same id), in case the first run died before its events.
             opened = conv is None or conv.origin_intake_id == r.id
@@ -527,6 +555,7 @@ class Router:
                 update["$set"].update(
                     target=out.target.model_dump(mode="json"), contact_id=out.contact_id
                 )
+                update["$set"].update(self._assignment(batch, out))
                 batch.events.append(
                     _event(
                         r.id,

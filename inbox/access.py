@@ -1,0 +1,81 @@
+"""Who may see and do what: the one place every endpoint and every WebSocket event asks.
+
+Visibility follows departments (inbox/auth.py computes the departments a user sees):
+
+- a **lead, deal or contact** belongs to the department of its responsible user;
+- a **conversation** belongs to the department stored on it (``department``): set by
+  routing from its target's responsible and by every assignment; a conversation nobody
+  was ever responsible for belongs to no department, so only an admin sees it;
+- an **event** is visible when any entity it names is visible (crm_store/feed.py).
+
+Actions by role: every role with access reads and works what it sees; **export** and
+**delete** need a director or an admin; settings (users, tokens, subscriptions) need an
+admin. Something the caller may not see answers 404, never 403, so ids do not leak.
+"""
+
+from __future__ import annotations
+
+from config.models import AppConfig, Role
+from crm_store.store import Document
+from inbox.auth import ApiError, Principal
+
+
+def users_in(config: AppConfig, departments: frozenset[str]) -> list[str]:
+    return [u.id for u in config.users.users if u.department in departments]
+
+
+def department_of(config: AppConfig, user_id: str | None) -> str | None:
+    user = config.user(user_id) if user_id else None
+    return user.department if user else None
+
+
+def entity_filter(config: AppConfig, principal: Principal) -> Document:
+    """The store filter a lead/deal/contact query adds for this caller."""
+    if principal.departments is None:
+        return {}
+    return {"responsible_id": {"$in": users_in(config, principal.departments)}}
+
+
+def conversation_filter(principal: Principal) -> Document:
+    if principal.departments is None:
+        return {}
+    return {"department": {"$in": sorted(principal.departments)}}
+
+
+def sees_entity(config: AppConfig, principal: Principal, doc: Document | None) -> bool:
+    if doc is None:
+        return False
+    if principal.departments is None:
+        return True
+    return principal.sees_department(department_of(config, doc.get("responsible_id")))
+
+
+def sees_conversation(principal: Principal, doc: Document | None) -> bool:
+    if doc is None:
+        return False
+    return principal.sees_department(doc.get("department"))
+
+
+def may_export(principal: Principal) -> bool:
+    return principal.user.role in (Role.DIRECTOR, Role.ADMIN)
+
+
+def require_export(principal: Principal) -> None:
+    if not may_export(principal):
+        raise ApiError(403, "forbidden", "only a director or an admin may export")
+
+
+def require_delete(principal: Principal) -> None:
+    if not may_export(principal):
+        raise ApiError(403, "forbidden", "only a director or an admin may delete")
+
+
+def require_assignable(config: AppConfig, principal: Principal, user_id: str) -> str:
+    """The department of ``user_id`` if the caller may hand work to them (an active user
+    in a department the caller sees)."""
+    user = config.user(user_id)
+    if user is None or not user.active or user.role is Role.NO_ACCESS:
+        raise ApiError(422, "invalid_assignee", f"{user_id!r} is not an active user with access")
+    if not principal.sees_department(user.department):
+        raise ApiError(403, "forbidden", f"{user_id} works in a department you do not see")
+    return user.department

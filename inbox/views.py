@@ -1,0 +1,126 @@
+"""What the operator API answers about stored things: one pydantic model per kind, built
+from the stored document with ``X.of(doc)`` (unknown stored keys are dropped, missing
+optional ones are null). The WebSocket and the web page read the same shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crm_store.store import Document
+
+
+class View(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+
+    @classmethod
+    def of(cls, doc: Document) -> Self:
+        return cls.model_validate({**doc, "id": doc["_id"]})
+
+
+class TargetView(BaseModel):
+    kind: Literal["lead", "deal", "contact", "none"]
+    id: str | None = None
+    open: bool = False
+
+
+class ContactView(View):
+    name: str | None = None
+    phones: list[str] = Field(default_factory=list)
+    emails: list[str] = Field(default_factory=list)
+    identities: list[str] = Field(default_factory=list)
+    failing_emails: list[str] = Field(default_factory=list)
+    responsible_id: str | None = None
+    origin: str | None = None
+    spam: bool = False
+    merged_into: str | None = Field(default=None, description="set on a contact merged away")
+    created_at: datetime | None = None
+
+
+class EntityView(View):
+    """A lead or a deal."""
+
+    kind: Literal["lead", "deal"]
+    title: str | None = None
+    contact_id: str | None = None
+    pipeline_id: str
+    stage_id: str
+    open: bool = True
+    is_repeat: bool = False
+    source_id: str | None = None
+    responsible_id: str | None = None
+    fields: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    stage_entered_at: datetime | None = None
+    last_activity_at: datetime | None = None
+    converted_to: str | None = Field(default=None, description="a converted lead: its deal")
+
+    @classmethod
+    def of_kind(cls, kind: Literal["lead", "deal"], doc: Document) -> EntityView:
+        return cls.model_validate({**doc, "id": doc["_id"], "kind": kind})
+
+
+class AttachmentView(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    kind: str = "file"
+    url: str | None = None
+    file_id: str | None = None
+    name: str | None = None
+    mime_type: str | None = None
+    size: int | None = None
+
+
+class StateChange(BaseModel):
+    state: str
+    at: datetime
+
+
+class MessageView(View):
+    conversation_id: str | None = None
+    direction: Literal["in", "out", "note"]
+    channel: str
+    account: str
+    text: str | None = None
+    attachments: list[AttachmentView] = Field(default_factory=list)
+    sender: dict[str, Any] | None = Field(default=None, description="inbound: who wrote")
+    author_id: str | None = Field(default=None, description="outbound and notes: the user")
+    automatic: bool = False
+    state: str | None = Field(default=None, description="outbound: delivery state")
+    state_history: list[StateChange] = Field(default_factory=list)
+    error: str | None = None
+    received_at: datetime | None = None
+    sent_at: datetime | None = None
+    edited_at: datetime | None = None
+    call: dict[str, Any] | None = Field(default=None, description="a call's record, if a call")
+
+    @classmethod
+    def of(cls, doc: Document) -> Self:
+        error = doc.get("error")
+        if isinstance(error, dict):
+            error = error.get("detail") or error.get("code")
+        return cls.model_validate(
+            {**doc, "id": doc["_id"], "error": None if error is None else str(error)}
+        )
+
+
+class ConversationView(View):
+    channel: str
+    account: str
+    status: Literal["open", "closed", "snoozed"] = "open"
+    snoozed_until: datetime | None = None
+    assignee_id: str | None = None
+    department: str | None = None
+    contact_id: str | None = None
+    target: TargetView = TargetView(kind="none")
+    unread: int = 0
+    message_count: int = 0
+    reply_to: str | None = None
+    last_message_at: datetime | None = None
+    last_inbound_at: datetime | None = None
+    last_outbound_at: datetime | None = None
+    created_at: datetime | None = None

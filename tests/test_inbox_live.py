@@ -1,0 +1,196 @@
+"""Live updates over the WebSocket against the running service: what a user may see
+arrives, what they may not never does, and a reconnect with the last cursor misses
+nothing and repeats nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+from crm_store import conversations as convs
+from crm_store import notifications, tokens
+from crm_store.documents import stable_id
+from inbox.live import Facts, visible
+from tests.service import InProcess, api_body, in_process
+
+ANNA, OLGA, IVAN, ADMIN, ELENA = (
+    "anna.smirnova",
+    "olga.ivanova",
+    "ivan.petrov",
+    "sergey.volkov",
+    "elena.orlova",
+)
+
+
+async def frames_until(ws: aiohttp.ClientWebSocketResponse, want: Any) -> list[dict[str, Any]]:
+    """Frames received until ``want(frame)`` is true for one (inclusive)."""
+    got: list[dict[str, Any]] = []
+    while True:
+        msg = await ws.receive(timeout=10.0)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        frame = orjson.loads(msg.data)
+        got.append(frame)
+        if want(frame):
+            return got
+
+
+def event_of(frame: dict[str, Any], type_: str) -> bool:
+    return frame["type"] == "event" and frame["event"]["type"] == type_
+
+
+async def connect(
+    svc: InProcess, token: str, after: int | None = None
+) -> aiohttp.ClientWebSocketResponse:
+    url = f"{svc.client.base}/api/v1/ws?token={token}"
+    if after is not None:
+        url += f"&after={after}"
+    return await svc.client.http.ws_connect(url)
+
+
+async def write(svc: InProcess, ext: str, phone: str) -> dict[str, Any]:
+    status, body = await svc.client.post_api(api_body(ext, phone=phone, name=ext))
+    assert status == 200, body
+    await svc.routed()
+    conv = await svc.store.conversations.find_one({"sender_keys": f"phone:{phone}"})
+    assert conv is not None
+    return conv
+
+
+async def test_a_new_message_reaches_those_who_see_it_and_nobody_else(
+    mongo_uri: str, db_name: str
+) -> None:
+    async with in_process(mongo_uri, db_name) as svc:
+        t = {u: (await tokens.issue(svc.store, u))[0] for u in (ANNA, OLGA, IVAN)}
+        anna, olga, ivan = [await connect(svc, t[u]) for u in (ANNA, OLGA, IVAN)]
+        conv = await write(svc, "live-1", "+79001230001")
+        assert conv["department"] == "sales"
+        for ws in (anna, ivan):
+            frames = await frames_until(ws, lambda f: event_of(f, "message.attached"))
+            attached = frames[-1]["event"]
+            assert attached["refs"]["conversation_id"] == conv["_id"]
+            assert frames[-1]["cursor"] == attached["sequence"]
+        # Olga (wholesale) gets only cursor frames: nothing of the sales conversation.
+        await convs.assign(svc.store, conv, OLGA, "wholesale", ADMIN)
+        frames = await frames_until(olga, lambda f: event_of(f, "conversation.assigned"))
+        assert [f["event"]["type"] for f in frames if f["type"] == "event"] == [
+            "conversation.assigned"
+        ]
+        # Now it is wholesale's: Anna no longer receives its events.
+        moved = await svc.store.conversations.find_one({"_id": conv["_id"]})
+        assert moved is not None
+        await convs.add_note(svc.store, moved, "wholesale price list", OLGA)
+        await frames_until(olga, lambda f: event_of(f, "message.note_added"))
+        await write(svc, "live-2", "+79001230002")  # a new sales conversation
+        frames = await frames_until(anna, lambda f: event_of(f, "conversation.opened"))
+        types = [f["event"]["type"] for f in frames if f["type"] == "event"]
+        assert "message.note_added" not in types
+        for ws in (anna, olga, ivan):
+            await ws.close()
+
+
+async def test_resume_after_a_disconnect_misses_nothing_and_repeats_nothing(
+    mongo_uri: str, db_name: str
+) -> None:
+    async with in_process(mongo_uri, db_name) as svc:
+        token, _ = await tokens.issue(svc.store, ANNA)
+        ws = await connect(svc, token)
+        await write(svc, "resume-1", "+79001231001")
+        frames = await frames_until(ws, lambda f: event_of(f, "message.attached"))
+        seen = [f["event"]["id"] for f in frames if f["type"] == "event"]
+        cursor = frames[-1]["cursor"]
+        await ws.close()
+        # Away: three more customers write.
+        for i in range(3):
+            await write(svc, f"resume-{i + 2}", f"+7900123100{i + 2}")
+        expected = [
+            e["_id"]
+            async for e in svc.store.events.find(
+                {"seq": {"$gt": cursor}, "type": {"$in": ["message.attached", "lead.created"]}},
+                sort=[("seq", 1)],
+            )
+        ]
+        assert len(expected) == 6
+        ws = await connect(svc, token, after=cursor)
+        got: list[str] = []
+
+        def done(f: dict[str, Any]) -> bool:
+            if f["type"] == "event" and f["event"]["type"] in ("message.attached", "lead.created"):
+                got.append(f["event"]["id"])
+            return len(got) == len(expected)
+
+        frames = await frames_until(ws, done)
+        assert got == expected
+        resumed = [f["event"]["id"] for f in frames if f["type"] == "event"]
+        assert not set(resumed) & set(seen)
+        assert len(resumed) == len(set(resumed))
+        await ws.close()
+
+
+async def test_notifications_go_to_their_user_only_and_bad_tokens_are_refused(
+    mongo_uri: str, db_name: str
+) -> None:
+    async with in_process(mongo_uri, db_name) as svc:
+        t = {u: (await tokens.issue(svc.store, u))[0] for u in (ANNA, ADMIN, ELENA)}
+        anna, admin = await connect(svc, t[ANNA]), await connect(svc, t[ADMIN])
+        note = {
+            "_id": stable_id("notification", "live"),
+            "user_id": ANNA,
+            "text": "Call the customer back",
+            "created_at": datetime.now(UTC),
+            "read_at": None,
+        }
+        await notifications.create_many(svc.store, [note])
+        frames = await frames_until(anna, lambda f: event_of(f, "notification.created"))
+        assert frames[-1]["event"]["data"]["text"] == "Call the customer back"
+        await write(svc, "n-1", "+79001232001")  # something the admin does see
+        frames = await frames_until(admin, lambda f: event_of(f, "message.attached"))
+        assert not any(event_of(f, "notification.created") for f in frames)
+        for ws in (anna, admin):
+            await ws.close()
+        for url, status in (
+            ("/api/v1/ws?token=omr_nope", 401),
+            (f"/api/v1/ws?token={t[ELENA]}", 403),
+            ("/api/v1/ws", 401),
+        ):
+            async with svc.client.http.get(
+                f"{svc.client.base}{url}",
+                headers={"Connection": "Upgrade", "Upgrade": "websocket"},
+            ) as resp:
+                assert resp.status == status, url
+        async with svc.client.http.get(f"{svc.client.base}/api/v1/ws?token={t[ANNA]}") as resp:
+            assert resp.status == 426
+            assert (await resp.json(content_type=None))["code"] == "upgrade_required"
+
+
+def test_visibility_rules() -> None:
+    from config.loader import load_config
+    from config.settings import DEFAULT_CONFIG_DIR
+    from inbox.auth import Principal, visible_departments
+
+    cfg = load_config(DEFAULT_CONFIG_DIR)
+
+    def who(uid: str) -> Principal:
+        user = cfg.user(uid)
+        assert user is not None
+        return Principal(user, visible_departments(cfg, user))
+
+    users = {u.id: u.department for u in cfg.users.users}
+    facts = Facts({"c-sales": "sales", "c-none": None}, {"e-lead": {"wholesale"}}, users)
+    conv_event = {"_id": "e1", "type": "message.attached", "refs": {"conversation_id": "c-sales"}}
+    orphan = {"_id": "e2", "type": "message.attached", "refs": {"conversation_id": "c-none"}}
+    lead_event = {"_id": "e-lead", "type": "lead.stage_changed", "refs": {"lead_id": "l"}}
+    task = {"_id": "t", "type": "task.created", "data": {"assignee_id": ANNA, "watchers": [OLGA]}}
+    timer = {"_id": "x", "type": "timer.fired", "refs": {}}
+    table = [
+        (conv_event, {ANNA: True, OLGA: False, IVAN: True, ADMIN: True}),
+        (orphan, {ANNA: False, OLGA: False, IVAN: False, ADMIN: True}),
+        (lead_event, {ANNA: False, OLGA: True, IVAN: True, ADMIN: True}),
+        (task, {ANNA: True, OLGA: True, IVAN: True, ADMIN: True}),
+        (timer, {ANNA: False, OLGA: False, IVAN: False, ADMIN: False}),
+    ]
+    for event, expected in table:
+        got = {u: visible(event, who(u), facts) for u in expected}
+        assert got == expected, event["type"]

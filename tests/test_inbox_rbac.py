@@ -1,0 +1,294 @@
+"""The RBAC matrix: every /api/v1 endpoint × every role × own / other department → the
+expected status, and zero leaks.
+
+The furniture seed's people: Anna, a sales manager (owns the sales data below); Olga, a
+wholesale manager (a department *below* sales: she sees only wholesale); Ivan, the sales
+director (sales and everything below it); Sergey, the admin; Elena, no access; and a
+caller without a token. Every endpoint the app declares must have a row here — a new
+endpoint without one fails :func:`test_every_endpoint_is_in_the_matrix`.
+
+Zero leaks: no answer to Olga contains an id of the sales data, and no answer to Anna an
+id of the wholesale data — in lists, in errors, anywhere in the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from crm_store import conversations as convs
+from crm_store import entities, files, notifications, tasks, tokens
+from crm_store.documents import stable_id
+from inbox.api import OPERATIONS
+from tests.fakes.integration import FakeIntegration
+from tests.service import InProcess, api_body, config_with, in_process
+from tests.test_api_channel_replies import site
+
+ANNA, OLGA, IVAN, ADMIN, ELENA, ANON = (
+    "anna.smirnova",
+    "olga.ivanova",
+    "ivan.petrov",
+    "sergey.volkov",
+    "elena.orlova",
+    "anonymous",
+)
+ROLES = (ANON, ELENA, OLGA, ANNA, IVAN, ADMIN)  # refused callers first: writes change state
+
+
+@dataclass
+class World:
+    """The seeded data: a sales set (Anna's) and a wholesale set (Olga's)."""
+
+    ids: dict[str, str] = field(default_factory=dict)
+    sales: set[str] = field(default_factory=set)
+    wholesale: set[str] = field(default_factory=set)
+    tokens: dict[str, str] = field(default_factory=dict)
+
+
+# What each role may do with an endpoint ("policy"), and so the status it gets:
+#   public  — no token needed: 2xx for everyone;
+#   mine    — the caller's own things or a filtered list: 2xx for every role with access;
+#   sales   — names a sales thing: 2xx for Anna, Ivan, admin; 404 for Olga (not visible);
+#   admin   — settings: 2xx for the admin only, 403 for the others;
+#   export  — export/delete: 2xx for Ivan and the admin, 403 for the managers.
+# Elena (no access) gets 403 and an anonymous caller 401 everywhere but public.
+EXPECTED: dict[str, dict[str, int | str]] = {
+    "public": {ANON: "2xx", ELENA: "2xx", OLGA: "2xx", ANNA: "2xx", IVAN: "2xx", ADMIN: "2xx"},
+    "mine": {ANON: 401, ELENA: 403, OLGA: "2xx", ANNA: "2xx", IVAN: "2xx", ADMIN: "2xx"},
+    "sales": {ANON: 401, ELENA: 403, OLGA: 404, ANNA: "2xx", IVAN: "2xx", ADMIN: "2xx"},
+    "admin": {ANON: 401, ELENA: 403, OLGA: 403, ANNA: 403, IVAN: 403, ADMIN: "2xx"},
+    "export": {ANON: 401, ELENA: 403, OLGA: 403, ANNA: 403, IVAN: "2xx", ADMIN: "2xx"},
+    # The WebSocket, called without the upgrade: authenticated, then 426.
+    "ws": {ANON: 401, ELENA: 403, OLGA: 426, ANNA: 426, IVAN: 426, ADMIN: 426},
+}
+
+Body = Callable[[World, str], Any]
+
+
+@dataclass(frozen=True)
+class Row:
+    policy: str
+    path: str  # the declared path with {placeholders} filled from World.ids
+    body: Body | None = None
+    # Statuses that count as "allowed" for this endpoint besides 2xx (a click-to-call
+    # without a PBX account is 404/422 for everyone allowed to try).
+    allowed: frozenset[int] = frozenset()
+
+
+def _json(value: Any) -> Body:
+    return lambda _w, _who: value
+
+
+NOW_PLUS = "2099-01-01T00:00:00+00:00"
+
+MATRIX: dict[tuple[str, str], Row] = {
+    ("GET", "/api/v1/openapi.json"): Row("public", "/api/v1/openapi.json"),
+    # conversations
+    ("GET", "/api/v1/conversations"): Row("mine", "/api/v1/conversations"),
+    ("GET", "/api/v1/conversations/counts"): Row("mine", "/api/v1/conversations/counts"),
+    ("GET", "/api/v1/conversations/{id}"): Row("sales", "/api/v1/conversations/{conv}"),
+    ("POST", "/api/v1/conversations/{id}/assign"): Row(
+        "sales", "/api/v1/conversations/{conv}/assign", _json({"user_id": ANNA})
+    ),
+    ("POST", "/api/v1/conversations/{id}/take"): Row("sales", "/api/v1/conversations/{conv}/take"),
+    ("POST", "/api/v1/conversations/{id}/unassign"): Row(
+        "sales", "/api/v1/conversations/{conv}/unassign"
+    ),
+    ("POST", "/api/v1/conversations/{id}/close"): Row(
+        "sales", "/api/v1/conversations/{conv}/close"
+    ),
+    ("POST", "/api/v1/conversations/{id}/reopen"): Row(
+        "sales", "/api/v1/conversations/{conv}/reopen"
+    ),
+    ("POST", "/api/v1/conversations/{id}/snooze"): Row(
+        "sales", "/api/v1/conversations/{conv}/snooze", _json({"until": NOW_PLUS})
+    ),
+    # messages
+    ("GET", "/api/v1/conversations/{id}/messages"): Row(
+        "sales", "/api/v1/conversations/{conv}/messages"
+    ),
+    ("POST", "/api/v1/conversations/{id}/messages"): Row(
+        "sales", "/api/v1/conversations/{conv}/messages", _json({"text": "Добрый день"})
+    ),
+    ("POST", "/api/v1/conversations/{id}/notes"): Row(
+        "sales", "/api/v1/conversations/{conv}/notes", _json({"text": "note"})
+    ),
+    ("POST", "/api/v1/conversations/{id}/read"): Row("sales", "/api/v1/conversations/{conv}/read"),
+    ("POST", "/api/v1/files"): Row("mine", "/api/v1/files", _json("upload")),
+    ("GET", "/api/v1/files/{id}"): Row("sales", "/api/v1/files/{file}"),
+    ("GET", "/api/v1/ws"): Row("ws", "/api/v1/ws"),
+    # the call log
+    ("GET", "/api/v1/calls"): Row("mine", "/api/v1/calls"),
+    ("GET", "/api/v1/calls/{id}"): Row("sales", "/api/v1/calls/{call}"),
+}
+
+
+def fill(path: str, world: World) -> str:
+    for key, value in world.ids.items():
+        path = path.replace("{" + key + "}", value)
+    assert "{" not in path, f"unfilled placeholder in {path}"
+    return path
+
+
+async def seed(svc: InProcess) -> World:
+    world = World()
+    store = svc.store
+    for who in (ANNA, OLGA, IVAN, ADMIN, ELENA):
+        world.tokens[who], _ = await tokens.issue(store, who)
+    for ext, phone, owner, bag in (
+        ("rbac-sales", "+79001110001", ANNA, world.sales),
+        ("rbac-wholesale", "+79001110002", OLGA, world.wholesale),
+    ):
+        status, _ = await svc.client.post_api(api_body(ext, phone=phone, name=ext))
+        assert status == 200
+        await svc.routed()
+        conv = await store.conversations.find_one({"sender_keys": f"phone:{phone}"})
+        assert conv is not None
+        lead_id = conv["target"]["id"]
+        await entities.set_responsible(store, "lead", lead_id, owner)
+        await store.contacts.update_one(
+            {"_id": conv["contact_id"]}, {"$set": {"responsible_id": owner}}
+        )
+        dept = "sales" if owner == ANNA else "wholesale"
+        changed = await convs.assign(store, conv, owner, dept, ADMIN)
+        assert changed is not None
+        bag |= {conv["_id"], lead_id, conv["contact_id"]}
+        bag |= {m["_id"] async for m in store.messages.find({"conversation_id": conv["_id"]})}
+        if owner == ANNA:
+            world.ids |= {"conv": conv["_id"], "lead": lead_id, "contact": conv["contact_id"]}
+    deal_id = stable_id("deal", "rbac")
+    await store.deals.insert_one(
+        {
+            "_id": deal_id,
+            "contact_id": world.ids["contact"],
+            "pipeline_id": "orders",
+            "stage_id": "estimate",
+            "open": True,
+            "is_repeat": False,
+            "responsible_id": ANNA,
+            "title": "Kitchen",
+            "fields": {},
+            "created_at": datetime.now(UTC),
+        }
+    )
+    task, _ = await tasks.create(
+        store,
+        {
+            "_id": stable_id("task", "rbac"),
+            "title": "Call back",
+            "entity": {"kind": "lead", "id": world.ids["lead"]},
+            "contact_id": world.ids["contact"],
+            "assignee_id": ANNA,
+            "deadline": datetime.now(UTC),
+            "created_at": datetime.now(UTC),
+        },
+    )
+    note_id = stable_id("notification", "rbac")
+    await notifications.create_many(
+        store,
+        [
+            {
+                "_id": note_id,
+                "user_id": ANNA,
+                "text": "A new lead",
+                "entity": {"kind": "lead", "id": world.ids["lead"]},
+                "created_at": datetime.now(UTC),
+                "read_at": None,
+            }
+        ],
+    )
+    # A file in a sales message (an e-mail attachment's shape: origin names the message).
+    file_id = stable_id("file", "rbac")
+    first = await store.messages.find_one({"conversation_id": world.ids["conv"]})
+    assert first is not None
+    message_id = first["_id"]
+    await files.put(
+        store,
+        file_id,
+        b"estimate",
+        name="estimate.pdf",
+        mime_type="application/pdf",
+        origin={"intake_id": message_id, "part": 0},
+        max_bytes=1024,
+    )
+    call_id = stable_id("call", "rbac")
+    await store["calls"].insert_one(
+        {
+            "_id": call_id,
+            "channel": "pbx",
+            "account": "showroom",
+            "call_id": "rbac-call",
+            "message_id": message_id,
+            "direction": "in",
+            "customer": "+79001110001",
+            "disposition": {"rank": 3, "value": "answered"},
+            "started_at": datetime.now(UTC),
+            "recording_url": "https://pbx.example.com/rec/rbac.wav",
+        }
+    )
+    world.ids |= {
+        "deal": deal_id,
+        "task": task["_id"],
+        "notification": note_id,
+        "file": file_id,
+        "call": call_id,
+    }
+    world.sales |= {deal_id, task["_id"], note_id, file_id, call_id}
+    return world
+
+
+async def call(svc: InProcess, world: World, who: str, method: str, row: Row) -> tuple[int, bytes]:
+    headers = {} if who == ANON else {"Authorization": f"Bearer {world.tokens[who]}"}
+    url = f"{svc.client.base}{fill(row.path, world)}"
+    kwargs: dict[str, Any] = {"headers": headers}
+    body = row.body(world, who) if row.body else None
+    if body == "upload":
+        import aiohttp
+
+        form = aiohttp.FormData()
+        form.add_field("file", b"hello", filename="a.txt", content_type="text/plain")
+        kwargs["data"] = form
+    elif body is not None:
+        kwargs["data"] = orjson.dumps(body)
+        headers["Content-Type"] = "application/json"
+    async with svc.client.http.request(method, url, **kwargs) as resp:
+        return resp.status, await resp.read()
+
+
+def test_every_endpoint_is_in_the_matrix() -> None:
+    import inbox.routes  # noqa: F401 - registers every endpoint
+
+    declared = {(op.method, op.path) for op in OPERATIONS}
+    missing = sorted(declared - set(MATRIX))
+    stale = sorted(set(MATRIX) - declared)
+    assert not missing, f"endpoints without an RBAC row: {missing}"
+    assert not stale, f"rows for endpoints that no longer exist: {stale}"
+
+
+@pytest.mark.parametrize("who", ROLES)
+async def test_rbac_matrix(mongo_uri: str, db_name: str, who: str) -> None:
+    async with (
+        FakeIntegration("site-secret") as integration,
+        in_process(mongo_uri, db_name, config=config_with(site(integration.url))) as svc,
+    ):
+        world = await seed(svc)
+        wrong: list[str] = []
+        for (method, declared), row in MATRIX.items():
+            status, body = await call(svc, world, who, method, row)
+            want = EXPECTED[row.policy][who]
+            ok = 200 <= status < 300 or status in row.allowed if want == "2xx" else status == want
+            if not ok:
+                wrong.append(f"{method} {declared}: {status} (want {want}) {body[:200]!r}")
+            if status >= 400 and status not in (404, 405) and body:
+                assert orjson.loads(body).get("code"), f"{method} {declared}: not problem+json"
+            hidden = world.sales if who == OLGA else world.wholesale if who == ANNA else set()
+            # An id the caller put in the URL may come back in a 404's detail: not a leak.
+            leaked = [i for i in hidden if i.encode() in body and i not in fill(row.path, world)]
+            if leaked:
+                wrong.append(f"{method} {declared}: LEAKS {leaked}")
+        assert not wrong, "\n".join(wrong)
