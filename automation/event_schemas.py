@@ -59,7 +59,7 @@ class ResponsibleChanged(_Data):
 
 class EntityDeleted(_Data):
     by: str | None
-    reason: str = Field(description="why: duplicate")
+    reason: str = Field(description="why: duplicate (automation), or deleted (a user)")
 
 
 class AutomationFailed(_Data):

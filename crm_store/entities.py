@@ -225,6 +225,7 @@ async def delete_duplicate(
     by: str | None = None,
     at: datetime | None = None,
     key: str | None = None,
+    reason: str = "duplicate",
 ) -> bool:
     """Remove a duplicate lead/deal from the pipeline: it is closed and marked
     ``deleted`` (kept for the history; lists and routing ignore it), its conversations
@@ -261,7 +262,7 @@ async def delete_duplicate(
             event(
                 f"{kind}.deleted",
                 _refs(kind, doc),
-                {"by": by, "reason": "duplicate"},
+                {"by": by, "reason": reason},
                 key=_event_key(key, kind, entity_id),
                 at=at,
             )

@@ -1,1 +1,246 @@
-"""(being written)"""
+"""Contacts for operators: list, read, edit, merge, delete.
+
+- ``GET /api/v1/contacts?q=&responsible=&cursor=&limit=`` — newest first; ``q`` matches the
+  name, a phone (any spelling) or an e-mail address.
+- ``GET /api/v1/contacts/{id}`` — with its leads, deals and conversations.
+- ``PATCH /api/v1/contacts/{id}`` ``{"name", "responsible_id"}``.
+- ``POST /api/v1/contacts/{id}/merge`` ``{"other_id"}`` — ``other`` merges into ``id``
+  (crm_store/contacts.py: identities, leads, deals, conversations move; an audit record).
+- ``DELETE /api/v1/contacts/{id}`` — directors and admins.
+
+A contact is visible by the department of its responsible (inbox/access.py).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crm_store import contacts
+from crm_store.contacts import ContactError
+from crm_store.store import Document
+from inbox import access
+from inbox.api import Call, route
+from inbox.auth import ApiError
+from inbox.conversations_api import decode_cursor, encode_cursor
+from inbox.entities_api import Deleted
+from inbox.views import ContactView, EntityView
+from routing.identity import normalize_email, normalize_phone
+
+TAG = "contacts"
+RELATED_LIMIT = 200
+
+
+class ContactQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    q: str | None = Field(default=None, min_length=1, max_length=200)
+    responsible: str | None = Field(default=None, max_length=128, description="a user id or me")
+    cursor: str | None = Field(default=None, max_length=500)
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class ContactPage(BaseModel):
+    items: list[ContactView]
+    next_cursor: str | None
+
+
+class ContactDetail(BaseModel):
+    contact: ContactView
+    leads: list[EntityView]
+    deals: list[EntityView]
+    conversation_ids: list[str]
+
+
+class ContactPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=300)
+    responsible_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class MergeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    other_id: str = Field(min_length=1, max_length=128, description="merged into this one")
+
+
+async def visible_contact(call: Call, contact_id: str, field: str | None = None) -> Document:
+    doc = await call.svc.store.contacts.find_one({"_id": contact_id})
+    hidden = doc is None or doc.get("deleted") or doc.get("merged_into")
+    if hidden or not access.sees_entity(call.svc.config, call.principal, doc):
+        errors = [{"in": "body", "field": field, "message": "no such contact"}] if field else None
+        raise ApiError(404, "not_found", f"no contact {contact_id}", errors=errors)
+    assert doc is not None
+    return doc
+
+
+def _text_filter(text: str) -> Document:
+    ors: list[Document] = [{"name": {"$regex": re.escape(text), "$options": "i"}}]
+    if phone := normalize_phone(text):
+        ors.append({"identities": f"phone:{phone}"})
+    if email := normalize_email(text):
+        ors.append({"identities": f"email:{email}"})
+    return {"$or": ors}
+
+
+@route(
+    "GET",
+    "/api/v1/contacts",
+    summary="Contacts the caller may see, newest first",
+    tag=TAG,
+    query=ContactQuery,
+    response=ContactPage,
+)
+async def list_contacts(call: Call) -> ContactPage:
+    q = call.q(ContactQuery)
+    parts: list[Document] = [
+        access.entity_filter(call.svc.config, call.principal),
+        {"deleted": {"$ne": True}},
+        {"merged_into": None},
+    ]
+    if q.q:
+        parts.append(_text_filter(q.q))
+    if q.responsible:
+        parts.append(
+            {"responsible_id": call.principal.user.id if q.responsible == "me" else q.responsible}
+        )
+    if q.cursor:
+        at_raw, cid = decode_cursor(q.cursor)
+        try:
+            at = datetime.fromisoformat(str(at_raw))
+        except ValueError:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "cursor is not one this API gave",
+                errors=[{"in": "query", "field": "cursor", "message": "unknown cursor"}],
+            ) from None
+        parts.append(
+            {"$or": [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": cid}}]}
+        )
+    docs = [
+        d
+        async for d in call.svc.store.contacts.find(
+            {"$and": [p for p in parts if p]},
+            sort=[("created_at", -1), ("_id", -1)],
+            limit=q.limit + 1,
+        )
+    ]
+    more = len(docs) > q.limit
+    docs = docs[: q.limit]
+    cursor = None
+    if more and docs:
+        at = docs[-1].get("created_at") or datetime(1970, 1, 1, tzinfo=UTC)
+        cursor = encode_cursor(at.isoformat(), docs[-1]["_id"])
+    return ContactPage(items=[ContactView.of(d) for d in docs], next_cursor=cursor)
+
+
+async def _detail(call: Call, doc: Document) -> ContactDetail:
+    store = call.svc.store
+    related: dict[str, list[EntityView]] = {"lead": [], "deal": []}
+    for kind in ("lead", "deal"):
+        async for d in store[f"{kind}s"].find(
+            {"contact_id": doc["_id"], "deleted": {"$ne": True}},
+            sort=[("created_at", -1)],
+            limit=RELATED_LIMIT,
+        ):
+            related[kind].append(EntityView.of_kind(kind, d))
+    conv_ids = [
+        c["_id"]
+        async for c in store.conversations.find(
+            {"contact_id": doc["_id"]}, {"_id": 1}, limit=RELATED_LIMIT
+        )
+    ]
+    return ContactDetail(
+        contact=ContactView.of(doc),
+        leads=related["lead"],
+        deals=related["deal"],
+        conversation_ids=conv_ids,
+    )
+
+
+@route(
+    "GET",
+    "/api/v1/contacts/{id}",
+    summary="One contact with its leads, deals and conversations",
+    tag=TAG,
+    response=ContactDetail,
+    errors=(404,),
+)
+async def get_contact(call: Call) -> ContactDetail:
+    return await _detail(call, await visible_contact(call, call.path("id")))
+
+
+@route(
+    "PATCH",
+    "/api/v1/contacts/{id}",
+    summary="Edit a contact: name, responsible",
+    tag=TAG,
+    body=ContactPatch,
+    response=ContactView,
+    errors=(404,),
+)
+async def patch_contact(call: Call) -> ContactView:
+    body = call.b(ContactPatch)
+    doc = await visible_contact(call, call.path("id"))
+    changes: Document = {}
+    if body.name is not None:
+        changes["name"] = body.name
+    if body.responsible_id is not None:
+        access.require_assignable(call.svc.config, call.principal, body.responsible_id)
+        changes["responsible_id"] = body.responsible_id
+    if changes:
+        changes["updated_at"] = datetime.now(UTC)
+        await call.svc.store.contacts.update_one({"_id": doc["_id"]}, {"$set": changes})
+    return ContactView.of({**doc, **changes})
+
+
+@route(
+    "POST",
+    "/api/v1/contacts/{id}/merge",
+    summary="Merge another contact into this one (identities, leads, deals, conversations)",
+    tag=TAG,
+    body=MergeBody,
+    response=ContactDetail,
+    errors=(404, 409),
+)
+async def merge_contact(call: Call) -> ContactDetail:
+    other_id = call.b(MergeBody).other_id
+    winner = await visible_contact(call, call.path("id"))
+    if other_id == winner["_id"]:
+        raise ApiError(
+            422,
+            "same_contact",
+            "a contact cannot be merged into itself",
+            errors=[{"in": "body", "field": "other_id", "message": "the same contact"}],
+        )
+    other = await call.svc.store.contacts.find_one({"_id": other_id})
+    if other is not None and other.get("merged_into") == winner["_id"]:
+        pass  # a repeated request: finish (or confirm) the merge it started
+    else:
+        await visible_contact(call, other_id, field="other_id")
+    try:
+        merged = await contacts.merge(
+            call.svc.store, winner["_id"], other_id, call.principal.user.id
+        )
+    except ContactError as exc:
+        raise ApiError(409 if exc.code == "merged" else 404, exc.code, exc.detail) from None
+    return await _detail(call, merged)
+
+
+@route(
+    "DELETE",
+    "/api/v1/contacts/{id}",
+    summary="Delete a contact (directors and admins); its addresses become free",
+    tag=TAG,
+    response=Deleted,
+    errors=(404,),
+)
+async def delete_contact(call: Call) -> Deleted:
+    access.require_delete(call.principal)
+    doc = await visible_contact(call, call.path("id"))
+    done = await contacts.delete(call.svc.store, doc["_id"], call.principal.user.id)
+    return Deleted(id=doc["_id"], deleted=done)

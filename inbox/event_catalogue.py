@@ -119,6 +119,24 @@ class ConversationRead(_Data):
     by: str
 
 
+class ContactMerged(_Data):
+    merged_id: str = Field(description="the contact merged into this one (now merged_into)")
+    identities: list[str] = Field(description="the identities that moved over")
+    by: str
+    audit_id: str = Field(description="the contact_merges record with both snapshots")
+
+
+class ByWhom(_Data):
+    by: str | None
+
+
+class LeadConverted(_Data):
+    deal_id: str
+    pipeline_id: str
+    stage_id: str
+    by: str | None
+
+
 class OperatorMessage(_Data):
     channel: str
     author_id: str | None
@@ -195,6 +213,10 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
         "an action of a rule could not be carried out (a refused stage move, no "
         "conversation to write to, a webhook that kept failing)",
     ),
+    # --- CRM views (the operator API, inbox/contacts_api.py, inbox/entities_api.py)
+    "contact.merged": (ContactMerged, "an operator merged another contact into this one"),
+    "contact.deleted": (ByWhom, "a contact was deleted (its identities are free again)"),
+    "lead.converted": (LeadConverted, "a lead was converted into a deal for its contact"),
     # --- conversations (the operator API, inbox/conversations_api.py)
     "conversation.assigned": (
         ConversationAssigned,

@@ -93,8 +93,9 @@ def _operation(op: Operation, refs: Mapping[Any, Any]) -> dict[str, Any]:
             "description": op.summary,
             "content": {"application/json": {"schema": refs[(op.response, "serialization")]}},
         }
-    for status, (ctype, text) in op.raw.items():
-        responses[str(status)] = {"description": text, "content": {ctype: {"schema": {}}}}
+    for status, (ctypes, text) in op.raw.items():  # "text/csv, application/json": either
+        content: dict[str, Any] = {c.strip(): {"schema": {}} for c in ctypes.split(",")}
+        responses[str(status)] = {"description": text, "content": content}
     errors = set(op.errors) | {503}
     if not op.public:
         errors |= {401, 403}

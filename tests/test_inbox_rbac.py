@@ -122,9 +122,40 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/files"): Row("mine", "/api/v1/files", _json("upload")),
     ("GET", "/api/v1/files/{id}"): Row("sales", "/api/v1/files/{file}"),
     ("GET", "/api/v1/ws"): Row("ws", "/api/v1/ws"),
+    # leads and deals
+    ("GET", "/api/v1/pipelines"): Row("mine", "/api/v1/pipelines"),
+    ("GET", "/api/v1/leads"): Row("mine", "/api/v1/leads"),
+    ("GET", "/api/v1/deals"): Row("mine", "/api/v1/deals"),
+    ("GET", "/api/v1/leads/{id}"): Row("sales", "/api/v1/leads/{lead}"),
+    ("GET", "/api/v1/deals/{id}"): Row("sales", "/api/v1/deals/{deal}"),
+    ("PATCH", "/api/v1/leads/{id}"): Row(
+        "sales", "/api/v1/leads/{lead}", _json({"fields": {"order_type": "kitchen"}})
+    ),
+    ("PATCH", "/api/v1/deals/{id}"): Row("sales", "/api/v1/deals/{deal}", _json({"title": "K"})),
+    ("POST", "/api/v1/leads/{id}/stage"): Row(
+        "sales", "/api/v1/leads/{lead}/stage", _json({"stage_id": "in_work"})
+    ),
+    ("POST", "/api/v1/deals/{id}/stage"): Row(
+        "sales", "/api/v1/deals/{deal}/stage", _json({"stage_id": "approval"})
+    ),
+    ("POST", "/api/v1/leads/{id}/convert"): Row("sales", "/api/v1/leads/{lead}/convert", _json({})),
+    # contacts
+    ("GET", "/api/v1/contacts"): Row("mine", "/api/v1/contacts"),
+    ("GET", "/api/v1/contacts/{id}"): Row("sales", "/api/v1/contacts/{contact}"),
+    ("PATCH", "/api/v1/contacts/{id}"): Row(
+        "sales", "/api/v1/contacts/{contact}", _json({"name": "Renamed"})
+    ),
+    ("POST", "/api/v1/contacts/{id}/merge"): Row(
+        "sales", "/api/v1/contacts/{contact}/merge", lambda w, _who: {"other_id": w.ids["contact2"]}
+    ),
+    ("GET", "/api/v1/export/{kind}"): Row("export", "/api/v1/export/leads"),
     # the call log
     ("GET", "/api/v1/calls"): Row("mine", "/api/v1/calls"),
     ("GET", "/api/v1/calls/{id}"): Row("sales", "/api/v1/calls/{call}"),
+    # Deletions last: they take the seeded things away.
+    ("DELETE", "/api/v1/deals/{id}"): Row("export", "/api/v1/deals/{deal}"),
+    ("DELETE", "/api/v1/leads/{id}"): Row("export", "/api/v1/leads/{lead}"),
+    ("DELETE", "/api/v1/contacts/{id}"): Row("export", "/api/v1/contacts/{contact}"),
 }
 
 
@@ -143,6 +174,7 @@ async def seed(svc: InProcess) -> World:
     for ext, phone, owner, bag in (
         ("rbac-sales", "+79001110001", ANNA, world.sales),
         ("rbac-wholesale", "+79001110002", OLGA, world.wholesale),
+        ("rbac-sales-2", "+79001110003", ANNA, world.sales),
     ):
         status, _ = await svc.client.post_api(api_body(ext, phone=phone, name=ext))
         assert status == 200
@@ -159,8 +191,10 @@ async def seed(svc: InProcess) -> World:
         assert changed is not None
         bag |= {conv["_id"], lead_id, conv["contact_id"]}
         bag |= {m["_id"] async for m in store.messages.find({"conversation_id": conv["_id"]})}
-        if owner == ANNA:
+        if ext == "rbac-sales":
             world.ids |= {"conv": conv["_id"], "lead": lead_id, "contact": conv["contact_id"]}
+        elif ext == "rbac-sales-2":
+            world.ids |= {"contact2": conv["contact_id"]}
     deal_id = stable_id("deal", "rbac")
     await store.deals.insert_one(
         {
@@ -172,7 +206,7 @@ async def seed(svc: InProcess) -> World:
             "is_repeat": False,
             "responsible_id": ANNA,
             "title": "Kitchen",
-            "fields": {},
+            "fields": {"estimate_amount": 120000},
             "created_at": datetime.now(UTC),
         }
     )
