@@ -9,9 +9,9 @@ is finished by running it again:
    then added to the winner — the unique index on ``contacts.identities`` never sees one
    identity on two contacts;
 3. everything of the loser points at the winner: leads, deals, conversations, messages,
-   tasks. An open lead of the loser is closed as ``merged`` when the winner has an open
-   lead already (one open lead per contact), its conversations move to the winner's;
-   likewise an auto-opened deal;
+   tasks (calls carry no contact: they follow their messages). An open lead of the loser
+   is closed as ``merged`` when the winner has an open lead already (one open lead per
+   contact), its conversations move to the winner's; likewise an auto-opened deal;
 4. ``contact.merged`` is announced (same id on a re-run).
 
 **Delete** marks the contact deleted and frees its identities (kept as

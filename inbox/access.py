@@ -65,8 +65,12 @@ def require_export(principal: Principal) -> None:
         raise ApiError(403, "forbidden", "only a director or an admin may export")
 
 
+def may_delete(principal: Principal) -> bool:
+    return principal.user.role in (Role.DIRECTOR, Role.ADMIN)
+
+
 def require_delete(principal: Principal) -> None:
-    if not may_export(principal):
+    if not may_delete(principal):
         raise ApiError(403, "forbidden", "only a director or an admin may delete")
 
 

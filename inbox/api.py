@@ -159,11 +159,10 @@ def _field_errors(where: str, exc: ValidationError) -> list[dict[str, Any]]:
 
 
 def _invalid(where: str, exc: ValidationError) -> web.Response:
+    errors = _field_errors(where, exc)
+    fields = ", ".join(dict.fromkeys(str(e["field"]) for e in errors))
     return problem(
-        422,
-        "invalid_request",
-        f"the request {where} does not validate",
-        errors=_field_errors(where, exc),
+        422, "invalid_request", f"the request {where} does not validate: {fields}", errors=errors
     )
 
 

@@ -63,7 +63,12 @@ async def authenticate(request: web.Request, store: Store, config: AppConfig) ->
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token>")
-    record = await tokens.lookup(store, token.strip())
+    return await principal_for_token(store, config, token.strip())
+
+
+async def principal_for_token(store: Store, config: AppConfig, token: str) -> Principal:
+    """The user behind an API token (a header's, or a WebSocket's ``?token=``)."""
+    record = await tokens.lookup(store, token)
     user = config.user(record["user_id"]) if record else None
     if record is None or user is None or not user.active:
         raise ApiError(401, "unauthenticated", "unknown, revoked or inactive token")

@@ -128,7 +128,3 @@ async def create_call(request: web.Request, svc: Service, principal: Principal) 
         },
         status=202,
     )
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_post("/api/v1/calls", create_call)

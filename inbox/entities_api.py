@@ -359,7 +359,7 @@ def _deal_pipeline(call: Call, body: ConvertBody) -> Pipeline:
     body=ConvertBody,
     response=EntityView,
     status=201,
-    errors=(404,),
+    errors=(404, 409),
 )
 async def convert_lead(call: Call) -> EntityView:
     body = call.b(ConvertBody)
@@ -368,6 +368,8 @@ async def convert_lead(call: Call) -> EntityView:
         deal = await call.svc.store.deals.find_one({"_id": lead["converted_to"]})
         if deal is not None:
             return EntityView.of_kind("deal", deal)
+    if not lead.get("open"):
+        raise ApiError(409, "conflict", f"lead {lead['_id']} is closed ({lead.get('outcome')})")
     pipeline = _deal_pipeline(call, body)
     stage = pipeline.stage(body.stage_id) if body.stage_id else pipeline.first_stage
     if stage is None or stage.final:

@@ -7,9 +7,11 @@ An event reaches a user when they may see what it is about (inbox/access.py):
 - a **task**: they are its assignee, a watcher, or see the assignee's department;
 - else it names a **lead, deal or contact**: one of those entities' responsibles is in a
   department they see (the same rule as the event feed, inbox/events_api.py);
-- anything else (automation failures, timers) — admins only.
+- a live event naming nothing of the above — admins only.
 
-The facts are looked up per page of events by the hub (inbox/live_api.py) and passed in.
+Event types an operator's screen does not use (timers, automation failures, …) are not
+sent at all (:data:`LIVE_TYPES`). The facts are looked up per page of events by the hub
+(inbox/live_api.py) and passed in.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from crm_store.store import Document
+from inbox.access import sees_conversation
 from inbox.auth import Principal
 
 # What an operator's screen needs; the rest of the feed is for downstream systems.
@@ -40,6 +43,8 @@ LIVE_TYPES = frozenset(
         "task.reopened",
         "notification.created",
         "lead.created",
+        "lead.converted",
+        "contact.merged",
         "lead.repeat_created",
         "deal.created",
         "lead.stage_changed",
@@ -86,6 +91,7 @@ def visible(event: Document, principal: Principal, facts: Facts) -> bool:
         return True
     conv_id = refs.get("conversation_id")
     if conv_id and conv_id in facts.conversation_department:
-        return principal.sees_department(facts.conversation_department[conv_id])
+        department = facts.conversation_department[conv_id]
+        return sees_conversation(principal, {"department": department})
     depts = facts.entity_departments.get(str(event.get("_id")), set())
     return bool(depts & principal.departments)

@@ -8,10 +8,15 @@ is 426. Frames, JSON:
 - ``{"type": "event", "event": <feed envelope>, "cursor": <sequence>}`` — in feed order;
 - ``{"type": "cursor", "cursor": N}`` — nothing for you up to N: remember it;
 - ``{"type": "resync", "cursor": N}`` — you were away too long (more than
-  ``MAX_CATCHUP`` events): reload what you show, then carry on from N.
+  ``MAX_CATCHUP`` events): reload what you show, then carry on from N;
+- ``{"type": "pong", "cursor": N}`` — the answer to ``{"type": "ping"}``;
+- ``{"type": "error", "code": "invalid_command", …}`` — a message the server did not
+  understand (the socket stays open).
 
-Resume: reconnect with ``after`` = the last cursor you got; every event you may see after
-it arrives, none twice. Without ``after`` the stream starts now.
+Resume: reconnect with ``after`` = the last cursor you got (or send
+``{"type": "resume", "after": N}`` on an open socket); every event you may see after it
+arrives, none twice. Without ``after`` the stream starts now; the first frame is then a
+``cursor`` frame saying where.
 
 One reader per process (:class:`Hub`) polls the feed (crm_store/feed.py: ordered and
 gap-safe) and fans each page out to the process's sockets, filtered per user by
@@ -25,19 +30,19 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import orjson
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pymongo import DESCENDING
 from pymongo.errors import PyMongoError
 
-from config.models import Role
-from crm_store import feed, tokens
+from crm_store import feed
 from crm_store.store import Document
 from inbox.api import Call, route
-from inbox.auth import ApiError, Principal, authenticate, visible_departments
+from inbox.auth import ApiError, Principal, authenticate, principal_for_token
 from inbox.live import Facts, visible
 from ingest.context import SERVICE, Service
 
@@ -62,17 +67,32 @@ class WsQuery(BaseModel):
 class Subscriber:
     principal: Principal
     ws: web.WebSocketResponse
-    cursor: int
+    cursor: int  # every event up to here has been considered for this socket
     queue: asyncio.Queue[Document] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    sent: int = -1  # the cursor of the last frame queued for the client
     last_frame: float = field(default_factory=time.monotonic)
+    closed: bool = False
 
     def push(self, frame: Document) -> bool:
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
             return False
-        self.last_frame = time.monotonic()
+        self._sent(frame)
         return True
+
+    async def put(self, frame: Document) -> None:
+        """Queue ``frame``, waiting while the client is behind (catch-up only)."""
+        await self.queue.put(frame)
+        self._sent(frame)
+
+    def _sent(self, frame: Document) -> None:
+        self.sent = int(frame["cursor"])
+        self.last_frame = time.monotonic()
+
+    def drain(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
 
 
 async def facts_for(svc: Service, events: list[Document]) -> Facts:
@@ -96,7 +116,8 @@ class Hub:
 
     def __init__(self, svc: Service) -> None:
         self.svc = svc
-        self.subscribers: set[Subscriber] = set()
+        self.subscribers: set[Subscriber] = set()  # streaming live
+        self.sockets: set[Subscriber] = set()  # every open socket (some catching up)
         self.cursor: int | None = None
         self.lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -109,13 +130,21 @@ class Hub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for sub in list(self.subscribers):
+        for sub in list(self.sockets):
             with contextlib.suppress(Exception):
                 await sub.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
     async def _start_cursor(self) -> int:
+        """The current end of the feed, short of any event still being written."""
         last = await self.svc.store.events.find_one({}, {"seq": 1}, sort=[("seq", DESCENDING)])
-        return int(last["seq"]) if last else 0
+        if last is None:
+            return 0
+        cursor = max(0, int(last["seq"]) - PAGE)
+        while True:
+            page = await feed.read(self.svc.store, cursor, limit=PAGE)
+            if page.next_after == cursor:
+                return cursor
+            cursor = page.next_after
 
     async def _run(self) -> None:
         while True:
@@ -123,35 +152,46 @@ class Hub:
                 async with self.lock:
                     if self.cursor is None:
                         self.cursor = await self._start_cursor()
-                    if self.subscribers:
-                        await self._step()
+                    await self._step()
             except PyMongoError as exc:
                 log.warning("live.store_unavailable", error=type(exc).__name__)
+            except Exception:  # keep serving the other sockets; the cursor did not move
+                log.exception("live.step_failed")
             await asyncio.sleep(POLL_S)
 
     async def _step(self) -> None:
+        """Read what is new (even with nobody listening, so the cursor stays at the end
+        and every event up to it is known to be written) and fan it out."""
         assert self.cursor is not None
         while True:
             page = await feed.read(self.svc.store, self.cursor, limit=PAGE)
             if page.next_after == self.cursor:
                 break
-            facts = await facts_for(self.svc, page.events)
-            for sub in list(self.subscribers):
-                self._deliver(sub, page.events, facts, page.next_after)
+            if self.subscribers and page.events:
+                facts = await facts_for(self.svc, page.events)
+                for sub in list(self.subscribers):
+                    self._deliver(sub, page.events, facts, page.next_after)
+            else:
+                for sub in self.subscribers:
+                    sub.cursor = max(sub.cursor, page.next_after)
             self.cursor = page.next_after
             if len(page.events) < PAGE:
                 break
         now = time.monotonic()
         for sub in list(self.subscribers):
-            if now - sub.last_frame > CURSOR_EVERY_S and sub.cursor < self.cursor:
-                sub.cursor = self.cursor
-                self._push(sub, {"type": "cursor", "cursor": self.cursor})
+            if sub.sent < sub.cursor and now - sub.last_frame >= CURSOR_EVERY_S:
+                self._push(sub, {"type": "cursor", "cursor": sub.cursor})
+
+    @staticmethod
+    def _frames(sub: Subscriber, events: list[Document], facts: Facts) -> list[Document]:
+        return [
+            {"type": "event", "event": feed.envelope(e), "cursor": e["seq"]}
+            for e in events
+            if e["seq"] > sub.cursor and visible(e, sub.principal, facts)
+        ]
 
     def _deliver(self, sub: Subscriber, events: list[Document], facts: Facts, upto: int) -> None:
-        for e in events:
-            if e["seq"] <= sub.cursor or not visible(e, sub.principal, facts):
-                continue
-            frame = {"type": "event", "event": feed.envelope(e), "cursor": e["seq"]}
+        for frame in self._frames(sub, events, facts):
             if not self._push(sub, frame):
                 return
         sub.cursor = max(sub.cursor, upto)
@@ -160,6 +200,7 @@ class Hub:
         if sub.push(frame):
             return True
         log.info("live.too_slow", user=sub.principal.user.id)
+        sub.closed = True
         self.subscribers.discard(sub)
         asyncio.get_running_loop().create_task(
             sub.ws.close(code=TOO_SLOW, message=b"too slow: reconnect with your cursor")
@@ -167,8 +208,15 @@ class Hub:
         return False
 
     async def join(self, sub: Subscriber, after: int | None) -> None:
-        """Catch ``sub`` up from ``after`` to the hub's cursor, then stream live."""
+        """Catch ``sub`` up from ``after`` to the hub's cursor, then stream live. Also a
+        resume on an open socket: what was queued and not yet sent is dropped first.
+
+        The catch-up reads on its own, paced by the client, without holding up the hub;
+        only the last stretch (at most a page behind) is read under the hub's lock, so
+        nothing falls between the catch-up and the live stream."""
         async with self.lock:
+            self.subscribers.discard(sub)
+            sub.drain()
             if self.cursor is None:
                 self.cursor = await self._start_cursor()
             if after is None or after >= self.cursor:
@@ -178,18 +226,36 @@ class Hub:
                 sub.push({"type": "resync", "cursor": self.cursor})
             else:
                 sub.cursor = after
-                while sub.cursor < self.cursor:
-                    page = await feed.read(
-                        self.svc.store, sub.cursor, limit=PAGE, until=self.cursor
-                    )
-                    if page.next_after == sub.cursor:
-                        break
-                    facts = await facts_for(self.svc, page.events)
-                    self._deliver(sub, page.events, facts, page.next_after)
+        while self._end() - sub.cursor > PAGE and not sub.closed:
+            page = await feed.read(self.svc.store, sub.cursor, limit=PAGE, until=self._end())
+            if page.next_after == sub.cursor:
+                break
+            facts = await facts_for(self.svc, page.events)
+            for frame in self._frames(sub, page.events, facts):
+                await sub.put(frame)
+            sub.cursor = page.next_after
+        async with self.lock:
+            while sub.cursor < self.cursor and not sub.closed:
+                page = await feed.read(self.svc.store, sub.cursor, limit=PAGE, until=self.cursor)
+                if page.next_after == sub.cursor:
+                    break
+                facts = await facts_for(self.svc, page.events)
+                self._deliver(sub, page.events, facts, page.next_after)
+            if sub.closed:
+                return
+            # Where the stream stands now: a client that connected without a cursor
+            # learns it, and one that resumed learns how far its catch-up went.
+            if sub.sent < sub.cursor:
+                self._push(sub, {"type": "cursor", "cursor": sub.cursor})
             self.subscribers.add(sub)
+
+    def _end(self) -> int:
+        assert self.cursor is not None, "set by the first join or poll"
+        return self.cursor
 
     def leave(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+        self.sockets.discard(sub)
 
 
 HUB: web.AppKey[Hub] = web.AppKey("live_hub", Hub)
@@ -197,20 +263,22 @@ HUB: web.AppKey[Hub] = web.AppKey("live_hub", Hub)
 
 async def _principal(request: web.Request, svc: Service, token: str | None) -> Principal:
     if token and "Authorization" not in request.headers:
-        record = await tokens.lookup(svc.store, token)
-        user = svc.config.user(record["user_id"]) if record else None
-        if record is None or user is None or not user.active:
-            raise ApiError(401, "unauthenticated", "unknown, revoked or inactive token")
-        if user.role is Role.NO_ACCESS:
-            raise ApiError(403, "forbidden", "this user has no access to the CRM")
-        return Principal(user, visible_departments(svc.config, user))
+        return await principal_for_token(svc.store, svc.config, token)
     return await authenticate(request, svc.store, svc.config)
 
 
 async def _writer(sub: Subscriber) -> None:
+    """Send the socket's frames in order; once the client is gone, discard them (so a
+    catch-up waiting for queue space never blocks)."""
     while True:
         frame = await sub.queue.get()
-        await sub.ws.send_str(orjson.dumps(frame).decode())
+        if sub.closed or sub.ws.closed:
+            sub.closed = True
+            continue
+        try:
+            await sub.ws.send_str(orjson.dumps(frame).decode())
+        except (ConnectionError, RuntimeError):
+            sub.closed = True
 
 
 @route(
@@ -234,17 +302,48 @@ async def live(call: Call) -> web.StreamResponse:
     hub = request.app[HUB]
     sub = Subscriber(principal, ws, cursor=0)
     writer = asyncio.create_task(_writer(sub))
+    hub.sockets.add(sub)
     try:
         await hub.join(sub, q.after)
-        async for msg in ws:  # the client only pings; anything else is ignored
-            if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
-                break
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue  # protocol pings are answered by aiohttp; binary is ignored
+            command = _command(msg.data)
+            if command is None:
+                sub.push({**_BAD_COMMAND, "cursor": sub.cursor})
+            elif command.type == "resume":
+                await hub.join(sub, command.after)
+            else:
+                sub.push({"type": "pong", "cursor": sub.cursor})
     finally:
         hub.leave(sub)
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer
     return ws
+
+
+class Command(BaseModel):
+    """What a client may send: ``{"type": "resume", "after": N}`` or ``{"type": "ping"}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["resume", "ping"]
+    after: int | None = Field(default=None, ge=0)
+
+
+_BAD_COMMAND = {
+    "type": "error",
+    "code": "invalid_command",
+    "detail": 'send {"type": "resume", "after": N} or {"type": "ping"}',
+}
+
+
+def _command(text: str) -> Command | None:
+    try:
+        return Command.model_validate_json(text)
+    except ValidationError:
+        return None
 
 
 def setup(app: web.Application) -> None:

@@ -94,8 +94,8 @@ def _operation(op: Operation, refs: Mapping[Any, Any]) -> dict[str, Any]:
             "content": {"application/json": {"schema": refs[(op.response, "serialization")]}},
         }
     for status, (ctypes, text) in op.raw.items():  # "text/csv, application/json": either
-        content: dict[str, Any] = {c.strip(): {"schema": {}} for c in ctypes.split(",")}
-        responses[str(status)] = {"description": text, "content": content}
+        content: dict[str, Any] = {c.strip(): {"schema": {}} for c in ctypes.split(",") if c}
+        responses[str(status)] = {"description": text, **({"content": content} if content else {})}
     errors = set(op.errors) | {503}
     if not op.public:
         errors |= {401, 403}

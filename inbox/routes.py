@@ -10,13 +10,13 @@ from inbox import (  # noqa: F401 - imported for their route declarations
     call_log_api,
     contacts_api,
     conversations_api,
+    declared,
     entities_api,
     export_api,
     live_api,
     messages_api,
     openapi,
     users_api,
-    ws,
 )
 
 
@@ -24,3 +24,4 @@ def setup(app: web.Application) -> None:
     api.setup(app)
     messages_api.setup_public(app)
     live_api.setup(app)
+    users_api.setup(app)

@@ -138,12 +138,3 @@ async def read_notification(
     if doc is None:
         raise ApiError(404, "not_found", f"no notification {request.match_info['id']}")
     return json_response(notification_view(doc))
-
-
-def setup(app: web.Application) -> None:
-    r = app.router
-    r.add_get("/api/v1/tasks", list_tasks)
-    r.add_post("/api/v1/tasks/{id}/complete", complete_task)
-    r.add_post("/api/v1/tasks/{id}/reopen", reopen_task)
-    r.add_get("/api/v1/notifications", list_notifications)
-    r.add_post("/api/v1/notifications/{id}/read", read_notification)

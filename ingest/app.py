@@ -29,7 +29,7 @@ from config.loader import resolve_secret
 from config.models import ChannelAccount
 from crm_store import calls, intake, updates
 from crm_store.documents import intake_id
-from inbox import calls_api, events_api, routes, tasks_api
+from inbox import routes
 from ingest.context import SERVICE, Service, json_response, problem
 from ingest.metrics import CONTENT_TYPE_LATEST
 from routing.identity import identity_keys
@@ -227,8 +227,5 @@ def create_app(service: Service) -> web.Application:
     app.router.add_post("/webhooks/{channel}/{account}/{token}", webhook)
     # Mango posts to <the URL entered in its cabinet>/events/call, /events/summary …
     app.router.add_post("/webhooks/{channel:mango}/{account}/events/{kind}", webhook)
-    events_api.setup(app)
-    tasks_api.setup(app)
-    calls_api.setup(app)
     routes.setup(app)
     return app

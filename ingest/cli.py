@@ -233,8 +233,9 @@ async def cmd_tokens_issue(store: Store, args: argparse.Namespace) -> int:
     from crm_store import tokens
 
     cfg = load_config(get_settings().config_dir)
-    if cfg.user(args.user) is None:
-        print(f"no user {args.user!r} in users.yaml", file=sys.stderr)
+    known = cfg.user(args.user) or await store["users"].find_one({"_id": args.user})
+    if known is None:  # neither in users.yaml nor created through the API
+        print(f"no user {args.user!r} in users.yaml or the store", file=sys.stderr)
         return 1
     token, doc = await tokens.issue(store, args.user, args.name or "")
     print(f"token id {doc['token_id']} for {args.user} (shown once, store it now):")
@@ -440,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tokens", help="API tokens (Bearer) of users")
     tsub = p.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
-    q = tsub.add_parser("issue", help="issue a token for a user from users.yaml")
+    q = tsub.add_parser(
+        "issue", help="issue a token for a user (users.yaml or created through the API)"
+    )
     q.add_argument("--user", required=True)
     q.add_argument("--name", help="what the token is for")
     q.set_defaults(func=cmd_tokens_issue)

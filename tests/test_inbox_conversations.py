@@ -27,7 +27,7 @@ from tests.test_channel_viber import (
     user,
     viber_account,
 )
-from tests.test_inbox_live import connect, event_of, frames_until
+from tests.test_inbox_ws import connect, event_of, frames_until
 
 ANNA, DMITRY, IVAN, OLGA, ADMIN, ELENA = (
     "anna.smirnova",

@@ -9,11 +9,12 @@ import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from crm_store import contacts, entities, tokens
+from crm_store import contacts, entities, tasks, tokens
 from tests.service import InProcess, api_body, in_process
 
 ANNA, DMITRY, OLGA, IVAN, ADMIN = (
@@ -205,6 +206,9 @@ async def test_merge_contacts_moves_everything_once_with_an_audit_record(
             d["target"]["id"] async for d in c.svc.store.conversations.find({"contact_id": winner})
         }
         assert targets == {open_leads[0]["id"]}
+        [closed] = [x for x in merged["leads"] if not x["open"]]
+        status, err, _ = await c.call("POST", f"/leads/{closed['id']}/convert", ANNA, {})
+        assert (status, err["code"]) == (409, "conflict")  # closed as merged: nothing to convert
         # A re-run (a retried request) changes nothing and writes no second audit record.
         status, again, _ = await c.call("POST", path, ANNA, {"other_id": second_contact})
         assert (status, again["contact"]["identities"]) == (200, merged["contact"]["identities"])
@@ -280,3 +284,70 @@ async def test_export_for_directors_only_and_only_what_they_see(
         assert (await c.call("GET", "/export/tasks", ADMIN))[0] == 404
         status, err, _ = await c.call("GET", "/export/leads?format=xml", IVAN)
         assert (status, err["errors"][0]["field"]) == (422, "format")
+
+
+async def test_contacts_list_pages_detail_and_edit(mongo_uri: str, db_name: str) -> None:
+    async with crm(mongo_uri, db_name) as c:
+        leads = [await c.lead_of(f"c-{n}", f"+7900100004{n}") for n in range(3)]
+        await c.lead_of("c-w", "+79001000049", owner=OLGA)
+        ids: list[str] = []
+        cursor: str | None = None
+        for _ in range(3):
+            query = "/contacts?limit=2" + (f"&cursor={cursor}" if cursor else "")
+            status, page, _ = await c.call("GET", query, ANNA)
+            assert status == 200, page
+            ids += [x["id"] for x in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(ids) == sorted(x["contact_id"] for x in leads)  # not Olga's
+        status, mine, _ = await c.call("GET", f"/contacts?responsible={DMITRY}", ANNA)
+        assert mine["items"] == []
+        status, err, _ = await c.call("GET", "/contacts?cursor=nonsense", ANNA)
+        assert (status, err["errors"][0]["field"]) == (422, "cursor")
+
+        lead = leads[0]
+        await tasks.create(
+            c.svc.store,
+            {
+                "_id": "t-1",
+                "title": "Call back",
+                "entity": {"kind": "lead", "id": lead["_id"]},
+                "entity_id": lead["_id"],
+                "contact_id": lead["contact_id"],
+                "assignee_id": ANNA,
+                "created_at": datetime.now(UTC),
+            },
+        )
+        status, detail, _ = await c.call("GET", f"/leads/{lead['_id']}", ANNA)
+        assert [t["title"] for t in detail["tasks"]] == ["Call back"]
+        status, detail, _ = await c.call("GET", f"/contacts/{lead['contact_id']}", ANNA)
+        assert status == 200
+        assert (detail["contact"]["phones"], [x["id"] for x in detail["leads"]]) == (
+            ["+79001000040"],
+            [lead["_id"]],
+        )
+        assert len(detail["conversation_ids"]) == 1
+        assert (await c.call("GET", f"/contacts/{lead['contact_id']}", OLGA))[0] == 404
+
+        path = f"/contacts/{lead['contact_id']}"
+        status, edited, _ = await c.call(
+            "PATCH", path, ANNA, {"name": "Ms Client", "responsible_id": DMITRY}
+        )
+        assert (status, edited["name"], edited["responsible_id"]) == (200, "Ms Client", DMITRY)
+        stored = await c.svc.store.contacts.find_one({"_id": lead["contact_id"]})
+        assert stored is not None
+        assert stored["name"] == "Ms Client"
+        status, err, _ = await c.call("PATCH", path, ANNA, {"responsible_id": OLGA})
+        assert (status, err["code"]) == (403, "forbidden")
+        status, mine, _ = await c.call("GET", f"/contacts?responsible={DMITRY}&q=ms%20cl", ANNA)
+        assert [x["id"] for x in mine["items"]] == [lead["contact_id"]]
+        # Tasks follow a merge to the winner.
+        other = leads[1]["contact_id"]
+        status, _, _ = await c.call(
+            "POST", f"/contacts/{other}/merge", ANNA, {"other_id": lead["contact_id"]}
+        )
+        assert status == 200
+        task = await tasks.get(c.svc.store, "t-1")
+        assert task is not None
+        assert task["contact_id"] == other

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from crm_store import conversations as convs
-from crm_store import entities, files, notifications, tasks, tokens
+from crm_store import entities, files, notifications, subscriptions, tasks, tokens
 from crm_store.documents import stable_id
 from inbox.api import OPERATIONS
 from tests.fakes.integration import FakeIntegration
@@ -63,6 +63,8 @@ EXPECTED: dict[str, dict[str, int | str]] = {
     "sales": {ANON: 401, ELENA: 403, OLGA: 404, ANNA: "2xx", IVAN: "2xx", ADMIN: "2xx"},
     "admin": {ANON: 401, ELENA: 403, OLGA: 403, ANNA: 403, IVAN: 403, ADMIN: "2xx"},
     "export": {ANON: 401, ELENA: 403, OLGA: 403, ANNA: 403, IVAN: "2xx", ADMIN: "2xx"},
+    # The caller's own (a notification): nobody else's, not even the admin's.
+    "own": {ANON: 401, ELENA: 403, OLGA: 404, ANNA: "2xx", IVAN: 404, ADMIN: 404},
     # The WebSocket, called without the upgrade: authenticated, then 426.
     "ws": {ANON: 401, ELENA: 403, OLGA: 426, ANNA: 426, IVAN: 426, ADMIN: 426},
 }
@@ -152,10 +154,53 @@ MATRIX: dict[tuple[str, str], Row] = {
     # the call log
     ("GET", "/api/v1/calls"): Row("mine", "/api/v1/calls"),
     ("GET", "/api/v1/calls/{id}"): Row("sales", "/api/v1/calls/{call}"),
+    # users and tokens
+    ("GET", "/api/v1/me"): Row("mine", "/api/v1/me"),
+    ("GET", "/api/v1/users"): Row("mine", "/api/v1/users"),
+    ("GET", "/api/v1/users/{id}"): Row("sales", f"/api/v1/users/{ANNA}"),
+    ("POST", "/api/v1/users"): Row(
+        "admin",
+        "/api/v1/users",
+        _json({"id": "new.user", "name": "New", "role": "manager", "department": "sales"}),
+    ),
+    ("PATCH", "/api/v1/users/{id}"): Row("admin", f"/api/v1/users/{ANNA}", _json({"name": "A"})),
+    ("POST", "/api/v1/users/{id}/tokens"): Row("admin", f"/api/v1/users/{ANNA}/tokens", _json({})),
+    ("GET", "/api/v1/users/{id}/tokens"): Row("admin", f"/api/v1/users/{ANNA}/tokens"),
+    ("DELETE", "/api/v1/tokens/{token_id}"): Row("admin", "/api/v1/tokens/{token}"),
+    # the event feed and subscriptions
+    ("GET", "/api/v1/events"): Row("mine", "/api/v1/events"),
+    ("POST", "/api/v1/subscriptions"): Row(
+        "admin", "/api/v1/subscriptions", _json({"url": "http://127.0.0.1:9/hook"})
+    ),
+    ("GET", "/api/v1/subscriptions"): Row("admin", "/api/v1/subscriptions"),
+    ("GET", "/api/v1/subscriptions/{id}"): Row("admin", "/api/v1/subscriptions/{sub}"),
+    ("GET", "/api/v1/subscriptions/{id}/deliveries"): Row(
+        "admin", "/api/v1/subscriptions/{sub}/deliveries"
+    ),
+    ("POST", "/api/v1/subscriptions/{id}/replay"): Row(
+        "admin", "/api/v1/subscriptions/{sub}/replay", _json({"from_seq": 1, "to_seq": 2})
+    ),
+    # No delivery exists in the seed: the admin gets as far as looking it up.
+    ("POST", "/api/v1/deliveries/{id}/replay"): Row(
+        "admin", "/api/v1/deliveries/nothing/replay", allowed=frozenset({404})
+    ),
+    # tasks, notifications, click-to-call
+    ("GET", "/api/v1/tasks"): Row("mine", "/api/v1/tasks"),
+    ("POST", "/api/v1/tasks/{id}/complete"): Row("sales", "/api/v1/tasks/{task}/complete"),
+    ("POST", "/api/v1/tasks/{id}/reopen"): Row("sales", "/api/v1/tasks/{task}/reopen"),
+    ("GET", "/api/v1/notifications"): Row("mine", "/api/v1/notifications"),
+    ("POST", "/api/v1/notifications/{id}/read"): Row(
+        "own", "/api/v1/notifications/{notification}/read"
+    ),
+    # The example PBX has no API token set: 404/422/502 past the role check.
+    ("POST", "/api/v1/calls"): Row(
+        "mine", "/api/v1/calls", _json({"phone": "+79001234567"}), frozenset({404, 422, 502})
+    ),
     # Deletions last: they take the seeded things away.
     ("DELETE", "/api/v1/deals/{id}"): Row("export", "/api/v1/deals/{deal}"),
     ("DELETE", "/api/v1/leads/{id}"): Row("export", "/api/v1/leads/{lead}"),
     ("DELETE", "/api/v1/contacts/{id}"): Row("export", "/api/v1/contacts/{contact}"),
+    ("DELETE", "/api/v1/subscriptions/{id}"): Row("admin", "/api/v1/subscriptions/{sub}"),
 }
 
 
@@ -171,6 +216,10 @@ async def seed(svc: InProcess) -> World:
     store = svc.store
     for who in (ANNA, OLGA, IVAN, ADMIN, ELENA):
         world.tokens[who], _ = await tokens.issue(store, who)
+    _, spare = await tokens.issue(store, ANNA, "spare")
+    world.ids["token"] = spare["token_id"]
+    sub = await subscriptions.create(store, "http://127.0.0.1:9/consumer", [])
+    world.ids["sub"] = sub["_id"]
     for ext, phone, owner, bag in (
         ("rbac-sales", "+79001110001", ANNA, world.sales),
         ("rbac-wholesale", "+79001110002", OLGA, world.wholesale),

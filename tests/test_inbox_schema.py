@@ -73,6 +73,10 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             "examples,coverage,fuzzing",
             "--exclude-path",
             "/api/v1/ws",
+            # Long-polls up to `wait` (30 s) per example; its parameters are tested in
+            # tests/test_events_feed.py.
+            "--exclude-path",
+            "/api/v1/events",
             "--request-timeout",
             "20",
             "--workers",

@@ -4,15 +4,19 @@ nothing and repeats nothing."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from crm_store import conversations as convs
-from crm_store import notifications, tokens
+from crm_store import events, notifications, tokens
 from crm_store.documents import stable_id
+from inbox import live_api
 from inbox.live import Facts, visible
 from tests.service import InProcess, api_body, in_process
 
@@ -25,9 +29,14 @@ ANNA, OLGA, IVAN, ADMIN, ELENA = (
 )
 
 
-async def frames_until(ws: aiohttp.ClientWebSocketResponse, want: Any) -> list[dict[str, Any]]:
+Frame = dict[str, Any]
+
+
+async def frames_until(
+    ws: aiohttp.ClientWebSocketResponse, want: Callable[[Frame], bool]
+) -> list[Frame]:
     """Frames received until ``want(frame)`` is true for one (inclusive)."""
-    got: list[dict[str, Any]] = []
+    got: list[Frame] = []
     while True:
         msg = await ws.receive(timeout=10.0)
         assert msg.type == aiohttp.WSMsgType.TEXT, msg
@@ -37,8 +46,8 @@ async def frames_until(ws: aiohttp.ClientWebSocketResponse, want: Any) -> list[d
             return got
 
 
-def event_of(frame: dict[str, Any], type_: str) -> bool:
-    return frame["type"] == "event" and frame["event"]["type"] == type_
+def event_of(frame: Frame, type_: str) -> bool:
+    return bool(frame["type"] == "event" and frame["event"]["type"] == type_)
 
 
 async def connect(
@@ -50,7 +59,7 @@ async def connect(
     return await svc.client.http.ws_connect(url)
 
 
-async def write(svc: InProcess, ext: str, phone: str) -> dict[str, Any]:
+async def write(svc: InProcess, ext: str, phone: str) -> Frame:
     status, body = await svc.client.post_api(api_body(ext, phone=phone, name=ext))
     assert status == 200, body
     await svc.routed()
@@ -116,7 +125,7 @@ async def test_resume_after_a_disconnect_misses_nothing_and_repeats_nothing(
         ws = await connect(svc, token, after=cursor)
         got: list[str] = []
 
-        def done(f: dict[str, Any]) -> bool:
+        def done(f: Frame) -> bool:
             if f["type"] == "event" and f["event"]["type"] in ("message.attached", "lead.created"):
                 got.append(f["event"]["id"])
             return len(got) == len(expected)
@@ -194,3 +203,90 @@ def test_visibility_rules() -> None:
     for event, expected in table:
         got = {u: visible(event, who(u), facts) for u in expected}
         assert got == expected, event["type"]
+
+
+async def last_seq(svc: InProcess) -> int:
+    last = await svc.store.events.find_one({}, {"seq": 1}, sort=[("seq", -1)])
+    assert last is not None
+    return int(last["seq"])
+
+
+def is_cursor(frame: Frame) -> bool:
+    return bool(frame["type"] == "cursor")
+
+
+async def test_filtered_out_events_move_the_cursor_and_resume_on_an_open_socket(
+    mongo_uri: str, db_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_api, "CURSOR_EVERY_S", 0.2)
+    async with in_process(mongo_uri, db_name) as svc:
+        t = {u: (await tokens.issue(svc.store, u))[0] for u in (ANNA, OLGA)}
+        olga, anna = await connect(svc, t[OLGA]), await connect(svc, t[ANNA])
+        # Without ``after`` the stream starts at the current end and says where that is.
+        start = (await frames_until(olga, is_cursor))[-1]["cursor"]
+        await write(svc, "quiet-1", "+79001233001")  # sales: nothing of it for Olga
+        end = await last_seq(svc)
+        frames = await frames_until(olga, lambda f: is_cursor(f) and f["cursor"] >= end)
+        assert start < end
+        assert not [f for f in frames if f["type"] == "event"]
+        # Anna got it; she asks the open socket to go back to where she started.
+        first = await frames_until(anna, lambda f: event_of(f, "message.attached"))
+        first_ids = [f["event"]["id"] for f in first if f["type"] == "event"]
+        await anna.send_str(orjson.dumps({"type": "resume", "after": start}).decode())
+        again = await frames_until(anna, lambda f: event_of(f, "message.attached"))
+        again_ids = [f["event"]["id"] for f in again if f["type"] == "event"]
+        assert again_ids[-len(first_ids) :] == first_ids
+        # A ping is answered; what the server does not understand says so.
+        await anna.send_str('{"type": "ping"}')
+        await frames_until(anna, lambda f: f["type"] == "pong")
+        await anna.send_str('{"type": "rewind"}')
+        bad = (await frames_until(anna, lambda f: f["type"] == "error"))[-1]
+        assert bad["code"] == "invalid_command"
+        for ws in (olga, anna):
+            await ws.close()
+
+
+async def test_a_conversation_moved_away_stops_reaching_the_old_department(
+    mongo_uri: str, db_name: str
+) -> None:
+    async with in_process(mongo_uri, db_name) as svc:
+        t = {u: (await tokens.issue(svc.store, u))[0] for u in (ANNA, OLGA)}
+        conv = await write(svc, "moved-1", "+79001234001")
+        anna, olga = await connect(svc, t[ANNA]), await connect(svc, t[OLGA])
+        await frames_until(anna, is_cursor)
+        await frames_until(olga, is_cursor)
+        # An event appended straight to the log; what counts is the conversation's
+        # department *now*, not the one the event was written with.
+        await svc.store.conversations.update_one(
+            {"_id": conv["_id"]}, {"$set": {"department": "wholesale"}}
+        )
+        await events.append(
+            svc.store,
+            [
+                events.event(
+                    "conversation.closed",
+                    {"conversation_id": conv["_id"]},
+                    {"department": "sales", "by": ADMIN},
+                    key=[conv["_id"], "closed-in-test"],
+                )
+            ],
+        )
+        await frames_until(olga, lambda f: event_of(f, "conversation.closed"))
+        end = await last_seq(svc)
+        await anna.send_str('{"type": "ping"}')
+        frames = await frames_until(anna, lambda f: f["type"] == "pong" and f["cursor"] >= end)
+        assert not any(event_of(f, "conversation.closed") for f in frames)
+        for ws in (anna, olga):
+            await ws.close()
+
+
+async def test_sockets_are_closed_when_the_service_shuts_down(mongo_uri: str, db_name: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with in_process(mongo_uri, db_name) as svc:
+            token, _ = await tokens.issue(svc.store, ANNA)
+            ws = await http.ws_connect(f"{svc.client.base}/api/v1/ws?token={token}")
+            assert orjson.loads((await ws.receive(timeout=10.0)).data)["type"] == "cursor"
+            closing = asyncio.create_task(ws.receive(timeout=30.0))
+        msg = await closing
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert msg.data == aiohttp.WSCloseCode.GOING_AWAY
