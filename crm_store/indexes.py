@@ -28,6 +28,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "contacts": [
         IndexModel([("identities", ASCENDING)], name="identities_unique", unique=True),
+        # The operator's lists (inbox/contacts_api.py): by responsible, newest first.
+        IndexModel([("responsible_id", ASCENDING), ("created_at", DESCENDING)], name="list"),
     ],
     "leads": [
         IndexModel(
@@ -38,6 +40,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("contact_id", ASCENDING), ("created_at", DESCENDING)], name="contact"),
         IndexModel([("pipeline_id", ASCENDING), ("stage_id", ASCENDING)], name="stage"),
+        IndexModel([("responsible_id", ASCENDING), ("created_at", DESCENDING)], name="list"),
     ],
     "deals": [
         IndexModel(
@@ -51,6 +54,7 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="contact_open_activity",
         ),
         IndexModel([("pipeline_id", ASCENDING), ("stage_id", ASCENDING)], name="stage"),
+        IndexModel([("responsible_id", ASCENDING), ("created_at", DESCENDING)], name="list"),
     ],
     "conversations": [
         IndexModel([("contact_id", ASCENDING)], name="contact"),
@@ -115,6 +119,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("watchers", ASCENDING), ("status", ASCENDING)], name="watchers"),
         IndexModel([("entity_id", ASCENDING), ("created_at", ASCENDING)], name="entity"),
+        IndexModel([("contact_id", ASCENDING)], name="contact"),  # a contact merge moves them
     ],
     "notifications": [
         IndexModel([("user_id", ASCENDING), ("created_at", DESCENDING)], name="user"),
