@@ -49,9 +49,9 @@ run: venv
 	OMNIROUTE_SECRET_API_SITE="$${OMNIROUTE_SECRET_API_SITE:-dev-site-secret}" \
 		$(BIN)/omniroute serve $(ARGS)
 
-# Debian packages the tests run for real: Dovecot (the IMAP server of the e-mail tests).
-# Installed once when missing (as root, or through sudo).
-TEST_DEB_PACKAGES ?= dovecot-imapd
+# Debian packages the tests run for real: Dovecot (the IMAP server of the e-mail tests),
+# nginx (`nginx -t` on deploy/nginx.conf). Installed once when missing (as root, or sudo).
+TEST_DEB_PACKAGES ?= dovecot-imapd nginx
 
 test-system:
 	@missing=""; for p in $(TEST_DEB_PACKAGES); do \

@@ -1,4 +1,13 @@
-"""The composition root: store (embedded or configured), config, app, worker."""
+"""The composition root: store (embedded or configured), config, app, worker.
+
+Graceful shutdown (SIGTERM or SIGINT; docs/deployment.md): :class:`Drain` makes
+``/readyz`` answer 503 and new webhooks 503 with ``Retry-After`` (the provider or the
+proxy sends them elsewhere or later) while the webhook requests already in flight finish;
+then the listener closes, routing gets a bounded time to finish what this process
+accepted, the workers stop, and :func:`release_leases` hands everything this process
+still holds back at once, so another process takes it over without waiting for a lease
+to run out. A second signal cuts the waiting short.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +16,12 @@ import contextlib
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -24,7 +35,7 @@ from crm_store.embedded import EmbeddedStore
 from crm_store.intake import GroupCommit
 from crm_store.store import Store
 from ingest.app import create_app
-from ingest.context import Service
+from ingest.context import Service, problem
 from ingest.deliveries import DeliveryWorker
 from ingest.mail_sync import MailSync
 from ingest.metrics import Metrics
@@ -174,13 +185,158 @@ async def running_service(
         await deliveries.stop()
         await sender.stop()
         await worker.stop()
+        try:
+            await release_leases(store, owner)
+        except PyMongoError as exc:  # the leases then run out by themselves
+            log.warning("service.leases_not_released", error=type(exc).__name__)
+
+
+# --- graceful shutdown ------------------------------------------------------------
+
+#: Draining ends once no webhook request is in flight and none arrived for this long
+#: (the proxy has seen the 503s and sends elsewhere; connections still in the listen
+#: backlog are answered rather than reset) — or after DRAIN_MAX_S in any case.
+DRAIN_QUIET_S = 0.5
+DRAIN_MAX_S = 10.0
+#: After the listener closes: how long other requests (operator API) may still run.
+HTTP_SHUTDOWN_S = 5.0
+#: How long routing may go on with what this process accepted before the rest is left
+#: to the recovery sweep of other processes (released at once, see release_leases).
+ROUTE_DRAIN_S = 5.0
+DRAIN_RETRY_AFTER_S = 1
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Drain:
+    """The HTTP side of a graceful shutdown, as an aiohttp middleware.
+
+    Before :meth:`begin` it only counts the webhook requests in flight. After it,
+    ``/readyz`` answers 503 (load balancers take the process out of rotation), a new
+    webhook request answers 503 ``draining`` with ``Retry-After`` (nothing stored; the
+    provider's retry or the proxy's next upstream stores it — intake is idempotent), and
+    every response closes its connection. Requests already in flight finish normally.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.inflight = 0
+        self.last_arrival = time.monotonic()
+        self.hurry = asyncio.Event()
+
+    def begin(self) -> None:
+        self.draining = True
+        self.last_arrival = time.monotonic()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        webhook = request.path.startswith("/webhooks/")
+        if self.draining:
+            if webhook:
+                self.last_arrival = time.monotonic()
+                return self._refuse("the service is shutting down; retry later")
+            if request.path == "/readyz":
+                return self._refuse("the service is shutting down")
+        if webhook:
+            self.inflight += 1
+        try:
+            response: web.StreamResponse = await handler(request)
+        finally:
+            if webhook:
+                self.inflight -= 1
+        if self.draining and not response.prepared:
+            response.force_close()
+        return response
+
+    def _refuse(self, detail: str) -> web.Response:
+        response = problem(503, "draining", detail)
+        response.headers["Retry-After"] = str(DRAIN_RETRY_AFTER_S)
+        response.force_close()
+        return response
+
+    async def settle(self, quiet_s: float = DRAIN_QUIET_S, max_s: float = DRAIN_MAX_S) -> bool:
+        """Wait until no webhook request is in flight and none arrived for ``quiet_s``;
+        False if ``max_s`` (or a second signal) came first."""
+        deadline = time.monotonic() + max_s
+        while not self.hurry.is_set():
+            now = time.monotonic()
+            if self.inflight == 0 and now - self.last_arrival >= quiet_s:
+                return True
+            if now >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return False
+
+
+async def finish_routing(
+    store: Store, owner: str, hurry: asyncio.Event, max_s: float = ROUTE_DRAIN_S
+) -> bool:
+    """Give the routing worker up to ``max_s`` to route what this process holds; False
+    if records are left (they are released and another process's sweep routes them)."""
+    deadline = time.monotonic() + max_s
+    while not hurry.is_set() and time.monotonic() < deadline:
+        try:
+            if not await store.intake.find_one({"status": "pending", "owner": owner}, {"_id": 1}):
+                return True
+        except PyMongoError:
+            return False
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def release_leases(store: Store, owner: str) -> dict[str, int]:
+    """Hand back every lease ``owner`` still holds, so other processes take the work over
+    at once instead of after the lease runs out. Each worker releases what it knows of on
+    its own stop; this also covers what a cancelled task held (an intake batch being
+    routed, a reply being sent, timers being fired). Call it only after the workers
+    stopped. Returns how many documents each collection had released."""
+    t = datetime.now(UTC)
+    released: dict[str, int] = {}
+
+    async def give_back(name: str, query: dict[str, Any], update: dict[str, Any]) -> None:
+        result = await store[name].update_many(query, {"$set": update})
+        released[name] = result.modified_count
+
+    # Intake records accepted (or recovered) here and not routed: the recovery sweep of
+    # any process claims them now (docs/architecture.md).
+    await give_back("intake", {"status": "pending", "owner": owner}, {"lease_until": t})
+    # Replies claimed by our outbox worker and not sent (crm_store/outbox.py).
+    await give_back(
+        "messages",
+        {"send_due_at": {"$exists": True}, "send_owner": owner, "send_lease_until": {"$gt": t}},
+        {"send_lease_until": _EPOCH},
+    )
+    # Timers claimed for firing: a recovered timer looks up what its firing already did
+    # (crm_store/timers.py). A timer waiting for a retry has no owner and is left alone.
+    await give_back(
+        "timers",
+        {"state": "running", "owner": owner, "lease_until": {"$gt": t}},
+        {"lease_until": _EPOCH},
+    )
+    # Webhook subscriptions being delivered (crm_store/subscriptions.py).
+    await give_back(
+        "subscriptions", {"owner": owner, "lease_until": {"$gt": t}}, {"lease_until": _EPOCH}
+    )
+    # The automation event cursor (crm_store/cursors.py).
+    await give_back(
+        "automation_cursors",
+        {"owner": owner, "lease_until": {"$gt": t}},
+        {"lease_until": _EPOCH, "owner": None},
+    )
+    # Named leases: IMAP mailboxes (crm_store/mailboxes.py).
+    await give_back("leases", {"owner": owner, "until": {"$gt": t}}, {"until": _EPOCH})
+    if any(released.values()):
+        log.info("service.leases_released", **{k: v for k, v in released.items() if v})
+    return released
 
 
 async def serve(settings: Settings) -> None:
     config = load_config(settings.config_dir)
     async with store_for(settings) as store, running_service(settings, config, store) as svc:
         app = create_app(svc)
-        runner = web.AppRunner(app, access_log=None)
+        drain = Drain()
+        app.middlewares.append(drain.middleware)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
@@ -188,12 +344,23 @@ async def serve(settings: Settings) -> None:
             "service.listening", url=f"http://{settings.host}:{settings.port}", owner=svc.owner
         )
         stop = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                drain.hurry.set()  # a second signal: stop waiting
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
         try:
             await stop.wait()
+            log.info("service.draining")
+            drain.begin()
+            settled = await drain.settle()
+            log.info("service.stopping", inflight=drain.inflight, settled=settled)
         finally:
-            log.info("service.stopping")
             await runner.cleanup()
+        routed = await finish_routing(store, svc.owner, drain.hurry)
+        log.info("service.http_closed", routed_all=routed)
