@@ -51,7 +51,7 @@ run: venv
 
 # Debian packages the tests run for real: Dovecot (the IMAP server of the e-mail tests),
 # nginx (`nginx -t` on deploy/nginx.conf). Installed once when missing (as root, or sudo).
-TEST_DEB_PACKAGES ?= dovecot-imapd nginx
+TEST_DEB_PACKAGES ?= dovecot-imapd nginx chromium
 
 test-system:
 	@missing=""; for p in $(TEST_DEB_PACKAGES); do \

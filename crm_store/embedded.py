@@ -117,8 +117,14 @@ class EmbeddedStore:
 
     @property
     def uri(self) -> str:
+        """The server's URI, without retryable writes: SecantusDB keeps the reply of
+        every retryable write of the last 30 minutes and re-scans (past 10,000: sorts)
+        that list on each write, which took 30 % of its CPU and two thirds of a
+        5,000-mail sync's time (docs/benchmarks.md, E-mail). A single server on
+        loopback has no failover to retry through, and every write path here is
+        idempotent on its own (docs/store.md)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mongodb://{host}:{self.port}/?directConnection=true"
+        return f"mongodb://{host}:{self.port}/?directConnection=true&retryWrites=false"
 
     @property
     def pid(self) -> int | None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo import ASCENDING
 
+from crm_store.events import FILLER
 from crm_store.store import Document, Store
 
 GAP_GRACE_S = 10.0
@@ -61,6 +62,8 @@ async def read(
             if written is None or written > cutoff:
                 break  # a hole that may still be filled: stop before it
         cursor = seq
+        if doc["type"] == FILLER:  # a number whose event existed already: nothing to show
+            continue
         if wanted is None or doc["type"] in wanted:
             events.append(doc)
             if len(events) >= limit:

@@ -21,6 +21,11 @@ from crm_store.documents import IntakeDoc, IntakeStatus
 from crm_store.store import Document, Store, claim
 
 DUPLICATE_KEY = 11000
+# Writes naming many records by ``_id`` go in groups of at most this many: the embedded
+# server answers an ``_id`` ``$in`` with point lookups but then re-checks every record
+# against the whole list, so one write over k ids costs k² comparisons (a renewal of a
+# 1,500-record backlog held the server for 8 s; in groups of 100 it is linear).
+ID_CHUNK = 100
 # After this many failed routing attempts a record is parked as ``failed`` (visible in
 # metrics and ``omniroute explain``) instead of being retried forever.
 MAX_ATTEMPTS = 5
@@ -78,12 +83,19 @@ async def _insert(store: Store, docs: Sequence[Document], owner: str, lease_s: f
     return [i not in failed for i in range(len(docs))]
 
 
+def id_chunks(ids: Sequence[str]) -> list[list[str]]:
+    """``ids`` (duplicates dropped) in groups of at most ``ID_CHUNK``."""
+    unique = list(dict.fromkeys(ids))
+    return [unique[i : i + ID_CHUNK] for i in range(0, len(unique), ID_CHUNK)]
+
+
 async def mark_routed(store: Store, ids: Sequence[str]) -> None:
-    if ids:
+    at = now()
+    for chunk in id_chunks(ids):
         await store.intake.update_many(
-            {"_id": {"$in": list(ids)}},
+            {"_id": {"$in": chunk}},
             {
-                "$set": {"status": IntakeStatus.ROUTED.value, "routed_at": now()},
+                "$set": {"status": IntakeStatus.ROUTED.value, "routed_at": at},
                 "$unset": {"lease_until": "", "owner": ""},
             },
         )
@@ -109,15 +121,42 @@ async def mark_attempt_failed(store: Store, doc_id: str, error: str) -> None:
     )
 
 
+# Expired records looked at per claim round, ours included (skipped): the candidates
+# are read from the (status, lease_until) index alone.
+CLAIM_SCAN = 4
+
+
 async def claim_expired(store: Store, owner: str, lease_s: float, limit: int) -> list[IntakeDoc]:
-    """Claim pending records whose lease has run out (their process died or gave up)."""
+    """Claim pending records whose lease has run out (their process died or gave up).
+
+    The expired records are found with a query on exactly the ``status_lease`` index's
+    fields (with a third condition the embedded server scans the whole collection, and
+    the recovery sweep runs every few seconds); records that are still ours are dropped
+    here, and the claim itself names the rest by ``_id`` with the full condition."""
     t = now()
+    pending = IntakeStatus.PENDING.value
+    candidates = [
+        d["_id"]
+        async for d in store.intake.find(
+            {"status": pending, "lease_until": {"$lt": t}},
+            {"_id": 1, "owner": 1},
+            limit=max(limit, 1) * CLAIM_SCAN,
+        )
+        # Our own records are still in our queue: never route them a second time.
+        if d.get("owner") != owner
+    ][:limit]
+    if not candidates:
+        return []
     claimed = await claim(
         store.intake,
-        # Our own records are still in our queue: never route them a second time.
-        {"status": IntakeStatus.PENDING.value, "lease_until": {"$lt": t}, "owner": {"$ne": owner}},
+        {
+            "_id": {"$in": candidates},
+            "status": pending,
+            "lease_until": {"$lt": t},
+            "owner": {"$ne": owner},
+        },
         {"owner": owner, "lease_until": t + timedelta(seconds=lease_s)},
-        {"owner": owner, "status": IntakeStatus.PENDING.value},
+        {"owner": owner, "status": pending},
         limit,
         {"raw": 0},
     )
@@ -126,20 +165,22 @@ async def claim_expired(store: Store, owner: str, lease_s: float, limit: int) ->
 
 async def release(store: Store, ids: Sequence[str], owner: str) -> None:
     """Give records back at once (e.g. on shutdown) so another process may claim them."""
-    if ids:
+    at = now()
+    for chunk in id_chunks(ids):
         await store.intake.update_many(
-            {"_id": {"$in": list(ids)}, "owner": owner, "status": IntakeStatus.PENDING.value},
-            {"$set": {"lease_until": now()}},
+            {"_id": {"$in": chunk}, "owner": owner, "status": IntakeStatus.PENDING.value},
+            {"$set": {"lease_until": at}},
         )
 
 
 async def renew(store: Store, ids: Sequence[str], owner: str, lease_s: float) -> None:
     """Extend our lease on records still waiting in our queue (a long backlog must not
     let other processes take them over while we are alive)."""
-    if ids:
+    until = now() + timedelta(seconds=lease_s)
+    for chunk in id_chunks(ids):
         await store.intake.update_many(
-            {"_id": {"$in": list(ids)}, "owner": owner, "status": IntakeStatus.PENDING.value},
-            {"$set": {"lease_until": now() + timedelta(seconds=lease_s)}},
+            {"_id": {"$in": chunk}, "owner": owner, "status": IntakeStatus.PENDING.value},
+            {"$set": {"lease_until": until}},
         )
 
 

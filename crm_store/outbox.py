@@ -77,6 +77,9 @@ async def claim_due(store: Store, owner: str, lease_s: float, limit: int) -> lis
         {"send_owner": owner, "send_lease_until": t + timedelta(seconds=lease_s)},
         {"send_owner": owner, "send_lease_until": {"$gt": t}},
         limit,
+        # The partial index of due replies: without it the embedded server scans every
+        # message, every second.
+        hint="outbox_due",
     )
 
 

@@ -3,21 +3,28 @@
 Reads are batched (one query per collection for a whole batch of messages); creations are
 single inserts guarded by unique indexes, so a conflict means "someone else created it
 first" and is answered by reading theirs. No find-and-modify on growing collections.
+
+Every query is one that an index answers on the embedded server too, so none slows down
+as the collections grow: no ``$or`` (the embedded server scans the collection for any
+``$or``, even of indexed conditions — each branch is its own query here), and ``$in``
+lists of at most ``ID_CHUNK`` values (it re-checks each hit against the whole list).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import DESCENDING, ReturnDocument, UpdateOne
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from crm_store.documents import ContactDoc, ConversationDoc, DealDoc, LeadDoc
-from crm_store.intake import DUPLICATE_KEY
-from crm_store.store import Document, Store
+from crm_store.intake import DUPLICATE_KEY, id_chunks
+from crm_store.store import Collection, Document, Store
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -37,9 +44,34 @@ class ContactState:
         self.created_by.update(other.created_by)
 
 
+async def _find_in(
+    coll: Collection,
+    field: str,
+    values: Iterable[Any],
+    projection: Document | None = None,
+    extra: Document | None = None,
+) -> list[Document]:
+    """The documents whose ``field`` is one of ``values`` (and that match ``extra``),
+    by ``$in`` queries of at most ``ID_CHUNK`` values."""
+    out: list[Document] = []
+    for chunk in id_chunks([v for v in values if v is not None]):
+        query = {field: {"$in": chunk}, **(extra or {})}
+        out += [d async for d in coll.find(query, projection)]
+    return out
+
+
+async def _first_of(coll: Collection, *queries: Document) -> Document | None:
+    """The first document found by the first query that finds one (instead of an
+    ``$or`` of the queries, which the embedded server answers with a scan)."""
+    for query in queries:
+        if (found := await coll.find_one(query)) is not None:
+            return found
+    return None
+
+
 async def load_conversations(store: Store, ids: Iterable[str]) -> dict[str, ConversationDoc]:
-    cursor = store.conversations.find({"_id": {"$in": list(set(ids))}})
-    return {d["_id"]: ConversationDoc.model_validate(d) async for d in cursor}
+    docs = await _find_in(store.conversations, "_id", set(ids))
+    return {d["_id"]: ConversationDoc.model_validate(d) for d in docs}
 
 
 async def conversations_of(
@@ -47,21 +79,18 @@ async def conversations_of(
 ) -> dict[tuple[str, str, str], str]:
     """The conversations of stored messages (inbound or ours), by (channel, account,
     provider id): how a reply finds its thread."""
-    ors = [
-        {"channel": c, "account": a, "provider_id": {"$in": sorted(ids)}}
-        for (c, a), ids in wanted.items()
-        if ids
-    ]
-    if not ors:
-        return {}
     out: dict[tuple[str, str, str], str] = {}
-    cursor = store.messages.find(
-        {"$or": ors} if len(ors) > 1 else ors[0],
-        {"channel": 1, "account": 1, "provider_id": 1, "conversation_id": 1},
-    )
-    async for d in cursor:
-        if d.get("conversation_id") and d.get("provider_id"):
-            out[(d["channel"], d["account"], d["provider_id"])] = d["conversation_id"]
+    for (channel, account), ids in wanted.items():
+        docs = await _find_in(
+            store.messages,
+            "provider_id",
+            sorted(ids),
+            {"channel": 1, "account": 1, "provider_id": 1, "conversation_id": 1},
+            {"channel": channel, "account": account},
+        )
+        for d in docs:
+            if d.get("conversation_id") and d.get("provider_id"):
+                out[(d["channel"], d["account"], d["provider_id"])] = d["conversation_id"]
     return out
 
 
@@ -70,8 +99,11 @@ async def mark_failing_addresses(store: Store, addresses: Sequence[str]) -> list
     returns the (contact id, address) pairs (idempotent: a re-run marks nothing twice)."""
     keys = [f"email:{a}" for a in addresses]
     hits: list[tuple[str, str]] = []
-    async for c in store.contacts.find({"identities": {"$in": keys}}, {"identities": 1}):
-        hits += [(c["_id"], a) for a in addresses if f"email:{a}" in c["identities"]]
+    seen: set[str] = set()
+    for c in await _find_in(store.contacts, "identities", keys, {"identities": 1}):
+        if c["_id"] not in seen:
+            seen.add(c["_id"])
+            hits += [(c["_id"], a) for a in addresses if f"email:{a}" in c["identities"]]
     for cid, addr in hits:
         await store.contacts.update_one({"_id": cid}, {"$addToSet": {"failing_emails": addr}})
     return hits
@@ -80,15 +112,13 @@ async def mark_failing_addresses(store: Store, addresses: Sequence[str]) -> list
 async def load_contacts(
     store: Store, identities: Iterable[str], ids: Iterable[str] = ()
 ) -> list[ContactDoc]:
-    ors: list[Document] = []
-    if keys := list(set(identities)):
-        ors.append({"identities": {"$in": keys}})
-    if id_list := list(set(ids)):
-        ors.append({"_id": {"$in": id_list}})
-    if not ors:
-        return []
-    query = ors[0] if len(ors) == 1 else {"$or": ors}
-    return [ContactDoc.model_validate(d) async for d in store.contacts.find(query)]
+    """The contacts holding any of ``identities`` or having any of ``ids`` (each once)."""
+    found: dict[str, Document] = {}
+    for d in await _find_in(store.contacts, "identities", set(identities)):
+        found.setdefault(d["_id"], d)
+    for d in await _find_in(store.contacts, "_id", set(ids) - found.keys()):
+        found.setdefault(d["_id"], d)
+    return [ContactDoc.model_validate(d) for d in found.values()]
 
 
 async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> ContactState:
@@ -96,18 +126,18 @@ async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> Contac
     state = ContactState()
     if not ids:
         return state
-    deals = store.deals.find(
-        {"contact_id": {"$in": ids}},
-        sort=[("last_activity_at", DESCENDING)],
-    )
-    async for d in deals:
+    deal_docs = await _find_in(store.deals, "contact_id", ids)
+    # The most recently active first (the active deal is the latest open one), across
+    # the chunks as within one query.
+    deal_docs.sort(key=lambda d: d.get("last_activity_at") or _EPOCH, reverse=True)
+    for d in deal_docs:
         deal = DealDoc.model_validate(d)
         state.history.add(deal.contact_id)
         if deal.open and deal.contact_id not in state.active_deal:
             state.active_deal[deal.contact_id] = deal
         if deal.origin_intake_id:
             state.created_by[deal.origin_intake_id] = deal
-    async for d in store.leads.find({"contact_id": {"$in": ids}}):
+    for d in await _find_in(store.leads, "contact_id", ids):
         lead = LeadDoc.model_validate(d)
         state.history.add(lead.contact_id)
         if lead.open:
@@ -122,8 +152,8 @@ async def create_contact(store: Store, doc: Document) -> tuple[ContactDoc, bool]
     try:
         await store.contacts.insert_one(doc)
     except DuplicateKeyError:
-        existing = await store.contacts.find_one(
-            {"$or": [{"_id": doc["_id"]}, {"identities": {"$in": doc["identities"]}}]}
+        existing = await _first_of(
+            store.contacts, {"_id": doc["_id"]}, {"identities": {"$in": doc["identities"]}}
         )
         if existing is None:  # deleted in between: let the caller retry
             raise
@@ -136,8 +166,8 @@ async def create_lead(store: Store, doc: Document) -> tuple[LeadDoc, bool]:
     try:
         await store.leads.insert_one(doc)
     except DuplicateKeyError:
-        existing = await store.leads.find_one(
-            {"$or": [{"_id": doc["_id"]}, {"open_contact": doc["open_contact"]}]}
+        existing = await _first_of(
+            store.leads, {"_id": doc["_id"]}, {"open_contact": doc["open_contact"]}
         )
         if existing is None:
             raise
@@ -150,8 +180,8 @@ async def create_deal(store: Store, doc: Document) -> tuple[DealDoc, bool]:
     try:
         await store.deals.insert_one(doc)
     except DuplicateKeyError:
-        existing = await store.deals.find_one(
-            {"$or": [{"_id": doc["_id"]}, {"auto_open": doc["auto_open"]}]}
+        existing = await _first_of(
+            store.deals, {"_id": doc["_id"]}, {"auto_open": doc["auto_open"]}
         )
         if existing is None:
             raise
@@ -187,10 +217,7 @@ async def reserve_sequence(store: Store, count: int) -> int:
 
 
 async def existing_ids(store: Store, collection: str, ids: Sequence[str]) -> set[str]:
-    if not ids:
-        return set()
-    cursor = store[collection].find({"_id": {"$in": list(ids)}}, {"_id": 1})
-    return {d["_id"] async for d in cursor}
+    return {d["_id"] for d in await _find_in(store[collection], "_id", ids, {"_id": 1})}
 
 
 async def insert_new(store: Store, collection: str, docs: Sequence[Document]) -> set[str]:

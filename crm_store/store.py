@@ -100,12 +100,14 @@ async def claim(
     held: Document,
     limit: int,
     projection: Document | None = None,
+    hint: str | None = None,
 ) -> list[Document]:
     """The portable claim (docs/store.md): find up to ``limit`` documents matching ``due``,
     ``$set`` ``take`` (owner token, lease) on those that still match, then read back the
     ones that match ``held`` — ours. Exactly-once per document on MongoDB and the
-    embedded server alike, without find-and-modify."""
-    ids = [d["_id"] async for d in coll.find(due, {"_id": 1}, limit=limit)]
+    embedded server alike, without find-and-modify. ``hint``: the index that answers
+    ``due`` (the embedded server never picks a partial index by itself)."""
+    ids = [d["_id"] async for d in coll.find(due, {"_id": 1}, limit=limit, hint=hint)]
     if not ids:
         return []
     await coll.update_many({"_id": {"$in": ids}, **due}, {"$set": take})

@@ -17,6 +17,7 @@ from inbox import (  # noqa: F401 - imported for their route declarations
     messages_api,
     openapi,
     users_api,
+    web_page,
 )
 
 
@@ -25,3 +26,4 @@ def setup(app: web.Application) -> None:
     messages_api.setup_public(app)
     live_api.setup(app)
     users_api.setup(app)
+    web_page.setup(app)

@@ -46,6 +46,7 @@ def _store_cmd(
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.service import serve
 
+    print(f"web inbox: http://{settings.host}:{settings.port}/", flush=True)
     try:
         asyncio.run(serve(settings))
     except ConfigError as exc:

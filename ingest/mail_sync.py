@@ -388,14 +388,16 @@ class MailboxPoller:
 async def _stored(
     store: Store, ids: list[str], projection: Document | None = None
 ) -> dict[str, Document]:
-    """The intake records among ``ids``, by point lookups on ``_id`` (concurrent; an
-    ``$in`` over a growing collection is a scan on some servers, the embedded one
-    included)."""
-    unique = list(dict.fromkeys(ids))
-    docs = await asyncio.gather(
-        *(store.intake.find_one({"_id": i}, projection or {"_id": 1}) for i in unique)
-    )
-    return {i: d for i, d in zip(unique, docs, strict=True) if d is not None}
+    """The intake records among ``ids``: ``_id`` ``$in`` queries of at most
+    ``intake.ID_CHUNK`` ids, which the embedded server answers with point lookups (one
+    query per 100 mails costs a quarter of 100 concurrent ``find_one``, and stays flat
+    as intake grows)."""
+    out: dict[str, Document] = {}
+    for chunk in intake.id_chunks(ids):
+        cursor = store.intake.find({"_id": {"$in": chunk}}, projection or {"_id": 1})
+        async for d in cursor:
+            out[d["_id"]] = d
+    return out
 
 
 def _message_id(header_block: bytes) -> str | None:

@@ -67,7 +67,10 @@ async def store_for(settings: Settings) -> AsyncIterator[Store]:
     uri = settings.mongodb_uri
     if uri is None and _answers(EMBEDDED_HOST, settings.embedded_port):
         # Another omniroute process on this machine runs the embedded store: share it.
-        uri = f"mongodb://{EMBEDDED_HOST}:{settings.embedded_port}/?directConnection=true"
+        uri = (
+            f"mongodb://{EMBEDDED_HOST}:{settings.embedded_port}/"
+            "?directConnection=true&retryWrites=false"  # as EmbeddedStore.uri: see there
+        )
     if uri is None:
         embedded = EmbeddedStore(
             storage_path=settings.data_dir / "mongo", port=settings.embedded_port

@@ -25,7 +25,9 @@ def _client(store: EmbeddedStore) -> AsyncMongoClient[Doc]:
 async def test_ephemeral_store_serves_insert_and_find() -> None:
     store = EmbeddedStore(storage_path=None)
     assert store.pid is None
-    assert store.uri == f"mongodb://127.0.0.1:{store.port}/?directConnection=true"
+    assert store.uri == (
+        f"mongodb://127.0.0.1:{store.port}/?directConnection=true&retryWrites=false"
+    )
     async with store:
         pid = store.pid
         assert pid is not None
