@@ -21,7 +21,7 @@ from crm_store.store import Document
 from inbox import access
 from inbox.api import Call, route
 from inbox.auth import ApiError, Principal
-from inbox.conversations_api import decode_cursor, encode_cursor
+from inbox.paging import cursor_of, older_than
 from ingest.context import Service
 from routing.identity import normalize_phone
 
@@ -128,17 +128,7 @@ async def list_calls(call: Call) -> CallPage:
         ]
         query["message_id"] = {"$in": ids}
     if q.cursor:
-        at_raw, cid = decode_cursor(q.cursor)
-        try:
-            at = datetime.fromisoformat(str(at_raw))
-        except ValueError:
-            raise ApiError(
-                422,
-                "invalid_request",
-                "cursor is not one this API gave",
-                errors=[{"in": "query", "field": "cursor", "message": "unknown cursor"}],
-            ) from None
-        query["$or"] = [{"started_at": {"$lt": at}}, {"started_at": at, "_id": {"$lt": cid}}]
+        query["$or"] = older_than(q.cursor, "started_at")["$or"]
     items: list[CallView] = []
     last: Document | None = None
     more = False
@@ -157,8 +147,8 @@ async def list_calls(call: Call) -> CallPage:
             items.append(seen)
     more = more or scanned == SCAN_LIMIT  # a page of others' calls: go on from there
     next_cursor = None
-    if more and last is not None and last.get("started_at"):
-        next_cursor = encode_cursor(last["started_at"].isoformat(), last["_id"])
+    if more and last is not None:
+        next_cursor = cursor_of(last, "started_at")
     return CallPage(items=items, next_cursor=next_cursor)
 
 

@@ -24,8 +24,8 @@ from crm_store.store import Document
 from inbox import access
 from inbox.api import Call, route
 from inbox.auth import ApiError
-from inbox.conversations_api import decode_cursor, encode_cursor
 from inbox.entities_api import Deleted
+from inbox.paging import cursor_of, older_than
 from inbox.views import ContactView, EntityView
 from routing.identity import normalize_email, normalize_phone
 
@@ -108,19 +108,7 @@ async def list_contacts(call: Call) -> ContactPage:
             {"responsible_id": call.principal.user.id if q.responsible == "me" else q.responsible}
         )
     if q.cursor:
-        at_raw, cid = decode_cursor(q.cursor)
-        try:
-            at = datetime.fromisoformat(str(at_raw))
-        except ValueError:
-            raise ApiError(
-                422,
-                "invalid_request",
-                "cursor is not one this API gave",
-                errors=[{"in": "query", "field": "cursor", "message": "unknown cursor"}],
-            ) from None
-        parts.append(
-            {"$or": [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": cid}}]}
-        )
+        parts.append(older_than(q.cursor, "created_at"))
     docs = [
         d
         async for d in call.svc.store.contacts.find(
@@ -131,10 +119,7 @@ async def list_contacts(call: Call) -> ContactPage:
     ]
     more = len(docs) > q.limit
     docs = docs[: q.limit]
-    cursor = None
-    if more and docs:
-        at = docs[-1].get("created_at") or datetime(1970, 1, 1, tzinfo=UTC)
-        cursor = encode_cursor(at.isoformat(), docs[-1]["_id"])
+    cursor = cursor_of(docs[-1], "created_at") if more and docs else None
     return ContactPage(items=[ContactView.of(d) for d in docs], next_cursor=cursor)
 
 

@@ -14,13 +14,10 @@ Only conversations of the departments the caller sees exist for them (404 otherw
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from datetime import UTC, datetime
 from typing import Literal
 
-import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from crm_store import conversations as convs
@@ -28,6 +25,7 @@ from crm_store.store import Document
 from inbox import access
 from inbox.api import Call, route
 from inbox.auth import ApiError
+from inbox.paging import decode_cursor, encode_cursor
 from inbox.views import ContactView, ConversationView, EntityView, MessageView
 from ingest.context import Service
 
@@ -97,25 +95,6 @@ class SnoozeBody(BaseModel):
 
 def view(doc: Document, now: datetime | None = None) -> ConversationView:
     return ConversationView.of({**doc, "status": convs.effective_status(doc, now)})
-
-
-def encode_cursor(*parts: object) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(parts)).decode().rstrip("=")
-
-
-def decode_cursor(raw: str) -> list[object]:
-    try:
-        parts = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (binascii.Error, ValueError, orjson.JSONDecodeError):
-        parts = None
-    if not isinstance(parts, list) or len(parts) != 2:
-        raise ApiError(
-            422,
-            "invalid_request",
-            "cursor is not one this API gave",
-            errors=[{"in": "query", "field": "cursor", "message": "unknown cursor"}],
-        )
-    return parts
 
 
 def _after_cursor(raw: str) -> Document:

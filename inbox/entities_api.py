@@ -28,7 +28,7 @@ from crm_store.store import Document
 from inbox import access
 from inbox.api import Call, route
 from inbox.auth import ApiError
-from inbox.conversations_api import decode_cursor, encode_cursor
+from inbox.paging import cursor_of, older_than
 from inbox.views import ContactView, EntityView
 
 Kind = Literal["lead", "deal"]
@@ -161,19 +161,7 @@ async def _list(call: Call, kind: Kind) -> EntityPage:
     if q.open is not None:
         parts.append({"open": q.open})
     if q.cursor:
-        at_raw, eid = decode_cursor(q.cursor)
-        try:
-            at = datetime.fromisoformat(str(at_raw))
-        except ValueError:
-            raise ApiError(
-                422,
-                "invalid_request",
-                "cursor is not one this API gave",
-                errors=[{"in": "query", "field": "cursor", "message": "unknown cursor"}],
-            ) from None
-        parts.append(
-            {"$or": [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": eid}}]}
-        )
+        parts.append(older_than(q.cursor, "created_at"))
     query = {"$and": [p for p in parts if p]}
     docs = [
         d
@@ -183,9 +171,7 @@ async def _list(call: Call, kind: Kind) -> EntityPage:
     ]
     more = len(docs) > q.limit
     docs = docs[: q.limit]
-    cursor = None
-    if more and docs and docs[-1].get("created_at"):
-        cursor = encode_cursor(docs[-1]["created_at"].isoformat(), docs[-1]["_id"])
+    cursor = cursor_of(docs[-1], "created_at") if more and docs else None
     return EntityPage(items=[EntityView.of_kind(kind, d) for d in docs], next_cursor=cursor)
 
 

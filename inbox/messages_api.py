@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from datetime import datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -33,12 +32,8 @@ from crm_store.store import Document
 from inbox import access
 from inbox.api import Call, route
 from inbox.auth import ApiError
-from inbox.conversations_api import (
-    decode_cursor,
-    encode_cursor,
-    view,
-    visible_conversation,
-)
+from inbox.conversations_api import view, visible_conversation
+from inbox.paging import cursor_of, older_than
 from inbox.replies import ReplyError, reply
 from inbox.views import ConversationView, MessageView
 from ingest.context import SERVICE, Service
@@ -118,20 +113,6 @@ async def _with_calls(svc: Service, docs: list[Document]) -> list[MessageView]:
     return out
 
 
-def _before(raw: str) -> Document:
-    at_raw, mid = decode_cursor(raw)
-    try:
-        at = datetime.fromisoformat(str(at_raw))
-    except ValueError:
-        raise ApiError(
-            422,
-            "invalid_request",
-            "before is not a cursor this API gave",
-            errors=[{"in": "query", "field": "before", "message": "unknown cursor"}],
-        ) from None
-    return {"$or": [{"received_at": {"$lt": at}}, {"received_at": at, "_id": {"$lt": mid}}]}
-
-
 @route(
     "GET",
     "/api/v1/conversations/{id}/messages",
@@ -146,7 +127,7 @@ async def list_messages(call: Call) -> MessagePage:
     conv = await visible_conversation(call)
     query: Document = {"conversation_id": conv["_id"]}
     if q.before:
-        query = {"$and": [query, _before(q.before)]}
+        query = {"$and": [query, older_than(q.before, "received_at", "before")]}
     docs = [
         d
         async for d in call.svc.store.messages.find(
@@ -158,9 +139,7 @@ async def list_messages(call: Call) -> MessagePage:
     ]
     more = len(docs) > q.limit
     docs = docs[: q.limit]
-    cursor = None
-    if more and docs and docs[-1].get("received_at"):
-        cursor = encode_cursor(docs[-1]["received_at"].isoformat(), docs[-1]["_id"])
+    cursor = cursor_of(docs[-1], "received_at") if more and docs else None
     return MessagePage(items=await _with_calls(call.svc, list(reversed(docs))), next_cursor=cursor)
 
 
