@@ -60,6 +60,18 @@ def _refs(conv: Document) -> dict[str, str | None]:
     return refs
 
 
+async def _announce(
+    store: Store, type_: str, conv: Document, data: Document, message_id: str | None = None
+) -> None:
+    """Append one event about ``conv`` (and one of its messages). An event about a message
+    is keyed by it (announcing it again is a no-op); any other is a new event each time."""
+    refs = _refs(conv)
+    if message_id is not None:
+        refs["message_id"] = message_id
+    key = [message_id] if message_id is not None else [conv["_id"], uuid.uuid4().hex]
+    await append(store, [event(type_, refs, data, key=key)])
+
+
 async def _changed(
     store: Store, conv_id: str, expect: Document, change: Document
 ) -> Document | None:
@@ -95,8 +107,7 @@ async def assign(
             "department": doc.get("department"),
             "by": by,
         }
-        key = [doc["_id"], uuid.uuid4().hex]
-        await append(store, [event("conversation.assigned", _refs(doc), data, key=key)])
+        await _announce(store, "conversation.assigned", doc, data)
     return doc
 
 
@@ -128,8 +139,7 @@ async def set_status(
             "department": doc.get("department"),
             "by": by,
         }
-        key = [doc["_id"], uuid.uuid4().hex]
-        await append(store, [event(kind, _refs(doc), data, key=key)])
+        await _announce(store, kind, doc, data)
     return doc
 
 
@@ -142,8 +152,7 @@ async def mark_read(store: Store, conv: Document, by: str) -> Document:
         {"_id": conv["_id"]}, {"$set": {"unread": 0, "read_at": now, "read_by": by}}
     )
     data = {"department": conv.get("department"), "by": by}
-    key = [conv["_id"], uuid.uuid4().hex]
-    await append(store, [event("conversation.read", _refs(conv), data, key=key)])
+    await _announce(store, "conversation.read", conv, data)
     return {**conv, "unread": 0, "read_at": now, "read_by": by}
 
 
@@ -166,8 +175,7 @@ async def add_note(store: Store, conv: Document, text: str, by: str) -> Document
     await store.messages.insert_one(doc)
     await store.conversations.update_one({"_id": conv["_id"]}, {"$set": {"updated_at": now}})
     data = {"channel": conv["channel"], "author_id": by, "department": conv.get("department")}
-    refs = {**_refs(conv), "message_id": doc["_id"]}
-    await append(store, [event("message.note_added", refs, data, key=[doc["_id"]])])
+    await _announce(store, "message.note_added", conv, data, doc["_id"])
     return doc
 
 
@@ -178,5 +186,4 @@ async def queued(store: Store, conv: Document, message: Document) -> None:
         "author_id": message.get("author_id"),
         "department": conv.get("department"),
     }
-    refs = {**_refs(conv), "message_id": message["_id"]}
-    await append(store, [event("message.queued", refs, data, key=[message["_id"]])])
+    await _announce(store, "message.queued", conv, data, message["_id"])

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pymongo import ASCENDING
 
 from crm_store.events import FILLER
+from crm_store.routing_store import find_in
 from crm_store.store import Document, Store
 
 GAP_GRACE_S = 10.0
@@ -97,9 +98,8 @@ async def responsible_departments(
                 ids[coll].add(refs[key])
     owner: dict[str, str | None] = {}
     for coll, wanted in ids.items():
-        if wanted:
-            async for d in store[coll].find({"_id": {"$in": list(wanted)}}, {"responsible_id": 1}):
-                owner[d["_id"]] = d.get("responsible_id")
+        for d in await find_in(store[coll], "_id", wanted, {"responsible_id": 1}):
+            owner[d["_id"]] = d.get("responsible_id")
     result: dict[str, set[str]] = {}
     for e in events:
         refs = e.get("refs", {})

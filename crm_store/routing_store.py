@@ -44,7 +44,7 @@ class ContactState:
         self.created_by.update(other.created_by)
 
 
-async def _find_in(
+async def find_in(
     coll: Collection,
     field: str,
     values: Iterable[Any],
@@ -70,7 +70,7 @@ async def _first_of(coll: Collection, *queries: Document) -> Document | None:
 
 
 async def load_conversations(store: Store, ids: Iterable[str]) -> dict[str, ConversationDoc]:
-    docs = await _find_in(store.conversations, "_id", set(ids))
+    docs = await find_in(store.conversations, "_id", set(ids))
     return {d["_id"]: ConversationDoc.model_validate(d) for d in docs}
 
 
@@ -81,7 +81,7 @@ async def conversations_of(
     provider id): how a reply finds its thread."""
     out: dict[tuple[str, str, str], str] = {}
     for (channel, account), ids in wanted.items():
-        docs = await _find_in(
+        docs = await find_in(
             store.messages,
             "provider_id",
             sorted(ids),
@@ -100,7 +100,7 @@ async def mark_failing_addresses(store: Store, addresses: Sequence[str]) -> list
     keys = [f"email:{a}" for a in addresses]
     hits: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for c in await _find_in(store.contacts, "identities", keys, {"identities": 1}):
+    for c in await find_in(store.contacts, "identities", keys, {"identities": 1}):
         if c["_id"] not in seen:
             seen.add(c["_id"])
             hits += [(c["_id"], a) for a in addresses if f"email:{a}" in c["identities"]]
@@ -114,9 +114,9 @@ async def load_contacts(
 ) -> list[ContactDoc]:
     """The contacts holding any of ``identities`` or having any of ``ids`` (each once)."""
     found: dict[str, Document] = {}
-    for d in await _find_in(store.contacts, "identities", set(identities)):
+    for d in await find_in(store.contacts, "identities", set(identities)):
         found.setdefault(d["_id"], d)
-    for d in await _find_in(store.contacts, "_id", set(ids) - found.keys()):
+    for d in await find_in(store.contacts, "_id", set(ids) - found.keys()):
         found.setdefault(d["_id"], d)
     return [ContactDoc.model_validate(d) for d in found.values()]
 
@@ -126,7 +126,7 @@ async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> Contac
     state = ContactState()
     if not ids:
         return state
-    deal_docs = await _find_in(store.deals, "contact_id", ids)
+    deal_docs = await find_in(store.deals, "contact_id", ids)
     # The most recently active first (the active deal is the latest open one), across
     # the chunks as within one query.
     deal_docs.sort(key=lambda d: d.get("last_activity_at") or _EPOCH, reverse=True)
@@ -137,7 +137,7 @@ async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> Contac
             state.active_deal[deal.contact_id] = deal
         if deal.origin_intake_id:
             state.created_by[deal.origin_intake_id] = deal
-    for d in await _find_in(store.leads, "contact_id", ids):
+    for d in await find_in(store.leads, "contact_id", ids):
         lead = LeadDoc.model_validate(d)
         state.history.add(lead.contact_id)
         if lead.open:
@@ -217,7 +217,7 @@ async def reserve_sequence(store: Store, count: int) -> int:
 
 
 async def existing_ids(store: Store, collection: str, ids: Sequence[str]) -> set[str]:
-    return {d["_id"] for d in await _find_in(store[collection], "_id", ids, {"_id": 1})}
+    return {d["_id"] for d in await find_in(store[collection], "_id", ids, {"_id": 1})}
 
 
 async def insert_new(store: Store, collection: str, docs: Sequence[Document]) -> set[str]:

@@ -147,7 +147,7 @@ def route(
     return deco
 
 
-def _field_errors(where: str, exc: ValidationError) -> list[dict[str, Any]]:
+def field_errors(where: str, exc: ValidationError) -> list[dict[str, Any]]:
     return [
         {
             "in": where,
@@ -159,7 +159,7 @@ def _field_errors(where: str, exc: ValidationError) -> list[dict[str, Any]]:
 
 
 def _invalid(where: str, exc: ValidationError) -> web.Response:
-    errors = _field_errors(where, exc)
+    errors = field_errors(where, exc)
     fields = ", ".join(dict.fromkeys(str(e["field"]) for e in errors))
     return problem(
         422, "invalid_request", f"the request {where} does not validate: {fields}", errors=errors

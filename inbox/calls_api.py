@@ -24,7 +24,6 @@ from channels.calls import ClickToCall, user_login
 from config.loader import resolve_secret
 from config.models import ChannelAccount, Role, User
 from inbox.auth import ApiError, Principal
-from inbox.events_api import endpoint
 from ingest.context import Service, json_response
 from routing.identity import normalize_phone
 
@@ -85,7 +84,6 @@ async def _body(request: web.Request) -> object:
         raise ApiError(400, "invalid_json", "the body is not JSON") from None
 
 
-@endpoint
 async def create_call(request: web.Request, svc: Service, principal: Principal) -> web.Response:
     req = CallRequest.model_validate(await _body(request))
     user = _user(svc, principal, req.user_id)

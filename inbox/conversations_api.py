@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from crm_store import conversations as convs
+from crm_store.routing_store import find_in
 from crm_store.store import Document
 from inbox import access
 from inbox.api import Call, route
@@ -185,12 +186,9 @@ async def _filter(call: Call, q: ConversationQuery) -> Document:
 
 
 async def _items(svc: Service, docs: list[Document]) -> list[ConversationItem]:
-    contact_ids = sorted({d["contact_id"] for d in docs if d.get("contact_id")})
-    names: dict[str, str | None] = {}
-    for cid in contact_ids:  # point reads: cheap on every store
-        c = await svc.store.contacts.find_one({"_id": cid}, {"name": 1})
-        if c is not None:
-            names[cid] = c.get("name")
+    contact_ids = {d["contact_id"] for d in docs if d.get("contact_id")}
+    found = await find_in(svc.store.contacts, "_id", contact_ids, {"name": 1})
+    names: dict[str, str | None] = {c["_id"]: c.get("name") for c in found}
     now = datetime.now(UTC)
     items = []
     for d in docs:

@@ -21,16 +21,13 @@ from inbox.event_catalogue import Envelope
 from ingest.context import Service
 
 Legacy = Callable[[web.Request, Service, Principal], Awaitable[web.Response]]
-Decorated = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def _declare(method: str, path: str, decorated: Decorated, **kwargs: Any) -> None:
-    legacy: Legacy = decorated.__wrapped__  # type: ignore[attr-defined]
-
+def _declare(method: str, path: str, legacy: Legacy, **kwargs: Any) -> None:
     async def handler(call: Call) -> web.StreamResponse:
         return await legacy(call.request, call.svc, call.principal)
 
-    handler.__name__ = decorated.__name__
+    handler.__name__ = legacy.__name__
     handler.__doc__ = None
     route(method, path, **kwargs)(handler)
 

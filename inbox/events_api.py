@@ -4,50 +4,29 @@
   what the caller may see; ``wait`` long-polls up to 30 s for the first event.
 - ``/api/v1/subscriptions`` — push subscriptions (admin): create, list, get, delete; their
   deliveries (``?status=dead`` for the dead letters); replay a range; replay one delivery.
+
+Routed, authenticated and documented by inbox/declared.py (the caller is passed in).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from crm_store import feed
 from crm_store import subscriptions as subs
 from crm_store.store import Document
-from inbox.auth import ApiError, Principal, authenticate, require_admin
+from inbox.auth import ApiError, Principal, require_admin
 from inbox.event_catalogue import EVENT_TYPES
-from ingest.context import SERVICE, Service, json_response, problem
+from ingest.context import Service, json_response
 
-Handler = Callable[[web.Request, Service, Principal], Awaitable[web.Response]]
 MAX_WAIT_S = 30.0
 MAX_LIMIT = 1000
-
-
-def endpoint(fn: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """Authenticate, then run ``fn``; every refusal becomes problem+json."""
-
-    async def handler(request: web.Request) -> web.Response:
-        svc = request.app[SERVICE]
-        try:
-            principal = await authenticate(request, svc.store, svc.config)
-            return await fn(request, svc, principal)
-        except ApiError as exc:
-            return problem(exc.status, exc.code, exc.detail)
-        except ValidationError as exc:
-            errors = [
-                {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
-                for e in exc.errors(include_url=False, include_input=False)
-            ]
-            return problem(422, "invalid_request", "the request does not validate", errors=errors)
-
-    handler.__wrapped__ = fn  # type: ignore[attr-defined]  # inbox/declared.py calls it
-    return handler
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -81,7 +60,6 @@ async def _visible(svc: Service, principal: Principal, events: list[Document]) -
     return [e for e in events if depts[e["_id"]] & principal.departments]
 
 
-@endpoint
 async def list_events(request: web.Request, svc: Service, principal: Principal) -> web.Response:
     after = _int(request, "after", 0, 0, 2**62)
     limit = _int(request, "limit", 100, 1, MAX_LIMIT)
@@ -167,7 +145,6 @@ async def _sub(svc: Service, sub_id: str) -> Document:
     return sub
 
 
-@endpoint
 async def create_subscription(
     request: web.Request, svc: Service, principal: Principal
 ) -> web.Response:
@@ -184,7 +161,6 @@ async def create_subscription(
     return json_response(public(sub, with_secret=True), status=201)
 
 
-@endpoint
 async def list_subscriptions(
     request: web.Request, svc: Service, principal: Principal
 ) -> web.Response:
@@ -192,7 +168,6 @@ async def list_subscriptions(
     return json_response({"subscriptions": [public(s) for s in await subs.list_all(svc.store)]})
 
 
-@endpoint
 async def get_subscription(
     request: web.Request, svc: Service, principal: Principal
 ) -> web.Response:
@@ -200,7 +175,6 @@ async def get_subscription(
     return json_response(public(await _sub(svc, request.match_info["id"])))
 
 
-@endpoint
 async def delete_subscription(
     request: web.Request, svc: Service, principal: Principal
 ) -> web.Response:
@@ -210,7 +184,6 @@ async def delete_subscription(
     return web.Response(status=204)
 
 
-@endpoint
 async def list_deliveries(request: web.Request, svc: Service, principal: Principal) -> web.Response:
     require_admin(principal)
     sub = await _sub(svc, request.match_info["id"])
@@ -224,7 +197,6 @@ async def list_deliveries(request: web.Request, svc: Service, principal: Princip
     return json_response({"deliveries": rows})
 
 
-@endpoint
 async def replay_range(request: web.Request, svc: Service, principal: Principal) -> web.Response:
     require_admin(principal)
     sub = await _sub(svc, request.match_info["id"])
@@ -235,7 +207,6 @@ async def replay_range(request: web.Request, svc: Service, principal: Principal)
     return json_response(public(replay), status=202)
 
 
-@endpoint
 async def replay_delivery(request: web.Request, svc: Service, principal: Principal) -> web.Response:
     require_admin(principal)
     delivery = await subs.get_delivery(svc.store, request.match_info["id"])

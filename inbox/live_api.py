@@ -40,6 +40,7 @@ from pymongo import DESCENDING
 from pymongo.errors import PyMongoError
 
 from crm_store import feed
+from crm_store.routing_store import find_in
 from crm_store.store import Document
 from inbox.api import Call, route
 from inbox.auth import ApiError, Principal, authenticate, principal_for_token
@@ -100,11 +101,8 @@ async def facts_for(svc: Service, events: list[Document]) -> Facts:
     conv_ids = {
         e["refs"]["conversation_id"] for e in events if e.get("refs", {}).get("conversation_id")
     }
-    departments: dict[str, str | None] = {}
-    for cid in conv_ids:  # point reads: cheap on every store
-        doc = await svc.store.conversations.find_one({"_id": cid}, {"department": 1})
-        if doc is not None:
-            departments[cid] = doc.get("department")
+    found = await find_in(svc.store.conversations, "_id", conv_ids, {"department": 1})
+    departments: dict[str, str | None] = {d["_id"]: d.get("department") for d in found}
     user_department = {u.id: u.department for u in svc.config.users.users}
     rest = [e for e in events if e.get("refs", {}).get("conversation_id") not in departments]
     entity = await feed.responsible_departments(svc.store, rest, user_department) if rest else {}

@@ -333,13 +333,12 @@ async def _may_read(call: Call, meta: Document) -> bool:
     return False
 
 
-async def _file_response(svc: Service, file_id: str, call: Call | None = None) -> web.Response:
-    meta = await svc.store["files"].find_one({"_id": file_id})
-    visible = meta is not None and (call is None or await _may_read(call, meta))
-    data = await files.read(svc.store, file_id) if meta is not None and visible else None
-    if meta is None or data is None:
-        raise ApiError(404, "not_found", f"no stored file {file_id}")
-    name = str(meta.get("name") or file_id).replace('"', "")
+async def _file_response(svc: Service, meta: Document) -> web.Response:
+    """The bytes of the file ``meta`` describes; 404 when they are not stored."""
+    data = await files.read(svc.store, meta["_id"])
+    if data is None:
+        raise ApiError(404, "not_found", f"no stored file {meta['_id']}")
+    name = str(meta.get("name") or meta["_id"]).replace('"', "")
     return web.Response(
         body=data,
         content_type=str(meta.get("mime_type") or "application/octet-stream"),
@@ -356,7 +355,11 @@ async def _file_response(svc: Service, file_id: str, call: Call | None = None) -
     errors=(404,),
 )
 async def download_file(call: Call) -> web.StreamResponse:
-    return await _file_response(call.svc, call.path("id"), call)
+    file_id = call.path("id")
+    meta = await call.svc.store["files"].find_one({"_id": file_id})
+    if meta is None or not await _may_read(call, meta):
+        raise ApiError(404, "not_found", f"no stored file {file_id}")
+    return await _file_response(call.svc, meta)
 
 
 async def public_file(request: web.Request) -> web.StreamResponse:
@@ -364,10 +367,10 @@ async def public_file(request: web.Request) -> web.StreamResponse:
     svc = request.app[SERVICE]
     meta = await svc.store["files"].find_one({"_id": request.match_info["id"]})
     key = (meta or {}).get("origin", {}).get("key")
-    if not key or not secrets.compare_digest(str(key), request.match_info["key"]):
+    if meta is None or not key or not secrets.compare_digest(str(key), request.match_info["key"]):
         raise web.HTTPNotFound()
     try:
-        return await _file_response(svc, request.match_info["id"])
+        return await _file_response(svc, meta)
     except ApiError:
         raise web.HTTPNotFound() from None
 

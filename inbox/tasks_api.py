@@ -19,7 +19,6 @@ from aiohttp import web
 from crm_store import notifications, tasks
 from crm_store.store import Document
 from inbox.auth import ApiError, Principal
-from inbox.events_api import endpoint
 from ingest.context import Service, json_response
 
 MAX_LIMIT = 500
@@ -77,7 +76,6 @@ def _may_see_user(svc: Service, principal: Principal, user_id: str | None) -> bo
     return user is not None and principal.sees_department(user.department)
 
 
-@endpoint
 async def list_tasks(request: web.Request, svc: Service, principal: Principal) -> web.Response:
     status = request.query.get("status")
     if status not in (None, tasks.OPEN, tasks.DONE):
@@ -104,7 +102,6 @@ async def _task_for(svc: Service, principal: Principal, task_id: str) -> Documen
     return doc
 
 
-@endpoint
 async def complete_task(request: web.Request, svc: Service, principal: Principal) -> web.Response:
     await _task_for(svc, principal, request.match_info["id"])
     doc, _ = await tasks.complete(svc.store, request.match_info["id"], by=principal.user.id)
@@ -112,7 +109,6 @@ async def complete_task(request: web.Request, svc: Service, principal: Principal
     return json_response(task_view(doc))
 
 
-@endpoint
 async def reopen_task(request: web.Request, svc: Service, principal: Principal) -> web.Response:
     await _task_for(svc, principal, request.match_info["id"])
     doc, _ = await tasks.reopen(svc.store, request.match_info["id"], by=principal.user.id)
@@ -120,7 +116,6 @@ async def reopen_task(request: web.Request, svc: Service, principal: Principal) 
     return json_response(task_view(doc))
 
 
-@endpoint
 async def list_notifications(
     request: web.Request, svc: Service, principal: Principal
 ) -> web.Response:
@@ -130,7 +125,6 @@ async def list_notifications(
     return json_response({"notifications": [notification_view(n) for n in found]})
 
 
-@endpoint
 async def read_notification(
     request: web.Request, svc: Service, principal: Principal
 ) -> web.Response:

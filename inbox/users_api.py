@@ -23,7 +23,7 @@ from config.models import Role, User
 from crm_store import tokens
 from crm_store import users as user_store
 from inbox import access
-from inbox.api import Call, route
+from inbox.api import Call, field_errors, route
 from inbox.auth import ApiError, require_admin
 from ingest.context import SERVICE
 
@@ -147,10 +147,7 @@ def _checked(call: Call, values: dict[str, object]) -> User:
     try:
         return User.model_validate(values)
     except ValidationError as exc:
-        errors = [
-            {"in": "body", "field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
+        errors = field_errors("body", exc)
         raise ApiError(
             422, "invalid_request", "the user does not validate", errors=errors
         ) from None
