@@ -38,9 +38,11 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +129,8 @@ class Options:
     cache_size: str
     quick: bool
     out: Path
+    seed_cache: Path | None = None
+    seed_only: bool = False
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -170,8 +174,21 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="the store's WiredTiger cache (default %(default)s; omniroute's embedded default "
         "is 256M, with which seeding stalled at ~270,000 documents)",
     )
+    p.add_argument(
+        "--seed-cache",
+        type=Path,
+        help="keep a copy of the store right after seeding each size in this directory and "
+        "start from it next time (seeding 1M people takes the best part of an hour)",
+    )
+    p.add_argument(
+        "--seed-only",
+        action="store_true",
+        help="seed the sizes (into --seed-cache) and stop: no phases",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file")
     a = p.parse_args(argv)
+    if a.seed_only and a.seed_cache is None:
+        raise SystemExit("--seed-only needs --seed-cache")
     quick = bool(a.quick)
     sizes = tuple(
         int(s) for s in (a.sizes or ("10000,100000" if quick else "10000,1000000")).split(",")
@@ -194,6 +211,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         cache_size=a.cache_size,
         quick=quick,
         out=a.out,
+        seed_cache=a.seed_cache,
+        seed_only=bool(a.seed_only),
     )
 
 
@@ -334,6 +353,44 @@ async def scrape(children: Sequence[Child]) -> tuple[Counter[str], int]:
                 elif line.startswith("omniroute_routing_failures_total "):
                     failures += int(float(line.split()[1]))
     return rules, failures
+
+
+# Where an acknowledgement's time goes, from the services' own histograms (ingest/metrics.py).
+HISTOGRAMS = (
+    "omniroute_webhook_seconds",
+    "omniroute_intake_write_seconds",
+    "omniroute_event_loop_lag_seconds",
+)
+_BUCKET = re.compile(r'^(omniroute_[a-z_]+)_bucket\{(?:[^}]*,)?le="([^"]+)"[^}]*\} ([0-9.e+]+)$')
+
+
+async def histograms(children: Sequence[Child]) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts of :data:`HISTOGRAMS`, summed over labels and processes."""
+    out: dict[str, dict[float, float]] = {name: {} for name in HISTOGRAMS}
+    async with aiohttp.ClientSession() as http:
+        for c in children:
+            async with http.get(f"{c.base}/metrics") as r:
+                text = await r.text()
+            for line in text.splitlines():
+                if (m := _BUCKET.match(line)) and m.group(1) in out:
+                    le = float("inf") if m.group(2) == "+Inf" else float(m.group(2))
+                    bucket = out[m.group(1)]
+                    bucket[le] = bucket.get(le, 0.0) + float(m.group(3))
+    return out
+
+
+def bucket_quantiles(
+    before: dict[float, float], after: dict[float, float]
+) -> dict[str, float | None]:
+    """Upper bounds (ms) of p50/p95/p99 of what was observed between two scrapes: the
+    smallest bucket bound holding that share of the observations."""
+    delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = delta[-1][1] if delta else 0.0
+    out: dict[str, float | None] = {"count": total}
+    for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        bound = next((le for le, cum in delta if total and cum >= q * total), None)
+        out[f"{name}_le_ms"] = None if bound is None or bound == float("inf") else bound * 1000
+    return out
 
 
 # --------------------------------------------------------------------------- load generator
@@ -493,6 +550,7 @@ class Run:
         self, name: str, requests: list[Request], *, rate: float | None = None
     ) -> tuple[dict[str, Any], list[int]]:
         rules0, _ = await scrape(self.children)
+        hist0 = await histograms(self.children)
         t_before = time.time()
         commands0, written0 = self.counts(t_before)
         cpu0 = self.cpu()
@@ -507,6 +565,7 @@ class Run:
         wall = time.monotonic() - wall0
         cpu1 = self.cpu()
         rules1, _ = await scrape(self.children)
+        hist1 = await histograms(self.children)
         await asyncio.sleep(0.6)  # the routed batches' last commands are in the next dump
         commands1, written1 = self.counts(time.time())
         # intake records of this phase: received_at is indexed.
@@ -559,6 +618,30 @@ class Run:
                 for ch in sorted({requests[i].channel for i in ok})
             },
             "intake_to_routed_ms": pcts(lat),
+            # In the services (bucket upper bounds): the handler, its durable writes, and
+            # the event loop's lateness during the phase. Client ack − handler time ≈ time
+            # queued before the handler ran (the loop, the socket).
+            "in_service": {
+                name.removeprefix("omniroute_").removesuffix("_seconds"): bucket_quantiles(
+                    hist0[name], hist1[name]
+                )
+                for name in HISTOGRAMS
+            },
+            "refused": {
+                "requests": kinds.get("invalid", 0),
+                "statuses": dict(
+                    sorted(
+                        Counter(
+                            str(s)
+                            for r, s in zip(requests, res.statuses, strict=True)
+                            if r.kind == "invalid"
+                        ).items()
+                    )
+                ),
+                "answer_ms": pcts(
+                    [res.latencies[i] for i, r in enumerate(requests) if r.kind == "invalid"]
+                ),
+            },
             "round_trips_per_msg": round(round_trips / max(1, denominator), 2),
             "round_trips_per_msg_by_origin": {
                 who: round(by_origin[who] / max(1, denominator), 2) for who in sorted(by_origin)
@@ -590,8 +673,16 @@ class Run:
 
 async def check(store: Store, sent: list[tuple[Request, int]]) -> dict[str, Any]:
     """Everything acknowledged is routed and stored once; each new sender one lead."""
-    acked = {r.intake_id for r, s in sent if s == 200 and r.intake_id}
-    refused = {r.intake_id for r, s in sent if s != 200 and r.intake_id} - acked
+    valid = [(r, s) for r, s in sent if r.kind != "invalid"]
+    acked = {r.intake_id for r, s in valid if s == 200 and r.intake_id}
+    refused = {r.intake_id for r, s in valid if s != 200 and r.intake_id} - acked
+    invalid = [(r, s) for r, s in sent if r.kind == "invalid"]
+    invalid_accepted = [f"{r.channel} {r.path} {s}" for r, s in invalid if not 400 <= s < 500]
+    invalid_stored = [
+        r.intake_id
+        for r, _ in invalid
+        if r.intake_id and await store.intake.find_one({"_id": r.intake_id}, {"_id": 1})
+    ]
     sem = asyncio.Semaphore(16)
     missing_msg: list[str] = []
     not_routed: list[str] = []
@@ -633,11 +724,22 @@ async def check(store: Store, sent: list[tuple[Request, int]]) -> dict[str, Any]
             {"status": {"$in": ["pending", "failed"]}}, {"raw": 0, "message": 0}, limit=5
         )
     ]
-    ok = not (missing_msg or not_routed or bad_leads or pending or failed)
+    ok = not (
+        missing_msg
+        or not_routed
+        or bad_leads
+        or pending
+        or failed
+        or invalid_accepted
+        or invalid_stored
+    )
     return {
         "ok": ok,
         "acknowledged": len(acked),
         "refused_not_retried": len(refused),
+        "invalid_requests": len(invalid),
+        "invalid_not_refused_4xx": invalid_accepted[:10],
+        "invalid_stored": invalid_stored[:10],
         "not_routed": len(not_routed),
         "messages_missing": len(missing_msg),
         "new_senders": len(new_people),
@@ -728,6 +830,59 @@ async def raw_inserts(
     }
 
 
+# A snapshot of the store right after seeding a size (``--seed-cache``): the store's files,
+# copied while it is stopped, and what the generator had used before it. The key changes
+# with anything the seed is made of (payloads.py, the shipped configuration).
+SNAPSHOT_META = "snapshot.json"
+# Headroom left for the people and provider ids one run uses after a snapshot.
+NEW_BASE_STEP = 20_000_000
+
+
+def seed_cache_key(size: int, messages: bool) -> str:
+    h = hashlib.sha256()
+    for f in (Path(payloads.__file__), *sorted(Path(DEFAULT_CONFIG_DIR).glob("*.yaml"))):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return f"{size}-{'messages' if messages else 'no-messages'}-{h.hexdigest()[:12]}"
+
+
+async def save_snapshot(embedded: EmbeddedStore, where: Path, gen: MixGenerator) -> None:
+    assert embedded.storage_path is not None
+    await embedded.stop()
+    try:
+        part = where.with_name(where.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        await asyncio.to_thread(shutil.copytree, embedded.storage_path, part / "store")
+        # People and provider ids the run used before this point live in the snapshot: a
+        # run that starts from it takes the next range.
+        meta = {"new_base": gen.new_base, "saved_at": datetime.now(UTC).isoformat()}
+        (part / SNAPSHOT_META).write_bytes(orjson.dumps(meta))
+        shutil.rmtree(where, ignore_errors=True)
+        part.rename(where)
+    finally:
+        await embedded.start()
+
+
+async def restore_snapshot(
+    embedded: EmbeddedStore, where: Path, gen: MixGenerator
+) -> dict[str, Any]:
+    assert embedded.storage_path is not None
+    meta = orjson.loads((where / SNAPSHOT_META).read_bytes())
+    t0 = time.monotonic()
+    await embedded.stop()
+    shutil.rmtree(embedded.storage_path)
+    await asyncio.to_thread(shutil.copytree, where / "store", embedded.storage_path)
+    await embedded.start(timeout=300)
+    gen.new_base = max(gen.new_base, int(meta["new_base"]) + NEW_BASE_STEP)
+    if gen.new_base + NEW_BASE_STEP > 1_000_000_000:
+        raise SystemExit(f"{where}: too many runs on this snapshot's id range; remove it")
+    return {
+        "from_snapshot": str(where),
+        "documents": None,
+        "seconds": round(time.monotonic() - t0, 1),
+        "docs_per_s": None,
+    }
+
+
 # --------------------------------------------------------------------------- profiling
 
 
@@ -772,6 +927,23 @@ def profiling(where: Path | None, pids: dict[str, int | None]) -> Any:
 
 
 # --------------------------------------------------------------------------- one configuration
+
+
+# In the bad-traffic phase, one request in BAD_EVERY is one that must be refused.
+BAD_EVERY = 5
+BAD_KINDS = ("oversize", "malformed", "badsig", "badsig")
+
+
+def with_invalid(reqs: list[Request], every: int) -> list[Request]:
+    """``reqs`` with a refused request after each ``every - 1`` of them (oversize,
+    malformed and wrongly signed in turn, over every kind of authentication)."""
+    out: list[Request] = []
+    for i, r in enumerate(reqs):
+        out.append(r)
+        if (i + 1) % (every - 1) == 0:
+            n = len(out)
+            out.append(payloads.invalid(BAD_KINDS[n % len(BAD_KINDS)], n))
+    return out
 
 
 async def run_phase(
@@ -832,6 +1004,14 @@ async def configuration(
         pids = {f"service-p{processes}": children[0].popen.pid, f"store-p{processes}": embedded.pid}
         with profiling(opts.profile if profile else None, pids):
             phases["max"] = await run_phase(run, "max", reqs, sent)
+        # The same mix with refused requests interleaved: valid traffic should lose no
+        # more than the refusals' own cost.
+        reqs = with_invalid(gen.requests(opts.max_messages), BAD_EVERY)
+        progress(
+            f"{label} max rate with bad requests: {len(reqs)} requests "
+            f"(1 in {BAD_EVERY} oversize / malformed / wrongly signed) at C={opts.concurrency}"
+        )
+        phases["max_bad"] = await run_phase(run, "max_bad", reqs, sent)
         max_rate = float(phases["max"]["routed_per_s"])
         rate = 0.5 * max_rate
         basis = "0.5 × this configuration's max"
@@ -894,12 +1074,39 @@ async def run_all(opts: Options, progress: Callable[[str], None]) -> dict[str, A
                 half_rates: dict[int, float] = {}
                 profiled = False
                 for size in opts.sizes:
-                    progress(f"size {size:,}: seeding {size - seeded:,} people …")
-                    seeding = await seed(
-                        store, config, seeded, size, opts.seed_batch, opts.seed_messages, progress
+                    cached = (
+                        opts.seed_cache / seed_cache_key(size, opts.seed_messages)
+                        if opts.seed_cache is not None
+                        else None
                     )
+                    await store.close()
+                    if cached is not None and (cached / SNAPSHOT_META).exists():
+                        progress(f"size {size:,}: the seeded store from {cached} …")
+                        seeding = await restore_snapshot(embedded, cached, gen)
+                        seeding["people"] = size - seeded
+                    else:
+                        store = Store.open(embedded.uri, DB_NAME)
+                        progress(f"size {size:,}: seeding {size - seeded:,} people …")
+                        seeding = await seed(
+                            store,
+                            config,
+                            seeded,
+                            size,
+                            opts.seed_batch,
+                            opts.seed_messages,
+                            progress,
+                        )
+                        await store.close()
+                        if cached is not None:
+                            progress(f"size {size:,}: saving the seeded store to {cached} …")
+                            await save_snapshot(embedded, cached, gen)
+                    store = Store.open(embedded.uri, DB_NAME)
+                    await store.ensure_indexes()
                     seeded = size
                     gen.seeded = size
+                    if opts.seed_only:
+                        sizes.append({"contacts": size, "seeding": seeding})
+                        continue
                     template = await store.intake.find_one({}) or await first_intake(
                         embedded, store, gen, tmp
                     )
@@ -965,6 +1172,8 @@ async def run_all(opts: Options, progress: Callable[[str], None]) -> dict[str, A
         },
         "sizes": sizes,
     }
+    if opts.seed_only:
+        return result
     result["summary"] = summary(result)
     result["targets"] = targets(result)
     return result
@@ -1027,6 +1236,20 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             for path in ("existing", "known", "new", "duplicate", "max"):
                 row[f"{path}_round_trips"] = ph[path]["round_trips_per_msg"]
                 row[f"{path}_docs_written"] = ph[path]["documents_written_per_msg"]
+            bad, mx = ph["max_bad"], ph["max"]
+            row["bad_routed_per_s"] = bad["routed_per_s"]
+            row["bad_ratio_to_max"] = round(bad["routed_per_s"] / max(0.01, mx["routed_per_s"]), 2)
+            row["bad_refused_4xx"] = float(
+                sum(v for k, v in bad["refused"]["statuses"].items() if k.startswith("4"))
+            )
+            row["bad_requests"] = float(bad["refused"]["requests"])
+            # The service CPU a refusal costs: the phase's CPU beyond what its valid
+            # messages cost at the max phase's rate, per refused request.
+            extra = (bad["cpu_ms_per_msg"]["services"] - mx["cpu_ms_per_msg"]["services"]) * bad[
+                "messages"
+            ]
+            row["bad_cpu_ms_per_refusal"] = round(extra / max(1.0, row["bad_requests"]), 2)
+            row["bad_refusal_p99_ms"] = bad["refused"]["answer_ms"]["p99"]
             row["checks_ok"] = 1.0 if c["checks"]["ok"] else 0.0
             rows[key] = row
     ratios: dict[str, dict[str, float]] = {}
@@ -1144,9 +1367,14 @@ def table(result: dict[str, Any]) -> str:
     for s in result["sizes"]:
         add("")
         sd = s["seeding"]
+        how = (
+            f"the seeded store copied from {sd['from_snapshot']} in {sd['seconds']} s"
+            if sd.get("from_snapshot")
+            else f"seeded {sd['people']:,} more: {sd['documents']:,} docs in {sd['seconds']} s, "
+            f"{num(sd['docs_per_s'])} docs/s"
+        )
         add(
-            f"== {s['contacts']:,} contacts in the store (seeded {sd['people']:,} more: "
-            f"{sd['documents']:,} docs in {sd['seconds']} s, {num(sd['docs_per_s'])} docs/s); "
+            f"== {s['contacts']:,} contacts in the store ({how}); "
             f"raw insert_one {num(s['raw_insert']['sequential_docs_per_s'])}/s"
         )
         cfgs = s["configurations"]
@@ -1179,8 +1407,36 @@ def table(result: dict[str, Any]) -> str:
             "max: intake→routed p50/p95/p99 ms",
             lambda c: lat(c["phases"]["max"]["intake_to_routed_ms"]),
         )
+
+        def summed(c: dict[str, Any], size: int = s["contacts"]) -> dict[str, float]:
+            rows: dict[str, dict[str, float]] = result["summary"]["rows"]
+            return rows[f"{size}/{c['processes']}"]
+
+        row(
+            f"max, 1 in {BAD_EVERY} refused: routed/s (× max)",
+            lambda c: (
+                f"{num(summed(c)['bad_routed_per_s'])} (×{num(summed(c)['bad_ratio_to_max'])})"
+            ),
+        )
+        row(
+            "  refusals: 4xx / sent · p99 ms · CPU ms",
+            lambda c: (
+                f"{num(summed(c)['bad_refused_4xx'])} / {num(summed(c)['bad_requests'])} · "
+                f"{num(summed(c)['bad_refusal_p99_ms'])} · "
+                f"{num(summed(c)['bad_cpu_ms_per_refusal'])}"
+            ),
+        )
         row("half rate (msgs/s offered)", lambda c: num(c["half_rate"]))
         row("half: ack p50/p95/p99 ms", lambda c: lat(c["phases"]["half"]["ack_ms"]))
+
+        def inside(c: dict[str, Any]) -> str:
+            got = c["phases"]["half"]["in_service"]
+            return " · ".join(
+                num(got[k]["p99_le_ms"]) if got[k]["p99_le_ms"] is not None else "-"
+                for k in ("webhook", "intake_write", "event_loop_lag")
+            )
+
+        row("half, in service p99 ≤ ms: handler · writes · loop lag", inside)
         row(
             "half: intake→routed p50/p95/p99 ms",
             lambda c: lat(c["phases"]["half"]["intake_to_routed_ms"]),
@@ -1259,7 +1515,9 @@ def table(result: dict[str, Any]) -> str:
                         f"{s['contacts']:,}/{c['processes']}p {name}: other processes used "
                         f"{p['other_cpu_share']:.0%} of the CPUs — figures are noisy"
                     )
-                bad = {k: v for k, v in p["statuses"].items() if k != "200"}
+                refused = p.get("refused", {}).get("statuses", {})
+                bad = {k: v - refused.get(k, 0) for k, v in p["statuses"].items() if k != "200"}
+                bad = {k: v for k, v in bad.items() if v}
                 if bad:
                     problems.append(f"{s['contacts']:,}/{c['processes']}p {name}: statuses {bad}")
     if problems:
@@ -1282,6 +1540,10 @@ def main(argv: list[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     result = asyncio.run(run_all(opts, progress))
+    if opts.seed_only:
+        for s in result["sizes"]:
+            print(f"{s['contacts']:,} people: {s['seeding']}")
+        return 0
     write_json(result, opts.out)
     print(table(result))
     print(f"\nJSON: {opts.out}")

@@ -22,6 +22,7 @@ included).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -84,15 +85,24 @@ async def apply(store: Store, ev: CallEvent, source_id: str) -> CallRecord:
     doc_id = call_doc_id(ev.channel, ev.account, ev.call_id)
     update = update_of(ev, source_id, datetime.now(UTC))
     try:
-        await calls(store).update_one({"_id": doc_id}, update, upsert=True)
+        doc = await _upsert(store, doc_id, update)
     except DuplicateKeyError:
         # Two first reports of one call upserted at once; ours now updates the winner's.
-        await calls(store).update_one({"_id": doc_id}, update, upsert=True)
-    doc = await calls(store).find_one({"_id": doc_id})
+        doc = await _upsert(store, doc_id, update)
     rec = CallRecord.model_validate(doc)
     if due := due_announcements(rec):
         await announce(store, rec, due)
     return rec
+
+
+async def _upsert(store: Store, doc_id: str, update: Document) -> Document:
+    """The report's update, then the call as it stands. (Not one find-and-modify: the
+    embedded store answers that with a collection scan; docs/store.md.)"""
+    await calls(store).update_one({"_id": doc_id}, update, upsert=True)
+    doc = await calls(store).find_one({"_id": doc_id})
+    if doc is None:  # deleted in between
+        raise LookupError(f"call {doc_id} vanished after its update")
+    return doc
 
 
 # --- events ------------------------------------------------------------------------------
@@ -220,20 +230,26 @@ def known(caller: CallerState | None, rec: CallRecord) -> bool:
 async def announce(store: Store, rec: CallRecord, due: list[str]) -> None:
     """Append the due events (once: their ids derive from the call) and remember them."""
     assert rec.id is not None
-    caller = await caller_state(store, rec.customer)
+    docs: list[Document] = []
+    # Who the caller is, and which of the events exist already (a re-run), at once.
+    caller, written = await asyncio.gather(
+        caller_state(store, rec.customer),
+        events.existing(store, [events.event_id(type_, [rec.id]) for type_ in due]),
+    )
     refs: dict[str, str | None] = {"call_id": rec.id}
     if rec.customer and normalize_phone(rec.customer):
         refs["message_id"] = rec.message_id
     if caller is not None:
         refs.update(contact_id=caller.contact.id, deal_id=caller.deal_id, lead_id=caller.lead_id)
-    docs: list[Document] = []
     for type_ in due:
         if type_ == CALL_MISSED and not known(caller, rec):
             continue  # an unknown caller's missed call is a new lead, not a call-back
         at = rec.ended_at if type_ != CALL_STARTED else rec.started_at
         data = event_data(type_, rec, caller).model_dump(mode="json")
-        docs.append(events.event(type_, refs, data, key=[rec.id], at=at))
-    await events.append(store, docs, maybe_written=True)
+        doc = events.event(type_, refs, data, key=[rec.id], at=at)
+        if doc["_id"] not in written:
+            docs.append(doc)
+    await events.append(store, docs)
     await calls(store).update_one({"_id": rec.id}, {"$addToSet": {"announced": {"$each": due}}})
 
 

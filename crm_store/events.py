@@ -20,6 +20,16 @@ MAX_RENUMBER = 5
 FILLER = "sequence.filler"
 
 
+def event_id(type_: str, key: Sequence[str]) -> str:
+    """The id of the ``type_`` event made unique by ``key``."""
+    return stable_id("event", type_, *key)
+
+
+async def existing(store: Store, ids: Sequence[str]) -> set[str]:
+    """Which of these event ids are written already."""
+    return await existing_ids(store, "events", ids)
+
+
 def event(
     type_: str,
     refs: dict[str, str | None],
@@ -31,7 +41,7 @@ def event(
     """An event document whose id is derived from ``key`` (what makes it unique), so
     writing it again after a crash is a no-op."""
     return {
-        "_id": stable_id("event", type_, *key),
+        "_id": event_id(type_, key),
         "type": type_,
         "occurred_at": at or datetime.now(UTC),
         "refs": {k: v for k, v in refs.items() if v is not None},

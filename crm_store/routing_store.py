@@ -12,6 +12,7 @@ lists of at most ``ID_CHUNK`` values (it re-checks each hit against the whole li
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -126,7 +127,9 @@ async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> Contac
     state = ContactState()
     if not ids:
         return state
-    deal_docs = await find_in(store.deals, "contact_id", ids)
+    deal_docs, lead_docs = await asyncio.gather(
+        find_in(store.deals, "contact_id", ids), find_in(store.leads, "contact_id", ids)
+    )
     # The most recently active first (the active deal is the latest open one), across
     # the chunks as within one query.
     deal_docs.sort(key=lambda d: d.get("last_activity_at") or _EPOCH, reverse=True)
@@ -137,7 +140,7 @@ async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> Contac
             state.active_deal[deal.contact_id] = deal
         if deal.origin_intake_id:
             state.created_by[deal.origin_intake_id] = deal
-    for d in await find_in(store.leads, "contact_id", ids):
+    for d in lead_docs:
         lead = LeadDoc.model_validate(d)
         state.history.add(lead.contact_id)
         if lead.open:

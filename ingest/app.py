@@ -46,6 +46,10 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     response: web.StreamResponse = await handler(request)
     response.headers["X-Request-Id"] = rid
     if request.path.startswith("/webhooks/"):
+        name = request.match_info.get("channel", "")
+        request.app[SERVICE].metrics.webhook_seconds.labels(
+            name if name in REGISTRY else "unknown"
+        ).observe(time.perf_counter() - started)
         # The path may end in an account's secret token (/webhooks/{c}/{a}/{token}).
         log.info(
             "http.request",
@@ -135,7 +139,8 @@ async def webhook(request: web.Request) -> web.Response:
         parsed = await _caller_reply(svc, channel, account, parsed)
 
     try:
-        accepted = await _store(svc, account.source, parsed, body)
+        with svc.metrics.intake_write_seconds.time():
+            accepted = await _store(svc, account.source, parsed, body)
     except PyMongoError as exc:
         svc.metrics.intake.labels(channel_name, "unavailable").inc(max(len(parsed.messages), 1))
         svc.metrics.store_errors.labels("intake").inc()
@@ -197,12 +202,25 @@ async def _store(svc: Service, source: str, parsed: Parsed, body: bytes) -> inta
         }
         for m in parsed.messages
     ]
-    if not docs:
-        accepted = intake.Accepted([], [])
-    elif svc.intake is not None:  # concurrent requests share one durable write
-        accepted = await svc.intake.accept(docs)
-    else:
-        accepted = await intake.accept(svc.store, docs, svc.owner, svc.lease_s)
+
+    async def accept() -> intake.Accepted:
+        if not docs:
+            return intake.Accepted([], [])
+        if svc.intake is not None:  # concurrent requests share one durable write
+            return await svc.intake.accept(docs)
+        return await intake.accept(svc.store, docs, svc.owner, svc.lease_s)
+
+    async def apply_calls() -> None:
+        for call in parsed.calls:
+            await calls.apply(svc.store, call, source)
+
+    # A call report and its message are independent writes (each idempotent, so a retry
+    # after either failed redoes both safely): made durable at once.
+    accepted, called = await asyncio.gather(accept(), apply_calls(), return_exceptions=True)
+    for outcome in (accepted, called):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(accepted, intake.Accepted)
     for edit in parsed.edits:
         await updates.apply_edit(svc.store, edit)
     for status in parsed.statuses:
@@ -211,8 +229,6 @@ async def _store(svc: Service, source: str, parsed: Parsed, body: bytes) -> inta
         await updates.apply_reachability(
             svc.store, r, identity_keys(r.channel, r.account, r.sender)
         )
-    for call in parsed.calls:
-        await calls.apply(svc.store, call, source)
     return accepted
 
 

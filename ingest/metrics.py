@@ -8,6 +8,28 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+LOOP_PROBE_S = 0.05
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -38,6 +60,30 @@ class Metrics:
             "omniroute_store_errors_total",
             "Store operations that failed",
             ["op"],
+            registry=self.registry,
+        )
+
+        # Where an acknowledgement's time goes: the webhook handler from its first line to
+        # its response (channel = a known channel's name, else "unknown"), the durable
+        # writes inside it, and how late the event loop runs its callbacks (a busy loop
+        # delays every request: routing's CPU work shares the loop with the handlers).
+        self.webhook_seconds = Histogram(
+            "omniroute_webhook_seconds",
+            "Webhook handling time in this process, by channel",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.intake_write_seconds = Histogram(
+            "omniroute_intake_write_seconds",
+            "A webhook's durable writes (intake, call reports) until acknowledged by the store",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.loop_lag_seconds = Histogram(
+            "omniroute_event_loop_lag_seconds",
+            f"How late a {LOOP_PROBE_S}s event-loop timer fires",
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
 

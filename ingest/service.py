@@ -37,6 +37,7 @@ from crm_store.store import Store
 from ingest.app import create_app
 from ingest.context import Service, problem
 from ingest.deliveries import DeliveryWorker
+from ingest.loop_lag import LoopLagProbe
 from ingest.mail_sync import MailSync
 from ingest.metrics import Metrics
 from ingest.outbox import OutboxWorker
@@ -145,7 +146,7 @@ async def running_service(
     )
     # Further background workers (anything with async start() and stop()): started after
     # the core ones, stopped before them, in reverse order.
-    background: list[Background] = []
+    background: list[Background] = [LoopLagProbe(metrics)]
     # --- e-mail
     background.append(
         MailSync(

@@ -5,6 +5,7 @@ Every refusal must store nothing: a refused request leaves ``intake`` and ``mess
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -532,3 +533,28 @@ async def test_logs_carry_neither_secrets_nor_message_texts(mongo_uri: str, db_n
         assert secret not in dumped
     for needle in (text, "4815162342", "kitchen", junk, "DEADBEEF"):
         assert needle not in dumped
+
+
+async def test_metrics_break_down_the_acknowledgement(mongo_uri: str, db_name: str) -> None:
+    """Where an acknowledgement's time goes: the handler per channel, its durable writes
+    (only for requests that reach the store), and the event loop's lag."""
+    async with in_process(mongo_uri, db_name) as svc:
+        raw = body_bytes()
+        await post_raw(svc, raw, signed_headers(SHOP_SECRET, raw))  # 401: no write
+        for i in range(3):
+            await svc.client.post_api(api_body(f"ack-{i}", phone=f"+7900123450{i}"))
+        status, _, _ = await post_raw(svc, b"{}", {}, "/webhooks/nosuch/channel")
+        assert status == 404  # labelled "unknown": no label per made-up name
+        await asyncio.sleep(0.2)  # a few loop-lag probes
+        status, body = await svc.client.get("/metrics")
+        assert status == 200
+        text = body.decode()
+        assert metric(text, "omniroute_webhook_seconds_count", channel="api") == 4
+        assert metric(text, "omniroute_webhook_seconds_count", channel="unknown") == 1
+        assert metric(text, "omniroute_intake_write_seconds_count") == 3
+        assert metric(text, "omniroute_intake_write_seconds_sum") > 0
+        # Every write is also inside its handler's time.
+        assert metric(text, "omniroute_intake_write_seconds_sum") <= metric(
+            text, "omniroute_webhook_seconds_sum", channel="api"
+        )
+        assert metric(text, "omniroute_event_loop_lag_seconds_count") >= 2
