@@ -239,6 +239,17 @@ async def insert_new(store: Store, collection: str, docs: Sequence[Document]) ->
     return set(ids)
 
 
+async def bulk_updates(store: Store, *groups: tuple[str, Sequence[UpdateOne]]) -> None:
+    """:func:`bulk_update` of independent collections at once (their round trips overlap);
+    every group runs to its end, then the first error is raised."""
+    outcomes = await asyncio.gather(
+        *(bulk_update(store, coll, ops) for coll, ops in groups if ops), return_exceptions=True
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 async def bulk_update(store: Store, collection: str, ops: Sequence[UpdateOne]) -> None:
     """Apply updates in one round trip.
 

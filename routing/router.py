@@ -598,9 +598,12 @@ class Router:
                     },
                 )
             )
-        await rs.bulk_update(self.store, "conversations", conv_ops)
-        await rs.bulk_update(self.store, "contacts", contact_ops)
-        await rs.bulk_update(self.store, "deals", rs.touch_ops(deal_ids, at))
+        await rs.bulk_updates(
+            self.store,
+            ("conversations", conv_ops),
+            ("contacts", contact_ops),
+            ("deals", rs.touch_ops(deal_ids, at)),
+        )
         await self._mark_bounced(records, msgs, batch, at)
         await events.append(self.store, batch.events, maybe_written=rerun)
         await mark_routed(self.store, [r.id for r in records])
