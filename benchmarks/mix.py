@@ -93,6 +93,7 @@ CHILD_FLAG = "--child-stats"
 # documents: py-spy shows Storage._prune_oplog_locked → _iter_oplog_oldest in every
 # insert). The sizes here need millions of writes, so the store gets a cap above them.
 OPLOG_MAX_ENTRIES = 50_000_000
+OPLOG_RETENTION_S = 30 * 24 * 3600
 
 
 class BenchStore(EmbeddedStore):
@@ -107,6 +108,9 @@ class BenchStore(EmbeddedStore):
         cmd = super().command() if executable is None else super().command(executable)
         if self.oplog_max_entries > 0:
             cmd += ["--oplog-max-entries", str(self.oplog_max_entries)]
+            # Nor by age: a store seeded an hour before (--seed-cache) would otherwise
+            # prune millions of entries while it is measured.
+            cmd += ["--oplog-retention-seconds", str(OPLOG_RETENTION_S)]
         return cmd
 
 
@@ -836,6 +840,8 @@ async def raw_inserts(
 SNAPSHOT_META = "snapshot.json"
 # Headroom left for the people and provider ids one run uses after a snapshot.
 NEW_BASE_STEP = 20_000_000
+# A store holding millions of documents takes a while to open (its WiredTiger recovery).
+STORE_OPEN_S = 900.0
 
 
 def seed_cache_key(size: int, messages: bool) -> str:
@@ -859,7 +865,7 @@ async def save_snapshot(embedded: EmbeddedStore, where: Path, gen: MixGenerator)
         shutil.rmtree(where, ignore_errors=True)
         part.rename(where)
     finally:
-        await embedded.start()
+        await embedded.start(timeout=STORE_OPEN_S)
 
 
 async def restore_snapshot(
@@ -871,7 +877,7 @@ async def restore_snapshot(
     await embedded.stop()
     shutil.rmtree(embedded.storage_path)
     await asyncio.to_thread(shutil.copytree, where / "store", embedded.storage_path)
-    await embedded.start(timeout=300)
+    await embedded.start(timeout=STORE_OPEN_S)
     gen.new_base = max(gen.new_base, int(meta["new_base"]) + NEW_BASE_STEP)
     if gen.new_base + NEW_BASE_STEP > 1_000_000_000:
         raise SystemExit(f"{where}: too many runs on this snapshot's id range; remove it")
