@@ -32,7 +32,7 @@ from config.models import AppConfig
 from config.settings import Settings
 from crm_store import routing_store as rs
 from crm_store.embedded import EmbeddedStore
-from crm_store.intake import GroupCommit
+from crm_store.intake import GroupCommit, id_chunks
 from crm_store.store import Store
 from ingest.app import create_app
 from ingest.context import Service, problem
@@ -297,38 +297,62 @@ async def release_leases(store: Store, owner: str) -> dict[str, int]:
     t = datetime.now(UTC)
     released: dict[str, int] = {}
 
-    async def give_back(name: str, query: dict[str, Any], update: dict[str, Any]) -> None:
-        result = await store[name].update_many(query, {"$set": update})
-        released[name] = result.modified_count
+    async def give_back(
+        name: str,
+        leased: dict[str, Any],
+        update: dict[str, Any],
+        *,
+        owner_field: str = "owner",
+        hint: str | None = None,
+    ) -> None:
+        """Release the documents of ``name`` matching ``leased`` that ``owner`` holds.
+
+        ``leased`` is answered by an index (``hint`` names it where the embedded store
+        would not pick it: a partial index); the owner is checked here, then the updates
+        go by ``_id`` with the whole condition again (a document taken over meanwhile is
+        left alone). A filter on the owner itself would scan the collection on the
+        embedded store — messages and timers grow with the business."""
+        mine = [
+            d["_id"]
+            async for d in store[name].find(leased, {owner_field: 1}, hint=hint)
+            if d.get(owner_field) == owner
+        ]
+        count = 0
+        for chunk in id_chunks(mine):
+            result = await store[name].update_many(
+                {"_id": {"$in": chunk}, owner_field: owner, **leased}, {"$set": update}
+            )
+            count += result.modified_count
+        released[name] = count
 
     # Intake records accepted (or recovered) here and not routed: the recovery sweep of
     # any process claims them now (docs/architecture.md).
-    await give_back("intake", {"status": "pending", "owner": owner}, {"lease_until": t})
+    await give_back("intake", {"status": "pending", "lease_until": {"$gt": t}}, {"lease_until": t})
     # Replies claimed by our outbox worker and not sent (crm_store/outbox.py).
     await give_back(
         "messages",
-        {"send_due_at": {"$exists": True}, "send_owner": owner, "send_lease_until": {"$gt": t}},
+        {"send_due_at": {"$exists": True}, "send_lease_until": {"$gt": t}},
         {"send_lease_until": _EPOCH},
+        owner_field="send_owner",
+        hint="outbox_due",
     )
     # Timers claimed for firing: a recovered timer looks up what its firing already did
     # (crm_store/timers.py). A timer waiting for a retry has no owner and is left alone.
     await give_back(
         "timers",
-        {"state": "running", "owner": owner, "lease_until": {"$gt": t}},
+        {"state": "running", "lease_until": {"$gt": t}},
         {"lease_until": _EPOCH},
     )
     # Webhook subscriptions being delivered (crm_store/subscriptions.py).
-    await give_back(
-        "subscriptions", {"owner": owner, "lease_until": {"$gt": t}}, {"lease_until": _EPOCH}
-    )
+    await give_back("subscriptions", {"lease_until": {"$gt": t}}, {"lease_until": _EPOCH})
     # The automation event cursor (crm_store/cursors.py).
     await give_back(
         "automation_cursors",
-        {"owner": owner, "lease_until": {"$gt": t}},
+        {"lease_until": {"$gt": t}},
         {"lease_until": _EPOCH, "owner": None},
     )
     # Named leases: IMAP mailboxes (crm_store/mailboxes.py).
-    await give_back("leases", {"owner": owner, "until": {"$gt": t}}, {"until": _EPOCH})
+    await give_back("leases", {"until": {"$gt": t}}, {"until": _EPOCH})
     if any(released.values()):
         log.info("service.leases_released", **{k: v for k, v in released.items() if v})
     return released

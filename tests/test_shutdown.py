@@ -153,6 +153,7 @@ async def test_release_leases_hands_back_only_our_own(mongo_uri: str, db_name: s
     now = datetime.now(UTC)
     later = now + timedelta(minutes=10)
     try:
+        await store.ensure_indexes()  # as every service start does; the release uses them
         for who in ("me", "other"):
             await store["intake"].insert_one(
                 {"_id": f"in-{who}", "status": "pending", "owner": who, "lease_until": later}
