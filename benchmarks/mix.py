@@ -8,7 +8,8 @@ processes on one embedded store that already holds S contacts (10k, then 1M / 10
    up to each size with ``insert_many`` in big batches — contact, open lead, conversation
    and message per person, the documents routing itself writes
    (benchmarks/payloads.py: ``seed_documents``), topped up from one size to the next;
-2. the store's raw ``insert_one`` rate of a stored intake record, in the same run;
+2. the store's raw ``insert_one`` rate of a stored intake record, in the same run (before
+   and after the configurations); ``--seed-cache`` keeps the seeded store for later runs;
 3. per size, per process count P: P service processes (``omniroute serve`` run through
    this module so that a PyMongo command listener counts each one's store commands —
    benchmarks/counting.py), the load spread round-robin over them, and a load generator in
@@ -20,9 +21,12 @@ processes on one embedded store that already holds S contacts (10k, then 1M / 10
      payloads) — for the store round trips and documents written per message of each;
    * **max**: the mix (70 % existing, 20 % known, 10 % new, 5 % duplicates) closed-loop
      at concurrency C: the maximum routed rate;
-   * **half**: the mix open-loop at half that rate (at every size the rate of the
-     smallest size, so the sizes compare at equal load): acknowledgement latency and
-     intake-to-routed latency at a sustainable load;
+   * **max_bad**: the same with one request in five refused (oversize, malformed, wrongly
+     signed), and **refused**: refusals alone, for what one costs;
+   * **half**: the mix open-loop at half that rate: acknowledgement latency (and where it
+     goes, from the services' histograms) and intake-to-routed latency;
+   * **equal**: the mix open-loop at ``--equal-rate`` at every size and process count,
+     which the size ratio compares;
    * checks: everything acknowledged routed once (intake ``routed``, its message stored),
      each new sender exactly one contact with one lead, no record pending or failed.
 
