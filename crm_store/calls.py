@@ -22,7 +22,6 @@ included).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -42,7 +41,7 @@ from channels.calls import (
 from crm_store import events
 from crm_store import routing_store as rs
 from crm_store.documents import ContactDoc, intake_id, stable_id
-from crm_store.store import Collection, Document, Store
+from crm_store.store import Collection, Document, Store, together
 from routing.identity import normalize_phone, phone_key
 
 COLLECTION = "calls"
@@ -232,9 +231,9 @@ async def announce(store: Store, rec: CallRecord, due: list[str]) -> None:
     assert rec.id is not None
     docs: list[Document] = []
     # Who the caller is, and which of the events exist already (a re-run), at once.
-    caller, written = await asyncio.gather(
+    caller, written = await together(
         caller_state(store, rec.customer),
-        events.existing(store, [events.event_id(type_, [rec.id]) for type_ in due]),
+        rs.existing_ids(store, "events", [events.event_id(type_, [rec.id]) for type_ in due]),
     )
     refs: dict[str, str | None] = {"call_id": rec.id}
     if rec.customer and normalize_phone(rec.customer):

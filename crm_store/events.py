@@ -25,11 +25,6 @@ def event_id(type_: str, key: Sequence[str]) -> str:
     return stable_id("event", type_, *key)
 
 
-async def existing(store: Store, ids: Sequence[str]) -> set[str]:
-    """Which of these event ids are written already."""
-    return await existing_ids(store, "events", ids)
-
-
 def event(
     type_: str,
     refs: dict[str, str | None],

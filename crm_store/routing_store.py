@@ -12,7 +12,6 @@ lists of at most ``ID_CHUNK`` values (it re-checks each hit against the whole li
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from crm_store.documents import ContactDoc, ConversationDoc, DealDoc, LeadDoc
 from crm_store.intake import DUPLICATE_KEY, id_chunks
-from crm_store.store import Collection, Document, Store
+from crm_store.store import Collection, Document, Store, together
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -127,7 +126,7 @@ async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> Contac
     state = ContactState()
     if not ids:
         return state
-    deal_docs, lead_docs = await asyncio.gather(
+    deal_docs, lead_docs = await together(
         find_in(store.deals, "contact_id", ids), find_in(store.leads, "contact_id", ids)
     )
     # The most recently active first (the active deal is the latest open one), across
@@ -240,14 +239,8 @@ async def insert_new(store: Store, collection: str, docs: Sequence[Document]) ->
 
 
 async def bulk_updates(store: Store, *groups: tuple[str, Sequence[UpdateOne]]) -> None:
-    """:func:`bulk_update` of independent collections at once (their round trips overlap);
-    every group runs to its end, then the first error is raised."""
-    outcomes = await asyncio.gather(
-        *(bulk_update(store, coll, ops) for coll, ops in groups if ops), return_exceptions=True
-    )
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
+    """:func:`bulk_update` of independent collections at once (:func:`together`)."""
+    await together(*(bulk_update(store, coll, ops) for coll, ops in groups if ops))
 
 
 async def bulk_update(store: Store, collection: str, ops: Sequence[UpdateOne]) -> None:

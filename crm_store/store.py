@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,3 +114,13 @@ async def claim(
         return []
     await coll.update_many({"_id": {"$in": ids}, **due}, {"$set": take})
     return [d async for d in coll.find({"_id": {"$in": ids}, **held}, projection)]
+
+
+async def together(*calls: Awaitable[Any]) -> list[Any]:
+    """Store calls at once (their round trips overlap), in order of ``calls``. Every call
+    runs to its end — none is left running unobserved — then the first error is raised."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes

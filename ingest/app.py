@@ -29,6 +29,7 @@ from config.loader import resolve_secret
 from config.models import ChannelAccount
 from crm_store import calls, intake, updates
 from crm_store.documents import intake_id
+from crm_store.store import together
 from inbox import routes
 from ingest.context import SERVICE, Service, json_response, problem
 from ingest.metrics import CONTENT_TYPE_LATEST
@@ -216,11 +217,8 @@ async def _store(svc: Service, source: str, parsed: Parsed, body: bytes) -> inta
 
     # A call report and its message are independent writes (each idempotent, so a retry
     # after either failed redoes both safely): made durable at once.
-    accepted, called = await asyncio.gather(accept(), apply_calls(), return_exceptions=True)
-    for outcome in (accepted, called):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    assert isinstance(accepted, intake.Accepted)
+    accepted: intake.Accepted
+    accepted, _ = await together(accept(), apply_calls())
     for edit in parsed.edits:
         await updates.apply_edit(svc.store, edit)
     for status in parsed.statuses:
