@@ -46,6 +46,7 @@ from inbox.api import Call, route
 from inbox.auth import ApiError, Principal, authenticate, principal_for_token
 from inbox.live import Facts, visible
 from ingest.context import SERVICE, Service
+from ingest.tasks import cancel
 
 log = structlog.get_logger("omniroute.live")
 
@@ -124,10 +125,7 @@ class Hub:
         self._task = asyncio.create_task(self._run(), name="live-hub")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         for sub in list(self.sockets):
             with contextlib.suppress(Exception):
                 await sub.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
@@ -315,9 +313,7 @@ async def live(call: Call) -> web.StreamResponse:
                 sub.push({"type": "pong", "cursor": sub.cursor})
     finally:
         hub.leave(sub)
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+        await cancel(writer)
     return ws
 
 

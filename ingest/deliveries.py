@@ -36,6 +36,7 @@ from channels.signing import sign
 from crm_store import feed
 from crm_store import subscriptions as subs
 from crm_store.store import Document, Store
+from ingest.tasks import cancel
 
 log = structlog.get_logger("omniroute.deliveries")
 
@@ -80,11 +81,8 @@ class DeliveryWorker:
         self._task = asyncio.create_task(self._run(), name="deliveries")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         if self._http is not None:
             await self._http.close()
             self._http = None

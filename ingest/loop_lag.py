@@ -9,10 +9,10 @@ acknowledgement waiting behind it. This probe makes that visible as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from ingest.metrics import LOOP_PROBE_S, Metrics
+from ingest.tasks import cancel
 
 
 class LoopLagProbe:
@@ -27,11 +27,8 @@ class LoopLagProbe:
         self._task = asyncio.create_task(self._run(), name="loop-lag-probe")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

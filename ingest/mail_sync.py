@@ -49,6 +49,7 @@ from crm_store import files, intake, mailboxes
 from crm_store.documents import IntakeDoc, intake_id, stable_id
 from crm_store.store import Document, Store
 from ingest.metrics import Metrics
+from ingest.tasks import cancel
 
 log = structlog.get_logger("omniroute.mail")
 
@@ -109,11 +110,8 @@ class MailboxPoller:
         self._task = asyncio.create_task(self.run(), name=f"mail:{self.key}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         with contextlib.suppress(PyMongoError):
             await mailboxes.release(self.store, self.lease, self.owner)
 

@@ -23,6 +23,7 @@ from config.loader import resolve_secret
 from config.models import AppConfig
 from crm_store import outbox
 from crm_store.store import Document, Store
+from ingest.tasks import cancel
 
 log = structlog.get_logger("omniroute.outbox")
 
@@ -91,11 +92,8 @@ class OutboxWorker:
         self._task = asyncio.create_task(self._run(), name="outbox")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -22,6 +22,7 @@ from crm_store import intake
 from crm_store.documents import IntakeDoc
 from crm_store.store import Store
 from ingest.metrics import Metrics
+from ingest.tasks import cancel
 from routing.router import Router
 
 log = structlog.get_logger("omniroute.worker")
@@ -69,11 +70,7 @@ class RoutingWorker:
         self._tasks.append(asyncio.create_task(self._recover(), name="recovery"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel(*self._tasks)
         self._tasks.clear()
         left = []
         while not self.queue.empty():
