@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -61,6 +60,7 @@ import orjson
 from aiohttp import web
 from pymongo import monitoring
 
+from benchmarks import loadgen
 from benchmarks.loadgen import cpu_seconds, pin, proc_status_kib
 from benchmarks.report import num, write_json
 from benchmarks.run import (
@@ -601,11 +601,7 @@ async def run_calls(
             progress(f"calls run {i + 1}/{opts.runs} done in {runs[-1]['wall_s']} s")
         info = machine(can_pin, loadgen_affinity)
     finally:
-        with contextlib.suppress(OSError):
-            parent.send(None)
-        gen.join(timeout=10)
-        if gen.is_alive():
-            gen.terminate()
+        loadgen.stop(parent, gen)
     heads = [headline(r) for r in runs]
     med = {k: median([h[k] for h in heads]) for k in heads[0]}
     spread = {k: [min(h[k] for h in heads), max(h[k] for h in heads)] for k in heads[0]}

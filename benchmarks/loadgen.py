@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 import aiohttp
 
@@ -150,3 +151,13 @@ def main(conn: Connection, cpu: int | None) -> None:
         if job is None:
             return
         conn.send(asyncio.run(_run(job, conn)))
+
+
+def stop(conn: Connection, proc: BaseProcess) -> None:
+    """Tell the load generator process to exit (``None`` on its pipe) and wait for it;
+    terminate it if it has not exited within 10 s."""
+    with contextlib.suppress(OSError):
+        conn.send(None)
+    proc.join(timeout=10)
+    if proc.is_alive():
+        proc.terminate()

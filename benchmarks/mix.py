@@ -65,7 +65,7 @@ import aiohttp
 import orjson
 from pymongo.errors import BulkWriteError
 
-from benchmarks import payloads
+from benchmarks import loadgen, payloads
 from benchmarks.counting import CommandCounter, per_message, split_background
 from benchmarks.loadgen import cpu_seconds, proc_status_kib
 from benchmarks.payloads import MixGenerator, Person, Request
@@ -1198,11 +1198,7 @@ async def run_all(opts: Options, progress: Callable[[str], None]) -> dict[str, A
                 await embedded.stop()
         info = machine(False, None)
     finally:
-        with contextlib.suppress(OSError):
-            parent.send(None)
-        gen_proc.join(timeout=10)
-        if gen_proc.is_alive():
-            gen_proc.terminate()
+        loadgen.stop(parent, gen_proc)
     result = {
         "schema": 1,
         "generated_at": datetime.now(UTC).replace(microsecond=0).isoformat(),

@@ -737,11 +737,7 @@ async def run_all(opts: Options, progress: Callable[[str], None]) -> dict[str, A
             progress(f"run {i + 1}/{opts.runs} done in {runs[-1]['wall_s']} s")
         info = machine(can_pin, loadgen_affinity)
     finally:
-        with contextlib.suppress(OSError):
-            parent.send(None)
-        gen.join(timeout=10)
-        if gen.is_alive():
-            gen.terminate()
+        loadgen.stop(parent, gen)
     heads = [headline(r) for r in runs]
     med = {k: median([h[k] for h in heads]) for k in heads[0]}
     spread = {k: [min(h[k] for h in heads), max(h[k] for h in heads)] for k in heads[0]}

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import multiprocessing
@@ -51,7 +50,7 @@ from typing import Any
 
 from pymongo import monitoring
 
-from benchmarks import consumer
+from benchmarks import consumer, loadgen
 from benchmarks.consumer import Arrivals, Collect, Ready
 from benchmarks.counting import command_key
 from benchmarks.loadgen import proc_status_kib
@@ -611,11 +610,7 @@ async def run_webhooks(
             progress(f"webhooks run {i + 1}/{opts.runs} done in {runs[-1]['wall_s']} s")
         info = machine(can_pin, ready.affinity)
     finally:
-        with contextlib.suppress(OSError):
-            parent.send(None)
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.terminate()
+        loadgen.stop(parent, proc)
     affinity = info["affinity"]
     affinity["worker"] = affinity.pop("service")
     affinity["consumer"] = affinity.pop("load_generator")
