@@ -953,18 +953,16 @@ def profiling(where: Path | None, pids: dict[str, int | None]) -> Any:
 
 # In the bad-traffic phase, one request in BAD_EVERY is one that must be refused.
 BAD_EVERY = 5
-BAD_KINDS = ("oversize", "malformed", "badsig", "badsig")
 
 
 def with_invalid(reqs: list[Request], every: int) -> list[Request]:
-    """``reqs`` with a refused request after each ``every - 1`` of them (oversize,
-    malformed and wrongly signed in turn, over every kind of authentication)."""
+    """``reqs`` with a refused request after each ``every - 1`` of them
+    (:func:`benchmarks.payloads.refused` in turn: every way of being refused)."""
     out: list[Request] = []
     for i, r in enumerate(reqs):
         out.append(r)
         if (i + 1) % (every - 1) == 0:
-            n = len(out)
-            out.append(payloads.invalid(BAD_KINDS[n % len(BAD_KINDS)], n))
+            out.append(payloads.refused((i + 1) // (every - 1) - 1))
     return out
 
 
@@ -1035,10 +1033,7 @@ async def configuration(
         )
         phases["max_bad"] = await run_phase(run, "max_bad", reqs, sent)
         # What a refusal costs on its own.
-        refusals = [
-            payloads.invalid(BAD_KINDS[i % len(BAD_KINDS)], 100_000 + i)
-            for i in range(opts.path_messages)
-        ]
+        refusals = [payloads.refused(100_000 + i) for i in range(opts.path_messages)]
         progress(f"{label} refusals only: {len(refusals)} requests at C={opts.concurrency}")
         phases["refused"] = await run_phase(run, "refused", refusals, sent)
         max_rate = float(phases["max"]["routed_per_s"])

@@ -535,6 +535,18 @@ def vk_wrong_secret(seq: int) -> Request:
     return Request(r.channel, r.account, r.path, r.headers, orjson.dumps(data), r.provider_id)
 
 
+# Every way a request is refused, in turn: a body over the limit, broken JSON, a wrong
+# signature / secret header / stale timestamp / URL token (``badsig`` rotates over the
+# channels), and VK's wrong secret in the body.
+REFUSED_KINDS = ("oversize", "malformed", "badsig", "badsig", "vk")
+
+
+def refused(seq: int) -> Request:
+    """The ``seq``-th request that must be refused with 4xx and store nothing."""
+    kind = REFUSED_KINDS[seq % len(REFUSED_KINDS)]
+    return vk_wrong_secret(seq).as_kind("invalid") if kind == "vk" else invalid(kind, seq)
+
+
 # --- the mix -------------------------------------------------------------------------------
 
 # The channel of a new sender, and of a seeded person's first conversation.

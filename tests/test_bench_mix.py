@@ -32,7 +32,17 @@ def test_bad_traffic_is_one_request_in_five_of_every_kind() -> None:
     assert (len(mixed), len(bad)) == (500, 100)
     assert [r for r in mixed if r.kind != "invalid"] == valid  # order kept, none lost
     assert all(mixed[i].kind == "invalid" for i in range(BAD_EVERY - 1, 500, BAD_EVERY))
-    # Oversize bodies, broken JSON and wrong credentials, over several channels.
+    # Every way of being refused in turn: oversize bodies, broken JSON, wrong credentials
+    # over every channel's authentication (VK's secret in the body included).
     sizes = Counter(len(r.body) > 1_000_000 for r in bad)
-    assert (sizes[True], sizes[False]) == (25, 75)
-    assert {r.channel for r in bad} >= {"api", "telegram", "whatsapp", "viber", "pbx", "avito"}
+    assert (sizes[True], sizes[False]) == (20, 80)
+    assert {r.channel for r in bad} == {
+        "api",
+        "telegram",
+        "whatsapp",
+        "viber",
+        "pbx",
+        "avito",
+        "vk",
+    }
+    assert len({r.body for r in bad}) == len(bad)  # no two alike
