@@ -216,9 +216,13 @@ async def _store(svc: Service, source: str, parsed: Parsed, body: bytes) -> inta
             await calls.apply(svc.store, call, source)
 
     # A call report and its message are independent writes (each idempotent, so a retry
-    # after either failed redoes both safely): made durable at once.
+    # after either failed redoes both safely): made durable at once. (A message alone is
+    # awaited directly: no tasks on the path every other webhook takes.)
     accepted: intake.Accepted
-    accepted, _ = await together(accept(), apply_calls())
+    if parsed.calls:
+        accepted, _ = await together(accept(), apply_calls())
+    else:
+        accepted = await accept()
     for edit in parsed.edits:
         await updates.apply_edit(svc.store, edit)
     for status in parsed.statuses:
