@@ -35,6 +35,7 @@ from channels.base import (
     SendError,
     SendResult,
     Unauthorized,
+    WebhookChannel,
     WebhookRequest,
     setting_str,
 )
@@ -121,11 +122,15 @@ def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-class ApiChannel:
+class ApiChannel(WebhookChannel):
     name = "api"
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
         verify(secret, req)
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         try:
             raw = orjson.loads(req.body)
         except orjson.JSONDecodeError as exc:

@@ -78,6 +78,7 @@ from channels.base import (
     SendError,
     SendResult,
     StatusUpdate,
+    WebhookChannel,
     WebhookRequest,
     json_object,
     setting_env,
@@ -316,7 +317,7 @@ async def _call(
     return _Answer(status, parsed, raw, retry_after)
 
 
-class AvitoChannel:
+class AvitoChannel(WebhookChannel):
     name = "avito"
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -326,8 +327,12 @@ class AvitoChannel:
 
     # --- inbound ------------------------------------------------------------------
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
         verify(account, req)
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         body = json_object(req.body)
         payload = _obj(body.get("payload"))
         if payload.get("type") != "message":

@@ -348,13 +348,61 @@ class SendError(Exception):
 
 
 class Channel(Protocol):
-    """A provider module. ``name`` is the ``{channel}`` in ``/webhooks/{channel}/{account}``."""
+    """A provider module. ``name`` is the ``{channel}`` in ``/webhooks/{channel}/{account}``.
+
+    Receiving is two steps (ingest/app.py): :meth:`authenticate` decides whether the
+    request comes from the provider; only a refusal there is answered 4xx. :meth:`read`
+    then turns the authentic request into what to store. ``read`` is a lenient reader:
+    whatever it raises, the delivery is kept as an ``unparsed`` intake record (answered
+    2xx, re-read by ``omniroute intake reparse``) — an authentic delivery is never
+    refused for its shape.
+    """
 
     name: str
+    # The body answered for an authentic delivery that could not be read (VK wants "ok");
+    # None → JSON.
+    ack_reply: str | None
+    # Fields of a JSON or form body that hold a secret (VK ``secret``, MegaFon
+    # ``crm_token``): redacted before a raw body is stored.
+    secret_fields: tuple[str, ...]
+
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
+        """Refuse a request that does not come from the provider: raise
+        :class:`Unauthorized` / :class:`Forbidden`. A provider whose authenticity lives
+        inside the body (VK, MegaFon) raises :class:`WebhookError` (400) for a body it
+        cannot read."""
+        ...
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
+        """Read an authenticated request. Never called on one that failed
+        :meth:`authenticate`; an exception here parks the delivery as unparsed."""
+        ...
 
     def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
-        """Authenticate and parse a request. Raise a :class:`WebhookError` to refuse it."""
+        """:meth:`authenticate`, then :meth:`read`."""
         ...
+
+
+class WebhookChannel:
+    """The common part of every provider module: ``parse`` is authenticate + read."""
+
+    name: str = ""
+    ack_reply: str | None = None
+    secret_fields: tuple[str, ...] = ()
+
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
+        raise NotImplementedError
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
+        raise NotImplementedError
+
+    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+        self.authenticate(account, secret, req)
+        return self.read(account, req)
 
 
 @runtime_checkable

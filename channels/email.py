@@ -44,6 +44,7 @@ from channels.base import (
     Sender,
     SendError,
     SendResult,
+    WebhookChannel,
     WebhookError,
     WebhookRequest,
     setting_env,
@@ -263,10 +264,15 @@ def provider_id_of(mail: EmailMessage) -> str:
     return str(mail["Message-ID"]).strip().strip("<>")
 
 
-class EmailChannel:
+class EmailChannel(WebhookChannel):
     name = "email"
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
+        raise NoWebhooks("e-mail is read from the mailbox over IMAP; it has no webhook")
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         raise NoWebhooks("e-mail is read from the mailbox over IMAP; it has no webhook")
 
     def check_outbound(self, account: ChannelAccount, msg: OutboundMessage) -> None:

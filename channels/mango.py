@@ -49,6 +49,7 @@ from channels.base import (
     Disposition,
     Parsed,
     Unauthorized,
+    WebhookChannel,
     WebhookError,
     WebhookRequest,
     setting_str,
@@ -119,12 +120,17 @@ def _customer(direction: CallDirection | None, src: dict[str, Any], dst: dict[st
     return None
 
 
-class MangoChannel:
+class MangoChannel(WebhookChannel):
     name = "mango"
+    secret_fields: tuple[str, ...] = ("sign", "vpbx_api_key")
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
+        verify(account, secret, form_fields(req))
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         fields = form_fields(req)
-        verify(account, secret, fields)
         try:
             data = orjson.loads(fields["json"])
         except orjson.JSONDecodeError as exc:

@@ -60,6 +60,7 @@ from channels.base import (
     Parsed,
     SendError,
     Unauthorized,
+    WebhookChannel,
     WebhookRequest,
     setting_env,
     setting_str,
@@ -131,14 +132,19 @@ def _agent(fields: Mapping[str, str]) -> str | None:
     return text_field(fields, "user") or text_field(fields, "ext")
 
 
-class MegaFonChannel:
+class MegaFonChannel(WebhookChannel):
     name = "megafon"
+    secret_fields: tuple[str, ...] = ("crm_token",)
 
     # --- inbound ------------------------------------------------------------------
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
+        verify(secret, form_fields(req))
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         fields = form_fields(req)
-        verify(secret, fields)
         cmd = (fields.get("cmd") or "").strip()
         if cmd == "contact":
             phone = text_field(fields, "phone")

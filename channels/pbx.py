@@ -37,6 +37,7 @@ from channels.base import (
     Disposition,
     InvalidPayload,
     Parsed,
+    WebhookChannel,
     WebhookRequest,
 )
 from channels.calls import parsed
@@ -160,11 +161,15 @@ def to_call_event(channel: str, account: str, body: PbxCallEvent) -> CallEvent:
     )
 
 
-class PbxChannel:
+class PbxChannel(WebhookChannel):
     name = "pbx"
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
         verify(secret, req)
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         try:
             raw = orjson.loads(req.body)
         except orjson.JSONDecodeError as exc:

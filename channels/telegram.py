@@ -75,6 +75,7 @@ from channels.base import (
     Sender,
     SendError,
     SendResult,
+    WebhookChannel,
     WebhookError,
     WebhookRequest,
     json_object,
@@ -367,17 +368,21 @@ def send_error(exc: tg.TelegramError, token: str | None = None) -> SendError:
     return SendError(detail, retryable=False, code="telegram_error")
 
 
-class TelegramChannel:
+class TelegramChannel(WebhookChannel):
     name = "telegram"
 
     def __init__(self) -> None:
         # One Bot (and its connection pool) per token/API base/timeout, per event loop.
         self._bots: dict[tuple[str, str, int], tuple[asyncio.AbstractEventLoop, Bot]] = {}
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
         if req.method != "POST":
             raise MethodNotAllowed("Telegram delivers updates by POST")
         _verify(account, req)
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         update = _update(req.body)
         if (m := update.message or update.business_message) is not None:
             msg = _inbound(account, update.update_id, m)

@@ -59,6 +59,7 @@ from channels.base import (
     SendResult,
     StatusUpdate,
     Unauthorized,
+    WebhookChannel,
     WebhookRequest,
     json_object,
     setting_str,
@@ -169,13 +170,17 @@ def _content(body: dict[str, Any]) -> tuple[str, list[Attachment], str | None]:
     return text, [], None
 
 
-class ViberChannel:
+class ViberChannel(WebhookChannel):
     name = "viber"
 
     # --- inbound ------------------------------------------------------------------
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
         verify(secret, req)
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         body = json_object(req.body)
         try:
             return self._parse(account.account, body)

@@ -67,6 +67,7 @@ from channels.base import (
     SendError,
     SendResult,
     StatusUpdate,
+    WebhookChannel,
     WebhookError,
     WebhookRequest,
     json_object,
@@ -369,8 +370,10 @@ def _http_error(response: Any) -> SendError:
     return SendError(f"{detail}: {response.text[:300]}", retryable=False, code=f"http_{status}")
 
 
-class VkChannel:
+class VkChannel(WebhookChannel):
     name = "vk"
+    ack_reply: str | None = OK
+    secret_fields: tuple[str, ...] = ("secret",)
 
     def __init__(self) -> None:
         # One vk_api client per account/token: its lock and clock throttle the account.
@@ -378,9 +381,13 @@ class VkChannel:
 
     # inbound
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
+        _authenticate(account, _load(req.body))
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         event = _load(req.body)
-        _authenticate(account, event)
         kind, obj = event["type"], _dict(event.get("object"))
         if kind == "confirmation":
             code = setting_str(account, "confirmation")

@@ -64,6 +64,7 @@ from channels.base import (
     SendResult,
     StatusUpdate,
     Unauthorized,
+    WebhookChannel,
     WebhookRequest,
     json_object,
     setting_env,
@@ -335,13 +336,20 @@ def _skipped(account: ChannelAccount, item: Json, exc: ValidationError) -> None:
     )
 
 
-class WhatsAppChannel:
+class WhatsAppChannel(WebhookChannel):
     name = "whatsapp"
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
+        if req.method == "GET":
+            _handshake(account, req.query)
+        else:
+            _verify_signature(account, req)
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         if req.method == "GET":
             return _handshake(account, req.query)
-        _verify_signature(account, req)
         body = json_object(req.body)
         parsed = Parsed()
         if body.get("object") != "whatsapp_business_account":

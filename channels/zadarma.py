@@ -56,6 +56,7 @@ from channels.base import (
     Parsed,
     SendError,
     Unauthorized,
+    WebhookChannel,
     WebhookError,
     WebhookRequest,
     setting_env,
@@ -128,19 +129,26 @@ def _start(account: ChannelAccount, fields: Mapping[str, str]) -> datetime | Non
     return local.replace(tzinfo=_zone(account) or UTC).astimezone(UTC)
 
 
-class ZadarmaChannel:
+class ZadarmaChannel(WebhookChannel):
     name = "zadarma"
 
     # --- inbound ------------------------------------------------------------------
 
-    def parse(self, account: ChannelAccount, secret: str | None, req: WebhookRequest) -> Parsed:
+    def authenticate(
+        self, account: ChannelAccount, secret: str | None, req: WebhookRequest
+    ) -> None:
+        fields = form_fields(req)
+        event = (fields.get("event") or "").strip()
+        if "zd_echo" not in fields and event in SIGNED:
+            verify(secret, event, fields, req)
+
+    def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         fields = form_fields(req)
         if "zd_echo" in fields:
             return Parsed(reply=fields["zd_echo"], reply_content_type="text/plain")
         event = (fields.get("event") or "").strip()
         if event not in SIGNED:
             return Parsed()  # NOTIFY_IVR and the like: not verifiable, not needed
-        verify(secret, event, fields, req)
         call_id = text_field(fields, "pbx_call_id")
         if call_id is None:
             raise invalid("pbx_call_id", "required")

@@ -8,11 +8,12 @@ rule language of ``automation.yaml`` is modelled in :mod:`automation.rules`.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import time
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from automation.rules import AutomationFile, Condition
 
@@ -40,9 +41,25 @@ class ChannelAccount(Strict):
     secret_env: EnvName | None = None
     enabled: bool = True
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Where this account's webhooks may come from (CIDR list; empty: anywhere). The remedy
+    # for providers whose authenticity is weak or static (docs/security.md); the client
+    # address is the connection's, or X-Forwarded-For's when the connection comes from a
+    # proxy in OMNIROUTE_TRUSTED_PROXIES.
+    allowed_networks: list[str] = Field(default_factory=list)
+    # E-mail: senders that are customers even when they look automatic (a site form that
+    # mails from noreply@ with the customer in Reply-To). Exact addresses or patterns
+    # with * (``*@forms.example.ru``).
+    customer_senders: list[str] = Field(default_factory=list)
     # Provider-specific settings (IMAP host, bot base URL ...); each channel module
     # validates its own part.
     settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)  # ValueError: not a CIDR
+        return value
 
 
 class ChannelsFile(Strict):
@@ -93,6 +110,9 @@ class Stage(Strict):
 class Pipeline(Strict):
     id: Ident
     kind: PipelineKind
+    # sales: its open deals attract the customer's messages (routing's "active deal");
+    # service: after-sale work (an NPS survey, a warranty claim) that never does.
+    purpose: Literal["sales", "service"] = "sales"
     name: str
     stages: list[Stage] = Field(min_length=1)
     # Forbid moving back to an earlier open stage.

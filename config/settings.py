@@ -40,6 +40,12 @@ class Settings(BaseSettings):
 
     # Default request body limit (a channel account may set its own).
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Proxies (CIDR list) whose X-Forwarded-For names the client; from anywhere else the
+    # connection's address is the client's (docs/security.md).
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Raw webhook bodies are kept this long after the delivery was routed (the parsed
+    # message stays); unparsed ones until they are re-read.
+    raw_retention_days: float = Field(default=30.0, gt=0)
 
     # Intake routing: claims per batch, recovery sweep interval, claim lease.
     route_batch_size: int = Field(default=64, gt=0)
