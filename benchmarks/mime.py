@@ -1,4 +1,4 @@
-"""E-mail parsing: ``python -m benchmarks.mime`` — the cost of ``channels.mime.parse_mail``.
+"""E-mail parsing: ``python -m benchmarks.mime`` — the cost of ``channels.email.mime.parse_mail``.
 
 Parses, in this process and one at a time, (1) three synthetic "typical" mails of about
 50 KB — a plain-text reply with a quoted history and a 40 KB PDF, a text+HTML newsletter,
@@ -26,7 +26,7 @@ from typing import Any
 
 from benchmarks.mail import WORDS
 from benchmarks.report import num, write_json
-from channels.mime import parse_mail
+from channels.email.mime import parse_mail
 
 CHATWOOT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "email" / "chatwoot"
 

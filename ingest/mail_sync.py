@@ -35,14 +35,14 @@ import structlog
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
-from channels.email import (
+from channels.email.channel import (
     MailboxSettings,
     broken_inbound,
     inbound_from_mail,
     mailbox_settings,
 )
-from channels.imap import HEADER_CHUNK, SIZE_CHUNK, Fetched, ImapError, ImapSession
-from channels.mime import ParsedMail, parse_mail
+from channels.email.imap import HEADER_CHUNK, SIZE_CHUNK, Fetched, ImapError, ImapSession
+from channels.email.mime import ParsedMail, parse_mail
 from config.loader import resolve_secret
 from config.models import AppConfig, ChannelAccount
 from crm_store import files, intake, mailboxes

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from channels.imap import ImapSession
+from channels.email.imap import ImapSession
 from crm_store import files, mailboxes
 from crm_store import outbox as outbox_store
 from crm_store.store import Store

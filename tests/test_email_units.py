@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from channels.base import Attachment, OutboundMessage, SendError
-from channels.email import (
+from channels.email.channel import (
     EmailChannel,
     MailboxSettings,
     compose,
@@ -18,8 +18,8 @@ from channels.email import (
     reply_subject,
     thread_references,
 )
-from channels.imap import _fetched, _search_uids, uid_set
-from channels.mime import parse_mail
+from channels.email.imap import _fetched, _search_uids, uid_set
+from channels.email.mime import parse_mail
 from config.loader import ConfigError, load_config
 from config.models import ChannelAccount
 from config.settings import DEFAULT_CONFIG_DIR

@@ -1,4 +1,4 @@
-"""channels/mime: raw mail bytes in, one ParsedMail out — the awkward cases one by one.
+"""channels/email/mime: raw mail bytes in, one ParsedMail out — the awkward cases one by one.
 
 Inputs are the hand-made mails in tests/fixtures/email/cases/ (shapes real clients send:
 Outlook, Gmail, Yandex, Mail.ru, The Bat!, Postfix, Exim, Exchange) and bytes built here;
@@ -18,9 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import channels.mime
-from channels.mime import AutoKind, MailAttachment, ParsedMail, parse_mail, strip_subject_prefixes
-from channels.mime_text import html_to_text, split_quoted
+import channels.email.mime
+from channels.email.mime import (
+    AutoKind,
+    MailAttachment,
+    ParsedMail,
+    parse_mail,
+    strip_subject_prefixes,
+)
+from channels.email.text import html_to_text, split_quoted
 
 CASES = Path(__file__).resolve().parent / "fixtures" / "email" / "cases"
 
@@ -580,7 +586,7 @@ def test_failure_inside_becomes_broken(monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(*_args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(channels.mime, "read_body", explode)
+    monkeypatch.setattr(channels.email.mime, "read_body", explode)
     raw = (CASES / "gmail_reply.eml").read_bytes()
     mail = parse_mail(raw)
     assert mail.broken == "could not be parsed (compat32_failed:RuntimeError)"
@@ -591,11 +597,11 @@ def test_failure_inside_becomes_broken(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_compat32_fallback_when_the_default_policy_raises(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    class Raising(channels.mime._RawHeaderPolicy):
+    class Raising(channels.email.mime._RawHeaderPolicy):
         def header_fetch_parse(self, name: str, value: str) -> str:
             raise ValueError("bad header")
 
-    monkeypatch.setattr(channels.mime, "_DEFAULT", Raising())
+    monkeypatch.setattr(channels.email.mime, "_DEFAULT", Raising())
     mail = case("gmail_reply.eml")
     assert mail.broken is None
     assert mail.text == "Yes, please make the worktop 60 cm deep."

@@ -1,4 +1,4 @@
-"""channels/mime over real-world corpora: Chatwoot's .eml fixtures and CPython's test mails.
+"""channels/email/mime over real-world corpora: Chatwoot's .eml fixtures and CPython's test mails.
 
 Every file parses without an exception; where a file's sender, subject and text can be
 read from the file itself, they are asserted (expectations written by hand from the
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from channels.mime import AutoKind, ParsedMail, parse_mail
+from channels.email.mime import AutoKind, ParsedMail, parse_mail
 
 ROOT = Path(__file__).resolve().parents[1]
 CHATWOOT = ROOT / "tests" / "fixtures" / "email" / "chatwoot"

@@ -1,7 +1,7 @@
 """E-mail: mailboxes read over IMAP, replies sent over SMTP.
 
 Inbound mail does not come as webhooks: ``ingest/mail_sync.py`` reads each mailbox over
-IMAP, ``channels/mime.py`` parses every mail, and :func:`inbound_from_mail` here turns the
+IMAP, ``channels/email/mime.py`` parses every mail, and :func:`inbound_from_mail` here turns the
 result into an :class:`InboundMessage` like every other channel's. The message's
 ``provider_id`` is the Message-ID (or ``sha256:<hash of the raw mail>`` when it has
 none), so a mail fetched twice — after a crash, a UIDVALIDITY change, by two processes —
@@ -49,8 +49,8 @@ from channels.base import (
     WebhookRequest,
     setting_env,
 )
-from channels.imap import ImapSession
-from channels.mime import AutoKind, ParsedMail, strip_subject_prefixes
+from channels.email.imap import ImapSession
+from channels.email.mime import AutoKind, ParsedMail, strip_subject_prefixes
 from config.models import ChannelAccount
 from crm_store.files import StoredFile
 from routing.identity import normalize_email

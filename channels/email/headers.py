@@ -1,7 +1,7 @@
 """Header values of a mail → text, addresses, dates and ids, tolerant of what senders write.
 
 Works on the raw header values the ``email`` parser keeps (``Message.raw_items()``): 8-bit
-bytes in headers are read with :func:`channels.mime_charset.decode_8bit_header`, RFC 2047
+bytes in headers are read with :func:`channels.email.charset.decode_8bit_header`, RFC 2047
 encoded words are decoded here (also malformed ones: unknown charsets, bad base64 padding,
 a multi-byte character split across two words, words glued to text, a missing ``?=``).
 """
@@ -14,7 +14,7 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_tz
 
-from channels.mime_charset import decode_8bit_header, decode_text
+from channels.email.charset import decode_8bit_header, decode_text
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

@@ -2,10 +2,10 @@
 
 Parsing is the stdlib ``email`` package (``policy.default``, and ``policy.compat32`` when
 ``default`` raises on a message) made robust around it: header values are decoded from
-the raw values the parser keeps (:mod:`channels.mime_headers`), bodies through the charset
-repair of :mod:`channels.mime_charset`, the MIME tree is read by :mod:`channels.mime_tree`,
-HTML and quoted replies by :mod:`channels.mime_text`, automatic mail is recognised by
-:mod:`channels.mime_auto`. See docs/channels/email-parsing.md.
+the raw values the parser keeps (:mod:`channels.email.headers`), bodies through the charset
+repair of :mod:`channels.email.charset`, the MIME tree is read by :mod:`channels.email.tree`,
+HTML and quoted replies by :mod:`channels.email.text`, automatic mail is recognised by
+:mod:`channels.email.auto`. See docs/channels/email-parsing.md.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import EmailPolicy, Policy
 
-from channels.mime_auto import AUTO_HEADERS, AutoKind, classify, failed_recipients
-from channels.mime_charset import clean_text, decode_text
-from channels.mime_headers import (
+from channels.email.auto import AUTO_HEADERS, AutoKind, classify, failed_recipients
+from channels.email.charset import clean_text, decode_text
+from channels.email.headers import (
     address_list,
     header_text,
     parse_addresses,
@@ -31,8 +31,8 @@ from channels.mime_headers import (
     strip_subject_prefixes,
     unfold,
 )
-from channels.mime_text import split_quoted, tidy
-from channels.mime_tree import CONTROL, MAX_PARTS, header_map, is_null_path, param, read_body
+from channels.email.text import split_quoted, tidy
+from channels.email.tree import CONTROL, MAX_PARTS, header_map, is_null_path, param, read_body
 
 __all__ = [
     "AutoKind",
@@ -91,7 +91,7 @@ class _RawHeaderPolicy(EmailPolicy):
     """``policy.default`` except that header values are fetched as unfolded raw strings.
 
     The MIME structure, the defects and the EmailMessage class are policy.default's; only
-    the header objects are not built: every value is decoded by channels.mime_headers, and
+    the header objects are not built: every value is decoded by channels.email.headers, and
     building them (``_header_value_parser``) costs 5-35 ms per mail with many parts and
     raises on some malformed values.
     """

@@ -1,4 +1,4 @@
-"""The MIME tree of a parsed mail → its text, quoted part, HTML and files (for channels/mime).
+"""The MIME tree of a parsed mail → its text, quoted part, HTML and files (for channels/email/mime).
 
 Read like a mail client does: ``multipart/alternative`` gives the text/plain branch for
 the text and the last HTML branch for ``html``; ``multipart/related`` is its root part plus
@@ -20,10 +20,10 @@ from email.policy import Policy, compat32
 from email.utils import collapse_rfc2231_value
 from urllib.parse import unquote
 
-from channels.mime_auto import dsn_fields_from_text
-from channels.mime_charset import decode_8bit_header, decode_text
-from channels.mime_headers import decode_words, header_text
-from channels.mime_text import QUOTE_MARK, html_to_text, split_quoted, tidy, unflow
+from channels.email.auto import dsn_fields_from_text
+from channels.email.charset import decode_8bit_header, decode_text
+from channels.email.headers import decode_words, header_text
+from channels.email.text import QUOTE_MARK, html_to_text, split_quoted, tidy, unflow
 
 MAX_DEPTH = 40
 MAX_PARTS = 2000
