@@ -9,12 +9,16 @@ Every move — an operator's through the API, a robot's through automation — g
 - **backward moves**: anywhere in a ``forbid_backward`` pipeline, and back past a stage
   marked ``no_return`` once the lead/deal has reached it. Final stages stay reachable.
 
-A refusal (:class:`StageError`) lists everything missing at once. The move itself keeps
+A refusal (:class:`StageError`) lists everything missing at once, each with the field it
+is about (:attr:`StageError.problems`: a required field, or the fields an entry condition
+looks at — "the payment due date is set" names ``payment_due_date``), so a screen can offer
+an input for it. The move itself keeps
 everything derived from it true: ``open`` follows the stage, the open-lead / auto-deal
 guards are released when the entity closes, the conversations pointing at it learn that
 their target closed, a lead closed as spam marks its contact, and a ``*.stage_changed``
-event is appended. The update is conditional on the stage the checks saw, so two moves at
-once cannot both pass the guards of different starting points.
+event is appended. The update is conditional on the stage the checks saw
+(:func:`move_seen`), so two moves at once cannot both pass the guards of different
+starting points: of several moves from one reading, exactly one wins.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from automation.conditions import Snapshot, matches
+from automation.rules import Condition
 from config.models import Pipeline, Stage
 from crm_store.events import append, event
 from crm_store.store import Document, Store
@@ -37,7 +42,8 @@ class StageError(ValueError):
     ``code``: ``stage_refused`` (a guard said no), ``unknown_stage``, ``not_found``,
     ``conflict`` (the entity moved meanwhile). ``missing_fields`` are the required fields
     that are empty, ``unmet`` the messages of the entry conditions and direction rules that
-    do not hold; ``field`` is the first missing field (or None).
+    do not hold; ``field`` is the first missing field (or None). ``problems`` pairs every
+    reason with the field it is about (None: the move's direction, no field helps).
     """
 
     def __init__(
@@ -48,16 +54,29 @@ class StageError(ValueError):
         code: str = "stage_refused",
         missing_fields: Sequence[str] = (),
         unmet: Sequence[str] = (),
+        problems: Sequence[tuple[str | None, str]] = (),
     ) -> None:
         super().__init__(message)
         self.code = code
         self.missing_fields = list(missing_fields)
         self.field = field if field is not None else next(iter(self.missing_fields), None)
         self.unmet = list(unmet)
+        self.problems = list(problems)
 
     def details(self) -> dict[str, Any]:
         """What a problem+json answer carries."""
         return {"code": self.code, "missing_fields": self.missing_fields, "unmet": self.unmet}
+
+
+def fields_named(cond: Condition) -> list[str]:
+    """The entity fields a condition tests (its ``fields`` keys, nested ones too), in
+    order, each once: what an operator fills in to meet it."""
+    out = list(cond.fields or {})
+    for sub in [*(cond.all or []), *(cond.any or [])]:
+        out += fields_named(sub)
+    if cond.not_ is not None:
+        out += fields_named(cond.not_)
+    return list(dict.fromkeys(out))
 
 
 def _index(pipeline: Pipeline, stage_id: str) -> int:
@@ -96,14 +115,22 @@ def check_move(pipeline: Pipeline, entity: Document, stage_id: str) -> None:
     fields: dict[str, object] = entity.get("fields") or {}
     missing = [n for n in target.required_fields if fields.get(n) in (None, "", [])]
     snap = Snapshot.of(str(entity.get("kind") or "deal"), {"_id": "", **entity})
-    unmet = [r.message for r in target.requires if not matches(r.if_, snap)]
+    failed = [r for r in target.requires if not matches(r.if_, snap)]
+    unmet = [r.message for r in failed]
+    problems: list[tuple[str | None, str]] = [
+        (name, f"required to enter {stage_id}") for name in missing
+    ]
+    for r in failed:
+        named: list[str | None] = [*fields_named(r.if_)] or [None]
+        problems += [(name, r.message) for name in named]
     back = _backward(pipeline, entity, target)
     if back is not None:
         unmet.append(back)
+        problems.append((None, back))
     if missing or unmet:
         reasons = [f"stage {stage_id} requires field {name!r}" for name in missing]
         reasons += [f"{message} (not met)" if message != back else message for message in unmet]
-        raise StageError("; ".join(reasons), missing_fields=missing, unmet=unmet)
+        raise StageError("; ".join(reasons), missing_fields=missing, unmet=unmet, problems=problems)
 
 
 def stage_changed(
@@ -152,6 +179,26 @@ async def move_stage(
     entity = await coll.find_one({"_id": entity_id})
     if entity is None:
         raise StageError(f"no {kind} {entity_id}", code="not_found")
+    return await move_seen(store, kind, entity, pipeline, stage_id, by, at=at, key=key)
+
+
+async def move_seen(
+    store: Store,
+    kind: Kind,
+    entity: Document,
+    pipeline: Pipeline,
+    stage_id: str,
+    by: str | None = None,
+    *,
+    at: datetime | None = None,
+    key: str | None = None,
+) -> Document:
+    """Move ``entity`` — the lead/deal as the caller read it — to ``stage_id``: checked
+    against that reading, written only if the stored stage is still the one read (else
+    ``conflict``)."""
+    coll = store.leads if kind == "lead" else store.deals
+    entity_id = entity["_id"]
+    entity = dict(entity)
     check_move(pipeline, {**entity, "kind": kind}, stage_id)
     stage = pipeline.stage(stage_id)
     assert stage is not None

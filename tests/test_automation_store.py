@@ -17,7 +17,7 @@ from config.loader import load_config
 from config.models import AppConfig, Pipeline
 from config.settings import DEFAULT_CONFIG_DIR
 from crm_store import automation_log, cursors, entities, feed, notifications, tasks, timers
-from crm_store.stages import StageError, check_move, move_stage
+from crm_store.stages import StageError, check_move, move_seen, move_stage
 from crm_store.store import Store
 
 pytestmark = pytest.mark.contract
@@ -177,18 +177,42 @@ async def test_a_move_keyed_by_automation_is_written_once(store: Store, config: 
     assert doc["stage_entered_at"] == at()
 
 
-async def test_concurrent_moves_cannot_both_pass_the_guards(
+async def test_concurrent_moves_from_one_reading_have_exactly_one_winner(
     store: Store, config: AppConfig
 ) -> None:
+    """Three operators read the lead in ``new`` and move it at once: the guards passed for
+    ``new``, so only the first write may land; the others are told it moved meanwhile."""
     leads = config.pipeline("leads")
-    await insert(store, "lead", "l1")
+    seen = await insert(store, "lead", "l1")
+    targets = ("in_work", "qualified", "spam")
     results = await asyncio.gather(
-        *(move_stage(store, "lead", "l1", leads, s) for s in ("in_work", "qualified", "spam")),
+        *(move_seen(store, "lead", seen, leads, s, by=f"user-{s}") for s in targets),
         return_exceptions=True,
     )
+    winners = [r for r in results if isinstance(r, dict)]
     conflicts = [r for r in results if isinstance(r, StageError)]
-    assert all(c.code == "conflict" for c in conflicts)
-    assert await store.events.count_documents({}) == 3 - len(conflicts)
+    assert (len(winners), len(conflicts)) == (1, 2), results
+    assert {c.code for c in conflicts} == {"conflict"}
+    stored = await entities.get(store, "lead", "l1")
+    assert stored is not None
+    assert stored["stage_id"] == winners[0]["stage_id"]
+    [ev] = [e async for e in store.events.find({})]
+    assert (ev["data"]["from"], ev["data"]["to"]) == ("new", stored["stage_id"])
+
+
+async def test_a_move_from_a_stale_reading_is_a_conflict(store: Store, config: AppConfig) -> None:
+    """Read in ``new``, moved by someone else to ``in_work``: the move checked against
+    ``new`` must not land (its guards were checked for the wrong starting point)."""
+    leads = config.pipeline("leads")
+    seen = await insert(store, "lead", "l1")
+    await move_stage(store, "lead", "l1", leads, "in_work")
+    with pytest.raises(StageError) as info:
+        await move_seen(store, "lead", seen, leads, "spam")
+    assert info.value.code == "conflict"
+    stored = await entities.get(store, "lead", "l1")
+    assert stored is not None
+    assert (stored["stage_id"], stored["open"]) == ("in_work", True)
+    assert await store.events.count_documents({}) == 1
 
 
 # --- entity edits ------------------------------------------------------------------------

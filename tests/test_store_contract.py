@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from pymongo import WriteConcern, monitoring
 
 from config.loader import load_config
 from config.models import AppConfig
@@ -134,6 +135,41 @@ async def test_accept_same_document_twice_is_a_duplicate(store: Store) -> None:
     rec = await store.intake.find_one({})
     assert rec is not None
     assert rec["owner"] == "owner-a"
+
+
+class _Writes(monitoring.CommandListener):
+    """The write commands a client sends, as sent (the write concern on the wire)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Document] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("insert", "update"):
+            self.sent.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_intake_is_written_with_majority_and_journal(mongo_uri: str, db_name: str) -> None:
+    """Nothing is acknowledged to a provider before it is durable: the intake write the
+    service makes carries ``w: majority, j: true`` (a w=1 / j=false store or an override
+    on the write itself fails here)."""
+    writes = _Writes()
+    s = Store.open(mongo_uri, db_name, timeout_ms=10_000, event_listeners=[writes])
+    try:
+        assert s.intake.write_concern == WriteConcern(w="majority", j=True)
+        await intake.accept(s, [intake_doc("wc-1")], "owner-a", 30)
+    finally:
+        await s.close()
+    inserts = [c for c in writes.sent if c.get("insert") == "intake"]
+    assert inserts, writes.sent
+    assert [dict(c.get("writeConcern") or {}) for c in inserts] == [
+        {"w": "majority", "j": True}
+    ] * len(inserts)
 
 
 async def test_accept_batch_with_one_stored_document(store: Store) -> None:
