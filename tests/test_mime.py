@@ -238,7 +238,8 @@ def test_old_style_sender_and_name_only_sender() -> None:
     assert (daemon.from_addr, daemon.from_name) == (None, "Mail Delivery System")
     sender = parse_mail(build("Sender: Bot <bot@shop.example>\nTo: b@c.example"))
     assert sender.from_addr == "bot@shop.example"
-    assert "from_taken_from_sender" in sender.defects
+    assert sender.sender_source == "Sender"
+    assert "sender_from:Sender" in sender.defects
 
 
 # ---------------------------------------------------------------- structure

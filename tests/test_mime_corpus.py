@@ -244,7 +244,11 @@ def test_chatwoot_automatic_mail() -> None:
     postfix = chatwoot("bounced_with_no_from.eml")
     assert postfix.auto is AutoKind.BOUNCE
     assert postfix.bounced_recipients == ["noreply@example-service.com"]
-    for name in ("support.eml", "welcome.eml", "mail_with_quote.eml", "notification.eml"):
+    # Chatwoot's own assignment notification, sent through Amazon SES with a Feedback-ID.
+    notification = chatwoot("notification.eml")
+    assert notification.auto is AutoKind.BULK
+    assert notification.auto_reason == "Feedback-ID header (list or newsletter mail)"
+    for name in ("support.eml", "welcome.eml", "mail_with_quote.eml"):
         assert chatwoot(name).auto is None, name
 
 

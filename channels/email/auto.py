@@ -11,7 +11,17 @@ Pure decisions on header values and a little body text; no I/O. The rules, in or
    ``X-Mail-Autoreply``, or an out-of-office subject ("Automatic reply:",
    "Автоматический ответ:", "Out of Office:" …).
 3. BOUNCE: a null reverse path (``Return-Path: <>``) with none of the above.
-4. BULK: ``Precedence: bulk/junk/list``, ``List-Id``, ``List-Unsubscribe``.
+4. BULK: ``Precedence: bulk/junk/list``, ``List-Id``, ``List-Unsubscribe``,
+   ``List-Unsubscribe-Post``, ``Feedback-ID``, or a mass-mailing service's campaign
+   header (Mailchimp, Sendinblue/Brevo, Mailgun, SendGrid, UniSender, Mindbox …).
+5. NOTIFICATION: a ticketing or monitoring system's header (Jira, Redmine, Zendesk,
+   Freshdesk, OTRS, GitHub, GitLab, Zabbix, Nagios, Grafana …), or a sender address that
+   no person writes from (``noreply@``, ``no-reply@``, ``donotreply@``, ``mailer@``,
+   ``notifications@``, ``alerts@``, ``bounces@`` …).
+
+:func:`explain` returns the kind with the rule that matched, in words (the routing
+decision's reason says it). Whether a mailbox's allow-list (``customer_senders``) makes
+such a sender a customer after all is the channel's decision, not the parser's.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ class AutoKind(StrEnum):
     # X-Auto-Response-Suppress, Precedence auto_reply
     BOUNCE = "bounce"  # multipart/report delivery-status, null Return-Path (<>),
     # From MAILER-DAEMON@ / postmaster@ with a DSN-like body
-    BULK = "bulk"  # Precedence bulk/junk/list, List-Id, List-Unsubscribe
+    BULK = "bulk"  # Precedence bulk/junk/list, List-Id, List-Unsubscribe, Feedback-ID,
+    # campaign headers of mass-mailing services
+    NOTIFICATION = "notification"  # ticketing/monitoring systems, noreply@-style senders
 
 
 _DAEMON = re.compile(
@@ -56,8 +68,66 @@ _AUTO_FLAGS = (
     "x-autoreply-from",
     "x-mail-autoreply",
 )
+# Newsletters: headers mass-mailing services add to every campaign mail.
+_BULK_HEADERS = (
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "feedback-id",
+    "x-campaign",
+    "x-campaign-id",
+    "x-campaignid",
+    "x-mc-user",  # Mailchimp / Mandrill
+    "x-mailchimp-campaign",
+    "x-mailgun-campaign-id",
+    "x-sg-eid",  # SendGrid
+    "x-sib-id",  # Sendinblue / Brevo
+    "x-unisender-campaign",
+    "x-mindbox-campaign",
+    "x-csa-complaints",
+    "x-newsletter",
+)
+# Ticketing, monitoring and CI systems.
+_SYSTEM_HEADERS = (
+    "x-jira-fingerprint",
+    "x-redmine-host",
+    "x-redmine-project",
+    "x-zendesk-from-account-id",
+    "x-freshdesk-ticket-id",
+    "x-otrs-loop",
+    "x-github-reason",
+    "x-gitlab-project",
+    "x-zabbix-trigger",
+    "x-nagios-notification",
+    "x-grafana-alert",
+    "x-prometheus-alert",
+    "x-pagerduty-incident",
+    "x-sentry-project",
+)
+# Mailers whose X-Mailer says a system, not a person, wrote the mail.
+_SYSTEM_MAILER = re.compile(
+    r"\b(?:zabbix|nagios|icinga|grafana|prometheus|alertmanager|jira|redmine|otrs|znuny|"
+    r"zendesk|freshdesk|bitrix24 notifications|gitlab|jenkins|sentry)\b",
+    re.IGNORECASE,
+)
+# Local parts no person writes from.
+_SYSTEM_LOCAL = re.compile(
+    r"^(?:no[-_.]?reply|do[-_.]?not[-_.]?reply|dont[-_.]?reply|mailer|notifications?|"
+    r"notify|alerts?|monitoring|bounces?|daemon|automated|robot|system|jira|redmine|"
+    r"zabbix|nagios|newsletters?|news|digest|updates)(?:[-_.+][^@]*)?$",
+    re.IGNORECASE,
+)
+_ADDRESS = re.compile(r"[^\s<>\"(),;:]+@[^\s<>\"(),;:]+")
+
 # Every header field the rules read (lower-case).
-AUTO_HEADERS = (*_AUTO_FLAGS, "auto-submitted", "precedence", "list-id", "list-unsubscribe")
+AUTO_HEADERS = (
+    *_AUTO_FLAGS,
+    "auto-submitted",
+    "precedence",
+    *_BULK_HEADERS,
+    *_SYSTEM_HEADERS,
+    "x-mailer",
+)
 
 
 def _first(headers: Mapping[str, list[str]], name: str) -> str | None:
@@ -84,10 +154,45 @@ def is_auto_reply(headers: Mapping[str, list[str]], subject: str) -> bool:
 
 
 def is_bulk(headers: Mapping[str, list[str]]) -> bool:
+    return bulk_rule(headers) is not None
+
+
+def bulk_rule(headers: Mapping[str, list[str]]) -> str | None:
+    """Why the mail is list or campaign mail, or None."""
     precedence = _first(headers, "precedence")
     if precedence is not None and _token(precedence) in ("bulk", "junk", "list"):
-        return True
-    return bool(headers.get("list-id") or headers.get("list-unsubscribe"))
+        return f"Precedence: {_token(precedence)}"
+    for name in _BULK_HEADERS:
+        if headers.get(name):
+            return f"{_display(name)} header (list or newsletter mail)"
+    return None
+
+
+def system_rule(headers: Mapping[str, list[str]], from_raw: str) -> str | None:
+    """Why the mail was written by a system (ticketing, monitoring, noreply@), or None."""
+    for name in _SYSTEM_HEADERS:
+        if headers.get(name):
+            return f"{_display(name)} header (ticketing or monitoring system)"
+    mailer = _first(headers, "x-mailer")
+    if mailer is not None and (m := _SYSTEM_MAILER.search(mailer)):
+        return f"X-Mailer {m.group(0)} (ticketing or monitoring system)"
+    addr = sender_address(from_raw)
+    if addr is not None and _SYSTEM_LOCAL.match(addr.rsplit("@", 1)[0]):
+        return f"sender {addr} is a no-reply / system address"
+    return None
+
+
+def sender_address(from_raw: str) -> str | None:
+    """The first address in a From value (lower-case), for the rules above."""
+    m = _ADDRESS.search(from_raw)
+    return m.group(0).lower().strip(".") if m else None
+
+
+def _display(name: str) -> str:
+    return "-".join(
+        p.upper() if p in ("id", "mc", "sg", "sib", "csa") else p.capitalize()
+        for p in name.split("-")
+    )
 
 
 def looks_like_daemon(from_raw: str) -> bool:
@@ -103,24 +208,59 @@ def classify(
     has_delivery_status: bool,
     null_return_path: bool,
 ) -> AutoKind | None:
-    """The kind of automatic mail, or None for a (probably) human message.
+    """The kind of automatic mail, or None for a (probably) human message."""
+    found = explain(
+        headers,
+        subject=subject,
+        from_raw=from_raw,
+        body_start=body_start,
+        has_delivery_status=has_delivery_status,
+        null_return_path=null_return_path,
+    )
+    return found[0] if found else None
+
+
+def explain(
+    headers: Mapping[str, list[str]],
+    *,
+    subject: str,
+    from_raw: str,
+    body_start: str,
+    has_delivery_status: bool,
+    null_return_path: bool,
+) -> tuple[AutoKind, str] | None:
+    """The kind of automatic mail and the rule that matched, or None for a human message.
 
     ``headers``: lower-case header name → values of the top-level message;
     ``body_start``: the first few KB of the readable text.
     """
     if has_delivery_status:
-        return AutoKind.BOUNCE
+        return AutoKind.BOUNCE, "a delivery-status report (bounce)"
     if (looks_like_daemon(from_raw) or (null_return_path and not from_raw.strip())) and (
         _DSN_TEXT.search(subject) or _DSN_TEXT.search(body_start)
     ):
-        return AutoKind.BOUNCE
+        return AutoKind.BOUNCE, "a mailer daemon's delivery failure text (bounce)"
     if is_auto_reply(headers, subject):
-        return AutoKind.AUTO_REPLY
+        return AutoKind.AUTO_REPLY, _auto_reply_rule(headers, subject)
     if null_return_path:
-        return AutoKind.BOUNCE
-    if is_bulk(headers):
-        return AutoKind.BULK
+        return AutoKind.BOUNCE, "null reverse path (Return-Path: <>)"
+    if (bulk := bulk_rule(headers)) is not None:
+        return AutoKind.BULK, bulk
+    if (system := system_rule(headers, from_raw)) is not None:
+        return AutoKind.NOTIFICATION, system
     return None
+
+
+def _auto_reply_rule(headers: Mapping[str, list[str]], subject: str) -> str:
+    submitted = _first(headers, "auto-submitted")
+    if submitted is not None and _token(submitted) not in ("", "no"):
+        return f"Auto-Submitted: {_token(submitted)}"
+    for name in _AUTO_FLAGS:
+        if _first(headers, name) is not None:
+            return f"{_display(name)} header (auto-reply)"
+    if _first(headers, "precedence") is not None and _OOO_SUBJECT.match(subject) is None:
+        return "Precedence: auto_reply"
+    return "out-of-office subject (auto-reply)"
 
 
 # ---------------------------------------------------------------- DSN (RFC 3464)

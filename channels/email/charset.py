@@ -14,6 +14,8 @@ import codecs
 import functools
 import re
 
+from channels.email.detect import cyrillic_score, detect
+
 # Labels → the Python codec that reads them best. Supersets where the declared charset is
 # a subset in practice (gb2312 mail is GBK, ks_c_5601 is cp949, latin-1 and ascii mail is
 # windows-1252, as in the WHATWG encoding standard).
@@ -97,15 +99,8 @@ CYRILLIC = frozenset({"cp1251", "koi8_r", "koi8_u", "iso8859_5", "cp866", "mac_c
 # What mislabelled Cyrillic mail really is, most likely first (ties keep the earlier one).
 _CYRILLIC_GUESS = ("cp1251", "koi8_r", "iso8859_5", "cp866")
 
-# The most frequent Russian letters: correct text is full of them, mis-decoded text is not.
-_COMMON = re.compile("[оеаинтсрвлкмдпуяы]")
-# Box-drawing and other symbols that mis-decoded Cyrillic bytes turn into.
-_JUNK = re.compile("[\u2500-\u25ff¤¦§©¬®±µ¶·]")
 _SAMPLE = 8192  # bytes scored when comparing readings
 _NON_ASCII = re.compile("[^\x00-\x7f]")
-_CYR_LOWER = re.compile("[а-яё]")
-_CYR_UPPER = re.compile("[А-ЯЁ]")
-_UPPER_AFTER_LOWER = re.compile("[а-яё][А-ЯЁ]")
 _HIGH = re.compile(rb"[\x80-\xff]")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
@@ -128,17 +123,6 @@ def codec_for(label: str | None) -> str | None:
     if not getattr(info, "_is_text_encoding", True) or codec in _REFUSED:
         return None
     return codec
-
-
-def cyrillic_score(text: str) -> int:
-    """How much ``text`` reads like Cyrillic prose (higher is better; can be negative)."""
-    lower = len(_CYR_LOWER.findall(text))
-    if lower == 0 and not _CYR_UPPER.search(text):
-        return 0
-    common = len(_COMMON.findall(text))
-    mixed = len(_UPPER_AFTER_LOWER.findall(text))
-    junk = len(_JUNK.findall(text))
-    return 2 * common + lower - 6 * mixed - 4 * junk
 
 
 def _cyrillic_pick(data: bytes, candidates: tuple[str, ...]) -> tuple[str, str, int] | None:
@@ -198,9 +182,18 @@ def decode_text(
     try:
         text = data.decode(codec)
     except (UnicodeDecodeError, LookupError, ValueError):
+        if codec.startswith("iso2022_jp") and (ms := iso2022jp_ms(data)) is not None:
+            repairs.append("charset_repaired:iso2022_jp->cp50221")
+            return ms, repairs
         repairs.append(f"charset_mismatch:{codec}")
         return _guess(data, codec, hints, repairs), repairs
-    if codec in CYRILLIC or (codec in _LATIN and _dense_8bit(data)):
+    if codec in LATIN and _dense_8bit(data):
+        # 8-bit text labelled Latin/ASCII that is mostly 8-bit letters: another script.
+        found = _hinted(data, hints) or detect(data)
+        if found is not None and found != codec and (alt := _decode_replace(data, found)):
+            repairs.append(f"charset_repaired:{codec}->{found}")
+            return alt, repairs
+    if codec in CYRILLIC or (codec in LATIN and _dense_8bit(data)):
         picked = _cyrillic_pick(data, _CYRILLIC_GUESS)
         if picked is not None and picked[1] != codec:
             alt_text, alt_codec, alt_score = picked
@@ -210,7 +203,7 @@ def decode_text(
     return text, repairs
 
 
-_LATIN = frozenset({"cp1252", "latin_1", "iso8859_15", "iso8859_2", "cp1250", "ascii", "mac_roman"})
+LATIN = frozenset({"cp1252", "latin_1", "iso8859_15", "iso8859_2", "cp1250", "ascii", "mac_roman"})
 
 
 @functools.lru_cache(maxsize=256)
@@ -250,7 +243,7 @@ def _guess(data: bytes, declared: str | None, hints: tuple[str, ...], repairs: l
             return replaced
     for hint in hints:
         codec = codec_for(hint)
-        if codec is None or codec == declared or codec in _LATIN or codec == "utf_8":
+        if codec is None or codec == declared or codec in LATIN or codec == "utf_8":
             continue
         try:
             text = data.decode(codec)
@@ -263,6 +256,10 @@ def _guess(data: bytes, declared: str | None, hints: tuple[str, ...], repairs: l
     if mostly is not None:
         repairs.append("charset_utf8_with_replacements")
         return mostly
+    found = detect(data)
+    if found is not None and (detected := _decode_replace(data, found)) is not None:
+        repairs.append(f"charset_detected:{found}")
+        return detected
     picked = _cyrillic_pick(data, _CYRILLIC_GUESS)
     if picked is not None and picked[2] >= 8:
         repairs.append(f"charset_guessed:{picked[1]}")
@@ -274,6 +271,84 @@ def _guess(data: bytes, declared: str | None, hints: tuple[str, ...], repairs: l
             return replaced
     repairs.append("charset_guessed:cp1252")
     return data.decode("cp1252", "replace")
+
+
+def _hinted(data: bytes, hints: tuple[str, ...]) -> str | None:
+    """The first non-Latin charset among ``hints`` that reads ``data`` without an error."""
+    for hint in hints:
+        codec = codec_for(hint)
+        if codec is None or codec in LATIN or not ascii_compatible(codec):
+            continue
+        try:
+            text = data.decode(codec)
+        except (UnicodeDecodeError, LookupError, ValueError):
+            continue
+        if codec not in CYRILLIC or cyrillic_score(text) > 0:
+            return codec
+    return None
+
+
+def iso2022jp_ms(data: bytes) -> str | None:
+    """ISO-2022-JP with Microsoft's extensions (CP50221: NEC row 13 — circled digits,
+    Roman numerals — and the IBM extension kanji), which Python's iso2022 codecs refuse:
+    every JIS X 0208 pair is mapped to its Shift_JIS bytes and read as CP932. None when
+    the bytes are not ISO-2022-JP at all."""
+    out = bytearray()
+    mode = "ascii"
+    i = 0
+    n = len(data)
+    while i < n:
+        b = data[i]
+        if b == 0x1B:
+            seq = data[i + 1 : i + 3]
+            if seq in (b"(B", b"(J"):
+                mode = "ascii"
+            elif seq in (b"$B", b"$@"):
+                mode = "jis"
+            elif seq == b"(I":
+                mode = "kana"
+            elif data[i + 1 : i + 4] == b"$(D":  # JIS X 0212: no CP932 equivalent
+                mode = "jis0212"
+                i += 4
+                continue
+            else:
+                return None
+            i += 3
+            continue
+        if b == 0x0E:  # SO: half-width katakana (CP50221)
+            mode, i = "kana", i + 1
+            continue
+        if b == 0x0F:
+            mode, i = "ascii", i + 1
+            continue
+        if b >= 0x80:
+            return None
+        if mode == "ascii" or b in (0x0A, 0x0D):
+            out.append(b)
+            i += 1
+        elif mode == "kana":
+            out.append(b + 0x80 if 0x21 <= b <= 0x5F else b)
+            i += 1
+        elif i + 1 < n:
+            if mode == "jis":
+                out += _jis_to_sjis(b, data[i + 1])
+            else:
+                out += "\ufffd".encode("cp932", "replace")
+            i += 2
+        else:
+            i += 1
+    try:
+        return bytes(out).decode("cp932", "replace")
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def _jis_to_sjis(c1: int, c2: int) -> bytes:
+    s2 = c2 + (0x1F + (1 if c2 >= 0x60 else 0) if c1 % 2 else 0x7E)
+    s1 = (c1 + 1) // 2 + 0x70
+    if s1 >= 0xA0:
+        s1 += 0x40
+    return bytes((s1 & 0xFF, s2 & 0xFF))
 
 
 def _decode_replace(data: bytes, codec: str) -> str | None:

@@ -24,6 +24,7 @@ _QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
 _ADDR_SPEC = re.compile(r'^(?:"[^"\r\n]*"|[^@\s<>()",;:\[\]\\]+)@[^@\s<>()",;:\\]+$')
 _ADDR_IN_TEXT = re.compile(r"[^\s<>()\",;:\[\]\\]+@[^\s<>()\",;:\[\]\\]+\.[^\s<>()\",;:\\.]+")
 _MSG_ID = re.compile(r"<([^<>]*)>")
+_QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 def unfold(value: str) -> str:
@@ -155,8 +156,16 @@ def _strip_comments(value: str) -> tuple[str, str]:
     comments: list[str] = []
     depth = 0
     quoted = False
+    escape = False
     for ch in value:
-        if quoted:
+        if escape:  # a quoted pair: the character itself, never a delimiter
+            (comments if depth else rest).append(ch)
+            escape = False
+        elif ch == "\\" and (quoted or depth):
+            escape = True
+            if quoted:
+                rest.append(ch)
+        elif quoted:
             rest.append(ch)
             quoted = ch != '"'
         elif ch == '"' and not depth:
@@ -192,7 +201,8 @@ def _clean_name(name: str, repairs: list[str] | None) -> str | None:
     name = name.strip()
     if len(name) >= 2 and name[0] == '"' and name[-1] == '"':
         name = name[1:-1]
-    name = name.replace('\\"', '"').replace("\\\\", "\\").strip().strip("'")
+    # Quoted pairs (RFC 5322 3.2.1): a backslash makes the next character literal.
+    name = _QUOTED_PAIR.sub(r"\1", name).strip().strip("'")
     text = header_text(name, repairs=repairs) if name else ""
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
         text = text[1:-1].strip()

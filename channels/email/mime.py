@@ -19,8 +19,10 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import EmailPolicy, Policy
 
-from channels.email.auto import AUTO_HEADERS, AutoKind, classify, failed_recipients
-from channels.email.charset import clean_text, decode_text
+from channels.email import block
+from channels.email.auto import AUTO_HEADERS, AutoKind, explain, failed_recipients
+from channels.email.charset import LATIN, clean_text, codec_for, decode_text
+from channels.email.detect import detect
 from channels.email.headers import (
     address_list,
     header_text,
@@ -59,7 +61,11 @@ class ParsedMail:
     content_hash: str  # hex sha256 of the raw bytes
     from_addr: str | None  # the sender's address exactly as written (no case folding)
     from_name: str | None  # decoded display name
+    # The field the sender was read from: "From", "From #2" (the first From unusable),
+    # "Sender", "Reply-To", "Return-Path"; None when no field had an address.
+    sender_source: str | None
     reply_to: list[str]  # Reply-To addresses
+    reply_to_name: str | None  # the first Reply-To address's display name
     to: list[str]
     cc: list[str]
     subject: str  # decoded; "" when missing
@@ -71,11 +77,20 @@ class ParsedMail:
     references: list[str]  # ids without <>, in header order (oldest first)
     attachments: list[MailAttachment]
     auto: AutoKind | None
+    auto_reason: str | None  # the rule that made the mail automatic, in words
     null_return_path: bool  # Return-Path: <>
     bounced_recipients: list[str]  # failed DSN Final-/Original-Recipient, lower-cased
     broken: str | None  # why the message could not be parsed at all; else None
     defects: list[str]  # email-package defects and our own repairs, for diagnostics
 
+
+# Where the author's address is looked for, in order (field name, header key).
+_SENDER_FIELDS = (
+    ("From", "from"),
+    ("Sender", "sender"),
+    ("Reply-To", "reply-to"),
+    ("Return-Path", "return-path"),
+)
 
 # Header fields at least one of which any real message has.
 _KNOWN_HEADERS = frozenset(
@@ -136,6 +151,8 @@ def _clean(mail: ParsedMail) -> ParsedMail:
         from_addr=opt(mail.from_addr),
         from_name=opt(mail.from_name),
         reply_to=many(mail.reply_to),
+        reply_to_name=opt(mail.reply_to_name),
+        auto_reason=opt(mail.auto_reason),
         to=many(mail.to),
         cc=many(mail.cc),
         subject=clean_text(mail.subject),
@@ -163,10 +180,11 @@ def _parse(raw: bytes, digest: str) -> ParsedMail:
     if not raw.strip():
         return _salvage(raw, digest, "empty message", [])
     failures: list[str] = []
+    repaired, repairs = block.repair(raw)
     for pol in (_DEFAULT, policy.compat32):
         try:
-            msg: Message = BytesParser(policy=pol).parsebytes(raw)
-            return _Reader(msg, raw, digest, list(failures)).result()
+            msg: Message = BytesParser(policy=pol).parsebytes(repaired)
+            return _Reader(msg, repaired, digest, [*repairs, *failures]).result()
         except Exception as exc:
             failures.append(f"{_policy_name(pol)}_failed:{type(exc).__name__}")
     return _salvage(raw, digest, f"could not be parsed ({failures[-1]})", failures)
@@ -199,7 +217,9 @@ def _salvage(raw: bytes, digest: str, reason: str, defects: list[str]) -> Parsed
         content_hash=digest,
         from_addr=None,
         from_name=None,
+        sender_source=None,
         reply_to=[],
+        reply_to_name=None,
         to=[],
         cc=[],
         subject="",
@@ -211,11 +231,34 @@ def _salvage(raw: bytes, digest: str, reason: str, defects: list[str]) -> Parsed
         references=[],
         attachments=[],
         auto=None,
+        auto_reason=None,
         null_return_path=False,
         bounced_recipients=[],
         broken=reason,
         defects=_unique(defects),
     )
+
+
+_HIGH_LINE = re.compile(rb"[^\r\n]*[\x80-\xff][^\r\n]*")
+
+
+def _non_latin(label: str) -> bool:
+    codec = codec_for(label)
+    return codec is not None and codec not in LATIN and codec != "utf_8"
+
+
+def _undeclared_8bit(raw: bytes) -> str | None:
+    """The charset of a mail's 8-bit lines when they are not UTF-8; else None."""
+    if _HIGH_LINE.search(raw) is None:
+        return None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        return None
+    sample = b"\n".join(m.group(0) for m in _HIGH_LINE.finditer(raw[:65536]))
+    return detect(sample[:8192])
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -241,10 +284,9 @@ class _Reader:
             return _salvage(self.raw, self.digest, "no header fields", self.defects)
         h = self.headers
         fix = self.defects
-        from_raw = (h.get("from") or h.get("sender") or [""])[0]
-        if not h.get("from") and h.get("sender"):
-            fix.append("from_taken_from_sender")
-        from_name, from_addr = self._sender(from_raw)
+        from_name, from_addr, from_raw, sender_source = self._sender()
+        if sender_source not in (None, "From"):
+            fix.append(f"sender_from:{sender_source}")
         subject = header_text(h["subject"][0], self.hints, fix) if h.get("subject") else ""
         date = parse_date(h["date"][0]) if h.get("date") else None
         msg_id = parse_message_id(h["message-id"][0]) if h.get("message-id") else None
@@ -253,7 +295,7 @@ class _Reader:
 
         body = read_body(self.msg, self.hints, fix)
 
-        auto = classify(
+        auto_found = explain(
             {name: [unfold(v) for v in h[name]] for name in AUTO_HEADERS if name in h},
             subject=subject,
             from_raw=header_text(from_raw, self.hints) if from_raw else "",
@@ -261,6 +303,7 @@ class _Reader:
             has_delivery_status=body.has_dsn,
             null_return_path=null_return_path,
         )
+        auto = auto_found[0] if auto_found else None
         bounced = failed_recipients(body.dsn_blocks)
         if auto is AutoKind.BOUNCE and not bounced and h.get("x-failed-recipients"):
             bounced = [a.lower() for a in address_list(h["x-failed-recipients"], self.hints)]
@@ -270,7 +313,9 @@ class _Reader:
             content_hash=self.digest,
             from_addr=from_addr,
             from_name=from_name,
+            sender_source=sender_source,
             reply_to=address_list(h.get("reply-to", []), self.hints, fix),
+            reply_to_name=self._first_name(h.get("reply-to", [])),
             to=address_list(h.get("to", []), self.hints, fix),
             cc=address_list(h.get("cc", []), self.hints, fix),
             subject=subject,
@@ -285,21 +330,42 @@ class _Reader:
                 for f in body.files
             ],
             auto=auto,
+            auto_reason=auto_found[1] if auto_found else None,
             null_return_path=null_return_path,
             bounced_recipients=bounced,
             broken=None,
             defects=_unique([*self._email_defects(), *self.defects]),
         )
 
-    def _sender(self, raw: str) -> tuple[str | None, str | None]:
-        if not raw:
-            return None, None
-        entries = parse_addresses(raw, self.hints, self.defects)
-        for name, addr in entries:
-            if addr:
-                return name, addr
-        names = [name for name, _addr in entries if name]
-        return (names[0] if names else None), None
+    def _sender(self) -> tuple[str | None, str | None, str, str | None]:
+        """``(name, address, raw value, the field it came from)`` of the mail's author.
+
+        The first From value with a usable address (a mail may carry several, the first
+        one unusable); with none, Sender, then Reply-To, then Return-Path. The name is
+        the first one seen when no field has an address.
+        """
+        h = self.headers
+        first_name: str | None = None
+        first_raw = ""
+        for field, key in _SENDER_FIELDS:
+            for n, raw in enumerate(h.get(key, [])):
+                if key == "return-path" and is_null_path(raw):
+                    continue
+                for name, addr in parse_addresses(raw, self.hints, self.defects):
+                    if addr:
+                        label = field if n == 0 or key != "from" else f"From #{n + 1}"
+                        return name or first_name, addr, raw, label
+                    if name and first_name is None:
+                        first_name = name
+                first_raw = first_raw or raw
+        return first_name, None, first_raw, None
+
+    def _first_name(self, raw_values: list[str]) -> str | None:
+        for raw in raw_values:
+            for name, addr in parse_addresses(raw, self.hints):
+                if addr:
+                    return name
+        return None
 
     def _charset_hints(self) -> tuple[str, ...]:
         found: list[str] = []
@@ -309,6 +375,11 @@ class _Reader:
             charset = param(part, "charset")
             if charset and charset.lower() not in found:
                 found.append(charset.lower())
+        if not any(_non_latin(c) for c in found) and (codec := _undeclared_8bit(self.raw)):
+            # 8-bit text no part declares: the whole mail's 8-bit lines are a sample long
+            # enough to tell the charset that short headers are then read in.
+            found.append(codec)
+            self.defects.append(f"charset_detected_for_mail:{codec}")
         return tuple(found)
 
     def _email_defects(self) -> list[str]:

@@ -1,0 +1,78 @@
+"""The header block as senders really write it, repaired before the ``email`` parser.
+
+The stdlib parser ends the header block at the first line that is not a header field or a
+continuation, so one malformed line (no colon, a continuation that lost its indent) hands
+From, Subject and Message-ID after it to the body; a byte-order mark or a stray line before
+the first field, or a space before a colon (``Subject : x``), leaves a mail with no header
+fields at all. :func:`repair` rewrites only the header block (up to the first empty line):
+
+* a BOM and lines before the first header field are dropped (an mbox ``From `` line is
+  kept: the parser reads it as the envelope);
+* ``Name : value`` becomes ``Name: value``;
+* a malformed line with well-formed fields after it becomes a continuation of the field
+  before it, so every field after it is read. Malformed lines after the last well-formed
+  field are left alone: there the body began without an empty line.
+
+Pure; the repairs made are returned for the mail's diagnostics.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOM = b"\xef\xbb\xbf"
+_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
+_SPACED_FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:")
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)?")
+_HEADER_LIMIT = 256 * 1024  # header blocks longer than this are not repaired
+
+
+def repair(raw: bytes) -> tuple[bytes, list[str]]:
+    """``raw`` with its header block repaired, and the repairs made (none: ``raw`` itself)."""
+    repairs: list[str] = []
+    data = raw
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+        repairs.append("header_bom_removed")
+    lines: list[bytes] = []
+    end = 0
+    for m in _LINE.finditer(data):
+        line = m.group(0)
+        if not line or not line.strip(b"\r\n").strip(b" \t") or end > _HEADER_LIMIT:
+            break
+        lines.append(line)
+        end = m.end()
+    if not lines:
+        return data, repairs
+    fixed = _repair_lines(lines, repairs)
+    if not repairs:
+        return raw, []
+    return b"".join(fixed) + data[end:], repairs
+
+
+def _is_field(line: bytes) -> bool:
+    return bool(_FIELD.match(line) or _SPACED_FIELD.match(line))
+
+
+def _repair_lines(lines: list[bytes], repairs: list[str]) -> list[bytes]:
+    fields = [i for i, line in enumerate(lines) if _is_field(line)]
+    if not fields:
+        return lines
+    first, last = fields[0], fields[-1]
+    out: list[bytes] = []
+    if first:
+        envelope = lines[0].startswith(b"From ") and first == 1
+        if envelope:
+            out.append(lines[0])
+        else:
+            repairs.append("junk_before_headers_dropped")
+    for i in range(first, len(lines)):
+        line = lines[i]
+        if (m := _SPACED_FIELD.match(line)) is not None:
+            line = m.group(1) + b":" + line[m.end() :]
+            repairs.append("space_before_colon")
+        elif i < last and not _FIELD.match(line) and line[:1] not in (b" ", b"\t"):
+            line = b" " + line
+            repairs.append("malformed_header_line")
+        out.append(line)
+    return out
