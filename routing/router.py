@@ -17,7 +17,7 @@ processes whose leases overlapped) stores nothing twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +69,15 @@ class _Batch:
         self.contacts_by_id[c.id] = c
         for k in c.identities:
             self.contacts_by_key.setdefault(k, c)
+
+
+def _noted(decision: Decision, msg: InboundMessage) -> Decision:
+    """The decision with the channel's note on how it read the message appended to its
+    reason (e-mail: which rule made it automatic, which field the sender came from)."""
+    note = msg.meta.get("reason_note")
+    if not isinstance(note, str) or not note:
+        return decision
+    return replace(decision, reason=f"{decision.reason}; {note}")
 
 
 def _now() -> datetime:
@@ -250,7 +259,7 @@ class Router:
     ) -> Routed:
         for _ in range(MAX_REDECIDE):
             ctx = self._context(batch, r, msg, keys, conv_id)
-            decision = decide(ctx)
+            decision = _noted(decide(ctx), msg)
             outcome = await self._execute(batch, r, msg, keys, ctx, decision)
             if outcome is not None:
                 return outcome

@@ -27,6 +27,7 @@ validated by :class:`MailboxSettings`; see docs/channels/email.md for every key.
 from __future__ import annotations
 
 import email.utils
+import fnmatch
 import hashlib
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -117,6 +118,15 @@ def _address(raw: str | None) -> str | None:
     return addr if len(addr) <= 320 and normalize_email(addr) is not None else None
 
 
+def is_customer_sender(account: ChannelAccount, address: str | None) -> bool:
+    """Whether ``address`` is on the mailbox's allow-list (``customer_senders``: exact
+    addresses or ``*`` patterns, case-insensitive)."""
+    if not address or not account.customer_senders:
+        return False
+    addr = address.strip().casefold()
+    return any(fnmatch.fnmatchcase(addr, p.strip().casefold()) for p in account.customer_senders)
+
+
 def _clip(text: str | None, n: int) -> str | None:
     return None if text is None else text[:n]
 
@@ -149,10 +159,26 @@ def inbound_from_mail(
 ) -> InboundMessage:
     """One parsed mail as the message routing sees."""
     sender = _address(parsed.from_addr)
+    name = _clip(parsed.from_name, 256)
     reply_to = next((a for a in map(_address, parsed.reply_to) if a), None) or sender
+    auto, auto_reason = parsed.auto, parsed.auto_reason
+    notes: list[str] = []
+    if parsed.sender_source not in (None, "From"):
+        notes.append(f"sender read from {parsed.sender_source} (no usable From)")
+    if auto is not AutoKind.BOUNCE and is_customer_sender(account, parsed.from_addr):
+        # A site form mailing from noreply@ on a customer's behalf: the customer is the
+        # Reply-To (when there is one), and the mail is theirs, not automatic.
+        notes.append(f"{parsed.from_addr} is a customer sender of this mailbox")
+        auto, auto_reason = None, None
+        form_customer = next((a for a in map(_address, parsed.reply_to) if a), None)
+        if form_customer is not None and form_customer != sender:
+            notes.append("the customer is the Reply-To")
+            sender, name = form_customer, _clip(parsed.reply_to_name, 256)
+    if auto is not None and auto_reason:
+        notes.append(f"automatic: {auto_reason}")
     # No usable sender address (no From, or a mail that could not be parsed): nobody to
     # make a lead for or to answer; stored and flagged only.
-    automatic = parsed.auto is not None or parsed.null_return_path or sender is None
+    automatic = auto is not None or parsed.null_return_path or sender is None
     meta: dict[str, str | int | bool | None] = {
         "subject": _clip(parsed.subject, 998),
         "folder": folder,
@@ -161,8 +187,13 @@ def inbound_from_mail(
         "message_id": parsed.message_id if parsed.has_message_id else None,
         "content_hash": parsed.content_hash,
     }
-    if parsed.auto is not None:
-        meta["auto"] = parsed.auto.value
+    if auto is not None:
+        meta["auto"] = auto.value
+    if auto_reason:
+        meta["auto_reason"] = auto_reason[:300]
+    if notes:
+        # Added to the routing decision's reason (routing/router.py).
+        meta["reason_note"] = "; ".join(notes)[:500]
     if parsed.null_return_path:
         meta["null_return_path"] = True
     if parsed.bounced_recipients:
@@ -173,7 +204,6 @@ def inbound_from_mail(
         meta["broken"] = parsed.broken
     if parsed.reply_to:
         meta["reply_to"] = ",".join(parsed.reply_to)[:998]
-    name = _clip(parsed.from_name, 256)
     if parsed.auto is AutoKind.BOUNCE and (
         failed := _address(next(iter(parsed.bounced_recipients), None))
     ):

@@ -452,7 +452,29 @@ def _dsn_blocks(part: Message) -> list[list[tuple[str, str]]]:
     return dsn_fields_from_text(text)
 
 
+# What a text/plain part beside a real HTML part says when it is only a placeholder.
+_PLACEHOLDER = re.compile(
+    r"html[- ]?(?:message|e-?mail|version|capable|compatible|format|content|only)|"
+    r"(?:does not|doesn't|cannot|can't|unable to) (?:support|display|show|read) html|"
+    r"view (?:this|the) (?:e-?mail|message) (?:in|online|with)|enable html|"
+    r"в формате html|html-верси|не поддерживает html|включите html",
+    re.IGNORECASE,
+)
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def is_placeholder(plain: str) -> bool:
+    """A text/plain part that stands in for the HTML (empty, punctuation only, or a
+    "this is an HTML message" notice) rather than rendering it."""
+    text = plain.strip()
+    return not _LETTER.search(text) or (len(text) <= 300 and bool(_PLACEHOLDER.search(text)))
+
+
 def _segment_text(segment: _Segment) -> str:
+    if segment.html and segment.plain is not None and is_placeholder(segment.plain):
+        html_text = html_to_text(segment.html, mark_quotes=True)
+        if _LETTER.search(html_text):
+            return html_text
     if segment.plain is not None and segment.plain.strip():
         # The HTML reader's quote marker means nothing in a sender's plain text.
         return segment.plain.replace(QUOTE_MARK, "")
