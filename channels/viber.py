@@ -39,13 +39,14 @@ import hashlib
 import hmac
 import math
 import mimetypes
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 import orjson
 from pydantic import ValidationError
 
+from channels import lenient
 from channels.base import (
     Attachment,
     DeliveryState,
@@ -61,7 +62,6 @@ from channels.base import (
     Unauthorized,
     WebhookChannel,
     WebhookRequest,
-    json_object,
     setting_str,
 )
 from config.models import ChannelAccount
@@ -98,30 +98,22 @@ def verify(secret: str | None, req: WebhookRequest) -> None:
 
 
 def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+    return lenient.obj(value)
 
 
-def _str(value: Any) -> str | None:
-    """A non-empty string (numbers converted), else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    text = str(value).strip() if isinstance(value, str | int) else ""
-    return text or None
+def _str(value: Any, limit: int = 256) -> str | None:
+    """A non-empty string (numbers converted; over-long: cut with a hash), else None."""
+    return lenient.ident(value, limit)
 
 
 def _size(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    return lenient.size(value)
 
 
 def _time(value: Any) -> datetime | None:
-    """Viber timestamps are epoch milliseconds (seconds are accepted too)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    seconds = value / 1000 if value > 1e11 else value
-    try:
-        return datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
+    """Viber timestamps are epoch milliseconds (seconds are accepted too); an implausible
+    one is None."""
+    return lenient.epoch(value)
 
 
 def _mime(file_name: str | None) -> str | None:
@@ -132,10 +124,10 @@ def _content(body: dict[str, Any]) -> tuple[str, list[Attachment], str | None]:
     """Text, attachments and a shared phone number of a ``message`` callback."""
     m = _obj(body.get("message"))
     kind = _str(m.get("type"))
-    text = raw if isinstance(raw := m.get("text"), str) else ""
-    media = _str(m.get("media"))
+    text = lenient.text(m.get("text"))
+    media = lenient.url(m.get("media"))
     if kind in MEDIA_KINDS:
-        name = _str(m.get("file_name"))
+        name = lenient.clip(m.get("file_name"), 512)
         att = Attachment(
             kind=MEDIA_KINDS[kind],
             url=media,
@@ -147,23 +139,20 @@ def _content(body: dict[str, Any]) -> tuple[str, list[Attachment], str | None]:
     if kind == "sticker":
         return (
             text,
-            [Attachment(kind="sticker", file_id=_str(m.get("sticker_id")), url=media)],
+            [Attachment(kind="sticker", file_id=_str(m.get("sticker_id"), 512), url=media)],
             None,
         )
     if kind == "url":
         return media or text, [], None
     if kind == "location":
         loc = _obj(m.get("location"))
-        lat, lon = loc.get("lat"), loc.get("lon")
-        url = (
-            f"geo:{lat},{lon}"
-            if isinstance(lat, int | float) and isinstance(lon, int | float)
-            else None
-        )
+        lat, lon = lenient.number(loc.get("lat")), lenient.number(loc.get("lon"))
+        url = f"geo:{lat},{lon}" if lat is not None and lon is not None else None
         return text, [Attachment(kind="location", url=url)], None
     if kind == "contact":
         contact = _obj(m.get("contact"))
-        name, phone = _str(contact.get("name")), _str(contact.get("phone_number"))
+        name = lenient.clip(contact.get("name"), 512)
+        phone = lenient.clip(contact.get("phone_number"), 4096)
         shared = "\n".join(p for p in (name, phone) if p)
         phone = phone if phone and len(phone) <= 64 else None
         return text or shared, [Attachment(kind="contact", name=name)], phone
@@ -181,22 +170,24 @@ class ViberChannel(WebhookChannel):
         verify(secret, req)
 
     def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
-        body = json_object(req.body)
+        body = lenient.load_object(req.body)
         try:
-            return self._parse(account.account, body)
+            return self._parse(account.account, body, req.body)
         except ValidationError as exc:
-            raise InvalidPayload(f"callback does not fit a message: {exc}") from None
+            raise InvalidPayload(
+                f"callback does not fit a message: {exc.error_count()} invalid field(s)"
+            ) from None
 
-    def _parse(self, acc: str, body: dict[str, Any]) -> Parsed:
+    def _parse(self, acc: str, body: dict[str, Any], raw: bytes) -> Parsed:
         event = _str(body.get("event"))
         at = _time(body.get("timestamp"))
         if event == "message":
-            return self._message(acc, body, at)
+            return self._message(acc, body, at, raw)
         if event in RECEIPTS and (token := _str(body.get("message_token"))):
             state = RECEIPTS[event]
             error = None
             if state is DeliveryState.FAILED:
-                error = _str(body.get("desc")) or "failed on the recipient's side"
+                error = lenient.clip(body.get("desc"), 1000) or "failed on the recipient's side"
             receipt = StatusUpdate(
                 channel=self.name, account=acc, provider_id=token, state=state, at=at, error=error
             )
@@ -225,26 +216,28 @@ class ViberChannel(WebhookChannel):
             reason=reason,
         )
 
-    def _message(self, acc: str, body: dict[str, Any], at: datetime | None) -> Parsed:
-        token = _str(body.get("message_token"))
+    def _message(self, acc: str, body: dict[str, Any], at: datetime | None, raw: bytes) -> Parsed:
+        # Without a readable message_token the message is keyed by a hash of the body, so
+        # Viber's redelivery of it is still stored once.
+        token = _str(body.get("message_token"), 512) or lenient.body_id(raw)
         user = _obj(body.get("sender"))
         uid = _str(user.get("id"))
-        if token is None or uid is None or not isinstance(body.get("message"), dict):
-            raise InvalidPayload("a message callback needs message_token, sender.id and message")
+        if uid is None or not _obj(body.get("message")):
+            raise InvalidPayload("a message callback needs sender.id and message")
         text, attachments, phone = _content(body)
         meta: dict[str, str | int | bool | None] = {
-            f"viber_{k}": v for k in ("country", "language") if (v := _str(user.get(k)))
+            f"viber_{k}": v for k in ("country", "language") if (v := lenient.clip(user.get(k), 64))
         }
-        kind = _str(_obj(body.get("message")).get("type"))
+        kind = lenient.clip(_obj(body.get("message")).get("type"), 64)
         if kind not in (*MEDIA_KINDS, "text", "sticker", "url", "location", "contact"):
             meta["viber_type"] = kind
-        name = _str(user.get("name"))
+        name = lenient.clip(user.get("name"), 256)
         msg = InboundMessage(
             channel=self.name,
             account=acc,
             provider_id=token,
             thread_id=uid,
-            sender=Sender(phone=phone, name=name[:256] if name else None, external_user_id=uid),
+            sender=Sender(phone=phone, name=name, external_user_id=uid),
             text=text,
             sent_at=at,
             attachments=attachments,

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from channels.base import OutboundMessage, SendError
+from channels.base import OutboundMessage, SendError, WebhookError, WebhookRequest
 from channels.telegram import ALLOWED_UPDATES, SECRET_HEADER, Address, TelegramChannel
 from config.models import ChannelAccount
 from crm_store.documents import intake_id
@@ -548,15 +548,25 @@ MALFORMED = [
 ]
 
 
-async def test_malformed_body_is_400_and_get_is_405(mongo_uri: str, db_name: str) -> None:
+async def test_unreadable_body_is_kept_unparsed_and_get_is_405(
+    mongo_uri: str, db_name: str
+) -> None:
+    """An authentic body nobody can read as a message (not JSON, no chat) is not refused:
+    Telegram would retry it and then drop it. It is acknowledged and kept as unparsed."""
     async with service(mongo_uri, db_name) as (svc, _):
         for raw in MALFORMED:
+            req = WebhookRequest("POST", {SECRET_HEADER: WEBHOOK_SECRET}, {}, raw)
+            with pytest.raises(WebhookError):
+                TelegramChannel().read(tg_account(), req)
             status, body = await post(svc, raw)
-            assert (status, body["code"]) == (400, "bad_request"), raw
+            assert status == 200, raw
+            assert body.get("accepted") == [], raw
         # Telegram has no verification handshake: a GET is not a Telegram request.
         status, _ = await svc.client.get(PATH)
         assert status == 405
-        assert await stored(svc) == (0, 0)
+        assert await svc.store.messages.count_documents({}) == 0
+        kept = await svc.store.intake.count_documents({"status": "unparsed"})
+        assert kept == await svc.store.intake.count_documents({}) == len(set(MALFORMED))
 
 
 async def test_redelivered_update_is_stored_once(mongo_uri: str, db_name: str) -> None:

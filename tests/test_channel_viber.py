@@ -324,19 +324,26 @@ async def test_bad_or_missing_signature_is_refused(
         await nothing_stored(svc)
 
 
-async def test_malformed_bodies_are_refused(mongo_uri: str, db_name: str) -> None:
+async def test_unreadable_bodies_are_kept_unparsed(mongo_uri: str, db_name: str) -> None:
+    """A signed callback is never refused for its shape (Viber would retry and drop it):
+    what cannot be read at all is acknowledged and kept as unparsed; a message without a
+    token is keyed by a hash of the body."""
     async with running(mongo_uri, db_name) as (svc, fake):
         not_json, body = await fake.callback(hook(svc), b'{"event": "message", ')
-        assert orjson.loads(body)["code"] == "bad_request"
+        assert orjson.loads(body)["accepted"] == []
         array, _ = await fake.callback(hook(svc), b"[]")
         no_sender, _ = await fake.callback(
             hook(svc), {"event": "message", "message_token": 1, "message": {"type": "text"}}
         )
-        no_token, _ = await fake.callback(
-            hook(svc), {"event": "message", "sender": {"id": USER}, "message": {"type": "text"}}
-        )
-        assert [not_json, array, no_sender, no_token] == [400, 400, 422, 422]
-        await nothing_stored(svc)
+        no_token = {"event": "message", "sender": {"id": USER}, "message": {"type": "text"}}
+        kept, _ = await fake.callback(hook(svc), no_token)
+        again, _ = await fake.callback(hook(svc), no_token)
+        assert [not_json, array, no_sender, kept, again] == [200] * 5
+        assert await svc.store.intake.count_documents({"status": "unparsed"}) == 3
+        await svc.routed()
+        msg = await one(svc.store.messages, {})
+        assert msg["provider_id"].startswith("h")
+        assert msg["sender"] == {"external_user_id": USER}
 
 
 async def test_redelivery_is_stored_once(mongo_uri: str, db_name: str) -> None:
