@@ -287,6 +287,11 @@ class Parsed:
     # None → ``{"ok": true, ...}`` as JSON.
     reply: str | None = None
     reply_content_type: str = "text/plain"
+    # Parts of the delivery the channel skipped because it could not read them (one
+    # entry's error each, e.g. one bad entry of a WhatsApp batch). Non-empty: ingest keeps
+    # the whole body as an ``unparsed`` intake record too (``omniroute intake reparse``
+    # reads it again; what was already stored is a duplicate then).
+    unreadable: list[str] = field(default_factory=list)
 
 
 class OutboundMessage(BaseModel):

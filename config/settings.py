@@ -46,6 +46,25 @@ class Settings(BaseSettings):
     # Raw webhook bodies are kept this long after the delivery was routed (the parsed
     # message stays); unparsed ones until they are re-read.
     raw_retention_days: float = Field(default=30.0, gt=0)
+    # How often the retention sweeper looks for raw bodies past raw_retention_days.
+    raw_sweep_interval_s: float = Field(default=600.0, gt=0)
+
+    # Slow and huge requests (docs/security.md "Request limits and timeouts"): a
+    # connection that has not sent a complete request head within header_timeout_s (also
+    # the idle time allowed between keep-alive requests; keep it above a proxy's upstream
+    # keep-alive time) is closed; a webhook body not received in full within
+    # body_timeout_s is answered 408; at most max_body_reads webhook bodies are read at
+    # once, more answer 503 with Retry-After.
+    header_timeout_s: float = Field(default=75.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_body_reads: int = Field(default=64, gt=0)
+
+    # GET /metrics: with metrics_port set it is served only on metrics_host:metrics_port
+    # (not on the main port); with metrics_token set it needs "Authorization: Bearer
+    # <token>" (docs/security.md "Errors and monitoring").
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_token: str | None = None
 
     # Intake routing: claims per batch, recovery sweep interval, claim lease.
     route_batch_size: int = Field(default=64, gt=0)

@@ -39,6 +39,18 @@ class IntakeStatus(StrEnum):
     PENDING = "pending"
     ROUTED = "routed"
     FAILED = "failed"
+    # An authentic webhook delivery its channel could not read: kept with its (redacted)
+    # raw body and the error, never routed; ``omniroute intake reparse`` reads it again.
+    UNPARSED = "unparsed"
+    # An unparsed record that a later reparse read: ``produced`` lists the intake ids.
+    REPARSED = "reparsed"
+    # E-mail that cannot be read at all (channels/email).
+    BROKEN = "broken"
+
+
+def unparsed_id(channel: str, account: str, body_sha256: str) -> str:
+    """An unparsed delivery's ``_id``: a provider retry of the same body collides."""
+    return stable_id("unparsed", channel, account, body_sha256)
 
 
 class TargetKind(StrEnum):

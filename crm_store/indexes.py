@@ -25,6 +25,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "intake": [
         IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="status_lease"),
         IndexModel([("received_at", ASCENDING)], name="received_at"),
+        # Raw bodies due for dropping (ingest/retention.py): only records still holding one.
+        IndexModel([("raw_since", ASCENDING)], name="raw_retention", sparse=True),
     ],
     "contacts": [
         IndexModel([("identities", ASCENDING)], name="identities_unique", unique=True),

@@ -10,7 +10,7 @@ idempotent, so a second run changes nothing that the first one finished.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -95,7 +95,9 @@ async def mark_routed(store: Store, ids: Sequence[str]) -> None:
         await store.intake.update_many(
             {"_id": {"$in": chunk}},
             {
-                "$set": {"status": IntakeStatus.ROUTED.value, "routed_at": at},
+                # raw_since: when the retention period of the raw body starts
+                # (ingest/retention.py drops it Settings.raw_retention_days later).
+                "$set": {"status": IntakeStatus.ROUTED.value, "routed_at": at, "raw_since": at},
                 "$unset": {"lease_until": "", "owner": ""},
             },
         )
@@ -126,24 +128,29 @@ async def mark_attempt_failed(store: Store, doc_id: str, error: str) -> None:
 CLAIM_SCAN = 4
 
 
-async def claim_expired(store: Store, owner: str, lease_s: float, limit: int) -> list[IntakeDoc]:
-    """Claim pending records whose lease has run out (their process died or gave up).
+async def claim_expired(
+    store: Store, owner: str, lease_s: float, limit: int, queued: Container[str] = ()
+) -> list[IntakeDoc]:
+    """Claim pending records whose lease has run out (their process died or gave up, or
+    this process wrote them and then failed before queueing them for routing).
 
     The expired records are found with a query on exactly the ``status_lease`` index's
     fields (with a third condition the embedded server scans the whole collection, and
-    the recovery sweep runs every few seconds); records that are still ours are dropped
-    here, and the claim itself names the rest by ``_id`` with the full condition."""
+    the recovery sweep runs every few seconds); records still waiting in this process's
+    queue (``queued``) are dropped here — never routed a second time — and the claim
+    itself names the rest by ``_id`` with the full condition. A record of ours that is
+    in no queue is claimed like any other: a write whose request then failed never
+    leaves its records stuck while the process lives."""
     t = now()
     pending = IntakeStatus.PENDING.value
     candidates = [
         d["_id"]
         async for d in store.intake.find(
             {"status": pending, "lease_until": {"$lt": t}},
-            {"_id": 1, "owner": 1},
+            {"_id": 1},
             limit=max(limit, 1) * CLAIM_SCAN,
         )
-        # Our own records are still in our queue: never route them a second time.
-        if d.get("owner") != owner
+        if d["_id"] not in queued
     ][:limit]
     if not candidates:
         return []
@@ -153,7 +160,6 @@ async def claim_expired(store: Store, owner: str, lease_s: float, limit: int) ->
             "_id": {"$in": candidates},
             "status": pending,
             "lease_until": {"$lt": t},
-            "owner": {"$ne": owner},
         },
         {"owner": owner, "lease_until": t + timedelta(seconds=lease_s)},
         {"owner": owner, "status": pending},

@@ -1,18 +1,28 @@
 """The aiohttp application: webhooks in, health and metrics out.
 
-``POST /webhooks/{channel}/{account}``: the channel module authenticates and parses the
-request; every message is written to ``intake`` durably and only then is the 2xx sent.
-A provider retry of a stored message answers 2xx and stores nothing. If the store cannot
+``POST /webhooks/{channel}/{account}``: the account's ``allowed_networks`` are checked
+against the client address (ingest/client_address.py), the body is read within the
+limits (ingest/limits.py), the channel authenticates the request (a refusal is answered
+4xx with a fixed sentence; the detail goes to the log) and then reads it. Everything it
+read is written to ``intake`` durably (ingest/accept.py) and only then is the 2xx sent.
+An authentic delivery the channel cannot read — wholly, or in parts
+(``Parsed.unreadable``) — is kept as an ``unparsed`` intake record with its redacted
+body and answered 2xx too (docs/webhooks.md "Deliveries that cannot be read"). A
+provider retry of a stored message answers 2xx and stores nothing. If the store cannot
 be reached the answer is 503, so the provider retries later.
 
 Telephony: call reports (``Parsed.calls``) are merged into the ``calls`` collection before
 the 2xx too (crm_store/calls.py); a PBX's "who is calling" question (``Parsed.lookup``) is
 answered from the contacts' identity index and stores nothing.
+
+Any exception that escapes a handler is answered as a problem+json 500 carrying the
+request id, logged once with its traceback and counted by route (:func:`errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 import uuid
 from datetime import UTC, datetime
@@ -20,46 +30,106 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from channels import REGISTRY
-from channels.base import CallerLookup, Channel, Parsed, WebhookError, WebhookRequest
+from channels.base import (
+    CallerLookup,
+    Channel,
+    Parsed,
+    Unauthorized,
+    WebhookError,
+    WebhookRequest,
+)
 from config.loader import resolve_secret
 from config.models import ChannelAccount
-from crm_store import calls, intake, updates
-from crm_store.documents import intake_id
-from crm_store.store import together
+from crm_store import calls, intake
 from inbox import routes
+from ingest.accept import (
+    RequestMeta,
+    describe,
+    keep_unparsed,
+    store_parsed,
+    unparsed_document,
+    unreadable_error,
+)
+from ingest.client_address import allowed, client_address, networks
 from ingest.context import SERVICE, Service, json_response, problem
+from ingest.limits import RETRY_AFTER_S, BodyTimeout, BodyTooLarge, read_body
 from ingest.metrics import CONTENT_TYPE_LATEST
-from routing.identity import identity_keys
+from ingest.redact import account_secrets, redact_body, redact_query
 
 log = structlog.get_logger("omniroute.http")
 
 
+def route_name(request: web.Request) -> str:
+    """The matched route's pattern (bounded label values), "unmatched" otherwise."""
+    info = request.match_info
+    route = getattr(info, "route", None)
+    resource = getattr(route, "resource", None)
+    return resource.canonical if resource is not None else "unmatched"
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    rid = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=rid)
     started = time.perf_counter()
-    response: web.StreamResponse = await handler(request)
+    status = 500
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+    except web.HTTPException as exc:  # aiohttp's own answers (404 of the router, ...)
+        status = exc.status
+        exc.headers["X-Request-Id"] = rid
+        raise
+    finally:
+        _observe(request, status, time.perf_counter() - started)
     response.headers["X-Request-Id"] = rid
-    if request.path.startswith("/webhooks/"):
+    return response
+
+
+def _observe(request: web.Request, status: int, seconds: float) -> None:
+    metrics = request.app[SERVICE].metrics
+    metrics.responses.labels(route_name(request), str(status)).inc()
+    webhook = request.path.startswith("/webhooks/")
+    if webhook:
         name = request.match_info.get("channel", "")
-        request.app[SERVICE].metrics.webhook_seconds.labels(
-            name if name in REGISTRY else "unknown"
-        ).observe(time.perf_counter() - started)
+        metrics.webhook_seconds.labels(name if name in REGISTRY else "unknown").observe(seconds)
+    if webhook or status >= 500:
         # The path may end in an account's secret token (/webhooks/{c}/{a}/{token}).
         log.info(
             "http.request",
             method=request.method,
             path=_loggable_path(request),
-            status=response.status,
-            ms=round((time.perf_counter() - started) * 1000, 2),
+            status=status,
+            ms=round(seconds * 1000, 2),
         )
-    return response
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Whatever escapes a handler: a client gone mid-request is one log line; any other
+    exception is a problem+json 500 with the request id, logged once with its traceback
+    and counted by route."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException:
+        raise
+    except ConnectionError as exc:
+        request.app[SERVICE].metrics.aborted.labels("disconnected").inc()
+        log.info("http.aborted", path=_loggable_path(request), reason=type(exc).__name__)
+        return problem(400, "connection_lost", "the connection was lost")
+    except Exception:
+        route = route_name(request)
+        request.app[SERVICE].metrics.handler_errors.labels(route).inc()
+        log.exception("http.handler_failed", route=route, method=request.method)
+        rid = structlog.contextvars.get_contextvars().get("request_id", "")
+        return problem(
+            500, "internal_error", "the server failed to handle the request", request_id=rid
+        )
 
 
 def _loggable_path(request: web.Request) -> str:
@@ -80,22 +150,93 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[SERVICE].metrics.render()
+    svc = request.app[SERVICE]
+    token = svc.http.metrics_token
+    if token is not None:
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            resp = problem(401, "unauthorized", "GET /metrics needs the metrics token")
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+    body = svc.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The raw body, or None when it exceeds ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+# What a refused webhook is told. An authentication refusal (401, 403, 405) or a
+# misconfigured account (500) is told in the channel's own words — fixed sentences of the
+# channel modules that never quote the input; any other refusal gets a fixed sentence
+# per status (the channel's detail, which may quote a parser's message, goes to the log).
+OWN_WORDS = (401, 403, 405, 500)
+REFUSED: dict[int, str] = {
+    400: "the request body cannot be read",
+    401: "the request is not authenticated",
+    403: "the request is not allowed",
+    405: "this method is not accepted here",
+    500: "the channel account is misconfigured",
+}
+
+
+def _refused(svc: Service, channel: str, account: str, exc: WebhookError) -> web.Response:
+    svc.metrics.intake.labels(channel, "rejected").inc()
+    log.info(
+        "webhook.rejected", channel=channel, account=account, status=exc.status, reason=exc.detail
+    )
+    fixed = REFUSED.get(exc.status, "the request is refused")
+    detail = exc.detail[:200] if exc.status in OWN_WORDS and exc.detail else fixed
+    return problem(exc.status, exc.code, detail)
+
+
+def _busy(svc: Service, reason: str, status: int, code: str, detail: str) -> web.Response:
+    svc.metrics.aborted.labels(reason).inc()
+    log.info("http.aborted", reason=reason, status=status)
+    resp = problem(status, code, detail)
+    if status == 503:
+        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+    resp.force_close()
+    return resp
+
+
+async def _body(svc: Service, request: web.Request, limit: int) -> bytes | web.Response:
+    """The body within the limits, or the response that refuses it."""
+    if not svc.http.reads.try_acquire():
+        return _busy(svc, "busy", 503, "busy", "too many requests are being read; retry later")
+    try:
+        return await read_body(request, limit, svc.http.body_timeout_s)
+    except BodyTooLarge:
+        svc.metrics.aborted.labels("body_too_large").inc()
+        resp = problem(413, "body_too_large", f"body exceeds {limit} bytes")
+        resp.force_close()
+        return resp
+    except BodyTimeout:
+        return _busy(svc, "body_timeout", 408, "request_timeout", "the body came too slowly")
+    finally:
+        svc.http.reads.release()
+
+
+def _peer(request: web.Request) -> str | None:
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None
+
+
+def _from_allowed_network(svc: Service, request: web.Request, account: ChannelAccount) -> bool:
+    if not account.allowed_networks:
+        return True
+    address = client_address(
+        _peer(request), request.headers.getall("X-Forwarded-For", []), svc.http.trusted_proxies
+    )
+    if allowed(networks(account.allowed_networks), address):
+        return True
+    svc.metrics.intake.labels(account.channel, "network_refused").inc()
+    log.warning(
+        "webhook.network_refused",
+        channel=account.channel,
+        account=account.account,
+        client=str(address) if address is not None else None,
+    )
+    return False
 
 
 async def webhook(request: web.Request) -> web.Response:
@@ -110,57 +251,103 @@ async def webhook(request: web.Request) -> web.Response:
             "unknown_channel_account",
             f"no enabled account {account_name!r} on channel {channel_name!r}",
         )
-    body = await _read_body(request, account.max_body_bytes)
-    if body is None:
+    if not _from_allowed_network(svc, request, account):
+        return problem(403, "forbidden_network", "this address may not deliver to this account")
+    body = await _body(svc, request, account.max_body_bytes)
+    if isinstance(body, web.Response):
         svc.metrics.intake.labels(channel_name, "rejected").inc()
-        return problem(413, "body_too_large", f"body exceeds {account.max_body_bytes} bytes")
+        return body
     req = WebhookRequest(
         request.method, request.headers, request.query, body, request.match_info.get("token")
     )
     try:
-        parsed = channel.parse(account, resolve_secret(account), req)
-    except ValidationError as exc:  # a channel's own model refused the payload
-        svc.metrics.intake.labels(channel_name, "rejected").inc()
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        return problem(422, "invalid_payload", "the payload does not validate", errors=errors)
+        channel.authenticate(account, resolve_secret(account), req)
     except WebhookError as exc:
-        svc.metrics.intake.labels(channel_name, "rejected").inc()
-        log.info(
-            "webhook.rejected",
+        return _refused(svc, channel_name, account_name, exc)
+    except Exception as exc:  # a check that broke on odd input: not authenticated
+        log.warning(
+            "webhook.authenticate_failed",
             channel=channel_name,
             account=account_name,
-            status=exc.status,
-            reason=exc.detail,
+            error=describe(exc),
         )
-        return problem(exc.status, exc.code, exc.detail, errors=exc.errors)
-    if parsed.lookup is not None:
-        parsed = await _caller_reply(svc, channel, account, parsed)
+        return _refused(svc, channel_name, account_name, Unauthorized("authentication failed"))
 
+    parsed: Parsed | None
+    error: str | None = None
+    try:
+        parsed = channel.read(account, req)
+    except WebhookError as exc:
+        if exc.status >= 500:  # our side cannot take it now (misconfigured): retry later
+            return _refused(svc, channel_name, account_name, exc)
+        parsed, error = None, describe(exc)
+    except Exception as exc:  # whatever it is, the delivery is kept (unparsed)
+        parsed, error = None, describe(exc)
+    if parsed is not None and parsed.lookup is not None:
+        parsed = await _caller_reply(svc, channel, account, parsed)
+    if parsed is not None and parsed.unreadable:
+        error = unreadable_error(parsed)
+    secrets = account_secrets(account)
+    raw = redact_body(body, secrets, channel.secret_fields)
+
+    accepted = intake.Accepted([], [])
+    unparsed: str | None = None
     try:
         with svc.metrics.intake_write_seconds.time():
-            accepted = await _store(svc, account.source, parsed, body)
+            if parsed is not None:
+                # Routing starts as soon as the records are durable: a later step of the
+                # same delivery that fails (500) leaves nothing stuck.
+                accepted = await store_parsed(
+                    svc.writer, account.source, parsed, raw, svc.worker.submit
+                )
+            if error is not None:
+                meta = RequestMeta(
+                    request.method,
+                    redact_query(request.query, secrets),
+                    request.headers.get("Content-Type", ""),
+                )
+                doc = unparsed_document(
+                    channel_name,
+                    account_name,
+                    account.source,
+                    meta,
+                    raw,
+                    error,
+                    datetime.now(UTC),
+                )
+                unparsed = str(doc["_id"])
+                if await keep_unparsed(svc.store, doc):
+                    svc.metrics.intake.labels(channel_name, "unparsed").inc()
+                log.info(
+                    "webhook.unparsed",
+                    channel=channel_name,
+                    account=account_name,
+                    intake_id=unparsed,
+                    error=error,
+                )
     except PyMongoError as exc:
-        svc.metrics.intake.labels(channel_name, "unavailable").inc(max(len(parsed.messages), 1))
+        svc.metrics.intake.labels(channel_name, "unavailable").inc(
+            max(len(parsed.messages) if parsed is not None else 0, 1)
+        )
         svc.metrics.store_errors.labels("intake").inc()
         log.warning("webhook.store_unavailable", channel=channel_name, error=type(exc).__name__)
         resp = problem(503, "store_unavailable", "message not stored; retry later")
         resp.headers["Retry-After"] = "5"
         return resp
-    svc.worker.submit(accepted.new)
     svc.metrics.intake.labels(channel_name, "accepted").inc(len(accepted.new))
     svc.metrics.intake.labels(channel_name, "duplicate").inc(len(accepted.duplicates))
-    if parsed.reply is not None:
+    if parsed is not None and parsed.reply is not None:
         return web.Response(text=parsed.reply, content_type=parsed.reply_content_type)
-    return json_response(
-        {
-            "ok": True,
-            "accepted": [d.id for d in accepted.new],
-            "duplicates": accepted.duplicates,
-        }
-    )
+    if parsed is None and channel.ack_reply is not None:
+        return web.Response(text=channel.ack_reply, content_type="text/plain")
+    answer: dict[str, Any] = {
+        "ok": True,
+        "accepted": [d.id for d in accepted.new],
+        "duplicates": accepted.duplicates,
+    }
+    if unparsed is not None:
+        answer["unparsed"] = unparsed
+    return json_response(answer)
 
 
 # The ring path: a PBX waits for the "who is calling" answer before it routes the call.
@@ -186,64 +373,25 @@ async def _caller_reply(
     return channel.caller_reply(account, caller)
 
 
-async def _store(svc: Service, source: str, parsed: Parsed, body: bytes) -> intake.Accepted:
-    """Make everything the request reported durable; raises the driver's error if the
-    store is away (nothing is acknowledged then)."""
-    received = datetime.now(UTC)
-    docs = [
-        {
-            "_id": intake_id(m.channel, m.account, m.provider_id),
-            "channel": m.channel,
-            "account": m.account,
-            "provider_id": m.provider_id,
-            "source_id": source,
-            "message": m.model_dump(mode="python"),
-            "raw": body,
-            "received_at": received,
-        }
-        for m in parsed.messages
-    ]
-
-    async def accept() -> intake.Accepted:
-        if not docs:
-            return intake.Accepted([], [])
-        if svc.intake is not None:  # concurrent requests share one durable write
-            return await svc.intake.accept(docs)
-        return await intake.accept(svc.store, docs, svc.owner, svc.lease_s)
-
-    async def apply_calls() -> None:
-        for call in parsed.calls:
-            await calls.apply(svc.store, call, source)
-
-    # A call report and its message are independent writes (each idempotent, so a retry
-    # after either failed redoes both safely): made durable at once. (A message alone is
-    # awaited directly: no tasks on the path every other webhook takes.)
-    accepted: intake.Accepted
-    if parsed.calls:
-        accepted, _ = await together(accept(), apply_calls())
-    else:
-        accepted = await accept()
-    for edit in parsed.edits:
-        await updates.apply_edit(svc.store, edit)
-    for status in parsed.statuses:
-        await updates.apply_status(svc.store, status)
-    for r in parsed.reachability:
-        await updates.apply_reachability(
-            svc.store, r, identity_keys(r.channel, r.account, r.sender)
-        )
-    return accepted
-
-
 def create_app(service: Service) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[request_context, errors], client_max_size=64 * 1024 * 1024)
     app[SERVICE] = service
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    if not service.http.metrics_separate:
+        app.router.add_get("/metrics", metrics)
     app.router.add_post("/webhooks/{channel}/{account}", webhook)
     app.router.add_get("/webhooks/{channel}/{account}", webhook)
     app.router.add_post("/webhooks/{channel}/{account}/{token}", webhook)
     # Mango posts to <the URL entered in its cabinet>/events/call, /events/summary …
     app.router.add_post("/webhooks/{channel:mango}/{account}/events/{kind}", webhook)
     routes.setup(app)
+    return app
+
+
+def create_metrics_app(service: Service) -> web.Application:
+    """``GET /metrics`` alone, for a listener of its own (Settings.metrics_port)."""
+    app = web.Application(middlewares=[request_context, errors])
+    app[SERVICE] = service
+    app.router.add_get("/metrics", metrics)
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -11,7 +11,9 @@ from aiohttp import web
 from config.models import AppConfig
 from crm_store.intake import GroupCommit
 from crm_store.store import Store
+from ingest.accept import IntakeWriter
 from ingest.deliveries import DeliveryWorker
+from ingest.limits import HttpPolicy
 from ingest.metrics import Metrics
 from ingest.outbox import OutboxWorker
 from ingest.worker import RoutingWorker
@@ -30,6 +32,12 @@ class Service:
     outbox: OutboxWorker | None = None
     deliveries: DeliveryWorker | None = None
     intake: GroupCommit | None = None
+    http: HttpPolicy = field(default_factory=HttpPolicy)
+
+    @property
+    def writer(self) -> IntakeWriter:
+        """The intake write path of this process (ingest/accept.py)."""
+        return IntakeWriter(self.store, self.owner, self.lease_s, self.intake)
 
 
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)

@@ -35,7 +35,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.intake = Counter(
             "omniroute_intake_total",
-            "Webhook messages by channel and outcome (accepted, duplicate, rejected, unavailable)",
+            "Webhook messages by channel and outcome (accepted, duplicate, rejected, unavailable,"
+            " unparsed: an authentic delivery kept unread; network_refused: a client outside"
+            " the account's allowed_networks)",
             ["channel", "outcome"],
             registry=self.registry,
         )
@@ -54,6 +56,32 @@ class Metrics:
             "omniroute_routing_latency_seconds",
             "From intake acceptance to routed",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        # Every HTTP answer by route (the matched route's pattern, "unmatched" for 404s
+        # outside any route) and status; handler exceptions (answered 500 by the error
+        # middleware) also by route; requests cut short while their body was read.
+        self.responses = Counter(
+            "omniroute_http_responses_total",
+            "HTTP responses by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.handler_errors = Counter(
+            "omniroute_http_handler_errors_total",
+            "Exceptions that escaped an HTTP handler (answered 500), by route",
+            ["route"],
+            registry=self.registry,
+        )
+        self.aborted = Counter(
+            "omniroute_http_aborted_total",
+            "Requests cut short: body_timeout, body_too_large, busy (no read slot), disconnected",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.raw_dropped = Counter(
+            "omniroute_raw_bodies_dropped_total",
+            "Raw webhook bodies dropped by the retention sweeper",
             registry=self.registry,
         )
         self.store_errors = Counter(

@@ -34,13 +34,15 @@ from crm_store import routing_store as rs
 from crm_store.embedded import EmbeddedStore
 from crm_store.intake import GroupCommit, id_chunks
 from crm_store.store import Store
-from ingest.app import create_app
+from ingest.app import create_app, create_metrics_app
 from ingest.context import Service, problem
 from ingest.deliveries import DeliveryWorker
+from ingest.limits import HttpPolicy
 from ingest.loop_lag import LoopLagProbe
 from ingest.mail_sync import MailSync
 from ingest.metrics import Metrics
 from ingest.outbox import OutboxWorker
+from ingest.retention import RawRetention
 from ingest.worker import RoutingWorker
 from routing.router import Router
 
@@ -143,10 +145,19 @@ async def running_service(
         sender,
         deliveries,
         GroupCommit(store, owner, settings.intake_lease_s),
+        HttpPolicy.from_settings(settings),
     )
     # Further background workers (anything with async start() and stop()): started after
     # the core ones, stopped before them, in reverse order.
-    background: list[Background] = [LoopLagProbe(metrics)]
+    background: list[Background] = [
+        LoopLagProbe(metrics),
+        RawRetention(
+            store,
+            metrics,
+            retention_days=settings.raw_retention_days,
+            interval_s=settings.raw_sweep_interval_s,
+        ),
+    ]
     # --- e-mail
     background.append(
         MailSync(
@@ -364,13 +375,33 @@ async def serve(settings: Settings) -> None:
         app = create_app(svc)
         drain = Drain()
         app.middlewares.append(drain.middleware)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S)
+        # keepalive_timeout: a connection that sends no complete request head for this
+        # long (when it opens, or between keep-alive requests) is closed.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=HTTP_SHUTDOWN_S,
+            keepalive_timeout=settings.header_timeout_s,
+        )
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info(
             "service.listening", url=f"http://{settings.host}:{settings.port}", owner=svc.owner
         )
+        metrics_runner: web.AppRunner | None = None
+        if settings.metrics_port is not None:
+            metrics_runner = web.AppRunner(
+                create_metrics_app(svc),
+                access_log=None,
+                keepalive_timeout=settings.header_timeout_s,
+            )
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, settings.metrics_host, settings.metrics_port).start()
+            log.info(
+                "service.metrics_listening",
+                url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+            )
         stop = asyncio.Event()
 
         def on_signal() -> None:
@@ -390,5 +421,7 @@ async def serve(settings: Settings) -> None:
             log.info("service.stopping", inflight=drain.inflight, settled=settled)
         finally:
             await runner.cleanup()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
         routed = await finish_routing(store, svc.owner, drain.hurry)
         log.info("service.http_closed", routed_all=routed)

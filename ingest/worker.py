@@ -147,7 +147,7 @@ class RoutingWorker:
                     )
                     last_renewal = time.monotonic()
                 claimed = await intake.claim_expired(
-                    self.store, self.owner, self.lease_s, self.batch_size
+                    self.store, self.owner, self.lease_s, self.batch_size, self._accepted_at
                 )
                 if claimed:
                     log.info("routing.recovered", count=len(claimed))
