@@ -6,6 +6,13 @@ folder's ``UIDVALIDITY`` and the highest UID whose message is durably in intake.
 moves forward (``$max``) and only for the UIDVALIDITY it was read under; a new
 UIDVALIDITY resets it to 0 (the resync then dedupes on the intake ids).
 
+Mails without a Message-ID (``mail_uids`` collection, ``_id`` =
+``email:<account>:<folder>:<UIDVALIDITY>:<UID>``, with the mail's content hash and intake
+id): their intake id is the content hash, which the full scan cannot know without
+downloading the mail; this record tells it the UID is stored, so a restart's full scan
+does not download them again. Written after the intake write, so it never claims a mail
+that is not stored.
+
 Lease (``leases`` collection): ``{_id, owner, until}``. Taken with the portable pattern —
 an ``update_one`` that matches only an expired lease or our own, else an ``insert_one``
 that the unique ``_id`` lets at most one process win — never a find-and-modify. A holder
@@ -18,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pymongo import UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from crm_store.store import Document, Store
@@ -67,6 +75,38 @@ async def record_full_scan(store: Store, key: str, found: int) -> None:
     await store["mailboxes"].update_one(
         {"_id": key}, {"$set": {"full_scan_at": _now(), "full_scan_found": found}}
     )
+
+
+def uid_key(key: str, uidvalidity: int, uid: int) -> str:
+    return f"{key}:{uidvalidity}:{uid}"
+
+
+async def remember_uids(
+    store: Store, key: str, uidvalidity: int, stored: list[tuple[int, str, str]]
+) -> None:
+    """Record ``(uid, content hash, intake id)`` of stored mails without a Message-ID."""
+    if not stored:
+        return
+    ops = [
+        UpdateOne(
+            {"_id": uid_key(key, uidvalidity, uid)},
+            {"$set": {"hash": digest, "intake_id": iid, "at": _now()}},
+            upsert=True,
+        )
+        for uid, digest, iid in stored
+    ]
+    await store["mail_uids"].bulk_write(ops, ordered=False)
+
+
+async def known_uids(store: Store, key: str, uidvalidity: int, uids: list[int]) -> set[int]:
+    """Those of ``uids`` recorded by :func:`remember_uids` under this UIDVALIDITY."""
+    wanted = {uid_key(key, uidvalidity, u): u for u in uids}
+    out: set[int] = set()
+    ids = list(wanted)
+    for i in range(0, len(ids), 100):
+        async for d in store["mail_uids"].find({"_id": {"$in": ids[i : i + 100]}}, {"_id": 1}):
+            out.add(wanted[d["_id"]])
+    return out
 
 
 async def acquire(store: Store, name: str, owner: str, lease_s: float) -> bool:

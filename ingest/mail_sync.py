@@ -46,7 +46,7 @@ from channels.email.mime import ParsedMail, parse_mail
 from config.loader import resolve_secret
 from config.models import AppConfig, ChannelAccount
 from crm_store import files, intake, mailboxes
-from crm_store.documents import IntakeDoc, intake_id, stable_id
+from crm_store.documents import IntakeDoc, IntakeStatus, intake_id, stable_id
 from crm_store.store import Document, Store
 from ingest.metrics import Metrics
 from ingest.tasks import cancel
@@ -231,8 +231,11 @@ class MailboxPoller:
             }
             found = set(await _stored(self.store, list(wanted)))
             missing += [u for i, u in wanted.items() if i not in found]
-            # No Message-ID: its intake id is the content hash; fetch it to know.
-            missing += [u for u, mid in ids.items() if not mid]
+            # No Message-ID: its intake id is the content hash; the UID record says
+            # whether it is stored, else it is fetched to know.
+            no_id = [u for u, mid in ids.items() if not mid]
+            known = await mailboxes.known_uids(self.store, self.key, uidvalidity, no_id)
+            missing += [u for u in no_id if u not in known]
             await self._renew_if_due()
         before = stats.accepted
         await self._fetch_store(session, uidvalidity, sorted(set(missing)), stats, advance=False)
@@ -305,13 +308,26 @@ class MailboxPoller:
             for f, p, pid in zip(fetched, parsed, pids, strict=True)
         ]
         accepted = await intake.accept(self.store, docs, self.owner, self.intake_lease_s)
+        await mailboxes.remember_uids(
+            self.store,
+            self.key,
+            uidvalidity,
+            [
+                (f.uid, p.content_hash, str(d["_id"]))
+                for f, p, d in zip(fetched, parsed, docs, strict=True)
+                if not p.has_message_id
+            ],
+        )
         stats.accepted += len(accepted.new)
         stats.duplicates += len(accepted.duplicates)
         if self.metrics is not None:
             self.metrics.intake.labels("email", "accepted").inc(len(accepted.new))
             self.metrics.intake.labels("email", "duplicate").inc(len(accepted.duplicates))
-        if accepted.new:
-            self.submit(accepted.new)
+        # Broken mail is kept for a person to look at (omniroute intake list --status
+        # broken), never routed.
+        routable = [d for d in accepted.new if d.status is IntakeStatus.PENDING]
+        if routable:
+            self.submit(routable)
 
     async def _provider_ids(self, parsed: Sequence[ParsedMail]) -> list[str]:
         """The Message-ID of each mail — unless another mail with different content was
@@ -355,8 +371,9 @@ class MailboxPoller:
                 acct, f.data, reason, folder=folder, uidvalidity=uidvalidity, uid=f.uid
             )
             log.warning("mail.unusable", account=acct.account, uid=f.uid, reason=reason)
-        if msg.meta.get("broken"):
-            log.warning("mail.broken", account=acct.account, uid=f.uid, reason=msg.meta["broken"])
+        broken = msg.meta.get("broken")
+        if broken:
+            log.warning("mail.broken", account=acct.account, uid=f.uid, reason=broken)
         doc: Document = {
             "_id": intake_id(msg.channel, msg.account, msg.provider_id),
             "channel": msg.channel,
@@ -367,6 +384,9 @@ class MailboxPoller:
             "received_at": intake.now(),
             "mail": {"folder": folder, "uidvalidity": uidvalidity, "uid": f.uid},
         }
+        if broken:
+            doc["status"] = IntakeStatus.BROKEN.value
+            doc["error"] = f"broken mail: {broken}"
         if len(f.data) <= RAW_INLINE_MAX:
             doc["raw"] = f.data
         else:

@@ -532,7 +532,7 @@ async def test_attachments_broken_mail_and_the_safety_net(
 
     acct = email_account("sales", "mail_sales", dovecot, SALES, full_scan_s=1.0)
     async with in_process(mongo_uri, db_name, mail_config(acct)) as svc:
-        msgs = await routed_mail(svc.store, "sales", 4)
+        msgs = await routed_mail(svc.store, "sales", 3)
         by_id = {m["provider_id"]: m for m in msgs}
         # The safety net found the two mails below the checkpoint.
         assert {"s1@c.test", "s2@c.test", "plan@customer.test"} <= set(by_id)
@@ -548,11 +548,13 @@ async def test_attachments_broken_mail_and_the_safety_net(
         ]
         assert await files.read(svc.store, atts[0]["file_id"]) == pdf
 
-        [broken] = [m for m in msgs if m["provider_id"].startswith("sha256:")]
-        assert broken["meta"]["broken"]
-        assert broken["decision"]["rule"] == "automatic"
-        record = await svc.store.intake.find_one({"_id": broken["_id"]})
+        # Mail nothing can be read from is kept as a broken intake record with its
+        # reason and raw bytes, for a person to look at; it is never routed.
+        record = await svc.store.intake.find_one({"status": "broken"})
         assert record is not None
+        assert record["error"] == "broken mail: binary data, not a message"
+        assert record["message"]["meta"]["broken"] == "binary data, not a message"
         assert bytes(record["raw"]).replace(b"\r\n", b"\n") == garbage.replace(b"\r\n", b"\n")
+        assert not await svc.store.messages.find_one({"_id": record["_id"]})
         assert await svc.store.leads.count_documents({}) == 3
     await store.close()
