@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The directory of this package: the example configuration shipped as package data.
@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_token: str | None = None
+
+    # The key that signs file links handed out without a token (docs/security.md "Files
+    # and download links"); 32+ random characters, the same on every process. Unset: one
+    # is generated once and kept in the store (collection service_keys).
+    file_link_key: SecretStr | None = None
 
     # Intake routing: claims per batch, recovery sweep interval, claim lease.
     route_batch_size: int = Field(default=64, gt=0)

@@ -7,20 +7,60 @@ from the intake record and the part's position), and every write is an upsert by
 so storing the same mail again — a re-fetch after a crash — rewrites the same documents
 instead of adding new ones. The metadata document is written last: a file whose metadata
 exists is complete.
+
+Names are cleaned before they are stored (:func:`clean_name`): a name comes from a
+customer's mail or an operator's upload and ends up in an HTTP header and on a disk.
+
+The key that signs file links (inbox/file_links.py) lives here too when the environment
+does not set one: generated once, kept in ``service_keys``, shared by every process.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
+import secrets
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pymongo import ReplaceOne
+from pymongo.errors import DuplicateKeyError
 
 from crm_store.store import Document, Store
 
 CHUNK = 4 * 1024 * 1024
+MAX_NAME = 255
+
+# Invisible characters that reorder or hide text: "invoice\u202efdp.exe" shows as
+# "invoiceexe.pdf".
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_SEPARATORS = frozenset("/\\")
+
+
+def clean_name(name: str | None) -> str | None:
+    """A file name fit for a header and a disk: control characters (CR, LF, NUL, …),
+    line separators, bidirectional overrides and lone surrogates removed (whitespace ones
+    become a space), path separators made ``_``, at most :data:`MAX_NAME` characters;
+    None when nothing is left."""
+    if not name:
+        return None
+    out: list[str] = []
+    for c in name:
+        category = unicodedata.category(c)
+        if c in _SEPARATORS:
+            out.append("_")
+        elif category in ("Cc", "Zl", "Zp"):
+            if c.isspace():
+                out.append(" ")
+        elif category == "Cs" or c in _BIDI:
+            continue
+        else:
+            out.append(c)
+    cleaned = "".join(out).strip()[:MAX_NAME].strip()
+    return cleaned or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +114,12 @@ async def put_many(store: Store, items: Sequence[NewFile], *, max_bytes: int) ->
                 for n, off in enumerate(range(0, len(data), CHUNK))
             ]
         f = StoredFile(
-            item.id, item.name, item.mime_type, len(data), hashlib.sha256(data).hexdigest(), stored
+            item.id,
+            clean_name(item.name),
+            item.mime_type,
+            len(data),
+            hashlib.sha256(data).hexdigest(),
+            stored,
         )
         doc: Document = {
             **f.meta(),
@@ -120,3 +165,23 @@ async def read(store: Store, file_id: str) -> bytes | None:
         parts.append(bytes(chunk["data"]))
     data = b"".join(parts)
     return data if len(data) == meta["size"] else None
+
+
+LINK_KEY_ID = "file_links"
+
+
+async def link_key(store: Store) -> bytes:
+    """The stored key that signs file links: read, or generated once (the first process
+    to write it wins; every other reads that one)."""
+    keys = store["service_keys"]
+    doc = await keys.find_one({"_id": LINK_KEY_ID})
+    if doc is None:
+        fresh = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        with contextlib.suppress(DuplicateKeyError):  # another process stored one first
+            await keys.insert_one(
+                {"_id": LINK_KEY_ID, "key": fresh, "created_at": datetime.now(UTC)}
+            )
+        doc = await keys.find_one({"_id": LINK_KEY_ID})
+    if doc is None or not isinstance(doc.get("key"), str):
+        raise RuntimeError("the file link key could not be stored")
+    return base64.urlsafe_b64decode(doc["key"])

@@ -6,7 +6,12 @@ Visibility follows departments (inbox/auth.py computes the departments a user se
 - a **conversation** belongs to the department stored on it (``department``): set by
   routing from its target's responsible and by every assignment; a conversation nobody
   was ever responsible for belongs to no department, so only an admin sees it;
-- an **event** is visible when any entity it names is visible (crm_store/feed.py).
+- an **event** is visible when any entity it names is visible (crm_store/feed.py);
+- a **file** is readable by the user who uploaded it and by whoever sees a conversation
+  with a message carrying it (an e-mail's attachment, or a reply it was attached to); an
+  admin reads every file. A reply may attach only a file its author can read, so a file
+  id learnt elsewhere gives nothing; the same rule guards ``GET /api/v1/files/{id}``,
+  and a token-free link is signed only for such a caller (inbox/file_links.py).
 
 Actions by role: every role with access reads and works what it sees; **export** and
 **delete** need a director or an admin; settings (users, tokens, subscriptions) need an
@@ -16,7 +21,7 @@ admin. Something the caller may not see answers 404, never 403, so ids do not le
 from __future__ import annotations
 
 from config.models import AppConfig, Role
-from crm_store.store import Document
+from crm_store.store import Document, Store
 from inbox.auth import ApiError, Principal
 
 
@@ -54,6 +59,51 @@ def sees_conversation(principal: Principal, doc: Document | None) -> bool:
     if doc is None:
         return False
     return principal.sees_department(doc.get("department"))
+
+
+# A file names at most this many messages that may grant access (more are not looked at).
+MAX_FILE_MESSAGES = 20
+
+
+def file_message_ids(meta: Document) -> list[str]:
+    """The messages carrying a stored file: the e-mail it came in, the replies it went
+    out with."""
+    origin = meta.get("origin") or {}
+    if not isinstance(origin, dict):
+        return []
+    replies = origin.get("message_ids") or []
+    ids = [origin.get("intake_id"), *(replies if isinstance(replies, list) else [])]
+    return [m for m in ids if isinstance(m, str)][:MAX_FILE_MESSAGES]
+
+
+def owns_file(principal: Principal, meta: Document) -> bool:
+    """The caller may read the file without looking further: an admin, or its uploader."""
+    origin = meta.get("origin") or {}
+    uploader = origin.get("uploaded_by") if isinstance(origin, dict) else None
+    return principal.departments is None or uploader == principal.user.id
+
+
+async def may_read_file(store: Store, principal: Principal, meta: Document | None) -> bool:
+    """The file rule (module doc): its uploader, an admin, or whoever sees a conversation
+    with a message carrying it."""
+    if meta is None:
+        return False
+    if owns_file(principal, meta):
+        return True
+    message_ids = file_message_ids(meta)
+    if not message_ids:
+        return False
+    conv_ids = [
+        m["conversation_id"]
+        async for m in store.messages.find({"_id": {"$in": message_ids}}, {"conversation_id": 1})
+        if isinstance(m.get("conversation_id"), str)
+    ]
+    if not conv_ids:
+        return False
+    async for conv in store.conversations.find({"_id": {"$in": conv_ids}}, {"department": 1}):
+        if sees_conversation(principal, conv):
+            return True
+    return False
 
 
 def may_export(principal: Principal) -> bool:

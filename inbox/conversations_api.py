@@ -18,7 +18,7 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from crm_store import conversations as convs
 from crm_store.routing_store import find_in
@@ -26,7 +26,8 @@ from crm_store.store import Document
 from inbox import access
 from inbox.api import Call, route
 from inbox.auth import ApiError
-from inbox.paging import decode_cursor, encode_cursor
+from inbox.bounds import Instant
+from inbox.paging import cursor_time, decode_cursor, encode_cursor
 from inbox.views import ContactView, ConversationView, EntityView, MessageView
 from ingest.context import Service
 
@@ -48,7 +49,7 @@ class ConversationQuery(BaseModel):
     q: str | None = Field(
         default=None, min_length=1, max_length=200, description="text in messages or names"
     )
-    updated_since: AwareDatetime | None = None
+    updated_since: Instant | None = None
     cursor: str | None = Field(default=None, max_length=500)
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
 
@@ -91,7 +92,7 @@ class AssignBody(BaseModel):
 class SnoozeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    until: AwareDatetime = Field(description="when the conversation opens again")
+    until: Instant = Field(description="when the conversation opens again")
 
 
 def view(doc: Document, now: datetime | None = None) -> ConversationView:
@@ -100,11 +101,7 @@ def view(doc: Document, now: datetime | None = None) -> ConversationView:
 
 def _after_cursor(raw: str) -> Document:
     at_raw, cid = decode_cursor(raw)
-    try:
-        at = datetime.fromisoformat(str(at_raw)) if at_raw else None
-    except ValueError:
-        at = None
-        cid = None
+    at = cursor_time(at_raw) if at_raw else None
     if not isinstance(cid, str):
         raise ApiError(
             422,

@@ -22,6 +22,7 @@ from crm_store import feed
 from crm_store import subscriptions as subs
 from crm_store.store import Document
 from inbox.auth import ApiError, Principal, require_admin
+from inbox.bounds import INT64_MAX
 from inbox.event_catalogue import EVENT_TYPES
 from ingest.context import Service, json_response
 
@@ -84,7 +85,7 @@ class SubscriptionIn(BaseModel):
     types: list[str] = Field(default_factory=list, description="empty: every type")
     secret: str | None = Field(default=None, min_length=16, max_length=256)
     from_seq: int | None = Field(
-        default=None, ge=0, description="start here; default: after the current end"
+        default=None, ge=0, le=INT64_MAX, description="start here; default: after the current end"
     )
     max_age_s: float = Field(default=subs.DEFAULT_MAX_AGE_S, gt=0, le=7 * 24 * 3600)
 
@@ -108,8 +109,8 @@ class SubscriptionIn(BaseModel):
 class ReplayIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    from_seq: int = Field(ge=1)
-    to_seq: int = Field(ge=1)
+    from_seq: int = Field(ge=1, le=INT64_MAX)
+    to_seq: int = Field(ge=1, le=INT64_MAX)
 
 
 def public(sub: Document, *, with_secret: bool = False) -> dict[str, Any]:

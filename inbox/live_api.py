@@ -44,6 +44,7 @@ from crm_store.routing_store import find_in
 from crm_store.store import Document
 from inbox.api import Call, route
 from inbox.auth import ApiError, Principal, authenticate, principal_for_token
+from inbox.bounds import INT64_MAX
 from inbox.live import Facts, visible
 from ingest.context import SERVICE, Service
 from ingest.tasks import cancel
@@ -62,7 +63,9 @@ class WsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     token: str | None = Field(default=None, max_length=200, description="the API token")
-    after: int | None = Field(default=None, ge=0, description="resume after this cursor")
+    after: int | None = Field(
+        default=None, ge=0, le=INT64_MAX, description="resume after this cursor"
+    )
 
 
 @dataclass(eq=False)
@@ -323,7 +326,7 @@ class Command(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["resume", "ping"]
-    after: int | None = Field(default=None, ge=0)
+    after: int | None = Field(default=None, ge=0, le=INT64_MAX)
 
 
 _BAD_COMMAND = {

@@ -10,14 +10,14 @@
 - ``POST …/{id}/notes`` ``{"text"}`` — an internal note, never sent.
 - ``POST …/{id}/read`` — everything read (unread 0).
 - ``POST /api/v1/files`` (multipart, field ``file``) — upload an attachment; ``GET
-  /api/v1/files/{id}`` downloads a stored file (uploads and e-mail attachments). A reply's
-  attachment goes out with a link that needs no token (``/files/{id}/{key}``), since the
+  /api/v1/files/{id}`` downloads a stored file (uploads and e-mail attachments) for a
+  caller who may read it (inbox/access.py). A reply may attach only such a file; it goes
+  out with a signed, expiring link that needs no token (inbox/file_links.py), since the
   provider fetches it, not the operator.
 """
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from typing import Any
 
@@ -33,10 +33,11 @@ from inbox import access
 from inbox.api import Call, route
 from inbox.auth import ApiError
 from inbox.conversations_api import view, visible_conversation
+from inbox.file_links import REPLY_LINK_TTL, UPLOAD_LINK_TTL, download, signed_url
 from inbox.paging import cursor_of, older_than
 from inbox.replies import ReplyError, reply
 from inbox.views import ConversationView, MessageView
-from ingest.context import SERVICE, Service
+from ingest.context import Service
 
 TAG = "messages"
 MAX_TEXT = 20000
@@ -93,7 +94,10 @@ class FileView(BaseModel):
     name: str | None
     mime_type: str
     size: int
-    url: str = Field(description="a link that needs no token (what a provider fetches)")
+    url: str = Field(
+        description="a signed link that needs no token, valid for an hour (a reply's "
+        "attachment carries its own, valid 30 days)"
+    )
 
 
 class UploadForm(BaseModel):
@@ -143,16 +147,13 @@ async def list_messages(call: Call) -> MessagePage:
     return MessagePage(items=await _with_calls(call.svc, list(reversed(docs))), next_cursor=cursor)
 
 
-def _download_url(request: web.Request, meta: Document) -> str:
-    key = (meta.get("origin") or {}).get("key", "")
-    return f"{request.url.origin()}/files/{meta['_id']}/{key}"
-
-
 async def _attachments(call: Call, refs: list[AttachmentRef]) -> list[dict[str, Any]]:
     out = []
     for i, ref in enumerate(refs):
         meta = await call.svc.store["files"].find_one({"_id": ref.file_id})
-        if meta is None or not meta.get("stored") or not (meta.get("origin") or {}).get("key"):
+        # A file the caller may not read answers as one that does not exist.
+        readable = await access.may_read_file(call.svc.store, call.principal, meta)
+        if meta is None or not meta.get("stored") or not readable:
             raise ApiError(
                 422,
                 "unknown_file",
@@ -171,7 +172,7 @@ async def _attachments(call: Call, refs: list[AttachmentRef]) -> list[dict[str, 
             {
                 "kind": kind,
                 # No file_id: to a channel that is the provider's own file id.
-                "url": _download_url(call.request, meta),
+                "url": await signed_url(call.request, meta["_id"], REPLY_LINK_TTL),
                 "name": meta.get("name"),
                 "mime_type": mime,
                 "size": meta.get("size"),
@@ -295,54 +296,21 @@ async def _read_upload(request: web.Request) -> tuple[bytes, str | None, str]:
 async def upload_file(call: Call) -> FileView:
     data, name, mime = await _read_upload(call.request)
     file_id = uuid.uuid4().hex
-    origin = {"uploaded_by": call.principal.user.id, "key": secrets.token_urlsafe(24)}
     stored = await files.put(
         call.svc.store,
         file_id,
         data,
-        name=(name or "")[:255] or None,
+        name=name,
         mime_type=mime,
-        origin=origin,
+        origin={"uploaded_by": call.principal.user.id},
         max_bytes=MAX_UPLOAD_BYTES,
     )
-    meta = {"_id": file_id, "origin": origin}
     return FileView(
         file_id=stored.id,
         name=stored.name,
         mime_type=stored.mime_type,
         size=stored.size,
-        url=_download_url(call.request, meta),
-    )
-
-
-async def _may_read(call: Call, meta: Document) -> bool:
-    """A file is the uploader's, and visible to whoever sees a message carrying it."""
-    origin = meta.get("origin") or {}
-    if origin.get("uploaded_by") == call.principal.user.id:
-        return True
-    message_ids = [origin.get("intake_id"), *origin.get("message_ids", [])]
-    for mid in [m for m in message_ids if isinstance(m, str)][:20]:
-        msg = await call.svc.store.messages.find_one({"_id": mid}, {"conversation_id": 1})
-        if msg is None or not msg.get("conversation_id"):
-            continue
-        conv = await call.svc.store.conversations.find_one(
-            {"_id": msg["conversation_id"]}, {"department": 1}
-        )
-        if access.sees_conversation(call.principal, conv):
-            return True
-    return False
-
-
-async def _file_response(svc: Service, meta: Document) -> web.Response:
-    """The bytes of the file ``meta`` describes; 404 when they are not stored."""
-    data = await files.read(svc.store, meta["_id"])
-    if data is None:
-        raise ApiError(404, "not_found", f"no stored file {meta['_id']}")
-    name = str(meta.get("name") or meta["_id"]).replace('"', "")
-    return web.Response(
-        body=data,
-        content_type=str(meta.get("mime_type") or "application/octet-stream"),
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        url=await signed_url(call.request, file_id, UPLOAD_LINK_TTL),
     )
 
 
@@ -357,23 +325,9 @@ async def _file_response(svc: Service, meta: Document) -> web.Response:
 async def download_file(call: Call) -> web.StreamResponse:
     file_id = call.path("id")
     meta = await call.svc.store["files"].find_one({"_id": file_id})
-    if meta is None or not await _may_read(call, meta):
+    data = None
+    if await access.may_read_file(call.svc.store, call.principal, meta):
+        data = await files.read(call.svc.store, file_id)
+    if meta is None or data is None:
         raise ApiError(404, "not_found", f"no stored file {file_id}")
-    return await _file_response(call.svc, meta)
-
-
-async def public_file(request: web.Request) -> web.StreamResponse:
-    """``GET /files/{id}/{key}``: an uploaded file for the provider that sends it."""
-    svc = request.app[SERVICE]
-    meta = await svc.store["files"].find_one({"_id": request.match_info["id"]})
-    key = (meta or {}).get("origin", {}).get("key")
-    if meta is None or not key or not secrets.compare_digest(str(key), request.match_info["key"]):
-        raise web.HTTPNotFound()
-    try:
-        return await _file_response(svc, meta)
-    except ApiError:
-        raise web.HTTPNotFound() from None
-
-
-def setup_public(app: web.Application) -> None:
-    app.router.add_get("/files/{id}/{key}", public_file)
+    return download(meta, data)

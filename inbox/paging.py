@@ -1,7 +1,8 @@
 """Cursor pages: newest first by a time field, ties broken by ``_id``.
 
 A cursor is opaque to clients: base64url of ``[time ISO, _id]`` of the last item of the
-page. A cursor this API did not give is 422 naming the query parameter.
+page. A cursor this API did not give is 422 naming the query parameter — also a forged one
+whose time the store cannot hold (inbox/bounds.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import orjson
 
 from crm_store.store import Document
 from inbox.auth import ApiError
+from inbox.bounds import storable_instant
 
 
 def encode_cursor(*parts: object) -> str:
@@ -39,14 +41,19 @@ def decode_cursor(raw: str, param: str = "cursor") -> list[object]:
     return parts
 
 
+def cursor_time(raw: object, param: str = "cursor") -> datetime:
+    """The time part of a cursor, in UTC; 422 unless the store can hold it."""
+    try:
+        return storable_instant(datetime.fromisoformat(str(raw)))
+    except ValueError:
+        raise _refused(param) from None
+
+
 def older_than(raw: str, time_field: str, param: str = "cursor") -> Document:
     """The store filter of the items after the cursor's (older, or as old with a smaller
     ``_id``)."""
     at_raw, last_id = decode_cursor(raw, param)
-    try:
-        at = datetime.fromisoformat(str(at_raw))
-    except ValueError:
-        raise _refused(param) from None
+    at = cursor_time(at_raw, param)
     if not isinstance(last_id, str):
         raise _refused(param)
     return {"$or": [{time_field: {"$lt": at}}, {time_field: at, "_id": {"$lt": last_id}}]}

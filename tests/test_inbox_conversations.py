@@ -349,8 +349,8 @@ async def test_upload_download_and_a_channel_that_cannot_attach(
         assert (uploaded["name"], uploaded["size"]) == ("catalog.pdf", 18)
         async with d.svc.client.http.get(uploaded["url"]) as resp:  # the provider's link
             assert (resp.status, await resp.read()) == (200, b"%PDF-1.4 catalogue")
-        async with d.svc.client.http.get(uploaded["url"] + "x") as resp:
-            assert resp.status == 404
+        async with d.svc.client.http.get(uploaded["url"] + "x") as resp:  # a tampered sig
+            assert resp.status == 403
         async with d.svc.client.http.get(
             f"{d.svc.client.base}/api/v1/files/{uploaded['file_id']}",
             headers={"Authorization": f"Bearer {d.tokens[ANNA]}"},
@@ -395,11 +395,15 @@ async def test_reply_with_an_uploaded_file_reaches_telegram_as_a_link(
         )
         assert status == 201, sent
         [att] = sent["attachments"]
-        assert (att["kind"], att["name"], att["url"]) == ("file", "catalog.pdf", uploaded["url"])
+        assert (att["kind"], att["name"]) == ("file", "catalog.pdf")
+        # Its own signed link (valid longer than the upload's), fetched without a token.
+        assert att["url"].startswith(f"{svc.client.base}/files/{uploaded['file_id']}?exp=")
+        async with svc.client.http.get(att["url"]) as resp:
+            assert (resp.status, await resp.read()) == (200, b"%PDF-1.4 catalogue")
 
         async def provider_got_it() -> bool:
             return any(
-                r.api_method == "sendDocument" and r.params.get("document") == uploaded["url"]
+                r.api_method == "sendDocument" and r.params.get("document") == att["url"]
                 for r in fake.requests
             )
 
