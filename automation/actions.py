@@ -251,9 +251,12 @@ class Executor:
         await tasks.create(self.store, doc)
 
     async def notify(self, p: Planned, spec: Notify, snap: Snapshot, out: Deferred) -> None:
-        users = people.many(self.config, spec.to, snap.responsible_id)
+        found = people.notified(self.config, spec.to, snap.responsible_id)
+        users = found.users
         if not users:
-            raise ActionError("no_recipient", f"nobody to notify for {spec.to!r}")
+            raise ActionError(
+                "no_recipient", f"nobody to notify for {spec.to!r}, not even a director or admin"
+            )
         now = self.clock.now()
         text = self.text(p, snap, spec.text)
         docs = [
@@ -264,6 +267,8 @@ class Executor:
                 "entity": self.entity(snap),
                 "contact_id": snap.contact_id,
                 "rule_id": p.rule.id,
+                # Told instead of ``to`` (who was nobody): head | director | admin.
+                "fallback": found.fallback,
                 "created_at": now,
                 "read_at": None,
             }

@@ -30,6 +30,9 @@ class Snapshot:
     stage_entered_at: datetime | None = None
     open: bool = True
     deleted: bool = False
+    # How a closed lead/deal ended: won | failed | converted (a lead that became a deal:
+    # terminal, its timers never fire) | merged …; None while open.
+    outcome: str | None = None
     fields: Mapping[str, Any] = field(default_factory=dict)
     responsible_id: str | None = None
     source_id: str | None = None
@@ -66,6 +69,7 @@ class Snapshot:
             stage_entered_at=doc.get("stage_entered_at") or doc.get("created_at"),
             open=bool(doc.get("open", True)),
             deleted=bool(doc.get("deleted", False)),
+            outcome=doc.get("outcome"),
             fields=dict(doc.get("fields") or {}),
             responsible_id=doc.get("responsible_id"),
             source_id=doc.get("source_id"),

@@ -342,6 +342,8 @@ def plan_timer(
         return TimerDecision(False, n, reason="the rule is gone or disabled")
     if snap is None or snap.deleted:
         return TimerDecision(False, n, reason="the lead/deal is gone")
+    if snap.outcome == "converted":  # terminal: the work goes on in its deal
+        return TimerDecision(False, n, reason="the lead was converted into a deal")
     if timer.get("in_stage") and (
         snap.stage_id != timer.get("stage_id") or snap.stage_entered_at != timer.get("stage_since")
     ):

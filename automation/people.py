@@ -1,10 +1,26 @@
 """Who a rule means (pure, from ``users.yaml``): the responsible, their head, a user, the
-users of a role."""
+users of a role — and who is told instead when that is nobody.
+
+A notification never goes nowhere: when its ``to`` resolves to nobody (the head of sales
+is the lead's own responsible and has no head above; the lead has no responsible; a role
+nobody holds), it falls back along **head → director → admin**: the head above the
+responsible, else the director nearest the responsible's department, else an admin — not
+the responsible themself (the notification is about their work) unless they are the top of
+the chain (the one director of a small company). ``check-config`` lists
+the rules that lean on the fallback and those that reach nobody even so
+(:func:`recipient_warnings`).
+"""
 
 from __future__ import annotations
 
-from automation.rules import RoleRef, UserRef, Who
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from automation.rules import Notify, RoleRef, UserRef, Who
 from config.models import AppConfig
+
+# The fallback after "head": the first role with an active user other than the responsible.
+FALLBACK_ROLES = ("director", "admin")
 
 
 def head_of(config: AppConfig, user_id: str | None) -> str | None:
@@ -67,4 +83,77 @@ def many(
         for user in resolve(config, who, responsible):
             if user not in out:
                 out.append(user)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Recipients:
+    users: list[str]
+    # The fallback role that was used ("director" / "admin"); None: ``to`` itself.
+    fallback: str | None = None
+
+
+def fallback(config: AppConfig, responsible: str | None) -> Recipients:
+    """Who is told when a notification's ``to`` is nobody: the head above the responsible,
+    else the nearest director, else an admin (another than the responsible; the
+    responsible only when they are that director or admin and nobody else is)."""
+    head = head_of(config, responsible)
+    if head is not None and head != responsible:
+        return Recipients([head], "head")
+    for role in FALLBACK_ROLES:
+        found = [u for u in _role_users(config, role, responsible) if u != responsible]
+        if found:
+            return Recipients(found[:1], role)
+    # The top of the chain is the responsible themself (a one-director company): told
+    # rather than nobody.
+    for role in FALLBACK_ROLES:
+        if responsible in _role_users(config, role, responsible):
+            return Recipients([responsible], role)
+    return Recipients([])
+
+
+def notified(
+    config: AppConfig, whos: tuple[Who, ...] | list[Who], responsible: str | None
+) -> Recipients:
+    """The users a notification goes to: ``whos``, or the fallback when that is nobody."""
+    users = many(config, whos, responsible)
+    return Recipients(users) if users else fallback(config, responsible)
+
+
+def _notifies(action: object) -> Iterator[Notify]:
+    spec = getattr(action, "notify", None)
+    if isinstance(spec, Notify):
+        yield spec
+
+
+def recipient_warnings(config: AppConfig) -> list[tuple[str, str]]:
+    """For ``check-config``: every notifying rule whose ``to`` can resolve to nobody — for
+    some responsible, or none — as (level, text): a ``warning`` where even the fallback is
+    nobody (the notification would fail), a ``note`` naming who the fallback tells."""
+    people: list[str | None] = [
+        u.id for u in config.users.users if u.active and u.role.value != "no_access"
+    ]
+    people.append(None)
+    out: list[tuple[str, str]] = []
+    for rule in config.automation.rules:
+        for spec in (n for a in rule.do for n in _notifies(a)):
+            outcomes: dict[str, list[str]] = {}
+            for responsible in people:
+                if many(config, spec.to, responsible):
+                    continue
+                got = fallback(config, responsible)
+                then = f"{got.fallback} {got.users[0]}" if got.users else ""
+                outcomes.setdefault(then, []).append(responsible or "(none)")
+            if not outcomes:
+                continue
+            to = ", ".join(w if isinstance(w, str) else repr(w) for w in spec.to)
+            head = f"rule {rule.id}: notify [{to}] resolves to nobody when the responsible is"
+            if "" in outcomes:
+                who = ", ".join(outcomes.pop(""))
+                out.append(
+                    ("warning", f"{head} {who}, and so does the fallback (no director or admin)")
+                )
+            if outcomes:
+                cases = "; ".join(f"{', '.join(r)} → {then}" for then, r in outcomes.items())
+                out.append(("note", f"{head} {cases} (fallback: head → director → admin)"))
     return out

@@ -4,6 +4,14 @@ The deal's id derives from the lead's, so converting twice answers the same deal
 lead is closed as ``converted`` (``converted_to`` names the deal), its open-lead guard is
 released, and its conversations move to the deal; ``deal.created`` and ``lead.converted``
 are announced. A later message from the contact finds the deal (routing rule 2).
+
+Converted is a terminal state: the lead leaves its open stage for the first ``won`` stage of
+its pipeline (the example's ``qualified``; without a won stage it keeps its stage, closed),
+and its live timers are cancelled — an "untouched for 2 hours in New" alert never fires for
+a converted lead, and the automation engine refuses any timer of one that is still
+claimed (automation/evaluate.plan_timer). No ``lead.stage_changed`` is announced: the
+conversion is not a stage move, so the robots of the won stage do not run (they would open
+a second deal); ``lead.converted`` says what happened.
 """
 
 from __future__ import annotations
@@ -12,17 +20,34 @@ from datetime import UTC, datetime
 
 from pymongo.errors import DuplicateKeyError
 
-from config.models import Pipeline
+from config.models import Pipeline, StageOutcome
+from crm_store import timers
 from crm_store.documents import stable_id
 from crm_store.events import append, event
 from crm_store.store import Document, Store
 
 
+def closing_stage(lead_pipeline: Pipeline | None) -> str | None:
+    """The stage a converted lead ends in: its pipeline's first won stage, if any."""
+    if lead_pipeline is None:
+        return None
+    return next((s.id for s in lead_pipeline.stages if s.outcome is StageOutcome.WON), None)
+
+
 async def convert(
-    store: Store, lead: Document, pipeline: Pipeline, stage_id: str, title: str | None, by: str
+    store: Store,
+    lead: Document,
+    pipeline: Pipeline,
+    stage_id: str,
+    title: str | None,
+    by: str,
+    *,
+    lead_pipeline: Pipeline | None = None,
+    at: datetime | None = None,
 ) -> Document:
-    """The deal of ``lead`` (created now, or by an earlier conversion)."""
-    at = datetime.now(UTC)
+    """The deal of ``lead`` (created now, or by an earlier conversion) in ``pipeline`` at
+    ``stage_id``; ``lead_pipeline`` is the lead's own (where it closes)."""
+    at = at or datetime.now(UTC)
     deal_id = stable_id("deal", "converted", lead["_id"])
     doc: Document = {
         "_id": deal_id,
@@ -46,19 +71,24 @@ async def convert(
         existing = await store.deals.find_one({"_id": deal_id})
         assert existing is not None
         doc = existing
+    closed: Document = {
+        "open": False,
+        "outcome": "converted",
+        "converted_to": deal_id,
+        "closed_at": lead.get("closed_at") or at,
+        "updated_at": at,
+    }
+    final = closing_stage(lead_pipeline)
+    if final is not None and lead.get("stage_id") != final and lead.get("open", True):
+        closed |= {
+            "stage_id": final,
+            "stage_entered_at": at,
+            "converted_from_stage": lead.get("stage_id"),
+        }
     await store.leads.update_one(
-        {"_id": lead["_id"]},
-        {
-            "$set": {
-                "open": False,
-                "outcome": "converted",
-                "converted_to": deal_id,
-                "closed_at": lead.get("closed_at") or at,
-                "updated_at": at,
-            },
-            "$unset": {"open_contact": ""},
-        },
+        {"_id": lead["_id"]}, {"$set": closed, "$unset": {"open_contact": ""}}
     )
+    await timers.cancel_entity(store, lead["_id"], "the lead was converted into a deal", at)
     await store.conversations.update_many(
         {"target.id": lead["_id"]},
         {"$set": {"target": {"kind": "deal", "id": deal_id, "open": True}}},

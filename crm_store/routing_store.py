@@ -12,7 +12,7 @@ lists of at most ``ID_CHUNK`` values (it re-checks each hit against the whole li
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -121,7 +121,12 @@ async def load_contacts(
     return [ContactDoc.model_validate(d) for d in found.values()]
 
 
-async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> ContactState:
+async def load_contact_state(
+    store: Store, contact_ids: Iterable[str], service_pipelines: Container[str] = ()
+) -> ContactState:
+    """What routing needs of these contacts. A deal in one of ``service_pipelines`` (after-
+    sale work: an NPS survey, a warranty claim) is history, never the active deal: the
+    customer's next message is not after-sale work."""
     ids = list(set(contact_ids))
     state = ContactState()
     if not ids:
@@ -135,7 +140,8 @@ async def load_contact_state(store: Store, contact_ids: Iterable[str]) -> Contac
     for d in deal_docs:
         deal = DealDoc.model_validate(d)
         state.history.add(deal.contact_id)
-        if deal.open and deal.contact_id not in state.active_deal:
+        sales = deal.pipeline_id not in service_pipelines
+        if deal.open and sales and deal.contact_id not in state.active_deal:
             state.active_deal[deal.contact_id] = deal
         if deal.origin_intake_id:
             state.created_by[deal.origin_intake_id] = deal

@@ -366,7 +366,16 @@ async def convert_lead(call: Call) -> EntityView:
             errors=[{"in": "body", "field": "stage_id", "message": "not an open stage"}],
         )
     deal = await convert(
-        call.svc.store, lead, pipeline, stage.id, body.title, call.principal.user.id
+        call.svc.store,
+        lead,
+        pipeline,
+        stage.id,
+        body.title,
+        call.principal.user.id,
+        lead_pipeline=next(
+            (p for p in call.svc.config.pipelines.pipelines if p.id == lead.get("pipeline_id")),
+            None,
+        ),
     )
     return EntityView.of_kind("deal", deal)
 

@@ -5,7 +5,9 @@ Everything the rules need is gathered into a :class:`Context` by routing/router.
 
 1. the message's conversation has an open lead/deal → attach there;
 2. the sender is a known contact with an active deal → attach to that deal (the most
-   recently active one — the context holds that one);
+   recently active open deal of a *sales* pipeline — the context holds that one; a deal of
+   a ``purpose: service`` pipeline, such as the copy of a won order in an NPS survey, is
+   history and never attracts a message, so a returning customer gets a repeat lead);
 3. known contact with an open lead → attach to it;
    automatic mail (auto-replies, bounces) and contacts marked as spam stop here: stored,
    attached to the contact if known, never a new lead;
@@ -55,8 +57,8 @@ class Context:
     automatic: bool
     conversation: ConversationDoc | None
     contact: ContactDoc | None
-    # The contact's most recently active open deal, its open lead, and whether it ever
-    # had any lead or deal.
+    # The contact's most recently active open deal of a sales pipeline, its open lead,
+    # and whether it ever had any lead or deal (service pipelines' deals count here).
     active_deal: DealDoc | None
     open_lead: LeadDoc | None
     has_history: bool

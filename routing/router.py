@@ -142,6 +142,10 @@ class Router:
     def __init__(self, store: Store, config: AppConfig) -> None:
         self.store = store
         self.config = config
+        # Deals there never attract messages (routing_store.load_contact_state).
+        self.service_pipelines = frozenset(
+            p.id for p in config.pipelines.pipelines if p.purpose == "service"
+        )
 
     async def route(self, records: list[IntakeDoc], *, rerun: bool = False) -> list[Routed]:
         """Route a batch. ``rerun``: the records may have been partly routed before."""
@@ -174,7 +178,9 @@ class Router:
             )
             for contact in contacts:
                 batch.remember_contact(contact)
-            batch.state = await rs.load_contact_state(self.store, batch.contacts_by_id)
+            batch.state = await rs.load_contact_state(
+                self.store, batch.contacts_by_id, self.service_pipelines
+            )
 
         routed: list[Routed] = []
         for r in records:
@@ -295,7 +301,9 @@ class Router:
         batch.remember_contact(contact)
         if not created:
             # Someone else knows this sender: read what they have before deciding.
-            batch.state.merge(await rs.load_contact_state(self.store, [contact.id]))
+            batch.state.merge(
+                await rs.load_contact_state(self.store, [contact.id], self.service_pipelines)
+            )
         return contact, created
 
     async def _responsible(self, source: Source, contact: ContactDoc | None) -> str | None:

@@ -328,10 +328,12 @@ async def test_refused_and_impossible_actions_are_recorded(
         await r.move("lead", lead["_id"], "in_work")
         await r.run()
         failed = {e["data"]["action"]: e["data"] for e in await r.events("automation.failed")}
-        assert set(failed) == {"move_to_stage", "notify"}
+        assert set(failed) == {"move_to_stage"}
         assert failed["move_to_stage"]["code"] == "stage_refused"
         assert "requires field 'budget'" in failed["move_to_stage"]["error"]
-        assert failed["notify"]["code"] == "no_recipient"  # the head of sales has no head
+        # The head of sales has no head, and is the only director: the admin is told.
+        [note] = await r.notes()
+        assert (note["user_id"], note["fallback"]) == ("sergey.volkov", "admin")
         # The rule's last action still ran.
         assert (await r.get("lead", lead["_id"]))["fields"] == {"touched": True}
         assert (await r.get("lead", lead["_id"]))["stage_id"] == "in_work"

@@ -19,6 +19,7 @@ from config.loader import CONFIG_FILES
 from config.settings import DEFAULT_CONFIG_DIR
 from crm_store.indexes import INDEXES
 from ingest.cli import build_parser
+from ingest.cli.config_cmds import MAKE_RUN_SECRETS
 from tests.service import ROOT, api_body, in_process
 
 TIMEOUT = 60
@@ -147,8 +148,23 @@ def test_check_config_on_the_shipped_example() -> None:
     assert r.code == 0, r.err
     assert "OK" in r.out
     assert "pipelines" in r.out
-    # The environment is scrubbed of OMNIROUTE_*: the account secrets are reported missing.
-    assert "warning: environment variable OMNIROUTE_SECRET_API_SITE is not set" in r.err
+    # The environment is scrubbed of OMNIROUTE_*: the account secrets are reported missing,
+    # except the one `make run` sets itself, which is only a note saying so.
+    assert "warning: environment variable OMNIROUTE_SECRET_API_SHOP is not set" in r.err
+    assert "warning: environment variable OMNIROUTE_SECRET_API_SITE" not in r.err
+    assert (
+        "note: environment variable OMNIROUTE_SECRET_API_SITE is not set here; "
+        "`make run` sets a development value for it"
+    ) in r.err
+    # The notifications that lean on the fallback are named, none reaches nobody.
+    assert "note: rule lead-untouched: notify [head] resolves to nobody" in r.err
+    assert "warning: rule" not in r.err
+
+
+def test_the_secrets_check_config_leaves_to_make_run_are_the_ones_it_sets() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    run_recipe = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert set(re.findall(r"(OMNIROUTE_SECRET_\w+)=", run_recipe)) == set(MAKE_RUN_SECRETS)
 
 
 def test_check_config_defaults_to_the_configured_directory(tmp_path: Path) -> None:
