@@ -57,7 +57,7 @@ import mimetypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -65,6 +65,7 @@ import aiohttp
 import orjson
 from pydantic import ValidationError
 
+from channels import lenient
 from channels.base import (
     Attachment,
     DeliveryState,
@@ -80,7 +81,6 @@ from channels.base import (
     StatusUpdate,
     WebhookChannel,
     WebhookRequest,
-    json_object,
     setting_env,
     setting_str,
 )
@@ -136,22 +136,13 @@ def _size(value: Any) -> int | None:
 
 
 def _time(value: Any) -> datetime | None:
-    """Unix seconds → UTC datetime."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return None
-    try:
-        return datetime.fromtimestamp(value, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
+    """Unix seconds → UTC datetime; an implausible time is None."""
+    return lenient.epoch(value)
 
 
 def _iso(value: Any) -> datetime | None:
-    """RFC 3339 (``published_at``) → UTC datetime."""
-    try:
-        at = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
-    return at.astimezone(UTC) if at is not None and at.tzinfo is not None else None
+    """RFC 3339 (``published_at``) → UTC datetime; an implausible time is None."""
+    return lenient.iso_time(value)
 
 
 def _largest(sizes: Any) -> str | None:
@@ -333,28 +324,35 @@ class AvitoChannel(WebhookChannel):
         verify(account, req)
 
     def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
-        body = json_object(req.body)
+        body = lenient.load_object(req.body)
         payload = _obj(body.get("payload"))
-        if payload.get("type") != "message":
+        # A payload without a type but with a value is read as a message.
+        if payload.get("type", "message" if "value" in payload else None) != "message":
             return Parsed()  # the {} probe, and events we do not handle
-        value = payload.get("value")
-        if not isinstance(value, dict):
+        value = _obj(payload.get("value"))
+        if not value:
             raise InvalidPayload("payload.value of a message must be an object")
         try:
-            return self._message(account, value)
+            return self._message(account, value, _time(body.get("timestamp")), req.body)
         except ValidationError as exc:
-            raise InvalidPayload(f"message does not fit: {exc}") from None
+            raise InvalidPayload(
+                f"message does not fit: {exc.error_count()} invalid field(s)"
+            ) from None
 
-    def _message(self, account: ChannelAccount, value: dict[str, Any]) -> Parsed:
+    def _message(
+        self, account: ChannelAccount, value: dict[str, Any], at: datetime | None, raw: bytes
+    ) -> Parsed:
         acc = account.account
-        mid, chat = _str(value.get("id")), _str(value.get("chat_id"))
-        author = _str(value.get("author_id"))
-        if mid is None or chat is None or author is None:
-            raise InvalidPayload("a message needs payload.value.id, chat_id and author_id")
-        kind = _str(value.get("type")) or "text"
+        # Without a readable id the message is keyed by a hash of the body (a redelivery
+        # of the same body is stored once).
+        mid = lenient.ident(value.get("id"), 512) or lenient.body_id(raw)
+        chat, author = lenient.ident(value.get("chat_id")), lenient.ident(value.get("author_id"))
+        if chat is None or author is None:
+            raise InvalidPayload("a message needs payload.value.chat_id and author_id")
+        kind = _str(value.get("type"), 64) or "text"
         if kind == "system":
             return Parsed()
-        own = {_str(value.get("user_id")), setting_str(account, "user_id")} - {None}
+        own = {lenient.ident(value.get("user_id")), setting_str(account, "user_id")} - {None}
         if author in own:
             read = _time(value.get("read"))
             if read is None:
@@ -363,12 +361,15 @@ class AvitoChannel(WebhookChannel):
                 channel=self.name, account=acc, provider_id=mid, state=DeliveryState.READ, at=read
             )
             return Parsed(statuses=[receipt])
-        if kind == "deleted":
-            return Parsed(edits=[MessageEdit(channel=self.name, account=acc, provider_id=mid)])
+        if kind == "deleted":  # the notification's time is when it was deleted
+            edit = MessageEdit(channel=self.name, account=acc, provider_id=mid, edited_at=at)
+            return Parsed(edits=[edit])
         text, attachments, meta = _content(kind, _obj(value.get("content")))
         item = value.get("item_id")
-        if isinstance(item, int | str) and not isinstance(item, bool) and str(item).strip():
-            meta["item_id"] = item
+        if (small := lenient.int64(item)) is not None:
+            meta["item_id"] = small
+        elif item_id := lenient.ident(item):
+            meta["item_id"] = item_id
         if chat_type := _str(value.get("chat_type"), 32):
             meta["avito_chat_type"] = chat_type
         msg = InboundMessage(

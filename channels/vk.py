@@ -53,6 +53,7 @@ import requests
 import vk_api
 from pydantic import ValidationError
 
+from channels import lenient
 from channels.base import (
     Attachment,
     DeliveryState,
@@ -70,7 +71,6 @@ from channels.base import (
     WebhookChannel,
     WebhookError,
     WebhookRequest,
-    json_object,
     setting_env,
     setting_str,
 )
@@ -117,7 +117,7 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"-?\d{1,18}", value.strip()):
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,40}", value.strip()):
         return int(value)
     return None
 
@@ -135,15 +135,18 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _time(value: Any) -> datetime | None:
-    seconds = _int(value)
-    try:
-        return datetime.fromtimestamp(seconds, UTC) if seconds else None
-    except (OverflowError, OSError, ValueError):
-        return None
+    """VK times are unix seconds; an implausible one (0, negative, year 9999 …) is None."""
+    return lenient.epoch(value)
+
+
+def _meta_int(value: int) -> int | str:
+    """An id for ``meta`` (stored in MongoDB: beyond 64 bits it is kept as a string)."""
+    small = lenient.int64(value)
+    return small if small is not None else str(value)
 
 
 def _load(body: bytes) -> dict[str, Any]:
-    event = json_object(body)
+    event = lenient.load_object(body)
     if not isinstance(event.get("type"), str):
         raise WebhookError("event has no 'type'")
     return event
@@ -193,8 +196,8 @@ def _provider_id(msg: dict[str, Any], peer: int, event: dict[str, Any]) -> str |
     mid = _int(msg.get("id"))
     if mid:
         return f"id{mid}"
-    event_id = event.get("event_id")
-    return f"event{event_id}" if isinstance(event_id, str) and event_id else None
+    event_id = lenient.ident(event.get("event_id"), 200)
+    return f"event{event_id}" if event_id else None
 
 
 def _largest(images: Any) -> str | None:
@@ -225,14 +228,13 @@ def _attachment(item: Any) -> Attachment | None:
     if kind == "doc":
         ext = _str(data.get("ext"), 16)
         mime = mimetypes.guess_type(f"file.{ext}")[0] if ext else None
-        size = _int(data.get("size"))
         return Attachment(
             kind="file",
             file_id=ref,
             url=url,
             name=_str(data.get("title"), 512),
             mime_type=mime,
-            size=size if size and size > 0 else None,
+            size=lenient.size(_int(data.get("size"))) or None,
         )
     if kind == "audio_message":
         ogg, mp3 = _url(data.get("link_ogg")), _url(data.get("link_mp3"))
@@ -279,27 +281,30 @@ def _geo(msg: dict[str, Any]) -> Attachment | None:
 
 
 def _attachments(msg: dict[str, Any]) -> list[Attachment]:
-    items = msg.get("attachments")
-    found = [_attachment(a) for a in (items if isinstance(items, list) else [])]
+    found: list[Attachment | None] = []
+    for item in lenient.objs(msg.get("attachments")):
+        try:
+            found.append(_attachment(item))
+        except ValidationError:  # one attachment out of any sane bounds: the rest is kept
+            continue
     found.append(_geo(msg))
     return [a for a in found if a is not None]
 
 
 def _text(msg: dict[str, Any]) -> str:
-    text = msg.get("text", msg.get("body"))  # body: API < 5.80
-    return text if isinstance(text, str) else ""
+    return lenient.text(msg.get("text", msg.get("body")))  # body: API < 5.80
 
 
 def _meta(msg: dict[str, Any], peer: int) -> dict[str, str | int | bool | None]:
-    meta: dict[str, str | int | bool | None] = {"vk_peer_id": peer}
+    meta: dict[str, str | int | bool | None] = {"vk_peer_id": _meta_int(peer)}
     if cmid := _int(msg.get("conversation_message_id")):
-        meta["vk_conversation_message_id"] = cmid
+        meta["vk_conversation_message_id"] = _meta_int(cmid)
     if mid := _int(msg.get("id")):
-        meta["vk_message_id"] = mid
+        meta["vk_message_id"] = _meta_int(mid)
     if payload := _str(msg.get("payload"), 1000):  # a keyboard button's payload
         meta["vk_payload"] = payload
     if quoted := _int(_dict(msg.get("reply_message")).get("conversation_message_id")):
-        meta["vk_reply_to"] = quoted
+        meta["vk_reply_to"] = _meta_int(quoted)
     if isinstance(fwd := msg.get("fwd_messages"), list) and fwd:
         meta["vk_forwarded"] = len(fwd)
     return meta
@@ -396,7 +401,7 @@ class VkChannel(WebhookChannel):
             return Parsed(reply=code)
         try:
             if kind == "message_new":
-                msg = self._inbound(account, event, _message_of(obj))
+                msg = self._inbound(account, event, _message_of(obj), req.body)
                 return Parsed(messages=[msg] if msg else [], reply=OK)
             if kind == "message_edit":  # the object is the message itself
                 edit = self._edit(account, event, obj)
@@ -426,15 +431,15 @@ class VkChannel(WebhookChannel):
         return Parsed(reply=OK)
 
     def _inbound(
-        self, account: ChannelAccount, event: dict[str, Any], msg: dict[str, Any]
+        self, account: ChannelAccount, event: dict[str, Any], msg: dict[str, Any], body: bytes
     ) -> InboundMessage | None:
         author = _author(msg)
         if author is None:
             return None
         peer = _peer(msg, author)
-        provider_id = _provider_id(msg, peer, event)
-        if provider_id is None:
-            raise InvalidPayload("message has no conversation_message_id, id or event_id")
+        # No conversation_message_id, id or event_id: keyed by a hash of the body, so VK's
+        # redelivery (the same body) is stored once.
+        provider_id = _provider_id(msg, peer, event) or lenient.body_id(body)
         return InboundMessage(
             channel=self.name,
             account=account.account,

@@ -400,30 +400,32 @@ async def test_wrong_or_missing_token_is_forbidden(
         await nothing_stored(svc)
 
 
-async def test_malformed_bodies_are_refused(mongo_uri: str, db_name: str) -> None:
+async def test_unreadable_bodies_are_kept_unparsed(mongo_uri: str, db_name: str) -> None:
+    """A delivery with the right URL token is never refused for its shape: what cannot be
+    read is acknowledged and kept as unparsed; an id that cannot be used as it is (absent,
+    over-long) is replaced by a hash, and the message is stored."""
     async with running(mongo_uri, db_name) as (svc, fake):
         not_json, body = await fake.deliver(hook(svc), b'{"payload": {"type": "message", ')
-        assert orjson.loads(body)["code"] == "bad_request"
+        assert orjson.loads(body)["accepted"] == []
         empty, _ = await fake.deliver(hook(svc), b"")
         array, _ = await fake.deliver(hook(svc), b"[]")
         no_value, _ = await fake.deliver(hook(svc), {"payload": {"type": "message", "value": 7}})
-        no_id = message("x")
-        del no_id["payload"]["value"]["id"]
-        no_id_status, _ = await fake.deliver(hook(svc), no_id)
         no_chat = message("y")
         no_chat["payload"]["value"]["chat_id"] = None
         no_chat_status, _ = await fake.deliver(hook(svc), no_chat)
+        no_id = message("x", content={"text": "no id"})
+        del no_id["payload"]["value"]["id"]
+        no_id_status, _ = await fake.deliver(hook(svc), no_id)
         huge_id, _ = await fake.deliver(hook(svc), message("z" * 600))
-        assert [not_json, empty, array, no_value, no_id_status, no_chat_status, huge_id] == [
-            400,
-            400,
-            400,
-            422,
-            422,
-            422,
-            422,
-        ]
-        await nothing_stored(svc)
+        statuses = [not_json, empty, array, no_value, no_chat_status, no_id_status, huge_id]
+        assert statuses == [200] * 7
+        assert await svc.store.intake.count_documents({"status": "unparsed"}) == 5
+        await svc.routed()
+        ids = sorted([d["provider_id"] async for d in svc.store.messages.find({})])
+        assert len(ids) == 2
+        assert ids[0].startswith("h")
+        assert len(ids[1]) == 512
+        assert ids[1].startswith("zzz")
 
 
 async def test_redelivery_is_stored_once(mongo_uri: str, db_name: str) -> None:
