@@ -42,6 +42,8 @@ from ingest.context import Service
 TAG = "messages"
 MAX_TEXT = 20000
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# Room for the multipart form around the file (boundaries, part headers, other fields).
+UPLOAD_FORM_OVERHEAD = 64 * 1024
 CALL_KEYS = (
     "call_id",
     "direction",
@@ -261,17 +263,23 @@ async def _read_upload(request: web.Request) -> tuple[bytes, str | None, str]:
             "send the file as multipart/form-data, field file",
             errors=[{"in": "body", "field": "file", "message": "missing"}],
         )
+    too_large = ApiError(413, "file_too_large", f"over {MAX_UPLOAD_BYTES} bytes")
+    # A declared size far over the limit is refused before a byte of it is read.
+    if (request.content_length or 0) > MAX_UPLOAD_BYTES + UPLOAD_FORM_OVERHEAD:
+        raise too_large
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if isinstance(part, BodyPartReader) and part.name == "file":
                 data = await part.read(decode=True)
                 if len(data) > MAX_UPLOAD_BYTES:
-                    raise ApiError(413, "file_too_large", f"over {MAX_UPLOAD_BYTES} bytes")
+                    raise too_large
                 mime = part.headers.get("Content-Type", "application/octet-stream")
                 return bytes(data), part.filename, mime.split(";")[0].strip()[:255] or "x/x"
     except ApiError:
         raise
+    except web.HTTPRequestEntityTooLarge:  # over the application's client_max_size
+        raise too_large from None
     except Exception:  # aiohttp's parser raises a zoo of types for a broken form
         raise ApiError(400, "invalid_multipart", "the multipart body is malformed") from None
     raise ApiError(
