@@ -30,11 +30,12 @@ unknown inbound caller, attached to the contact's deal/lead otherwise; outbound 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
+from annotated_types import Ge, MaxLen
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from channels.base import (
@@ -46,7 +47,6 @@ from channels.base import (
     InvalidPayload,
     Parsed,
     Sender,
-    WebhookError,
     WebhookRequest,
 )
 from config.models import ChannelAccount
@@ -270,6 +270,37 @@ def due_announcements(rec: CallRecord) -> list[str]:
 # --- the message a call becomes ---------------------------------------------------------
 
 
+class SignedCallEvent(CallEvent):
+    """A report from a provider that signs only part of it (Zadarma signs
+    ``caller_id + called_did + call_start``, not the event, the call id or the outcome).
+    crm_store/calls.py applies it only under these rules:
+
+    * ``claim`` (the event and what was signed) is accepted once: a second report with the
+      same claim is applied only if it is the same report again (same ``fingerprint`` and
+      call id — a provider retry, which changes nothing); anything else is a replay,
+      dropped;
+    * only a report that ``opens`` may create the call, and the call's message is keyed by
+      ``identity`` (the signed identity of the call, not the unsigned call id): a replay
+      under another call id finds its message already stored;
+    * a report that does not open the call updates only a call opened with the same
+      ``identity`` (None: the call id itself is signed, any opened call); until that call
+      exists it waits, and is applied when the opening report arrives.
+    """
+
+    claim: str = Field(min_length=1, max_length=128)
+    fingerprint: str = Field(min_length=1, max_length=128)
+    identity: str | None = Field(default=None, max_length=128)
+    opens: bool = False
+
+
+def message_key(ev: CallEvent) -> str:
+    """What the call's message is keyed by: the signed identity of a partly signed
+    report, else the provider's call id."""
+    if isinstance(ev, SignedCallEvent) and ev.identity:
+        return ev.identity
+    return ev.call_id
+
+
 def message_provider_id(call_id: str) -> str:
     return MESSAGE_PREFIX + call_id
 
@@ -288,6 +319,8 @@ def call_message(ev: CallEvent) -> InboundMessage | None:
     that does not name the customer or the direction)."""
     if ev.direction not in (CallDirection.IN, CallDirection.OUT) or not ev.customer:
         return None
+    if isinstance(ev, SignedCallEvent) and not ev.opens:
+        return None  # unsigned outcomes never create a lead on their own
     if normalize_phone(ev.customer) is None:
         return None
     meta: dict[str, str | int | bool | None] = {
@@ -300,7 +333,7 @@ def call_message(ev: CallEvent) -> InboundMessage | None:
     return InboundMessage(
         channel=ev.channel,
         account=ev.account,
-        provider_id=message_provider_id(ev.call_id),
+        provider_id=message_provider_id(message_key(ev)),
         thread_id=None,
         sender=Sender(phone=ev.customer),
         text=call_text(ev.direction, ev.disposition),
@@ -359,42 +392,122 @@ def login_user(account: ChannelAccount, login: str) -> str | None:
     return None
 
 
-# --- reading provider form posts -----------------------------------------------------------
+# --- reading provider reports leniently ---------------------------------------------------
+#
+# A signed report is kept whatever its shape (issue: never refuse an authentic delivery):
+# these readers return None for a value they cannot use (a word where a number belongs, an
+# integer beyond 64 bits, a date out of range) instead of raising, and :func:`call_event`
+# fits every field into the bounds of :class:`CallEvent` (a string cut to its maximum
+# length, a number out of range dropped), so an odd field never costs the call.
+
+INT64_MAX = 2**63 - 1
+# A call longer than a week is not a call: a duration beyond it is dropped.
+MAX_DURATION_S = 7 * 24 * 3600
+# Unix seconds the readers accept as a time: after 1970-01-01, before year 10000.
+MAX_EPOCH_S = 253_402_300_799
 
 
 def form_fields(req: WebhookRequest) -> dict[str, str]:
     """A form-encoded body (``application/x-www-form-urlencoded``) as a dict (the last
-    value of a repeated field wins); query parameters fill what the body lacks."""
-    try:
-        text = req.body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise WebhookError("the form body is not UTF-8") from None
+    value of a repeated field wins); query parameters fill what the body lacks. Bytes that
+    are not UTF-8 are kept as surrogate escapes, so a signature over a field is computed
+    over exactly what was sent (:func:`channels.signing.as_bytes`)."""
+    text = req.body.decode("utf-8", "surrogateescape")
     fields = dict(req.query)
-    fields.update(parse_qsl(text, keep_blank_values=True))
+    fields.update(parse_qsl(text, keep_blank_values=True, errors="surrogateescape"))
     return fields
 
 
-def text_field(fields: Mapping[str, str], name: str) -> str | None:
-    """A non-empty field, stripped."""
+def text_field(fields: Mapping[str, Any], name: str) -> str | None:
+    """A non-empty field, stripped (a number is written as text; anything else is None)."""
     value = fields.get(name)
-    return (value.strip() or None) if value is not None else None
-
-
-def int_field(fields: Mapping[str, Any], name: str) -> int | None:
-    """A non-negative whole number (as text or a JSON number); 422 naming the field if it
-    is something else."""
-    value = fields.get(name)
-    if value is None or value == "":
+    if isinstance(value, bool) or not isinstance(value, str | int):
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise invalid(name, "must be a whole number")
+    return str(value).strip() or None
+
+
+def whole(value: Any, lo: int = 0, hi: int = INT64_MAX) -> int | None:
+    """A whole number in ``[lo, hi]`` (as an integer, an integral float or text); None for
+    anything else."""
+    if isinstance(value, bool) or value is None:
+        return None
+    number: int | None = None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        number = int(value) if value.is_integer() else None
+    elif isinstance(value, str) and len(value) <= 32:
+        text = value.strip()
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                as_float = float(text)
+            except ValueError:
+                as_float = None
+            if as_float is not None and as_float.is_integer() and abs(as_float) < 2**63:
+                number = int(as_float)
+    return number if number is not None and lo <= number <= hi else None
+
+
+def int_field(fields: Mapping[str, Any], name: str, hi: int = INT64_MAX) -> int | None:
+    """A whole number ≥ 0 (and ≤ ``hi``), or None when it is missing or not one."""
+    return whole(fields.get(name), 0, hi)
+
+
+def seconds_field(fields: Mapping[str, Any], name: str) -> int | None:
+    """A duration in seconds (≤ :data:`MAX_DURATION_S`), or None."""
+    return whole(fields.get(name), 0, MAX_DURATION_S)
+
+
+def epoch_field(fields: Mapping[str, Any], name: str) -> datetime | None:
+    """Unix seconds as a UTC time; None when missing, 0, negative or beyond year 9999."""
+    seconds = whole(fields.get(name), 1, MAX_EPOCH_S)
+    return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
+
+
+def after(start: datetime | None, seconds: int | None) -> datetime | None:
+    """``start + seconds``, or None when either is unknown or the sum is out of range."""
+    if start is None or seconds is None:
+        return None
     try:
-        number = int(value) if not isinstance(value, float) or value.is_integer() else None
-    except ValueError:
-        number = None
-    if number is None or number < 0:
-        raise invalid(name, "must be a whole number ≥ 0")
-    return number
+        return start + timedelta(seconds=seconds)
+    except OverflowError:
+        return None
+
+
+def _fitted(name: str, value: Any) -> Any:
+    """``value`` within the bounds :class:`CallEvent` declares for ``name``."""
+    if value is None or name not in CallEvent.model_fields:
+        return value
+    info = CallEvent.model_fields[name]
+    if isinstance(value, str):
+        limit = next((m.max_length for m in info.metadata if isinstance(m, MaxLen)), None)
+        if limit is not None and len(value) > limit:
+            if name in UNCUT:
+                return None
+            return value[:limit]
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = next((m.ge for m in info.metadata if isinstance(m, Ge)), -INT64_MAX - 1)
+        return value if int(low) <= value <= INT64_MAX else None  # type: ignore[call-overload]
+    return value
+
+
+# Identifiers that are useless cut short: dropped when too long instead.
+UNCUT = frozenset({"customer", "line", "recording_url"})
+
+
+def call_event(**fields: Any) -> CallEvent:
+    """A :class:`CallEvent` from what a channel read, each field fitted into the model's
+    bounds. Only a missing or unusable ``call_id`` is an error (the report then cannot be
+    kept as a call): :func:`invalid` naming it."""
+    call_id = fields.get("call_id")
+    if not isinstance(call_id, str) or not call_id.strip() or len(call_id) > 256:
+        raise invalid("call_id", "required: 1 to 256 characters")
+    fitted = {name: _fitted(name, value) for name, value in fields.items()}
+    fitted["event"] = fitted.get("event") or "?"
+    return CallEvent(**fitted)
 
 
 def invalid(field: str, message: str) -> InvalidPayload:

@@ -35,9 +35,9 @@ in every request, so not a secret).
 from __future__ import annotations
 
 import hashlib
-import hmac
+import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -54,7 +54,8 @@ from channels.base import (
     WebhookRequest,
     setting_str,
 )
-from channels.calls import form_fields, int_field, invalid, parsed
+from channels.calls import call_event, epoch_field, form_fields, int_field, invalid, parsed
+from channels.signing import as_bytes, same
 from config.models import ChannelAccount
 
 SUMMARY_DIRECTIONS = {
@@ -66,8 +67,8 @@ SUMMARY_DIRECTIONS = {
 
 
 def sign(api_key: str, json_text: str, salt: str) -> str:
-    """Mango's ``sign`` of one request."""
-    return hashlib.sha256((api_key + json_text + salt).encode()).hexdigest()
+    """Mango's ``sign`` of one request (over the ``json`` field's bytes as received)."""
+    return hashlib.sha256(as_bytes(api_key + json_text + salt)).hexdigest()
 
 
 def verify(account: ChannelAccount, secret: str | None, fields: Mapping[str, str]) -> None:
@@ -78,10 +79,10 @@ def verify(account: ChannelAccount, secret: str | None, fields: Mapping[str, str
     given_sign = fields.get("sign", "")
     if not given_key or not given_sign or "json" not in fields:
         raise Unauthorized("missing vpbx_api_key, sign or json")
-    if not hmac.compare_digest(api_key.encode(), given_key.encode("utf-8", "replace")):
+    if not same(api_key, given_key):
         raise Unauthorized("vpbx_api_key is not this account's")
     expected = sign(api_key, fields["json"], secret)
-    if not hmac.compare_digest(expected.encode(), given_sign.strip().lower().encode()):
+    if not same(expected, given_sign.strip().lower()):
         raise Unauthorized("sign does not match")
 
 
@@ -95,9 +96,17 @@ def _str(value: Any) -> str | None:
     return str(value).strip() or None
 
 
-def _time(data: Mapping[str, Any], name: str) -> datetime | None:
-    seconds = int_field(data, name)
-    return datetime.fromtimestamp(seconds, UTC) if seconds else None
+def _json(text: str) -> Any:
+    """The ``json`` field: orjson, else the standard library (integers of any size), else
+    the text with undecodable bytes replaced; raises only when it is not JSON at all."""
+    try:
+        return orjson.loads(as_bytes(text))
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(as_bytes(text).decode("utf-8", "replace"))
+    except (ValueError, RecursionError) as exc:
+        raise WebhookError(f"the json field is not JSON: {type(exc).__name__}") from None
 
 
 def _direction(src: dict[str, Any], dst: dict[str, Any]) -> CallDirection | None:
@@ -131,10 +140,7 @@ class MangoChannel(WebhookChannel):
 
     def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         fields = form_fields(req)
-        try:
-            data = orjson.loads(fields["json"])
-        except orjson.JSONDecodeError as exc:
-            raise WebhookError(f"the json field is not JSON: {exc}") from None
+        data = _json(fields.get("json", ""))
         if not isinstance(data, dict):
             raise WebhookError("the json field is not a JSON object")
         entry = _str(data.get("entry_id"))
@@ -144,7 +150,7 @@ class MangoChannel(WebhookChannel):
             return parsed(self._summary(account.account, _need(entry), data))
         if "recording_id" in data and entry:
             return parsed(
-                CallEvent(
+                call_event(
                     channel=self.name,
                     account=account.account,
                     call_id=entry,
@@ -159,7 +165,7 @@ class MangoChannel(WebhookChannel):
         location = _str(data.get("location")) or ""
         src, dst = _obj(data.get("from")), _obj(data.get("to"))
         direction = _direction(src, dst)
-        at = _time(data, "timestamp")
+        at = epoch_field(data, "timestamp")
         stage: CallStage | None = None
         disposition: Disposition | None = None
         agent = _str(dst.get("extension")) if direction is not CallDirection.OUT else None
@@ -170,7 +176,7 @@ class MangoChannel(WebhookChannel):
         elif state == "Connected" and (location == "abonent" or direction is CallDirection.OUT):
             stage, disposition = CallStage.ANSWERED, Disposition.ANSWERED
         hangup = _str(data.get("disconnect_reason")) if state == "Disconnected" else None
-        return CallEvent(
+        return call_event(
             channel=self.name,
             account=acc,
             call_id=entry,
@@ -193,8 +199,11 @@ class MangoChannel(WebhookChannel):
     def _summary(self, acc: str, entry: str, data: dict[str, Any]) -> CallEvent:
         src, dst = _obj(data.get("from")), _obj(data.get("to"))
         code = int_field(data, "call_direction")
-        direction = SUMMARY_DIRECTIONS.get(code) if code is not None else _direction(src, dst)
-        created, talked, ended = (_time(data, k) for k in ("create_time", "talk_time", "end_time"))
+        direction = SUMMARY_DIRECTIONS.get(code) if code is not None else None
+        direction = direction or _direction(src, dst)
+        created, talked, ended = (
+            epoch_field(data, k) for k in ("create_time", "talk_time", "end_time")
+        )
         answered = int_field(data, "entry_result") == 1
         agent = _str(src.get("extension")) if direction is CallDirection.OUT else None
         agent = agent or _str(dst.get("extension"))
@@ -202,7 +211,7 @@ class MangoChannel(WebhookChannel):
         def span(a: datetime | None, b: datetime | None) -> int | None:
             return max(0, int((b - a).total_seconds())) if a and b else None
 
-        return CallEvent(
+        return call_event(
             channel=self.name,
             account=acc,
             call_id=entry,

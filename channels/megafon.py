@@ -42,7 +42,6 @@ Account settings (``channels.yaml``; secrets only as environment variable names)
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -66,13 +65,16 @@ from channels.base import (
     setting_str,
 )
 from channels.calls import (
+    call_event,
     form_fields,
     int_field,
     invalid,
     parsed,
+    seconds_field,
     text_field,
     user_login,
 )
+from channels.signing import same
 from config.models import ChannelAccount
 
 log = structlog.get_logger("omniroute.megafon")
@@ -107,18 +109,19 @@ def verify(secret: str | None, fields: Mapping[str, str]) -> None:
     given = fields.get(TOKEN_FIELD, "")
     if not given:
         raise Unauthorized(f"missing {TOKEN_FIELD}")
-    if not hmac.compare_digest(secret.encode(), given.encode("utf-8", "replace")):
+    if not same(secret, given):
         raise Unauthorized(f"{TOKEN_FIELD} does not match")
 
 
 def parse_start(value: str | None) -> datetime | None:
-    """``20170703T121110Z`` (UTC) → datetime; 422 naming ``start`` if malformed."""
+    """``20170703T121110Z`` (UTC) → datetime; None if missing or malformed (the call is
+    kept without its start)."""
     if value is None:
         return None
     try:
         return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError:
-        raise invalid("start", "must be YYYYMMDDTHHMMSSZ (UTC)") from None
+        return None
 
 
 def _callid(fields: Mapping[str, str]) -> str:
@@ -147,10 +150,8 @@ class MegaFonChannel(WebhookChannel):
         fields = form_fields(req)
         cmd = (fields.get("cmd") or "").strip()
         if cmd == "contact":
-            phone = text_field(fields, "phone")
-            if phone is None:
-                raise invalid("phone", "required")
-            return Parsed(lookup=CallerQuery(phone))
+            # No number: answered as an unknown caller (the call must go on).
+            return Parsed(lookup=CallerQuery(text_field(fields, "phone") or ""))
         if cmd == "event":
             return self._event(account.account, fields)
         if cmd == "history":
@@ -169,7 +170,7 @@ class MegaFonChannel(WebhookChannel):
         direction = DIRECTIONS.get((fields.get("direction") or "").strip().lower())
         if direction is None and kind in ("INCOMING", "OUTGOING"):
             direction = CallDirection.IN if kind == "INCOMING" else CallDirection.OUT
-        ev = CallEvent(
+        ev = call_event(
             channel=self.name,
             account=acc,
             call_id=_callid(fields),
@@ -187,7 +188,7 @@ class MegaFonChannel(WebhookChannel):
     def _history(self, acc: str, fields: Mapping[str, str]) -> CallEvent:
         status = text_field(fields, "status") or ""
         disposition = HISTORY_STATUS.get(status.lower(), Disposition.FAILED)
-        return CallEvent(
+        return call_event(
             channel=self.name,
             account=acc,
             call_id=_callid(fields),
@@ -200,23 +201,20 @@ class MegaFonChannel(WebhookChannel):
             disposition=disposition,
             final=True,
             started_at=parse_start(text_field(fields, "start")),
-            duration_s=int_field(fields, "duration"),
-            hangup_cause=None if disposition is Disposition.ANSWERED else status[:128] or None,
+            duration_s=seconds_field(fields, "duration"),
+            hangup_cause=None if disposition is Disposition.ANSWERED else status or None,
             recording_url=text_field(fields, "link"),
             rating=int_field(fields, "rating"),
         )
 
     def _rating(self, acc: str, fields: Mapping[str, str]) -> CallEvent:
-        rating = int_field(fields, "rating")
-        if rating is None:
-            raise invalid("rating", "required")
-        return CallEvent(
+        return call_event(
             channel=self.name,
             account=acc,
             call_id=_callid(fields),
             event="rating",
             customer=text_field(fields, "phone"),
-            rating=rating,
+            rating=int_field(fields, "rating"),
         )
 
     def caller_reply(self, account: ChannelAccount, caller: Caller | None) -> Parsed:

@@ -23,11 +23,12 @@ CHANUNAVAIL … are accepted too), ``call.recording_ready`` (``recording_url``).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from channels.api import verify
 from channels.base import (
@@ -40,7 +41,7 @@ from channels.base import (
     WebhookChannel,
     WebhookRequest,
 )
-from channels.calls import parsed
+from channels.calls import MAX_EPOCH_S, call_event, int_field, invalid, parsed, seconds_field
 from config.models import ChannelAccount
 
 EventName = Literal[
@@ -137,7 +138,7 @@ def to_call_event(channel: str, account: str, body: PbxCallEvent) -> CallEvent:
         if stage
         else None
     )
-    return CallEvent(
+    return call_event(
         channel=channel,
         account=account,
         call_id=body.call_id,
@@ -161,6 +162,86 @@ def to_call_event(channel: str, account: str, body: PbxCallEvent) -> CallEvent:
     )
 
 
+_WHEN: TypeAdapter[datetime] = TypeAdapter(datetime)
+_TEXT_FIELDS = ("leg_id", "from", "to", "extension", "agent", "hangup_cause", "recording_url")
+
+
+def _when(value: Any) -> datetime | None:
+    """An RFC 3339 time (or unix seconds) within years 1..9999, else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and not 0 < value <= MAX_EPOCH_S:
+        return None
+    try:
+        return _WHEN.validate_python(value)
+    except (ValidationError, OverflowError, ValueError):
+        return None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value).strip() or None
+
+
+def tolerant_event(channel: str, account: str, raw: dict[str, Any]) -> CallEvent:
+    """A body that does not fit the contract, read for what it holds: the call id (required,
+    text or a number) and whatever else is usable; an unknown event keeps its name with no
+    stage, an unknown disposition is dropped."""
+    call_id = _text(raw.get("call_id"))
+    if call_id is None:
+        raise invalid("call_id", "required")
+    text = {name: _text(raw.get(name)) for name in _TEXT_FIELDS}
+    event = _text(raw.get("event")) or "?"
+    direction = _text(raw.get("direction"))
+    dir_ = CallDirection(direction) if direction in ("in", "out", "internal") else None
+    inout = dir_ in (CallDirection.IN, CallDirection.OUT)
+    word = (_text(raw.get("disposition")) or "").lower()
+    stage = STAGES.get(event)
+    disposition = Disposition.ANSWERED if stage is CallStage.ANSWERED else DISPOSITIONS.get(word)
+    started, answered, ended = (
+        _when(raw.get(k)) for k in ("started_at", "answered_at", "ended_at")
+    )
+    at = {CallStage.RINGING: started, CallStage.ANSWERED: answered, CallStage.ENDED: ended}
+    return call_event(
+        channel=channel,
+        account=account,
+        call_id=call_id,
+        event=event,
+        leg_id=text["leg_id"],
+        direction=dir_,
+        customer=text["from" if dir_ is CallDirection.IN else "to"] if inout else None,
+        line=text["to" if dir_ is CallDirection.IN else "from"] if inout else None,
+        agent=text["agent"] or text["extension"],
+        stage=stage,
+        disposition=disposition,
+        at=at.get(stage) if stage else None,
+        started_at=started,
+        answered_at=answered,
+        ended_at=ended,
+        duration_s=seconds_field(raw, "duration_sec"),
+        talk_s=seconds_field(raw, "billsec"),
+        hangup_cause=text["hangup_cause"],
+        recording_url=text["recording_url"],
+        seq=int_field(raw, "seq"),
+    )
+
+
+def _json(body: bytes) -> Any:
+    """orjson, else the standard library (integers of any size, undecodable bytes
+    replaced); raises only for a body that is not JSON at all."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body.decode("utf-8", "replace"))
+    except (ValueError, RecursionError) as exc:
+        raise InvalidPayload(
+            "body is not JSON", [{"field": "body", "message": type(exc).__name__}]
+        ) from None
+
+
 class PbxChannel(WebhookChannel):
     name = "pbx"
 
@@ -170,16 +251,15 @@ class PbxChannel(WebhookChannel):
         verify(secret, req)
 
     def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
-        try:
-            raw = orjson.loads(req.body)
-        except orjson.JSONDecodeError as exc:
+        """The contract's body as is; a signed body that does not fit it is read
+        tolerantly (:func:`tolerant_event`) — only one without a call id raises."""
+        raw = _json(req.body)
+        if not isinstance(raw, dict):
             raise InvalidPayload(
-                f"body is not JSON: {exc}", [{"field": "body", "message": str(exc)}]
-            ) from None
+                "body is not a JSON object", [{"field": "body", "message": "not an object"}]
+            )
         try:
             body = PbxCallEvent.model_validate(raw)
-        except ValidationError as exc:
-            raise InvalidPayload(
-                "body does not match the call event contract", _field_errors(exc)
-            ) from None
+        except ValidationError:
+            return parsed(tolerant_event(self.name, account.account, raw))
         return parsed(to_call_event(self.name, account.account, body))

@@ -41,29 +41,44 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 import orjson
+import structlog
 
 from channels.base import (
     CallDirection,
     CallEvent,
     CallStage,
     Disposition,
+    Forbidden,
     Parsed,
     SendError,
     Unauthorized,
     WebhookChannel,
-    WebhookError,
     WebhookRequest,
     setting_env,
     setting_str,
 )
-from channels.calls import form_fields, int_field, invalid, parsed, text_field
+from channels.calls import (
+    SignedCallEvent,
+    after,
+    call_event,
+    form_fields,
+    invalid,
+    parsed,
+    seconds_field,
+    text_field,
+    whole,
+)
+from channels.signing import as_bytes, same
 from config.models import ChannelAccount
+
+log = structlog.get_logger("omniroute.zadarma")
 
 API_BASE = "https://api.zadarma.com"
 CALLBACK_PATH = "/v1/request/callback/"
@@ -85,11 +100,23 @@ DISPOSITIONS = {
     "cancel": Disposition.MISSED,
     "no answer": Disposition.MISSED,
 }
+# Reports that may create a call (and its message); every other one only updates a call
+# one of these opened, with the same signed identity.
+OPENING = frozenset({"NOTIFY_START", "NOTIFY_OUT_START"})
+INBOUND = frozenset({"NOTIFY_START", "NOTIFY_INTERNAL", "NOTIFY_ANSWER", "NOTIFY_END"})
+OUTBOUND = frozenset({"NOTIFY_OUT_START", "NOTIFY_OUT_END"})
+ENDING = frozenset({"NOTIFY_END", "NOTIFY_OUT_END"})
+# Freshness (account settings, seconds): an opening report's call_start may be at most
+# ``start_window_s`` old; a later report's at most the call's length (its duration, at
+# most ``max_call_s``) plus ``start_window_s``; none more than ``clock_skew_s`` ahead.
+START_WINDOW_S = 600
+MAX_CALL_S = 4 * 3600
+CLOCK_SKEW_S = 300
 
 
 def signature(secret: str, text: str) -> str:
     """base64 of the hex HMAC-SHA1 (as PHP's ``base64_encode(hash_hmac(...))``)."""
-    digest = hmac.new(secret.encode(), text.encode(), hashlib.sha1).hexdigest()
+    digest = hmac.new(as_bytes(secret), as_bytes(text), hashlib.sha1).hexdigest()
     return base64.b64encode(digest.encode()).decode()
 
 
@@ -103,9 +130,40 @@ def verify(secret: str | None, event: str, fields: Mapping[str, str], req: Webho
     given = req.headers.get(SIGNATURE_HEADER, "").strip()
     if not given:
         raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
-    expected = signature(secret, signed_string(event, fields))
-    if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
+    if not same(signature(secret, signed_string(event, fields)), given):
         raise Unauthorized("signature does not match")
+
+
+def _seconds_setting(account: ChannelAccount, key: str, default: int) -> int:
+    value = whole(account.settings.get(key), 0, 30 * 24 * 3600)
+    return default if value is None else value
+
+
+def check_fresh(
+    account: ChannelAccount, event: str, fields: Mapping[str, str], now: datetime
+) -> None:
+    """Refuse (403) a report whose signed ``call_start`` is outside its freshness window.
+    A report without a readable ``call_start`` (NOTIFY_RECORD, or an odd one) is not
+    checked here: its claim still admits it once."""
+    start = _start(account, fields)
+    if start is None:
+        return
+    window = _seconds_setting(account, "start_window_s", START_WINDOW_S)
+    max_call = _seconds_setting(account, "max_call_s", MAX_CALL_S)
+    skew = _seconds_setting(account, "clock_skew_s", CLOCK_SKEW_S)
+    if event in OPENING:
+        allowed = window
+    elif event in ENDING:
+        duration = seconds_field(fields, "duration")
+        allowed = min(max_call if duration is None else duration, max_call) + window
+    else:
+        allowed = max_call + window
+    age = (now - start).total_seconds()
+    if age < -skew or age > allowed:
+        raise Forbidden(
+            f"call_start is outside the freshness window of {event} "
+            f"({int(age)} s old, at most {allowed} s): a stale or replayed notification"
+        )
 
 
 def _zone(account: ChannelAccount) -> ZoneInfo | None:
@@ -115,18 +173,51 @@ def _zone(account: ChannelAccount) -> ZoneInfo | None:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise WebhookError(f"settings.timezone {name!r} is not a time zone") from None
+        log.warning("zadarma.bad_timezone", account=account.account, timezone=name[:64])
+        return None
 
 
 def _start(account: ChannelAccount, fields: Mapping[str, str]) -> datetime | None:
+    """``call_start`` (the account's local time) in UTC; None if missing or unreadable."""
     value = text_field(fields, "call_start")
     if value is None:
         return None
     try:
         local = datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        raise invalid("call_start", "must be YYYY-MM-DD HH:MM:SS") from None
-    return local.replace(tzinfo=_zone(account) or UTC).astimezone(UTC)
+        return local.replace(tzinfo=_zone(account) or UTC).astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def claim_of(event: str, fields: Mapping[str, str]) -> str:
+    """What a report may be accepted once for: its event and the signed string (for
+    NOTIFY_INTERNAL also the extension, since the call rings one extension after another
+    under the same signed string)."""
+    parts = [event, signed_string(event, fields)]
+    if event == "NOTIFY_INTERNAL":
+        parts.append(fields.get("internal", ""))
+    return _digest(*parts)
+
+
+def identity_of(event: str, fields: Mapping[str, str]) -> str | None:
+    """The signed identity of the call a report is about: an inbound call by its caller and
+    start (the signed fields every inbound report shares), an outbound one by extension,
+    number and start; None for NOTIFY_RECORD (its call id is signed itself)."""
+    if event in INBOUND:
+        return "zadarma-in:" + _digest(fields.get("caller_id", ""), fields.get("call_start", ""))
+    if event in OUTBOUND:
+        signed = signed_string(event, fields)
+        return "zadarma-out:" + _digest(signed)
+    return None
+
+
+def fingerprint(fields: Mapping[str, str]) -> str:
+    """The whole report: a provider retry has the same one."""
+    return _digest(*(f"{k}={v}" for k, v in sorted(fields.items())))
 
 
 class ZadarmaChannel(WebhookChannel):
@@ -141,6 +232,7 @@ class ZadarmaChannel(WebhookChannel):
         event = (fields.get("event") or "").strip()
         if "zd_echo" not in fields and event in SIGNED:
             verify(secret, event, fields, req)
+            check_fresh(account, event, fields, datetime.now(UTC))
 
     def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         fields = form_fields(req)
@@ -157,60 +249,74 @@ class ZadarmaChannel(WebhookChannel):
     def _event(
         self, account: ChannelAccount, event: str, call_id: str, f: Mapping[str, str]
     ) -> CallEvent:
+        report = call_event(**self._fields(account, event, call_id, f))
+        return SignedCallEvent(
+            **report.model_dump(),
+            claim=claim_of(event, f),
+            fingerprint=fingerprint(f),
+            identity=identity_of(event, f),
+            opens=event in OPENING,
+        )
+
+    def _fields(
+        self, account: ChannelAccount, event: str, call_id: str, f: Mapping[str, str]
+    ) -> dict[str, Any]:
         start = _start(account, f)
-        base = {"channel": self.name, "account": account.account, "call_id": call_id}
+        base: dict[str, Any] = {
+            "channel": self.name,
+            "account": account.account,
+            "call_id": call_id,
+            "event": event,
+        }
         recorded = (f.get("is_recorded") or "").strip() in ("1", "true")
         rec_id = text_field(f, "call_id_with_rec")
         if event == "NOTIFY_RECORD":
-            return CallEvent(**base, event=event, recording_id=rec_id)
+            return {**base, "recording_id": rec_id}
         if event in ("NOTIFY_START", "NOTIFY_INTERNAL", "NOTIFY_ANSWER"):
             answered = event == "NOTIFY_ANSWER"
-            return CallEvent(
+            return {
                 **base,
-                event=event,
-                direction=CallDirection.IN,
-                customer=text_field(f, "caller_id"),
-                line=text_field(f, "called_did"),
-                agent=text_field(f, "internal"),
-                stage=CallStage.ANSWERED if answered else CallStage.RINGING,
-                disposition=Disposition.ANSWERED if answered else None,
-                at=start,
-                started_at=start,
-            )
+                "direction": CallDirection.IN,
+                "customer": text_field(f, "caller_id"),
+                "line": text_field(f, "called_did"),
+                "agent": text_field(f, "internal"),
+                "stage": CallStage.ANSWERED if answered else CallStage.RINGING,
+                "disposition": Disposition.ANSWERED if answered else None,
+                "at": start,
+                "started_at": start,
+            }
         if event == "NOTIFY_OUT_START":
-            return CallEvent(
+            return {
                 **base,
-                event=event,
-                direction=CallDirection.OUT,
-                customer=text_field(f, "destination"),
-                agent=text_field(f, "internal"),
-                stage=CallStage.RINGING,
-                at=start,
-                started_at=start,
-            )
+                "direction": CallDirection.OUT,
+                "customer": text_field(f, "destination"),
+                "agent": text_field(f, "internal"),
+                "stage": CallStage.RINGING,
+                "at": start,
+                "started_at": start,
+            }
         # NOTIFY_END / NOTIFY_OUT_END
         word = (text_field(f, "disposition") or "").lower()
         disposition = DISPOSITIONS.get(word, Disposition.FAILED)
-        duration = int_field(f, "duration")
+        duration = seconds_field(f, "duration")
         outbound = event == "NOTIFY_OUT_END"
-        ended = start + timedelta(seconds=duration) if start and duration is not None else None
-        return CallEvent(
+        ended = after(start, duration)
+        return {
             **base,
-            event=event,
-            direction=CallDirection.OUT if outbound else CallDirection.IN,
-            customer=text_field(f, "destination" if outbound else "caller_id"),
-            line=text_field(f, "caller_id" if outbound else "called_did"),
-            agent=text_field(f, "internal"),
-            stage=CallStage.ENDED,
-            disposition=disposition,
-            final=True,
-            at=ended or start,
-            started_at=start,
-            ended_at=ended,
-            duration_s=duration,
-            hangup_cause=None if disposition is Disposition.ANSWERED else word[:128] or None,
-            recording_id=rec_id if recorded else None,
-        )
+            "direction": CallDirection.OUT if outbound else CallDirection.IN,
+            "customer": text_field(f, "destination" if outbound else "caller_id"),
+            "line": text_field(f, "caller_id" if outbound else "called_did"),
+            "agent": text_field(f, "internal"),
+            "stage": CallStage.ENDED,
+            "disposition": disposition,
+            "final": True,
+            "at": ended or start,
+            "started_at": start,
+            "ended_at": ended,
+            "duration_s": duration,
+            "hangup_cause": None if disposition is Disposition.ANSWERED else word or None,
+            "recording_id": rec_id if recorded else None,
+        }
 
     # --- click-to-call ------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
+import structlog
 from pydantic import BaseModel, Field
 from pymongo.errors import DuplicateKeyError
 
@@ -34,8 +35,10 @@ from channels.calls import (
     CALL_MISSED,
     CALL_STARTED,
     CallRecord,
+    SignedCallEvent,
     contributions,
     due_announcements,
+    message_key,
     message_provider_id,
 )
 from crm_store import events
@@ -46,6 +49,8 @@ from routing.identity import normalize_phone, phone_key
 
 COLLECTION = "calls"
 
+log = structlog.get_logger("omniroute.calls")
+
 
 def calls(store: Store) -> Collection:
     return store[COLLECTION]
@@ -55,9 +60,10 @@ def call_doc_id(channel: str, account: str, call_id: str) -> str:
     return stable_id("call", channel, account, call_id)
 
 
-def message_id(channel: str, account: str, call_id: str) -> str:
-    """The intake/message id of the call's message (see channels.calls.call_message)."""
-    return intake_id(channel, account, message_provider_id(call_id))
+def message_id(channel: str, account: str, key: str) -> str:
+    """The intake/message id of the call's message, by its :func:`message_key` (see
+    channels.calls.call_message)."""
+    return intake_id(channel, account, message_provider_id(key))
 
 
 def update_of(ev: CallEvent, source_id: str, at: datetime) -> Document:
@@ -68,7 +74,7 @@ def update_of(ev: CallEvent, source_id: str, at: datetime) -> Document:
             "account": ev.account,
             "call_id": ev.call_id,
             "source_id": source_id,
-            "message_id": message_id(ev.channel, ev.account, ev.call_id),
+            "message_id": message_id(ev.channel, ev.account, message_key(ev)),
         },
         "$min": {"first_seen_at": at},
         "$max": {"last_seen_at": at},
@@ -79,29 +85,163 @@ def update_of(ev: CallEvent, source_id: str, at: datetime) -> Document:
     return update
 
 
-async def apply(store: Store, ev: CallEvent, source_id: str) -> CallRecord:
-    """Apply one report; announce what the call reached. Returns the call as stored."""
+async def apply(store: Store, ev: CallEvent, source_id: str) -> CallRecord | None:
+    """Apply one report; announce what the call reached. Returns the call as stored, or
+    None when a partly signed report was not applied (a replay, or a report waiting for
+    the report that opens its call; see :func:`apply_signed`)."""
+    if isinstance(ev, SignedCallEvent):
+        return await apply_signed(store, ev, source_id)
     doc_id = call_doc_id(ev.channel, ev.account, ev.call_id)
     update = update_of(ev, source_id, datetime.now(UTC))
     try:
-        doc = await _upsert(store, doc_id, update)
+        doc = await _upsert(store, {"_id": doc_id}, update)
     except DuplicateKeyError:
         # Two first reports of one call upserted at once; ours now updates the winner's.
-        doc = await _upsert(store, doc_id, update)
+        doc = await _upsert(store, {"_id": doc_id}, update)
+    if doc is None:
+        raise LookupError(f"call {doc_id} vanished after its update")
+    return await _announced(store, doc)
+
+
+async def _announced(store: Store, doc: Document) -> CallRecord:
     rec = CallRecord.model_validate(doc)
     if due := due_announcements(rec):
         await announce(store, rec, due)
     return rec
 
 
-async def _upsert(store: Store, doc_id: str, update: Document) -> Document:
-    """The report's update, then the call as it stands. (Not one find-and-modify: the
-    embedded store answers that with a collection scan; docs/store.md.)"""
-    await calls(store).update_one({"_id": doc_id}, update, upsert=True)
-    doc = await calls(store).find_one({"_id": doc_id})
-    if doc is None:  # deleted in between
-        raise LookupError(f"call {doc_id} vanished after its update")
-    return doc
+async def _upsert(store: Store, query: Document, update: Document) -> Document | None:
+    """The report's update, then the call as it stands (None: no call matched and none
+    was created). (Not one find-and-modify: the embedded store answers that with a
+    collection scan; docs/store.md.)"""
+    result = await calls(store).update_one(query, update, upsert=True)
+    if result.matched_count == 0 and result.upserted_id is None:
+        return None
+    return await calls(store).find_one({"_id": query["_id"]})
+
+
+# --- partly signed reports (Zadarma): once per claim, opened calls only ---------------------
+
+CLAIMS = "call_claims"
+# How long a claim is remembered: longer than any provider's freshness window
+# (channels/zadarma.py refuses older reports), so a replay meets either the claim or the
+# window.
+CLAIM_TTL_S = 3 * 24 * 3600
+
+
+def claims(store: Store) -> Collection:
+    return store[CLAIMS]
+
+
+def claim_doc_id(ev: SignedCallEvent) -> str:
+    return stable_id("claim", ev.channel, ev.account, ev.claim)
+
+
+async def apply_signed(store: Store, ev: SignedCallEvent, source_id: str) -> CallRecord | None:
+    """Apply a report whose provider signs only part of it (channels.calls.SignedCallEvent).
+
+    1. Its claim is inserted into ``call_claims`` (unique ``_id`` per account and claim,
+       with the whole report). Taken already by another report → a replay: nothing is
+       written, None. Taken by this very report (a provider retry) → nothing changes if it
+       was applied; if the process died before applying it, it is applied now.
+    2. A report that opens the call upserts it (only over a call of the same identity),
+       then applies the reports of this call that arrived before it and waited.
+    3. Any other report updates the call only if it was opened with the same identity;
+       otherwise its claim waits for the opening report (step 2), and nothing is created.
+    """
+    now = datetime.now(UTC)
+    claim_id = claim_doc_id(ev)
+    claim: Document = {
+        "_id": claim_id,
+        "channel": ev.channel,
+        "account": ev.account,
+        "call_id": ev.call_id,
+        "identity": ev.identity,
+        "opens": ev.opens,
+        "fingerprint": ev.fingerprint,
+        "event": ev.event,
+        "report": ev.model_dump(mode="json"),
+        "source_id": source_id,
+        "applied": False,
+        "at": now,
+    }
+    try:
+        await claims(store).insert_one(claim)
+    except DuplicateKeyError:
+        held = await claims(store).find_one({"_id": claim_id})
+        if held is None or (held["call_id"], held["fingerprint"]) != (ev.call_id, ev.fingerprint):
+            log.warning(
+                "call.replay_dropped",
+                channel=ev.channel,
+                account=ev.account,
+                call_id=ev.call_id[:64],
+                report=ev.event,
+                claimed_by=str(held["call_id"])[:64] if held else None,
+            )
+            return None
+        if held.get("applied"):  # a provider retry of a report already applied
+            found = await calls(store).find_one(
+                {"_id": call_doc_id(ev.channel, ev.account, ev.call_id)}
+            )
+            return CallRecord.model_validate(found) if found else None
+    rec = await _apply_claimed(store, ev, source_id, now)
+    if rec is not None and ev.opens:
+        rec = await _apply_waiting(store, ev, source_id) or rec
+    return rec
+
+
+async def _apply_claimed(
+    store: Store, ev: SignedCallEvent, source_id: str, now: datetime
+) -> CallRecord | None:
+    doc_id = call_doc_id(ev.channel, ev.account, ev.call_id)
+    update = update_of(ev, source_id, now)
+    if ev.opens:
+        update["$setOnInsert"]["identity"] = ev.identity
+        query: Document = {"_id": doc_id, "identity": {"$in": [ev.identity, None]}}
+        try:
+            doc = await _upsert(store, query, update)
+        except DuplicateKeyError:
+            try:  # two first reports at once: ours now updates the winner's
+                doc = await _upsert(store, query, update)
+            except DuplicateKeyError:
+                doc = None  # the call id is taken by a call of another identity
+    else:
+        identity = ev.identity if ev.identity is not None else {"$ne": None}
+        result = await calls(store).update_one({"_id": doc_id, "identity": identity}, update)
+        doc = await calls(store).find_one({"_id": doc_id}) if result.matched_count else None
+    if doc is None:
+        if ev.opens:
+            log.warning(
+                "call.identity_conflict",
+                channel=ev.channel,
+                account=ev.account,
+                call_id=ev.call_id[:64],
+                report=ev.event,
+            )
+        return None  # not opened yet: the claim waits for the opening report
+    await claims(store).update_one({"_id": claim_doc_id(ev)}, {"$set": {"applied": True}})
+    return await _announced(store, doc)
+
+
+async def _apply_waiting(
+    store: Store, opening: SignedCallEvent, source_id: str
+) -> CallRecord | None:
+    """The reports of the just-opened call that arrived before it, applied in turn."""
+    rec: CallRecord | None = None
+    waiting = claims(store).find(
+        {
+            "channel": opening.channel,
+            "account": opening.account,
+            "call_id": opening.call_id,
+            "applied": False,
+            "opens": False,
+            "identity": {"$in": [opening.identity, None]},
+        }
+    )
+    async for held in waiting:
+        ev = SignedCallEvent.model_validate(held["report"])
+        rec = await _apply_claimed(store, ev, held.get("source_id", source_id), datetime.now(UTC))
+    return rec
 
 
 # --- events ------------------------------------------------------------------------------

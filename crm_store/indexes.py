@@ -113,6 +113,17 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("customer", ASCENDING), ("started_at", DESCENDING)], name="customer"),
         IndexModel([("started_at", DESCENDING)], name="started_at"),  # the call log
     ],
+    # Claims of partly signed call reports (Zadarma; crm_store/calls.apply_signed): _id =
+    # hash(channel, account, claim), so a replay collides on insert; reports waiting for
+    # their call's opening report are found by call id; forgotten after 3 days (longer
+    # than any freshness window).
+    "call_claims": [
+        IndexModel(
+            [("channel", ASCENDING), ("account", ASCENDING), ("call_id", ASCENDING)],
+            name="call",
+        ),
+        IndexModel([("at", ASCENDING)], name="ttl", expireAfterSeconds=3 * 24 * 3600),
+    ],
     # --- automation
     "tasks": [
         IndexModel(

@@ -292,17 +292,33 @@ async def test_other_notifications_and_bad_json(mongo_uri: str, db_name: str) ->
         dtmf = {"entry_id": "E14", "call_id": "x", "dtmf": "1", "seq": 1, "timestamp": T0}
         status, _ = await fake.post(base(svc), "dtmf", dtmf)
         assert status == 200
-        status, body = await fake.post(base(svc), "call", "{not json")
-        assert (status, orjson.loads(body)["code"]) == (400, "bad_request")
+        # Signed but unreadable (not JSON; no entry_id): acknowledged, kept as unparsed.
+        status, _ = await fake.post(base(svc), "call", "{not json")
+        assert status == 200
         no_entry = {"call_state": "Appeared", "seq": 1}
-        status, body = await fake.post(base(svc), "call", no_entry)
-        assert (status, orjson.loads(body)["errors"][0]["field"]) == (422, "json.entry_id")
-        bad_seq = {**answered("E15")[0][1], "seq": "first"}
-        status, body = await fake.post(base(svc), "call", bad_seq)
-        assert (status, orjson.loads(body)["errors"][0]["field"]) == (422, "seq")
-        await nothing_stored(svc)
+        status, _ = await fake.post(base(svc), "call", no_entry)
+        assert status == 200
+        assert await svc.store.intake.count_documents({"status": "unparsed"}) == 2
+        await nothing_stored_but_unparsed(svc)
+        # An odd field costs only that field: the call is kept.
+        bad_seq = {**answered("E15")[0][1], "seq": "first", "timestamp": 10**18}
+        status, _ = await fake.post(base(svc), "call", bad_seq)
+        assert status == 200
+        kept = await call_of(svc, "mango", ACCOUNT, "E15")
+        assert (kept.status, kept.customer, kept.seq, kept.started_at) == (
+            "ringing",
+            CUSTOMER,
+            None,
+            None,
+        )
         # A recording notification is kept on its call.
         rec = {"entry_id": "E16", "recording_id": "MToxMDA", "recording_state": "Completed"}
         status, _ = await fake.post(base(svc), "recording", rec)
         assert status == 200
         assert (await call_of(svc, "mango", ACCOUNT, "E16")).recording_id == "MToxMDA"
+
+
+async def nothing_stored_but_unparsed(svc: InProcess) -> None:
+    for name in ("messages", "leads", "contacts", "calls"):
+        assert await svc.store[name].count_documents({}) == 0, f"{name} is not empty"
+    assert await svc.store.intake.count_documents({"status": {"$ne": "unparsed"}}) == 0

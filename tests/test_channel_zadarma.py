@@ -7,10 +7,12 @@ import base64
 import hashlib
 import hmac
 import random
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -36,14 +38,24 @@ KEY_ENV = "OMNIROUTE_TEST_ZADARMA_KEY"
 ACCOUNT = "cloud"
 CUSTOMER = "+79001234567"
 DID = "74951234567"
-START = "2024-11-20 13:15:00"  # Moscow time: 10:15 UTC
+MOSCOW = ZoneInfo("Europe/Moscow")
+# When the test's calls started: set by the fixture a minute and a half before each test
+# (notifications are refused outside their freshness window).
 START_UTC = datetime(2024, 11, 20, 10, 15, tzinfo=UTC)
+START = "2024-11-20 13:15:00"  # call_start as Zadarma writes it: the account's local time
+
+
+def local(at: datetime) -> str:
+    return at.astimezone(MOSCOW).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @pytest.fixture(autouse=True)
 def zadarma_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_ENV, SECRET)
     monkeypatch.setenv(KEY_ENV, KEY)
+    at = (datetime.now(UTC) - timedelta(seconds=90)).replace(microsecond=0)
+    monkeypatch.setattr(sys.modules[__name__], "START_UTC", at)
+    monkeypatch.setattr(sys.modules[__name__], "START", local(at))
 
 
 def zadarma_account(api_base: str) -> ChannelAccount:
@@ -83,8 +95,9 @@ def inbound(
     disposition: str = "answered",
     caller: str = CUSTOMER,
     agents: tuple[str, ...] = ("101",),
+    start: str | None = None,
 ) -> list[Step]:
-    base = {"pbx_call_id": call, "caller_id": caller, "call_start": START}
+    base = {"pbx_call_id": call, "caller_id": caller, "call_start": start or START}
     steps: list[Step] = [("NOTIFY_START", {**base, "called_did": DID})]
     for ext in agents:
         steps.append(("NOTIFY_INTERNAL", {**base, "called_did": DID, "internal": ext}))
@@ -121,7 +134,7 @@ async def test_answered_call_from_unknown_number(mongo_uri: str, db_name: str) -
         assert (call.customer, call.line, call.agent) == (CUSTOMER, "+" + DID, "101")
         assert (call.started_at, call.ended_at, call.duration_s) == (
             START_UTC,
-            datetime(2024, 11, 20, 10, 16, 35, tzinfo=UTC),
+            START_UTC + timedelta(seconds=95),
             95,
         )
         assert call.recording_id == "z-1.rec"
@@ -178,11 +191,19 @@ async def test_repeated_and_out_of_order_notifications_converge(
         reference = converged(await call_of(svc, "zadarma", ACCOUNT, "z-10"))
         rng = random.Random(11)
         for n in range(1, 4):
-            steps = inbound(f"z-1{n}", agents=("101", "102")) * 2
+            # Another call of the same caller: it started at another second.
+            start = local(START_UTC + timedelta(seconds=n))
+            steps = inbound(f"z-1{n}", agents=("101", "102"), start=start) * 2
             rng.shuffle(steps)
             await lifecycle(svc, fake, steps)
             got = converged(await call_of(svc, "zadarma", ACCOUNT, f"z-1{n}"))
-            assert {**got, "recording_id": None} == {**reference, "recording_id": None}
+            shift = timedelta(seconds=n)
+            assert (got["started_at"], got["ended_at"]) == (
+                reference["started_at"] + shift,
+                reference["ended_at"] + shift,
+            )
+            same = {"recording_id": None, "started_at": None, "ended_at": None}
+            assert {**got, **same} == {**reference, **same}
         assert await svc.store.intake.count_documents({}) == 4
         assert await svc.store.leads.count_documents({}) == 1
 
@@ -269,17 +290,135 @@ async def test_bad_or_missing_signature_is_refused(
         await nothing_stored(svc)
 
 
-async def test_malformed_notifications_are_refused(mongo_uri: str, db_name: str) -> None:
+async def test_odd_notifications_keep_the_call(mongo_uri: str, db_name: str) -> None:
+    """A signed notification with an odd field keeps its call; one without pbx_call_id is
+    kept as unparsed."""
     async with running(mongo_uri, db_name) as (svc, fake):
         event, fields = inbound("z-50")[0]
-        bad_time, body = await fake.notify(hook(svc), event, **{**fields, "call_start": "today"})
-        assert orjson.loads(body)["errors"] == [
-            {"field": "call_start", "message": "must be YYYY-MM-DD HH:MM:SS"}
+        status, _ = await fake.notify(hook(svc), event, **{**fields, "call_start": "today"})
+        assert status == 200
+        call = await call_of(svc, "zadarma", ACCOUNT, "z-50")
+        assert (call.status, call.customer, call.started_at) == ("ringing", CUSTOMER, None)
+        end = {**inbound("z-51")[-2][1], "duration": str(2**64), "disposition": "???"}
+        await lifecycle(svc, fake, [inbound("z-51")[0], ("NOTIFY_END", end)])
+        call = await call_of(svc, "zadarma", ACCOUNT, "z-51")
+        assert (call.status, call.disposition, call.duration_s, call.ended_at) == (
+            "ended",
+            "failed",
+            None,
+            None,
+        )
+        no_id = {k: v for k, v in inbound("z-52", start=local(START_UTC))[0][1].items()}
+        del no_id["pbx_call_id"]
+        no_id["caller_id"] = "79001112233"
+        status, _ = await fake.notify(hook(svc), "NOTIFY_START", **no_id)
+        assert status == 200
+        assert await svc.store.intake.count_documents({"status": "unparsed"}) == 1
+
+
+# --- replay and freshness (partly signed notifications) ------------------------------------
+
+
+async def test_a_captured_notification_forged_four_ways_changes_nothing(
+    mongo_uri: str, db_name: str
+) -> None:
+    """Zadarma signs only caller_id + called_did + call_start. One captured NOTIFY_START,
+    with its Signature, resent as a new call, as the end of another call, as a second end
+    of its own call with another outcome, and too late: no call, lead or outcome comes of
+    it. The provider's own retry is answered 200 and changes nothing."""
+    async with running(mongo_uri, db_name) as (svc, fake):
+        genuine = inbound("z-60", "no answer")
+        await lifecycle(svc, fake, genuine)
+        event, captured = genuine[0]
+        text = captured["caller_id"] + captured["called_did"] + captured["call_start"]
+        signature = php_signature(SECRET, text)
+        before = await svc.store["calls"].find_one({"call_id": "z-60"})
+        leads = await svc.store.leads.count_documents({})
+        messages = await svc.store.messages.count_documents({})
+
+        async def forged(kind: str, **fields: str) -> int:
+            status, _ = await fake.notify(
+                hook(svc), kind, signature=signature, **{**captured, **fields}
+            )
+            return status
+
+        # 1. the same start under another call id: a "new call"
+        # 2. its tuple as the end of a call nobody opened, answered for 10 minutes
+        # 3. a second end of the genuine call, now "answered"
+        answered_end = {"disposition": "answered", "duration": "600", "internal": "101"}
+        statuses = [
+            await forged("NOTIFY_START", pbx_call_id="z-61"),
+            await forged("NOTIFY_END", pbx_call_id="z-62", **answered_end),
+            await forged("NOTIFY_END", **answered_end),
         ]
-        no_id = {k: v for k, v in fields.items() if k != "pbx_call_id"}
-        no_call, _ = await fake.notify(hook(svc), event, **no_id)
-        assert [bad_time, no_call] == [422, 422]
-        await nothing_stored(svc)
+        await svc.routed()
+        # 4. the same notification captured earlier: outside the freshness window.
+        old = local(START_UTC - timedelta(minutes=15))
+        stale_sig = php_signature(SECRET, captured["caller_id"] + captured["called_did"] + old)
+        stale, body = await fake.notify(
+            hook(svc), event, signature=stale_sig, **{**captured, "call_start": old}
+        )
+        assert (stale, orjson.loads(body)["code"]) == (403, "forbidden")
+        # Zadarma's own retry of the genuine start: accepted, nothing changes.
+        retry, _ = await fake.notify(hook(svc), event, **captured)
+        assert [*statuses, retry] == [200, 200, 200, 200]
+        await svc.routed()
+        assert [d["call_id"] async for d in svc.store["calls"].find({})] == ["z-60"]
+        after = await svc.store["calls"].find_one({"call_id": "z-60"})
+        assert after is not None and after == before
+        assert (after["disposition"]["value"], after.get("duration_s")) == ("missed", 20)
+        assert await svc.store.leads.count_documents({}) == leads == 1
+        assert await svc.store.messages.count_documents({}) == messages == 1
+        assert [e["data"]["disposition"] for e in await events_of(svc, "call.ended")] == ["missed"]
+
+
+async def test_reports_wait_for_the_signed_start_of_their_call(
+    mongo_uri: str, db_name: str
+) -> None:
+    """An end (or recording) whose call was never opened by a signed start creates
+    nothing; when the start arrives after it, the end is applied then."""
+    async with running(mongo_uri, db_name) as (svc, fake):
+        steps = inbound("z-70")
+        start, rest = steps[0], steps[1:]
+        await lifecycle(svc, fake, rest)
+        assert await svc.store["calls"].count_documents({}) == 0
+        assert await svc.store.intake.count_documents({}) == 0
+        await lifecycle(svc, fake, [start])
+        call = await call_of(svc, "zadarma", ACCOUNT, "z-70")
+        assert (call.status, call.disposition, call.recording_id) == (
+            "ended",
+            "answered",
+            "z-70.rec",
+        )
+        assert await svc.store.leads.count_documents({}) == 1
+
+
+@pytest.mark.parametrize(
+    ("event", "age_s", "extra", "status"),
+    [
+        ("NOTIFY_START", 9 * 60, {}, 200),
+        ("NOTIFY_START", 11 * 60, {}, 403),
+        ("NOTIFY_START", -10 * 60, {}, 403),  # from the future
+        ("NOTIFY_END", 40 * 60, {"duration": "1900"}, 200),  # a 32-minute call
+        ("NOTIFY_END", 40 * 60, {"duration": "60"}, 403),
+        ("NOTIFY_END", 5 * 3600, {"duration": "18000"}, 403),  # beyond max_call_s
+    ],
+)
+async def test_freshness_window(
+    mongo_uri: str, db_name: str, event: str, age_s: int, extra: dict[str, str], status: int
+) -> None:
+    async with running(mongo_uri, db_name) as (svc, fake):
+        fields = {
+            "pbx_call_id": "z-80",
+            "caller_id": CUSTOMER,
+            "called_did": DID,
+            "call_start": local(datetime.now(UTC) - timedelta(seconds=age_s)),
+            "disposition": "answered",
+            "internal": "101",
+            **extra,
+        }
+        got, body = await fake.notify(hook(svc), event, **fields)
+        assert got == status, body
 
 
 async def post_call(
