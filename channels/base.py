@@ -146,6 +146,18 @@ class MessageEdit(BaseModel):
     edited_at: datetime | None = None
 
 
+class MessageDeletion(BaseModel):
+    """The customer deleted (revoked) a message we stored: it is marked deleted; its text
+    stays for the operator."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str
+    account: str
+    provider_id: str
+    deleted_at: datetime | None = None
+
+
 class StatusUpdate(BaseModel):
     """A delivery receipt for one of our outbound messages (by the provider's id)."""
 
@@ -276,6 +288,7 @@ class Parsed:
 
     messages: list[InboundMessage] = field(default_factory=list)
     edits: list[MessageEdit] = field(default_factory=list)
+    deletions: list[MessageDeletion] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
     reachability: list[Reachability] = field(default_factory=list)
     # Call reports (telephony): applied to the ``calls`` collection.

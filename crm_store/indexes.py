@@ -147,6 +147,12 @@ INDEXES: dict[str, list[IndexModel]] = {
     "automation_actions": [],
     "automation_cursors": [],
     "companies": [],
+    # Edits, deletions and receipts that overtook their message (crm_store/pending.py):
+    # found by the message they wait for; dropped 30 days after arriving if it never came.
+    "pending_updates": [
+        IndexModel([("key", ASCENDING)], name="key"),
+        IndexModel([("received_at", ASCENDING)], name="ttl", expireAfterSeconds=30 * 24 * 3600),
+    ],
 }
 
 

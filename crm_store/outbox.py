@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from channels.base import STATE_RANK, DeliveryState
+from crm_store import pending, updates
 from crm_store.events import append, event
 from crm_store.store import Document, Store, claim
 
@@ -70,8 +71,11 @@ async def queue(
 
 
 async def claim_due(store: Store, owner: str, lease_s: float, limit: int) -> list[Document]:
+    """Claim due outbound messages to send. A claimed message that already carries the
+    provider's id was sent by a process that died before it finished :func:`mark_sent`:
+    it is finished here and never sent again."""
     t = _now()
-    return await claim(
+    claimed = await claim(
         store.messages,
         {"send_due_at": {"$lte": t}, "send_lease_until": {"$lt": t}},
         {"send_owner": owner, "send_lease_until": t + timedelta(seconds=lease_s)},
@@ -81,21 +85,32 @@ async def claim_due(store: Store, owner: str, lease_s: float, limit: int) -> lis
         # message, every second.
         hint="outbox_due",
     )
+    for doc in claimed:
+        if doc.get("provider_id"):
+            await _finish_sent(store, doc)
+    return [doc for doc in claimed if not doc.get("provider_id")]
 
 
 async def mark_sent(
     store: Store, doc: Document, provider_id: str, state: DeliveryState = DeliveryState.SENT
 ) -> None:
+    """The provider took the message. The provider's id is stored first, while the
+    message is still claimed; then :func:`_finish_sent` does the rest."""
     at = _now()
+    sent = {"provider_id": provider_id, "sent_at": at, "sent_state": state.value}
+    await store.messages.update_one({"_id": doc["_id"]}, {"$set": sent, "$inc": {"attempts": 1}})
+    await _finish_sent(store, {**doc, **sent})
+
+
+async def _finish_sent(store: Store, doc: Document) -> None:
+    """Everything after the provider's id is stored, each step idempotent: the state
+    moves forward, ``message.sent``, the receipts that arrived before the id was stored
+    (crm_store/pending.py), and last the message leaves the outbox. A process that dies
+    in here leaves the message claimable; :func:`claim_due` finishes it."""
+    provider_id: str = doc["provider_id"]
+    at: datetime = doc.get("sent_at") or _now()
+    state = DeliveryState(doc.get("sent_state") or DeliveryState.SENT.value)
     rank = STATE_RANK[state]
-    await store.messages.update_one(
-        {"_id": doc["_id"]},
-        {
-            "$set": {"provider_id": provider_id, "sent_at": at},
-            "$unset": {"send_due_at": "", "send_lease_until": "", "send_owner": "", "error": ""},
-            "$inc": {"attempts": 1},
-        },
-    )
     # A receipt may have raced ahead of us: only move the state forward.
     await store.messages.update_one(
         {"_id": doc["_id"], "state_rank": {"$lt": rank}},
@@ -119,6 +134,13 @@ async def mark_sent(
             )
         ],
         maybe_written=True,
+    )
+    await updates.apply_pending(
+        store, [pending.outbound_key(doc["channel"], doc["account"], provider_id)]
+    )
+    await store.messages.update_one(
+        {"_id": doc["_id"]},
+        {"$unset": {"send_due_at": "", "send_lease_until": "", "send_owner": "", "error": ""}},
     )
 
 

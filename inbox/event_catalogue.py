@@ -94,6 +94,17 @@ class DeliveryChanged(_Data):
     code: str | None = None
 
 
+class MessageEdited(_Data):
+    channel: str
+    number: int = Field(description="the edit's number on this message: 1, 2, …")
+    at: datetime | None = Field(description="when the customer edited it (provider's time)")
+
+
+class MessageDeleted(_Data):
+    channel: str
+    at: datetime | None = Field(description="when the customer deleted it")
+
+
 class AddressFailing(_Data):
     address: str = Field(description="the e-mail address the bounce reported as failing")
     channel: str
@@ -163,6 +174,15 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "message.delivery_changed": (
         DeliveryChanged,
         "an outbound message's delivery state moved forward (or failed)",
+    ),
+    "message.edited": (
+        MessageEdited,
+        "the customer edited a message (once per applied edit; a stale or repeated edit "
+        "emits nothing)",
+    ),
+    "message.deleted": (
+        MessageDeleted,
+        "the customer deleted a message (it stays stored, marked deleted)",
     ),
     # --- e-mail
     "contact.address_failing": (

@@ -25,7 +25,7 @@ from pymongo import UpdateOne
 
 from channels.base import InboundMessage
 from config.models import AppConfig, Source
-from crm_store import events
+from crm_store import events, updates
 from crm_store import routing_store as rs
 from crm_store.documents import (
     ContactDoc,
@@ -623,4 +623,8 @@ class Router:
         )
         await self._mark_bounced(records, msgs, batch, at)
         await events.append(self.store, batch.events, maybe_written=rerun)
+        # Edits and deletions that overtook these messages (crm_store/pending.py), in the
+        # provider's order. Before the records count as routed: a crash in between routes
+        # them again, and this applies again (idempotently).
+        await updates.apply_pending(self.store, [r.id for r in records])
         await mark_routed(self.store, [r.id for r in records])
