@@ -487,7 +487,44 @@ def split_quoted(text: str) -> tuple[str, str]:
     quoted = tidy("\n".join(x for x in lines[start:] if x.strip() != QUOTE_MARK))
     if not new.strip():
         return _clean_new(lines), ""
+    if _is_forward(lines, start) and not _own_words(lines[:start]):
+        # A forward whose only own lines are a signature or "Sent from my iPhone": what
+        # was forwarded is the message.
+        return _clean_new(lines[start:]), ""
     return new, quoted
+
+
+_FORWARD = re.compile(
+    r"forward|пересыла|переадрес|переслан|перенаправ|weitergeleitet|transféré|reenviado",
+    re.IGNORECASE,
+)
+# Lines a mail client adds below a message: not words of the sender's own.
+_BOILERPLATE = re.compile(
+    r"^\s*(?:sent from my \w+|sent from (?:mail|outlook|yahoo mail|yandex|my mobile)\b.*|"
+    r"get outlook for \w+.*|отправлено (?:с|из) .+|sent from .{1,40}(?:iphone|ipad|android)"
+    r".*|envoyé de mon \w+|von meinem \w+ gesendet)\s*$",
+    re.IGNORECASE,
+)
+
+
+def _is_forward(lines: list[str], start: int) -> bool:
+    """Whether the quote starting at ``start`` is a forwarded message (not a reply)."""
+    for line in lines[start : start + 3]:
+        if line.strip():
+            return bool(_SEPARATOR.match(line.strip()) and _FORWARD.search(line))
+    return False
+
+
+def _own_words(lines: list[str]) -> bool:
+    """Whether the lines before a forward hold words of the sender's own (not only a
+    signature after its ``-- `` delimiter or a mail client's "Sent from …" line)."""
+    for line in lines:
+        if _SIG.match(line):
+            return False
+        text = line.strip()
+        if text and text != QUOTE_MARK and not _BOILERPLATE.match(line) and not _RULE.match(line):
+            return True
+    return False
 
 
 def _clean_new(lines: list[str]) -> str:
