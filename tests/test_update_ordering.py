@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import tests.fakes.whatsapp as fake_whatsapp
-from channels.base import MessageDeletion
-from crm_store import updates
+from channels.base import DeliveryState, MessageDeletion, StatusUpdate
+from crm_store import outbox, updates
 from crm_store.documents import intake_id
 from crm_store.pending import COLLECTION as PENDING
 from crm_store.store import Store
@@ -365,3 +365,51 @@ async def test_crash_between_storing_the_message_and_applying_its_edit(
         assert await edited_events(survivor, mid) == [1]
         assert await count(survivor, PENDING) == 0
         assert await count(survivor, "messages") == 1
+
+
+async def test_crash_after_the_send_stored_the_provider_id_never_sends_again(
+    mongo_uri: str, db_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox stores the provider's id first and finishes the send after (state,
+    event, early receipts, out of the outbox). A process that dies in between leaves the
+    message claimable: the next claim finishes it — the early receipt applied, one
+    ``message.sent`` — and never hands it out to be sent a second time."""
+    store = Store.open(mongo_uri, db_name, timeout_ms=10_000)
+    try:
+        await store.ensure_indexes()
+        conv = {"_id": "conv-1", "channel": "whatsapp", "account": "main", "reply_to": "x"}
+        await store.conversations.insert_one(conv)
+        queued = await outbox.queue(store, conv, text="The sofa ships on Monday.")
+        [claimed] = await outbox.claim_due(store, "dying", 30.0, 10)
+        # The provider's "delivered" arrives before the send returns its id: parked.
+        early = StatusUpdate(
+            channel="whatsapp",
+            account="main",
+            provider_id="wamid.X1",
+            state=DeliveryState.DELIVERED,
+        )
+        assert await updates.apply_status(store, early) is False
+        assert await store[PENDING].count_documents({}) == 1
+
+        async def dies(store: Store, keys: Any) -> int:
+            raise ConnectionResetError("drill: the process dies here")
+
+        monkeypatch.setattr(updates, "apply_pending", dies)
+        with pytest.raises(ConnectionResetError):
+            await outbox.mark_sent(store, claimed, "wamid.X1")
+        monkeypatch.undo()
+        # Its lease runs out; another process claims the due messages.
+        await store.messages.update_one(
+            {"_id": queued["_id"]}, {"$set": {"send_lease_until": datetime.now(UTC)}}
+        )
+        assert await outbox.claim_due(store, "survivor", 30.0, 10) == []
+        doc = await store.messages.find_one({"_id": queued["_id"]})
+        assert doc is not None
+        assert (doc["provider_id"], doc["state"], doc["attempts"]) == ("wamid.X1", "delivered", 1)
+        assert "send_due_at" not in doc
+        assert [h["state"] for h in doc["state_history"]] == ["queued", "sent", "delivered"]
+        assert await store.events.count_documents({"type": "message.sent"}) == 1
+        assert await store[PENDING].count_documents({}) == 0
+        assert await outbox.claim_due(store, "later", 30.0, 10) == []
+    finally:
+        await store.close()
