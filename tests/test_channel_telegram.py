@@ -12,10 +12,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from telegram import Update
 
 from channels.base import OutboundMessage, SendError, WebhookError, WebhookRequest
 from channels.telegram import ALLOWED_UPDATES, SECRET_HEADER, Address, TelegramChannel
@@ -887,3 +889,95 @@ async def test_register_webhook_needs_a_valid_secret_token(
         with pytest.raises(SendError) as err:
             await TelegramChannel().register_webhook(tg_account(), TOKEN, "https://crm.example")
         assert err.value.code == "bad_webhook_secret"
+
+
+# --- updates of older Bot API versions ---------------------------------------------------
+
+OLD_BOT_API = Path(__file__).parent / "fixtures" / "telegram" / "old_bot_api"
+ANNA, OLEG, MARIA = "204518372", "97341102", "310044871"
+# fixture → (sender id, sender name, chat id, text, attachment kinds); None: not a message.
+OLD_EXPECTED: dict[str, tuple[str, str, str, str, list[str]] | None] = {
+    "01_text_private_2016": (ANNA, "Anna Smirnova", ANNA, "Hello! Do you make kitchens", []),
+    "02_photo_no_file_unique_id": (ANNA, "Anna Smirnova", ANNA, "", ["image"]),
+    "03_photo_with_caption": (OLEG, "Oleg", OLEG, "Like this one, but 2.4 m wide", ["image"]),
+    "04_document": (OLEG, "Oleg", OLEG, "The plan of my kitchen", ["file"]),
+    "05_voice": (MARIA, "Мария Кузнецова", MARIA, "", ["voice"]),
+    "06_sticker_without_type": (MARIA, "Мария Кузнецова", MARIA, "", ["sticker"]),
+    "07_location": (ANNA, "Anna Smirnova", ANNA, "", ["location"]),
+    "08_venue": (OLEG, "Oleg", OLEG, "", ["location"]),
+    "09_own_contact": (ANNA, "Anna Smirnova", ANNA, "", ["contact"]),
+    "10_video_with_caption": (MARIA, "Мария Кузнецова", MARIA, "The drawer", ["video"]),
+    "11_edited_message": None,
+    "12_channel_post": None,
+    "13_reply_to_message": (OLEG, "Oleg", OLEG, "Tomorrow after 6 pm", []),
+    "14_forwarded": (MARIA, "Мария Кузнецова", MARIA, "Sergey recommended you", []),
+    "15_group_chat": (OLEG, "Oleg", "-217055431", "Colleagues, the kitchen", []),
+    "16_supergroup_with_entities": (MARIA, "Мария Кузнецова", "-1001098765432", "Call me", []),
+    "17_audio_old": (ANNA, "Anna Smirnova", ANNA, "", ["audio"]),
+    "18_edited_caption": None,
+}
+
+
+def old_updates() -> dict[str, bytes]:
+    return {p.stem: p.read_bytes() for p in sorted(OLD_BOT_API.glob("*.json"))}
+
+
+def test_older_bot_api_updates_need_the_tolerant_reader() -> None:
+    """The fixtures are what python-telegram-bot's models refuse (no ``is_bot``,
+    ``file_unique_id``, sticker ``type`` …): without the tolerant reading most are lost."""
+    refused = 0
+    for raw in old_updates().values():
+        try:
+            Update.de_json(orjson.loads(raw), None)
+        except TypeError:
+            refused += 1
+    assert set(old_updates()) == set(OLD_EXPECTED)
+    assert refused >= 15
+
+
+async def test_older_bot_api_updates_are_stored(mongo_uri: str, db_name: str) -> None:
+    updates = old_updates()
+    async with service(mongo_uri, db_name) as (svc, _):
+        for name, raw in updates.items():
+            if name.startswith(("11_", "18_")):
+                continue  # the edits, after their messages are stored
+            status, body = await post(svc, raw)
+            assert status == 200, (name, body)
+            assert len(body["accepted"]) == (0 if OLD_EXPECTED[name] is None else 1), name
+        await svc.routed()
+        for name, expected in OLD_EXPECTED.items():
+            if expected is None:
+                continue
+            user, user_name, chat, text, kinds = expected
+            update_ = orjson.loads(updates[name])
+            pid_ = f"{chat}:{update_['message']['message_id']}"
+            msg = await one(svc.store.messages, {"provider_id": pid_})
+            assert msg["sender"]["external_user_id"] == user, name
+            assert msg["sender"]["name"] == user_name, name
+            assert msg["text"].startswith(text), name
+            assert [a["kind"] for a in msg["attachments"]] == kinds, name
+            assert msg["sent_at"].timestamp() == update_["message"]["date"], name
+        contact = await one(svc.store.messages, {"provider_id": f"{ANNA}:1209"})
+        assert contact["sender"]["phone"] == "+79161234567"  # her own number: an identity
+        # The channel post is ours, not a customer's: nothing was stored for it.
+        assert await svc.store.messages.count_documents({}) == 15
+        # The edits of older versions apply to the stored messages, with their edit_date.
+        for name in ("11_edited_message", "18_edited_caption"):
+            assert (await post(svc, updates[name]))[0] == 200
+        await svc.routed()
+
+        async def edited() -> bool:
+            texts = {
+                d["provider_id"]: d["text"]
+                async for d in svc.store.messages.find(
+                    {"provider_id": {"$in": [f"{ANNA}:1201", f"{OLEG}:1203"]}}
+                )
+            }
+            return texts == {
+                f"{ANNA}:1201": "Hello! Do you make kitchens and wardrobes to order?",
+                f"{OLEG}:1203": "Like this one, but 2.6 m wide",
+            }
+
+        await wait_for(edited, message="older Bot API edits not applied")
+        first = await one(svc.store.messages, {"provider_id": f"{ANNA}:1201"})
+        assert first["edited_at"].timestamp() == 1462015290
