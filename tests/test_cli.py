@@ -17,6 +17,8 @@ import pytest
 
 from config.loader import CONFIG_FILES
 from config.settings import DEFAULT_CONFIG_DIR
+from crm_store import conversations, outbox
+from crm_store.conversion import convert
 from crm_store.indexes import INDEXES
 from ingest.cli import build_parser
 from ingest.cli.config_cmds import MAKE_RUN_SECRETS
@@ -268,6 +270,70 @@ async def test_explain_and_inspect(mongo_uri: str, db_name: str) -> None:
         assert "conversation" in r.out
         assert "Hello, I would like a kitchen" not in r.out  # texts are not printed
     assert by_phone.out == by_other_spelling.out
+
+
+async def test_explain_of_a_note_and_a_reply_and_inspect_of_a_deal(
+    mongo_uri: str, db_name: str
+) -> None:
+    async with in_process(mongo_uri, db_name) as svc:
+        status, body = await svc.client.post_api(
+            api_body("cli-n1", phone="+79007650001", name="Olga", text="A wardrobe, 2 m")
+        )
+        assert status == 200, body
+        await svc.routed()
+        [inbound] = body["accepted"]
+        conv = await svc.store.conversations.find_one({})
+        lead = await svc.store.leads.find_one({})
+        assert conv is not None
+        assert lead is not None
+        # An operator's internal note and a reply in the conversation; the lead becomes a
+        # deal with its responsible.
+        note = await conversations.add_note(svc.store, conv, "call her after 6 pm", "anna.smirnova")
+        reply = await outbox.queue(
+            svc.store, conv, text="We will call you", author_id="anna.smirnova"
+        )
+        deal = await convert(
+            svc.store,
+            lead,
+            svc.service.config.pipeline("orders"),
+            "estimate",
+            None,
+            "anna.smirnova",
+        )
+        await svc.store.deals.update_one(
+            {"_id": deal["_id"]}, {"$set": {"responsible_id": "dmitry.kozlov"}}
+        )
+    env = cli_env(OMNIROUTE_MONGODB_URI=mongo_uri, OMNIROUTE_DB_NAME=db_name)
+    of_note, of_reply, report = await asyncio.gather(
+        arun("explain", note["_id"], env=env),
+        arun("explain", reply["_id"], env=env),
+        arun("inspect", "--phone", "+79007650001", env=env),
+    )
+    for r in (of_note, of_reply, report):
+        assert r.code == 0, r.err
+        assert "Traceback" not in r.err
+
+    assert re.search(rf"^note\s+{note['_id']}\s+api/site$", of_note.out, re.M), of_note.out
+    assert re.search(r"^written\s+.*by anna\.smirnova$", of_note.out, re.M), of_note.out
+    assert re.search(r"^routing\s+none: an internal note", of_note.out, re.M), of_note.out
+    assert f"conversation {conv['_id']}" in of_note.out
+    assert "call her after 6 pm" not in of_note.out  # texts are not printed
+
+    assert re.search(rf"^reply\s+{reply['_id']}\s+api/site\s+by anna", of_reply.out, re.M)
+    assert re.search(r"^state\s+queued\b", of_reply.out, re.M), of_reply.out
+
+    # Decisions are the inbound message's only: the note and the reply were never routed.
+    decisions = report.out.split("decisions (", 1)[1]
+    assert inbound in decisions
+    assert note["_id"] not in decisions
+    assert reply["_id"] not in decisions
+    assert "decisions (last 1 inbound messages)" in report.out
+    # The deal names its responsible.
+    assert re.search(
+        rf"^\s+{deal['_id']}\s+orders/estimate\s+open\s+responsible dmitry\.kozlov\s",
+        report.out,
+        re.M,
+    ), report.out
 
 
 async def test_explain_and_inspect_of_unknown_things(mongo_uri: str, db_name: str) -> None:

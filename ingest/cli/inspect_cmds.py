@@ -14,12 +14,42 @@ from ingest.cli.common import fmt_time, store_cmd
 from routing.identity import email_key, normalize_email, normalize_phone, phone_key
 
 
+def _target(msg: Document) -> str:
+    target = msg.get("target") or {}
+    return f"{target.get('kind') or '-'} {target.get('id') or ''}".rstrip()
+
+
+def _print_note(msg: Document) -> None:
+    print(f"note       {msg['_id']}  {msg.get('channel')}/{msg.get('account')}")
+    print(f"written    {fmt_time(msg.get('received_at'))}   by {msg.get('author_id') or '-'}")
+    print("routing    none: an internal note of an operator, never routed and never sent")
+    print(f"target     {_target(msg)}")
+    print(f"contact    {msg.get('contact_id') or '-'}   conversation {msg.get('conversation_id')}")
+
+
+def _print_reply(msg: Document) -> None:
+    author = msg.get("author_id") or "-"
+    kind = "automatic" if msg.get("automatic") else f"by {author}"
+    print(f"reply      {msg['_id']}  {msg.get('channel')}/{msg.get('account')}  {kind}")
+    print(f"queued     {fmt_time(msg.get('received_at'))}   attempts {msg.get('attempts', 0)}")
+    history = msg.get("state_history") or []
+    steps = ", ".join(f"{h.get('state')} {fmt_time(h.get('at'))}" for h in history)
+    print(f"state      {msg.get('state') or '-'}" + (f"  ({steps})" if steps else ""))
+    if msg.get("provider_id"):
+        print(f"provider   id {msg['provider_id']}")
+    if msg.get("error"):
+        print(f"error      {str(msg['error']).splitlines()[-1]}")
+    print("routing    none: a reply goes out through its conversation's channel")
+    print(f"target     {_target(msg)}")
+    print(f"contact    {msg.get('contact_id') or '-'}   conversation {msg.get('conversation_id')}")
+
+
 def _print_decision(msg: Document) -> None:
-    d = msg.get("decision", {})
-    target = msg.get("target", {})
+    d = msg.get("decision") or {}
+    target = msg.get("target") or {}
     print(
-        f"message    {msg['_id']}  {msg['channel']}/{msg['account']}  "
-        f"provider id {msg['provider_id']}"
+        f"message    {msg['_id']}  {msg.get('channel')}/{msg.get('account')}  "
+        f"provider id {msg.get('provider_id') or '-'}"
     )
     print(
         f"received   {fmt_time(msg.get('received_at'))}   routed {fmt_time(msg.get('routed_at'))}"
@@ -38,7 +68,8 @@ async def cmd_explain(store: Store, args: argparse.Namespace) -> int:
         print(f"no message or intake record {args.message_id}", file=sys.stderr)
         return 1
     if msg is not None:
-        _print_decision(msg)
+        show = {"note": _print_note, "out": _print_reply}.get(msg.get("direction") or "in")
+        (show or _print_decision)(msg)
     if rec is not None:
         print(
             f"intake     status {rec.get('status')}, attempts {rec.get('attempts', 0)}"
@@ -85,6 +116,7 @@ async def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
         state = "open" if deal.get("open") else "closed"
         print(
             f"  {deal['_id']}  {deal['pipeline_id']}/{deal['stage_id']}  {state}  "
+            f"responsible {deal.get('responsible_id') or '-'}  "
             f"last activity {fmt_time(deal.get('last_activity_at'))}"
         )
     print(f"conversations ({len(r.conversations)})")
@@ -94,7 +126,7 @@ async def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
             f"  {conv['_id']}  {conv['channel']}/{conv['account']}  {conv.get('thread')}  "
             f"→ {t.get('kind')} {t.get('id') or ''}  messages {conv.get('message_count', 0)}"
         )
-    print(f"decisions (last {len(r.messages)})")
+    print(f"decisions (last {len(r.messages)} inbound messages)")
     for m in r.messages:
         d = m.get("decision", {})
         print(
