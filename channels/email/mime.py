@@ -239,9 +239,6 @@ def _salvage(raw: bytes, digest: str, reason: str, defects: list[str]) -> Parsed
     )
 
 
-_HIGH_LINE = re.compile(rb"[^\r\n]*[\x80-\xff][^\r\n]*")
-
-
 def _non_latin(label: str) -> bool:
     codec = codec_for(label)
     return codec is not None and codec not in LATIN and codec != "utf_8"
@@ -249,7 +246,7 @@ def _non_latin(label: str) -> bool:
 
 def _undeclared_8bit(raw: bytes) -> str | None:
     """The charset of a mail's 8-bit lines when they are not UTF-8; else None."""
-    if _HIGH_LINE.search(raw) is None:
+    if raw.isascii():
         return None
     try:
         raw.decode("utf-8")
@@ -257,8 +254,8 @@ def _undeclared_8bit(raw: bytes) -> str | None:
         pass
     else:
         return None
-    sample = b"\n".join(m.group(0) for m in _HIGH_LINE.finditer(raw[:65536]))
-    return detect(sample[:8192])
+    lines = [line for line in raw[:65536].splitlines() if not line.isascii()]
+    return detect(b"\n".join(lines)[:8192])
 
 
 def _unique(items: list[str]) -> list[str]:
