@@ -14,6 +14,8 @@ Pure decisions on header values and a little body text; no I/O. The rules, in or
 4. BULK: ``Precedence: bulk/junk/list``, ``List-Id``, ``List-Unsubscribe``,
    ``List-Unsubscribe-Post``, ``Feedback-ID``, or a mass-mailing service's campaign
    header (Mailchimp, Sendinblue/Brevo, Mailgun, SendGrid, UniSender, Mindbox …).
+   A read receipt (``multipart/report; report-type=disposition-notification``) is an
+   AUTO_REPLY, an abuse feedback report (``report-type=feedback-report``) a NOTIFICATION.
 5. NOTIFICATION: a ticketing or monitoring system's header (Jira, Redmine, Zendesk,
    Freshdesk, OTRS, GitHub, GitLab, Zabbix, Nagios, Grafana …), or a sender address that
    no person writes from (``noreply@``, ``no-reply@``, ``donotreply@``, ``mailer@``,
@@ -118,6 +120,15 @@ _SYSTEM_LOCAL = re.compile(
     re.IGNORECASE,
 )
 _ADDRESS = re.compile(r"[^\s<>\"(),;:]+@[^\s<>\"(),;:]+")
+
+# multipart/report kinds other than delivery status (RFC 8098 MDN, RFC 5965 ARF).
+_REPORTS: dict[str, tuple[AutoKind, str]] = {
+    "disposition-notification": (
+        AutoKind.AUTO_REPLY,
+        "a disposition notification (read receipt)",
+    ),
+    "feedback-report": (AutoKind.NOTIFICATION, "an abuse feedback report"),
+}
 
 # Every header field the rules read (lower-case).
 AUTO_HEADERS = (
@@ -228,14 +239,18 @@ def explain(
     body_start: str,
     has_delivery_status: bool,
     null_return_path: bool,
+    report_type: str | None = None,
 ) -> tuple[AutoKind, str] | None:
     """The kind of automatic mail and the rule that matched, or None for a human message.
 
     ``headers``: lower-case header name → values of the top-level message;
-    ``body_start``: the first few KB of the readable text.
+    ``body_start``: the first few KB of the readable text; ``report_type``: the
+    report-type of a top-level multipart/report other than a delivery-status one.
     """
     if has_delivery_status:
         return AutoKind.BOUNCE, "a delivery-status report (bounce)"
+    if report_type in _REPORTS:
+        return _REPORTS[report_type]
     if (looks_like_daemon(from_raw) or (null_return_path and not from_raw.strip())) and (
         _DSN_TEXT.search(subject) or _DSN_TEXT.search(body_start)
     ):

@@ -299,6 +299,7 @@ class _Reader:
             body_start=body.own_text[:4000],
             has_delivery_status=body.has_dsn,
             null_return_path=null_return_path,
+            report_type=body.report_type,
         )
         auto = auto_found[0] if auto_found else None
         bounced = failed_recipients(body.dsn_blocks)

@@ -54,6 +54,8 @@ class Body:
     files: list[PartFile]
     has_dsn: bool  # a delivery-status report (not inside a forwarded mail)
     dsn_blocks: list[list[tuple[str, str]]]
+    # Another multipart/report's report-type ("disposition-notification" …), or None.
+    report_type: str | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +83,7 @@ class _State:
     html_seen: list[str] = field(default_factory=list)
     dsn_blocks: list[list[tuple[str, str]]] = field(default_factory=list)
     has_dsn: bool = False
+    report_type: str | None = None
     parts: int = 0
 
 
@@ -100,6 +103,9 @@ class _Tree:
     def read(self) -> Body:
         segments = self._collect(self.msg, 0, forwarded=False)
         own_text = _own_text(segments)
+        if not own_text.strip() and (preamble := _preamble(self.msg)):
+            # Old bounces write their human-readable part before the first boundary.
+            own_text = preamble
         text, quoted = split_quoted(own_text)
         text, quoted = _with_forwards(text, quoted, segments)
         html_parts = [s.html for s in segments if not s.forwarded and s.html]
@@ -111,6 +117,7 @@ class _Tree:
             files=self._files(),
             has_dsn=self.state.has_dsn,
             dsn_blocks=self.state.dsn_blocks,
+            report_type=self.state.report_type,
         )
 
     def _collect(self, part: Message, depth: int, forwarded: bool) -> list[_Segment]:
@@ -187,12 +194,16 @@ class _Tree:
             return []
         start = param(part, "start")
         root = children[0]
+        root_type = (param(part, "type") or "").strip().lower()
         if start:
             wanted = start.strip().strip("<>")
             for child in children:
                 if _content_id(child) == wanted:
                     root = child
                     break
+        elif root_type and _ctype(root) != root_type:
+            # MHTML (a saved web page) may put images before the page its "type" names.
+            root = next((c for c in children if _ctype(c) == root_type), root)
         segments = self._collect(root, depth + 1, forwarded)
         for child in children:
             if child is not root:
@@ -206,14 +217,16 @@ class _Tree:
     def _report(
         self, part: Message, children: list[Message], depth: int, forwarded: bool
     ) -> list[_Segment]:
-        if not forwarded and (param(part, "report-type") or "").lower() in (
-            "delivery-status",
-            "global-delivery-status",
-        ):
+        report = (param(part, "report-type") or "").lower()
+        if not forwarded and report in ("delivery-status", "global-delivery-status"):
             self.state.has_dsn = True
+        elif not forwarded and report:
+            self.state.report_type = report
         segments: list[_Segment] = []
         for index, child in enumerate(children):
             ctype = _ctype(child)
+            if not forwarded and ctype in _REPORT_PARTS and not self.state.has_dsn:
+                self.state.report_type = _REPORT_PARTS[ctype]
             if index == 0 or ctype.startswith("multipart/"):
                 segments.extend(self._collect(child, depth + 1, forwarded))
             elif ctype in ("message/rfc822", "message/global", "text/rfc822-headers"):
@@ -468,6 +481,23 @@ def is_placeholder(plain: str) -> bool:
     "this is an HTML message" notice) rather than rendering it."""
     text = plain.strip()
     return not _LETTER.search(text) or (len(text) <= 300 and bool(_PLACEHOLDER.search(text)))
+
+
+# The machine-readable part of a multipart/report → its report-type (for a report whose
+# report-type parameter is missing or garbled).
+_REPORT_PARTS = {
+    "message/disposition-notification": "disposition-notification",
+    "message/global-disposition-notification": "disposition-notification",
+    "message/feedback-report": "feedback-report",
+}
+_MIME_NOTICE = re.compile(r"multi-?part message in mime format|mime-?encoded", re.IGNORECASE)
+
+
+def _preamble(msg: Message) -> str:
+    """The text before a multipart's first boundary, unless it is the usual notice."""
+    text = msg.preamble if msg.is_multipart() and isinstance(msg.preamble, str) else ""
+    text = tidy(CONTROL.sub("", text))
+    return "" if not _LETTER.search(text) or _MIME_NOTICE.search(text) else text
 
 
 def _segment_text(segment: _Segment) -> str:
