@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -357,3 +358,26 @@ async def routed_mail(
 
     await wait_for(enough, timeout=timeout, message=f"{count} mails of {account} not routed")
     return [d async for d in store.messages.find(query).sort("received_at", 1)]
+
+
+_MBOX_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
+# An envelope line: "From -", "From <address> …", "From MAILER-DAEMON Fri Jul  8 12:08:34 2011".
+_MBOX_FROM = re.compile(rb"^From (?:-|\S*@\S*|\S+ .*(?:\d\d:\d\d|\d{4}))(?:\s|$)")
+
+
+def split_mbox(data: bytes) -> list[bytes]:
+    """The messages of an mbox file, each without its ``From `` envelope line.
+
+    A message starts at an envelope ``From `` line (``-``, an address or a date after
+    ``From``) followed by a header field, so an un-escaped "From Russia with love" line in
+    a body (mboxo, Thunderbird) is not a boundary.
+    """
+    lines = data.removeprefix(b"\xef\xbb\xbf").splitlines(keepends=True)
+    starts = [
+        i
+        for i, line in enumerate(lines)
+        if _MBOX_FROM.match(line) and i + 1 < len(lines) and _MBOX_FIELD.match(lines[i + 1])
+    ]
+    return [
+        b"".join(lines[a + 1 : b]) for a, b in zip(starts, [*starts[1:], len(lines)], strict=True)
+    ]
