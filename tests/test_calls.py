@@ -9,21 +9,28 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channels.base import CallDirection, CallEvent, CallStage, Disposition
+from channels.base import CallDirection, CallEvent, CallStage, Disposition, InvalidPayload
 from channels.calls import (
     CALL_ENDED,
     CALL_MISSED,
     CALL_STARTED,
     CallRecord,
+    SignedCallEvent,
+    after,
+    call_event,
     call_message,
     due_announcements,
+    epoch_field,
     merge,
     merge_all,
+    seconds_field,
     to_ms,
+    whole,
 )
 from crm_store import calls as call_store
 from crm_store.store import Store
@@ -258,3 +265,97 @@ async def test_concurrent_reports_of_a_new_call(store: Store) -> None:
     for type_ in (CALL_STARTED, CALL_ENDED):
         assert await store.events.count_documents({"type": type_}) == 1
     assert await store.events.count_documents({"type": CALL_MISSED}) == 0
+
+
+# --- lenient reading: odd values never cost the call ---------------------------------------
+
+
+def test_whole_numbers_and_times_read_leniently() -> None:
+    assert [whole(v) for v in (7, "7", " 7 ", 7.0, "7.0", "1e3")] == [7, 7, 7, 7, 7, 1000]
+    odd = (True, None, -1, "-1", "seven", 7.5, [7], {"n": 7}, 2**63, str(2**64), "9" * 40)
+    assert [whole(v) for v in odd] == [None] * len(odd)
+    assert epoch_field({"t": 1_732_100_000}, "t") == datetime(2024, 11, 20, 10, 53, 20, tzinfo=UTC)
+    for odd_time in (0, -1, 253_402_300_800, 10**19, "yesterday"):
+        assert epoch_field({"t": odd_time}, "t") is None
+    assert seconds_field({"d": 8 * 24 * 3600}, "d") is None
+    assert after(datetime(9999, 12, 31, tzinfo=UTC), 10**6) is None
+
+
+def test_call_event_fits_odd_fields_into_the_model() -> None:
+    ev = call_event(
+        channel="pbx",
+        account="a",
+        call_id="c1",
+        event="x" * 100,
+        customer="1" * 65,  # no number is that long: dropped
+        hangup_cause="h" * 200,  # free text: cut
+        duration_s=-5,
+        seq=2**64,
+        rating=2**63,
+    )
+    assert (len(ev.event), ev.customer, len(ev.hangup_cause or "")) == (64, None, 128)
+    assert (ev.duration_s, ev.seq, ev.rating) == (None, None, None)
+    for bad_id in ("", "  ", "c" * 257, None, 5):
+        with pytest.raises(InvalidPayload):
+            call_event(channel="pbx", account="a", call_id=bad_id, event="x")
+
+
+# --- partly signed reports (Zadarma) in the store ------------------------------------------
+
+
+SIGNED_FIELDS = {"claim", "fingerprint", "identity", "opens"}
+
+
+def signed(call_id: str, ev: CallEvent, identity: str = "in:caller+start") -> SignedCallEvent:
+    """``ev`` as a partly signed report: claimed by its event (and agent), opening the call
+    when it is the start."""
+    claim = f"{ev.event}|{identity}|{ev.agent or ''}"
+    return SignedCallEvent(
+        **{**ev.model_dump(exclude=SIGNED_FIELDS), "call_id": call_id},
+        claim=claim,
+        fingerprint=f"{claim}|{call_id}|{ev.disposition}",
+        identity=identity,
+        opens=ev.event == "start",
+    )
+
+
+def signed_lifecycle(call_id: str, identity: str) -> list[SignedCallEvent]:
+    # rec and rating carry no identity in this lifecycle; give them one to keep it simple.
+    return [signed(call_id, ev, identity) for ev in lifecycle(call_id)]
+
+
+async def test_signed_reports_converge_in_any_order_at_once(store: Store) -> None:
+    """Every report of a call at once, repeated, in any order — ends before the start
+    included: they wait for the opening report and the call converges to the pure merge."""
+    rng = random.Random(7)
+    for n in range(3):
+        events = signed_lifecycle(f"z-{n}", f"identity-{n}") * 2
+        rng.shuffle(events)
+        await asyncio.gather(*(call_store.apply(store, ev, "phone") for ev in events))
+        doc = await store["calls"].find_one({"call_id": f"z-{n}"})
+        assert doc is not None
+        assert stored_call(CallRecord.model_validate(doc)) == merged_call(events)
+        assert doc["message_id"] == call_store.message_id("pbx", "a", f"identity-{n}")
+        waiting = {"call_id": f"z-{n}", "applied": False}
+        assert await store[call_store.CLAIMS].count_documents(waiting) == 0
+
+
+async def test_a_replayed_claim_creates_nothing_and_a_retry_changes_nothing(
+    store: Store,
+) -> None:
+    events = signed_lifecycle("z-genuine", "identity-r")
+    for ev in events:
+        await call_store.apply(store, ev, "phone")
+    before = await store["calls"].find_one({"call_id": "z-genuine"})
+    # The same claims under another call id (a new "call"), or with another outcome.
+    start, end = events[0], events[5]
+    forged_end = end.model_copy(update={"disposition": Disposition.MISSED, "fingerprint": "forged"})
+    assert await call_store.apply(store, start.model_copy(update={"call_id": "z-x"}), "p") is None
+    assert await call_store.apply(store, forged_end, "phone") is None
+    # Reports that never meet an opening report of their identity create nothing.
+    stray = signed("z-stray", end, "identity-unopened")
+    assert await call_store.apply(store, stray, "phone") is None
+    # The provider's retry of a report already applied: nothing is written.
+    assert await call_store.apply(store, end, "phone") is not None
+    assert await store["calls"].find_one({"call_id": "z-genuine"}) == before
+    assert await store["calls"].count_documents({"call_id": {"$in": ["z-x", "z-stray"]}}) == 0
