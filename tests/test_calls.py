@@ -334,7 +334,7 @@ async def test_signed_reports_converge_in_any_order_at_once(store: Store) -> Non
         await asyncio.gather(*(call_store.apply(store, ev, "phone") for ev in events))
         doc = await store["calls"].find_one({"call_id": f"z-{n}"})
         assert doc is not None
-        assert stored_call(CallRecord.model_validate(doc)) == merged_call(events)
+        assert stored_call(CallRecord.model_validate(doc)) == merged_call(list[CallEvent](events))
         assert doc["message_id"] == call_store.message_id("pbx", "a", f"identity-{n}")
         waiting = {"call_id": f"z-{n}", "applied": False}
         assert await store[call_store.CLAIMS].count_documents(waiting) == 0
