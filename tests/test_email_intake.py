@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -558,3 +560,73 @@ async def test_attachments_broken_mail_and_the_safety_net(
         assert not await svc.store.messages.find_one({"_id": record["_id"]})
         assert await svc.store.leads.count_documents({}) == 3
     await store.close()
+
+
+async def explain(mongo_uri: str, db_name: str, message_id: str) -> str:
+    """``omniroute explain <id>`` as an operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIROUTE_")}
+    env.update(OMNIROUTE_MONGODB_URI=mongo_uri, OMNIROUTE_DB_NAME=db_name)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ingest.cli", "explain", message_id, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_automatic_rules_the_allow_list_and_broken_mail_say_why(
+    mongo_uri: str, db_name: str, dovecot: Dovecot
+) -> None:
+    site_form = (
+        "From: Kuhni Site <noreply@forms.kuhni.test>\r\n"
+        "Reply-To: =?UTF-8?B?0JjQstCw0L0g0J/QtdGC0YDQvtCy?= <ivan@customer.test>\r\n"
+        f"To: {SALES}\r\nSubject: Site form\r\nMessage-ID: <form-1@forms.kuhni.test>\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Name: Ivan Petrov\r\nPhone: +7 903 111-22-33\r\nI need a kitchen.\r\n"
+    ).encode()
+    newsletter = mail(
+        sender="Shop News <news@shop.test>",
+        to=SALES,
+        subject="Spring sale",
+        text="Everything -20%.",
+        message_id="news-1@shop.test",
+        headers={"List-Unsubscribe": "<https://shop.test/u/1>"},
+    )
+    no_from = (
+        f"Reply-To: Olga Smirnova <olga@customer.test>\r\nTo: {SALES}\r\n"
+        "Subject: Invoice\r\nMessage-ID: <nofrom-1@customer.test>\r\n\r\n"
+        "Please send the invoice.\r\n"
+    ).encode()
+    garbage = bytes(range(1, 256)) * 8
+    await append(dovecot, SALES, site_form, newsletter, no_from, garbage)
+    acct = email_account("sales", "mail_sales", dovecot, SALES).model_copy(
+        update={"customer_senders": ["*@forms.kuhni.test"]}
+    )
+    async with in_process(mongo_uri, db_name, mail_config(acct)) as svc:
+        msgs = {m["provider_id"]: m for m in await routed_mail(svc.store, "sales", 3)}
+        broken = await svc.store.intake.find_one({"status": "broken"})
+        assert broken is not None
+
+        form = msgs["form-1@forms.kuhni.test"]
+        assert form["sender"] == {"email": "ivan@customer.test", "name": "Иван Петров"}
+        assert form["decision"]["rule"] == "new_lead"
+        assert form["decision"]["reason"].endswith(
+            "; noreply@forms.kuhni.test is a customer sender of this mailbox; "
+            "the customer is the Reply-To"
+        )
+        news = msgs["news-1@shop.test"]
+        assert news["decision"]["rule"] == "automatic"
+        assert news["decision"]["reason"].endswith(
+            "; automatic: List-Unsubscribe header (list or newsletter mail)"
+        )
+        olga = msgs["nofrom-1@customer.test"]
+        assert olga["sender"]["email"] == "olga@customer.test"
+        assert olga["decision"]["reason"].endswith("; sender read from Reply-To (no usable From)")
+        assert await svc.store.leads.count_documents({}) == 2
+
+    out = await explain(mongo_uri, db_name, news["_id"])
+    assert "automatic: List-Unsubscribe header (list or newsletter mail)" in out
+    out = await explain(mongo_uri, db_name, broken["_id"])
+    assert "intake     status broken" in out
+    assert "error: broken mail: binary data, not a message" in out
