@@ -148,10 +148,10 @@ INDEXES: dict[str, list[IndexModel]] = {
     "automation_cursors": [],
     "companies": [],
     # Edits, deletions and receipts that overtook their message (crm_store/pending.py):
-    # found by the message they wait for; dropped 30 days after arriving if it never came.
+    # found by the message they wait for; dropped at expires_at if it never came.
     "pending_updates": [
         IndexModel([("key", ASCENDING)], name="key"),
-        IndexModel([("received_at", ASCENDING)], name="ttl", expireAfterSeconds=30 * 24 * 3600),
+        IndexModel([("expires_at", ASCENDING)], name="expires", expireAfterSeconds=0),
     ],
 }
 

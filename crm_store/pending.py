@@ -11,14 +11,15 @@ One document per update: ``_id`` derived from the update itself, so a redelivery
 nothing twice; ``key`` names the message it waits for (:func:`inbound_key` — the inbound
 message's ``_id`` — or :func:`outbound_key`); ``at`` the provider's time (None if it gives
 none), ``received_at`` ours. An applied update is deleted; one whose message never comes
-is removed by a TTL index after :data:`KEEP_DAYS`.
+is removed by a TTL index at ``expires_at`` (:data:`KEEP_DAYS`, receipts
+:data:`KEEP_RECEIPT_DAYS`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import orjson
@@ -31,9 +32,12 @@ from crm_store.routing_store import find_in
 from crm_store.store import Collection, Document, Store
 
 COLLECTION = "pending_updates"
-# How long an update waits for a message that never comes (an edit of a message sent
-# before the channel was connected, a receipt of a message another system sent).
+# How long an update waits for a message that never comes: an edit of a message sent
+# before the channel was connected (or one still unparsed, waiting for a reparse); a
+# receipt of a message another system sent through the same account (ours overtake the
+# send's response by seconds).
 KEEP_DAYS = 30
+KEEP_RECEIPT_DAYS = 1
 
 
 class Kind(StrEnum):
@@ -59,12 +63,15 @@ def _coll(store: Store) -> Collection:
 async def park(store: Store, kind: Kind, key: str, update: BaseModel, at: datetime | None) -> None:
     """Keep ``update`` until the message ``key`` exists (idempotent)."""
     body = update.model_dump(mode="json")
+    received = datetime.now(UTC)
+    keep = KEEP_RECEIPT_DAYS if kind is Kind.STATUS else KEEP_DAYS
     doc: Document = {
         "_id": stable_id("pending", kind.value, key, orjson.dumps(body).decode()),
         "kind": kind.value,
         "key": key,
         "at": at,
-        "received_at": datetime.now(UTC),
+        "received_at": received,
+        "expires_at": received + timedelta(days=keep),
         "update": body,
     }
     # A DuplicateKeyError: parked by an earlier delivery of the same update.

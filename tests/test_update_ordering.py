@@ -93,6 +93,10 @@ async def test_edit_before_its_message_is_applied_when_the_message_is_routed(
         status, body = await tg.post(svc, tg_edit(original, "I need a sofa", 3))
         assert (status, body["accepted"]) == (200, [])
         assert (await count(svc, PENDING), await count(svc, "messages")) == (1, 0)
+        parked = await svc.store[PENDING].find_one({})
+        assert parked is not None
+        assert parked["key"] == mid
+        assert parked["expires_at"] - parked["received_at"] == timedelta(days=30)
         status, body = await tg.post(svc, tg.update(body=original))
         assert (status, body["accepted"]) == (200, [mid])
         await svc.routed()
@@ -246,6 +250,9 @@ async def test_receipts_before_our_send_returned_its_id_are_applied(
             )
             assert code == 200
         assert await count(svc, PENDING, {"kind": "status"}) == 2
+        parked = await svc.store[PENDING].find_one({"kind": "status"})
+        assert parked is not None  # kept a day at most: ours overtake a send by seconds
+        assert parked["expires_at"] - parked["received_at"] == timedelta(days=1)
         out = await reply(svc.store, svc.service.config, conv["_id"], "The table is 300 EUR.")
         assert svc.service.outbox is not None
         svc.service.outbox.wake.set()
