@@ -5,6 +5,10 @@ An outbound message is a ``messages`` document with ``direction: "out"``. While 
 to be sent it carries ``send_due_at`` (when to try next) and ``send_lease_until`` (who
 holds it); both are removed once it is sent or has failed for good. The claim is the
 portable one: ``update_many`` on due, unleased records, then read back by owner token.
+
+A sent message gets the provider's id first and leaves the outbox last, after the receipts
+that overtook the id are applied (crm_store/pending.py); a claimed message that already
+has a provider id is finished, never sent again.
 """
 
 from __future__ import annotations
