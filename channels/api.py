@@ -8,6 +8,14 @@ account's secret::
 
 Requests more than five minutes away from the server clock are refused (replay guard).
 
+An authentic body that is not a valid message (not JSON, a schema error) is never lost and
+never refused: ``read`` returns it as unreadable, so ingest keeps it as an ``unparsed``
+intake record (``omniroute intake list --status unparsed``, ``omniroute intake reparse``),
+and the answer is HTTP 200 with ``"ok": false``, ``"code": "invalid_payload"`` and the
+field errors (:func:`invalid_answer`). Not 422: an integration that retries a 4xx — or
+gives up on it — would lose the message, while the developer still reads every field
+error in the answer (docs/webhooks.md, "The API channel: an invalid body").
+
 Replies: an account with ``settings.reply_url`` gets every operator reply POSTed there as
 JSON (:class:`ApiReply`), signed the same way with the same secret; a 2xx answer means it
 was taken (``{"id": "<your id>"}`` in the answer is kept as the provider id, else ours),
@@ -18,17 +26,17 @@ text. Without ``reply_url`` the account cannot reply (refused at once).
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from channels import lenient
 from channels.base import (
     Attachment,
     InboundMessage,
-    InvalidPayload,
     OutboundMessage,
     Parsed,
     Sender,
@@ -84,6 +92,13 @@ class ApiMessage(BaseModel):
     )
     attachments: list[Attachment] = Field(default_factory=list, max_length=50)
 
+    @field_validator("attachments")
+    @classmethod
+    def _storable_sizes(cls, value: list[Attachment]) -> list[Attachment]:
+        if any(a.size is not None and a.size > lenient.INT64_MAX for a in value):
+            raise ValueError(f"an attachment size is at most {lenient.INT64_MAX}")
+        return value
+
     @model_validator(mode="after")
     def _has_sender_identity(self) -> ApiMessage:
         s = self.sender
@@ -111,6 +126,33 @@ def verify(secret: str | None, req: WebhookRequest, now: float | None = None) ->
         raise Unauthorized("signature does not match")
 
 
+def _sent_at(value: datetime | None) -> datetime | None:
+    """Your ``sent_at`` (no zone: UTC); an implausible one (before 2000, more than a day
+    ahead) is dropped — the message then counts from when it was received."""
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return lenient.plausible(value)
+
+
+def invalid_answer(errors: list[dict[str, Any]]) -> Parsed:
+    """An authentic body that is not a valid message: kept as unparsed by ingest
+    (``Parsed.unreadable``), answered 200 with the field errors."""
+    answer = {
+        "ok": False,
+        "accepted": [],
+        "duplicates": [],
+        "code": "invalid_payload",
+        "detail": "the body is not a valid message; it is kept as unparsed, not routed",
+        "errors": errors,
+    }
+    problems = [f"{e['field']}: {e['message']}" for e in errors]
+    return Parsed(
+        unreadable=problems or ["invalid body"],
+        reply=orjson.dumps(answer).decode(),
+        reply_content_type="application/json",
+    )
+
+
 def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [
         {
@@ -133,27 +175,25 @@ class ApiChannel(WebhookChannel):
     def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         try:
             raw = orjson.loads(req.body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidPayload(
-                f"body is not JSON: {exc}", [{"field": "body", "message": str(exc), "type": "json"}]
-            ) from None
+        except orjson.JSONDecodeError:
+            return invalid_answer(
+                [{"field": "body", "message": "the body is not JSON (UTF-8)", "type": "json"}]
+            )
         try:
             body = ApiMessage.model_validate(raw)
+            msg = InboundMessage(
+                channel=self.name,
+                account=account.account,
+                provider_id=body.external_id,
+                thread_id=body.thread_id,
+                sender=body.sender,
+                text=body.text,
+                sent_at=_sent_at(body.sent_at),
+                attachments=body.attachments,
+                reply_to=_reply_address(body.sender),
+            )
         except ValidationError as exc:
-            raise InvalidPayload(
-                "body does not match the message schema", _field_errors(exc)
-            ) from None
-        msg = InboundMessage(
-            channel=self.name,
-            account=account.account,
-            provider_id=body.external_id,
-            thread_id=body.thread_id,
-            sender=body.sender,
-            text=body.text,
-            sent_at=body.sent_at,
-            attachments=body.attachments,
-            reply_to=_reply_address(body.sender),
-        )
+            return invalid_answer(_field_errors(exc))
         return Parsed([msg])
 
     def check_outbound(self, account: ChannelAccount, msg: OutboundMessage) -> None:

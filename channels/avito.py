@@ -21,7 +21,12 @@ in constant time with the token in ``settings.webhook_token_env``; a wrong or mi
 * ``type == "system"`` (Avito's own notices and bots) → ignored. ``type == "deleted"`` → the
   stored message's text is cleared (an edit, the old text stays in its history).
 * Anything else (the ``{}`` probe Avito suggests, other event types) → 200, ignored.
-* A body that is not a JSON object → 400; a message without id, chat_id or author_id → 422.
+* The reader is lenient (channels/lenient.py): ids of any JSON type and size are kept as
+  strings (an over-long one cut, with a hash of the whole), implausible times are None, a
+  message without a readable ``id`` is keyed by a hash of the body, and a deletion carries
+  the notification's ``timestamp`` as ``edited_at``. A body that is not a JSON object, or
+  a message without a readable ``chat_id`` or ``author_id``, raises: ingest keeps such a
+  delivery as ``unparsed`` (answered 200).
 
 Outbound: an OAuth2 ``client_credentials`` token (``POST {api_base}/token``) is cached in
 memory per API client (``api_base``, ``client_id``), fetched again 5 minutes before it

@@ -14,6 +14,11 @@ token; a missing or wrong signature is refused with 401 and nothing is stored.
   a message re-subscribes its sender) → contact reachability. ``conversation_started`` is
   answered with an empty body: Viber would send a non-empty one as a welcome message.
 * ``webhook`` (the check Viber makes on ``set_webhook``) and anything else → 200, ignored.
+* The reader is lenient (channels/lenient.py): ids of any JSON type and size are kept as
+  strings, implausible timestamps are None, names are cut to the model's limits, a
+  message without a readable ``message_token`` is keyed by a hash of the body. A body that
+  is not a JSON object, or a message without ``sender.id`` or ``message``, raises: ingest
+  keeps such a delivery as ``unparsed`` (answered 200).
 
 Outbound: ``POST {api_base}/pa/send_message`` with ``X-Viber-Auth-Token``; Viber answers
 HTTP 200 with ``status`` 0 and the ``message_token`` the receipts refer to. Status 12

@@ -12,8 +12,13 @@ Inbound: VK POSTs one JSON event per request to ``/webhooks/vk/{account}``::
   every other event with the body ``ok`` — also the ones we ignore.
 * ``message_new`` (API ≥ 5.103: ``object.message``; older: the message is ``object``)
   → :class:`InboundMessage`. ``provider_id`` is ``<peer_id>_<conversation_message_id>``
-  (``id<message id>`` without one), so a redelivered event (same ``event_id``) or the
-  same message in a new event is stored once. ``X-Retry-Counter`` is informational.
+  (``id<message id>`` without one, ``event<event_id>`` without either, else a hash of
+  the body), so a redelivered event (same ``event_id``) or the same message in a new
+  event is stored once. ``X-Retry-Counter`` is informational.
+* The reader is lenient (channels/lenient.py): ids of any size (beyond 64 bits kept as
+  strings in ``meta``), implausible dates → None, an attachment out of the model's limits
+  is skipped. The secret lives in the body, so a body that is not a JSON object with a
+  string ``type`` is refused with 400 by ``authenticate``.
 * The community's own messages (``message_reply``, ``out=1``, ``from_id = -group_id``)
   are echoes, not inbound. A customer's ``message_edit`` → :class:`MessageEdit`.
 * ``message_allow`` / ``message_deny`` → :class:`Reachability`; ``message_read`` (the

@@ -11,6 +11,14 @@ Inbound: ``/webhooks/whatsapp/{account}``.
   messages replace the text of the stored one. Other fields (``smb_message_echoes``,
   ``account_update`` …) are acknowledged and ignored. Reactions and system notices are kept
   as text but marked ``automatic`` (they never open a lead); attachments are metadata only.
+* The reader is lenient (channels/lenient.py): a lone object where a list is expected is
+  read as a list of one, ids of any JSON type and size are kept as strings (an over-long
+  one cut, with a hash of the whole), implausible timestamps are None, names and file
+  names are cut to the model's limits, a message without a readable wamid is keyed by a
+  hash of the item. An item that still cannot be read (no sender) is skipped and named in
+  ``Parsed.unreadable``: the rest of the batch is stored, and ingest keeps the whole body
+  as ``unparsed`` too. A body that is not a JSON object raises (kept as ``unparsed``).
+  Edits carry the edit's ``timestamp`` as ``edited_at``, receipts theirs as ``at``.
 
 Outbound: ``POST {api_base}/{api_version}/{phone_number_id}/messages`` with the access
 token as Bearer; free-form text only, and only inside the 24 h customer-service window.
@@ -51,6 +59,7 @@ import orjson
 import structlog
 from pydantic import ValidationError
 
+from channels import lenient
 from channels.base import (
     Attachment,
     DeliveryState,
@@ -66,7 +75,6 @@ from channels.base import (
     Unauthorized,
     WebhookChannel,
     WebhookRequest,
-    json_object,
     setting_env,
     setting_str,
 )
@@ -134,24 +142,22 @@ def _handshake(account: ChannelAccount, query: Mapping[str, str]) -> Parsed:
 
 
 def _dicts(value: Any) -> Iterator[Json]:
-    """The dict items of what should be a list (anything else yields nothing)."""
-    if isinstance(value, list):
-        yield from (v for v in value if isinstance(v, dict))
+    """The objects of what should be a list of them (a lone object counts as one)."""
+    return lenient.objs(value)
 
 
 def _obj(value: Any) -> Json:
-    return value if isinstance(value, dict) else {}
+    return lenient.obj(value)
 
 
-def _str(value: Any) -> str | None:
-    return str(value) if isinstance(value, str | int) and str(value) else None
+def _str(value: Any, limit: int = 256) -> str | None:
+    """An id or short string, whatever the JSON type (see :func:`lenient.ident`)."""
+    return lenient.ident(value, limit)
 
 
 def _time(value: Any) -> datetime | None:
-    try:
-        return datetime.fromtimestamp(int(value), UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
+    """Meta's timestamps are unix seconds as strings; an implausible one is None."""
+    return lenient.epoch(value)
 
 
 def _media(kind: str, obj: Json) -> Attachment:
@@ -159,32 +165,33 @@ def _media(kind: str, obj: Json) -> Attachment:
     size = obj.get("file_size")
     return Attachment(
         kind="voice" if voice else MEDIA_KINDS[kind],
-        file_id=_str(obj.get("id")),
-        url=_str(obj.get("url")),
-        name=(_str(obj.get("filename")) or "")[:512] or None,
-        mime_type=_str(obj.get("mime_type")),
-        size=size if isinstance(size, int) and size >= 0 else None,
+        file_id=_str(obj.get("id"), 512),
+        url=lenient.url(obj.get("url")),
+        name=lenient.clip(obj.get("filename"), 512),
+        mime_type=lenient.clip(obj.get("mime_type"), 255),
+        size=lenient.size(size),
     )
 
 
 def _location(loc: Json) -> tuple[str, list[Attachment]]:
-    lat, lon = loc.get("latitude"), loc.get("longitude")
+    lat, lon = lenient.number(loc.get("latitude")), lenient.number(loc.get("longitude"))
     point = f"{lat}, {lon}" if lat is not None and lon is not None else None
-    lines = [s for s in (_str(loc.get("name")), _str(loc.get("address")), point) if s]
-    url = _str(loc.get("url")) or (f"geo:{lat},{lon}" if point else None)
-    return "\n".join(lines), [Attachment(kind="location", url=url, name=_str(loc.get("name")))]
+    name = lenient.clip(loc.get("name"), 512)
+    lines = [s for s in (name, lenient.text(loc.get("address")), point) if s]
+    url = lenient.url(loc.get("url")) or (f"geo:{lat},{lon}" if point else None)
+    return "\n".join(lines), [Attachment(kind="location", url=url, name=name)]
 
 
 def _contact_card(card: Json) -> str:
-    name = _obj(card.get("name")).get("formatted_name") or "Contact"
+    name = lenient.clip(_obj(card.get("name")).get("formatted_name"), 256) or "Contact"
     phones = [p.get("phone") or p.get("wa_id") for p in _dicts(card.get("phones"))]
     emails = [e.get("email") for e in _dicts(card.get("emails"))]
-    values = ", ".join(str(v) for v in (*phones, *emails) if v)
+    values = ", ".join(t for v in (*phones, *emails) if (t := lenient.text(v)))
     return f"{name}: {values}" if values else str(name)
 
 
 def _order(order: Json) -> str:
-    lines = [str(order["text"])] if order.get("text") else []
+    lines = [t] if (t := lenient.text(order.get("text"))) else []
     for item in _dicts(order.get("product_items")):
         lines.append(
             f"{item.get('quantity', 1)} × {item.get('product_retailer_id', '?')}"
@@ -196,47 +203,52 @@ def _order(order: Json) -> str:
 def _content(msg: Json, meta: Meta) -> tuple[str, list[Attachment]] | None:
     """Text and attachments of one ``messages[]`` item (extra facts go to ``meta``);
     None when the item is not a customer message we keep."""
-    kind = str(msg.get("type") or "unknown")
+    kind = lenient.clip(msg.get("type"), 64) or "unknown"
     body = _obj(msg.get(kind))
     if kind == "text":
-        return str(body.get("body") or ""), []
+        return lenient.text(body.get("body")), []
     if kind in MEDIA_KINDS:
-        return str(body.get("caption") or ""), [_media(kind, body)]
+        return lenient.text(body.get("caption")), [_media(kind, body)]
     if kind == "location":
         return _location(body)
     if kind == "contacts":
         return "\n".join(_contact_card(c) for c in _dicts(msg.get("contacts"))), []
     if kind == "interactive":
-        reply = _obj(body.get(str(body.get("type"))))
+        reply = _obj(body.get(lenient.clip(body.get("type"), 64) or "reply"))
         meta["reply_id"] = _str(reply.get("id")) or _str(reply.get("name"))
-        return str(reply.get("title") or reply.get("body") or reply.get("response_json") or ""), []
+        said = (lenient.text(reply.get(k)) for k in ("title", "body", "response_json"))
+        return next((t for t in said if t), ""), []
     if kind == "button":
         meta["reply_payload"] = _str(body.get("payload"))
-        return str(body.get("text") or ""), []
+        return lenient.text(body.get("text")), []
     if kind == "reaction":
-        if not body.get("emoji"):  # a reaction removed
+        emoji = lenient.text(body.get("emoji"))
+        if not emoji:  # a reaction removed
             return None
-        meta["reaction_to"] = _str(body.get("message_id"))
-        return str(body["emoji"]), []
+        meta["reaction_to"] = _str(body.get("message_id"), 512)
+        return emoji, []
     if kind == "order":
         meta["catalog_id"] = _str(body.get("catalog_id"))
         return _order(body), []
     if kind == "system":
-        return str(body.get("body") or f"[system: {body.get('type', 'event')}]"), []
+        kind_of = lenient.clip(body.get("type"), 64) or "event"
+        return lenient.text(body.get("body")) or f"[system: {kind_of}]", []
     if kind == "revoke":  # deletion notice: nothing in base.py models it
         return None
     # unsupported / unknown / anything newer: keep that the customer wrote something.
     errors = list(_dicts(msg.get("errors")))
     if errors:
         meta["error_code"] = _str(errors[0].get("code"))
-        details = _obj(errors[0].get("error_data")).get("details") or errors[0].get("title")
+        details = lenient.text(_obj(errors[0].get("error_data")).get("details")) or lenient.text(
+            errors[0].get("title")
+        )
         return f"[{kind} message: {details}]" if details else f"[{kind} message]", []
     return f"[{kind} message]", []
 
 
 def _edit(account: ChannelAccount, msg: Json) -> MessageEdit | None:
     edit = _obj(msg.get("edit"))
-    original = _str(edit.get("original_message_id"))
+    original = _str(edit.get("original_message_id"), 512)
     inner = _obj(edit.get("message"))
     content = _content(inner, {}) if inner else None
     if not original or content is None:
@@ -252,7 +264,7 @@ def _edit(account: ChannelAccount, msg: Json) -> MessageEdit | None:
 
 
 def _status(account: ChannelAccount, st: Json) -> StatusUpdate | None:
-    state, wamid = STATES.get(str(st.get("status"))), _str(st.get("id"))
+    state, wamid = STATES.get(str(st.get("status"))), _str(st.get("id"), 512)
     if state is None or wamid is None:
         return None  # e.g. "deleted", "warning", "played"
     errors = [
@@ -271,13 +283,14 @@ def _status(account: ChannelAccount, st: Json) -> StatusUpdate | None:
 
 
 def _message(account: ChannelAccount, value: Json, msg: Json) -> InboundMessage | None:
-    wamid = _str(msg.get("id"))
+    # A message whose wamid cannot be read is keyed by a hash of the item (redeliveries
+    # still dedupe); one without a sender cannot be stored (kept as unparsed).
+    wamid = _str(msg.get("id"), 512) or lenient.item_id(msg)
     wa_id, user_id = _str(msg.get("from")), _str(msg.get("from_user_id"))
-    if not wamid or not (wa_id or user_id):
-        log.warning("whatsapp.message_skipped", reason="no id or sender", account=account.account)
-        return None
+    if not (wa_id or user_id):
+        raise ValueError("a WhatsApp message without a readable sender (from, from_user_id)")
     meta_in = _obj(value.get("metadata"))
-    number = _str(meta_in.get("phone_number_id")) or setting_str(account, "phone_number_id")
+    number = _str(meta_in.get("phone_number_id"), 128) or setting_str(account, "phone_number_id")
     meta: Meta = {
         "wa_type": _str(msg.get("type")),
         "phone_number_id": number,
@@ -290,7 +303,8 @@ def _message(account: ChannelAccount, value: Json, msg: Json) -> InboundMessage 
         (
             c
             for c in _dicts(value.get("contacts"))
-            if (wa_id and c.get("wa_id") == wa_id) or (user_id and c.get("user_id") == user_id)
+            if (wa_id and _str(c.get("wa_id")) == wa_id)
+            or (user_id and _str(c.get("user_id")) == user_id)
         ),
         {},
     )
@@ -298,42 +312,50 @@ def _message(account: ChannelAccount, value: Json, msg: Json) -> InboundMessage 
     if profile.get("username"):
         meta["username"] = _str(profile["username"])
     context = _obj(msg.get("context"))
-    if context.get("id"):
-        meta["in_reply_to"] = _str(context["id"])
-    if context.get("forwarded") or context.get("frequently_forwarded"):
+    if in_reply_to := _str(context.get("id"), 512):
+        meta["in_reply_to"] = in_reply_to
+    if context.get("forwarded") is True or context.get("frequently_forwarded") is True:
         meta["forwarded"] = True
     referral = _obj(msg.get("referral"))  # Click-to-WhatsApp ads: kept on the lead
     for key in ("source_type", "source_id", "source_url", "headline", "ctwa_clid"):
         if referral.get(key):
             meta[f"referral_{key}"] = _str(referral[key])
     address = f"{number}:{wa_id or user_id}" if number else (wa_id or user_id)
-    digits = wa_id is not None and wa_id.isdigit()
+    # wa_id is the phone number in international format, digits only.
+    phone = f"+{wa_id}" if wa_id is not None and wa_id.isdigit() and len(wa_id) <= 30 else None
     return InboundMessage(
         channel="whatsapp",
         account=account.account,
         provider_id=wamid,
         thread_id=address,
         sender=Sender(
-            phone=f"+{wa_id}" if digits else None,
-            external_user_id=user_id or (None if digits else wa_id),
-            name=(_str(profile.get("name")) or "")[:256] or None,
+            phone=phone,
+            external_user_id=user_id or (None if phone else wa_id),
+            name=lenient.clip(profile.get("name"), 256),
         ),
         text=content[0],
         sent_at=_time(msg.get("timestamp")),
         attachments=content[1],
         # Reactions and system notices never open a lead on their own.
-        automatic=msg.get("type") in ("reaction", "system"),
+        automatic=meta["wa_type"] in ("reaction", "system"),
         reply_to=address,
         meta={k: v for k, v in meta.items() if v is not None},
     )
 
 
-def _skipped(account: ChannelAccount, item: Json, exc: ValidationError) -> None:
-    # Meta retries anything but 200 for days: acknowledge the request, drop the item.
-    errors = [".".join(map(str, e["loc"])) for e in exc.errors(include_input=False)]
-    log.warning(
-        "whatsapp.item_skipped", account=account.account, id=str(item.get("id"))[:80], fields=errors
-    )
+def _skipped(account: ChannelAccount, item: Json, exc: Exception) -> str:
+    """Log an item of a signed batch that could not be read; its error for
+    ``Parsed.unreadable`` (ingest then keeps the whole body as unparsed as well, so the
+    item can be read again after an upgrade; the rest of the batch is stored now)."""
+    if isinstance(exc, ValidationError):
+        what = "invalid " + ", ".join(
+            ".".join(map(str, e["loc"])) for e in exc.errors(include_input=False)
+        )
+    else:
+        what = str(exc)
+    item_id = lenient.ident(item.get("id"), 80)
+    log.warning("whatsapp.item_skipped", account=account.account, id=item_id, error=what[:200])
+    return f"item {item_id or '?'}: {type(exc).__name__}: {what[:200]}"
 
 
 class WhatsAppChannel(WebhookChannel):
@@ -350,13 +372,14 @@ class WhatsAppChannel(WebhookChannel):
     def read(self, account: ChannelAccount, req: WebhookRequest) -> Parsed:
         if req.method == "GET":
             return _handshake(account, req.query)
-        body = json_object(req.body)
+        body = lenient.load_object(req.body)
         parsed = Parsed()
-        if body.get("object") != "whatsapp_business_account":
+        # Another Meta product's webhook is not ours; a body without "object" is read.
+        if body.get("object", "whatsapp_business_account") != "whatsapp_business_account":
             return parsed
         for entry in _dicts(body.get("entry")):
             for change in _dicts(entry.get("changes")):
-                if change.get("field") != "messages":
+                if change.get("field", "messages") != "messages":
                     continue  # echoes, account/template/quality updates …
                 value = _obj(change.get("value"))
                 for msg in _dicts(value.get("messages")):
@@ -366,14 +389,14 @@ class WhatsAppChannel(WebhookChannel):
                                 parsed.edits.append(edit)
                         elif (inbound := _message(account, value, msg)) is not None:
                             parsed.messages.append(inbound)
-                    except ValidationError as exc:  # signed, yet out of any sane bounds
-                        _skipped(account, msg, exc)
+                    except Exception as exc:  # one unreadable item: the rest is stored
+                        parsed.unreadable.append(_skipped(account, msg, exc))
                 for st in _dicts(value.get("statuses")):
                     try:
                         if (status := _status(account, st)) is not None:
                             parsed.statuses.append(status)
-                    except ValidationError as exc:
-                        _skipped(account, st, exc)
+                    except Exception as exc:
+                        parsed.unreadable.append(_skipped(account, st, exc))
         return parsed
 
     # --- outbound ---------------------------------------------------------------------

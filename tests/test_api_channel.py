@@ -53,6 +53,32 @@ def assert_problem(status: int, ctype: str, body: dict[str, Any], want: int, cod
     assert body["detail"]
 
 
+async def assert_kept_unparsed(svc: InProcess, count: int = 1) -> None:
+    """An authentic invalid body: kept as an unparsed intake record, nothing routed."""
+    assert await svc.store.intake.count_documents({"status": "unparsed"}) == count
+    assert await svc.store.intake.count_documents({}) == count
+    assert await svc.store.messages.count_documents({}) == 0
+    assert await svc.store.contacts.count_documents({}) == 0
+    assert await svc.store.leads.count_documents({}) == 0
+
+
+def assert_invalid(status: int, ctype: str, body: dict[str, Any]) -> None:
+    """The answer to an authentic invalid body: 200 (the body is kept, a retry would
+    change nothing) with ``ok: false`` and every field error, never exception text."""
+    assert (status, ctype) == (200, "application/json"), body
+    assert body["ok"] is False
+    assert (body["code"], body["accepted"]) == ("invalid_payload", [])
+    assert body["detail"]
+    assert body["errors"]
+    for e in body["errors"]:
+        assert e["field"]
+        assert e["message"]
+        assert e["type"]
+    assert not re.search(
+        r"[A-Za-z]+(Error|Exception)\b|Traceback|line \d+", orjson.dumps(body).decode()
+    )
+
+
 def body_bytes(**kw: Any) -> bytes:
     return orjson.dumps(api_body("e-1", phone="+79001234567", **kw))
 
@@ -181,12 +207,16 @@ async def test_account_without_its_secret_in_the_environment_is_401(
     [b"", b"{", b"not json", b'{"external_id": "x",}', b"\xff\xfe{}", b"{}{}"],
     ids=["empty", "truncated", "text", "trailing_comma", "bad_utf8", "two_objects"],
 )
-async def test_invalid_json_is_422(mongo_uri: str, db_name: str, raw: bytes) -> None:
+async def test_invalid_json_is_kept_and_answered_with_its_error(
+    mongo_uri: str, db_name: str, raw: bytes
+) -> None:
     async with in_process(mongo_uri, db_name) as svc:
         status, ctype, body = await post_raw(svc, raw, signed_headers(SITE_SECRET, raw))
-        assert_problem(status, ctype, body, 422, "invalid_payload")
+        assert_invalid(status, ctype, body)
         assert [e["field"] for e in body["errors"]] == ["body"]
-        await assert_nothing_stored(svc)
+        # The integration's retry of the same body is kept once.
+        assert_invalid(*await post_raw(svc, raw, signed_headers(SITE_SECRET, raw)))
+        await assert_kept_unparsed(svc)
 
 
 def _without(key: str) -> dict[str, Any]:
@@ -230,19 +260,19 @@ SCHEMA_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     [(p, f) for _, p, f in SCHEMA_ERRORS],
     ids=[i for i, _, _ in SCHEMA_ERRORS],
 )
-async def test_schema_errors_are_422_naming_the_field(
+async def test_schema_errors_are_kept_and_answered_naming_the_field(
     mongo_uri: str, db_name: str, payload: Any, field: str
 ) -> None:
     async with in_process(mongo_uri, db_name) as svc:
         raw = orjson.dumps(payload)
         status, ctype, body = await post_raw(svc, raw, signed_headers(SITE_SECRET, raw))
-        assert_problem(status, ctype, body, 422, "invalid_payload")
+        assert_invalid(status, ctype, body)
         fields = [e["field"] for e in body["errors"]]
         assert field in fields, body["errors"]
-        for e in body["errors"]:
-            assert e["message"]
-            assert e["type"]
-        await assert_nothing_stored(svc)
+        await assert_kept_unparsed(svc)
+        kept = await svc.store.intake.find_one({"status": "unparsed"})
+        assert kept is not None
+        assert field in kept["error"]  # `omniroute intake list` shows the field
 
 
 @pytest.mark.parametrize(
@@ -250,15 +280,15 @@ async def test_schema_errors_are_422_naming_the_field(
     [{}, {"name": "Ivan"}, {"phone": "", "email": "", "external_user_id": ""}, {"phone": None}],
     ids=["empty", "name_only", "empty_strings", "null_phone"],
 )
-async def test_sender_without_any_identity_is_422(
+async def test_sender_without_any_identity_is_kept_unparsed(
     mongo_uri: str, db_name: str, sender: dict[str, Any]
 ) -> None:
     async with in_process(mongo_uri, db_name) as svc:
         raw = orjson.dumps({"external_id": "e-1", "sender": sender, "text": "hello"})
         status, ctype, body = await post_raw(svc, raw, signed_headers(SITE_SECRET, raw))
-        assert_problem(status, ctype, body, 422, "invalid_payload")
+        assert_invalid(status, ctype, body)
         assert any("sender" in e["message"] for e in body["errors"]), body["errors"]
-        await assert_nothing_stored(svc)
+        await assert_kept_unparsed(svc)
 
 
 @pytest.mark.parametrize(
@@ -270,24 +300,26 @@ async def test_sender_without_any_identity_is_422(
     ],
     ids=["phone", "email", "both"],
 )
-async def test_sender_with_only_unusable_identities_is_422(
+async def test_sender_with_only_unusable_identities_is_kept_unparsed(
     mongo_uri: str, db_name: str, sender: dict[str, Any], field: str
 ) -> None:
     async with in_process(mongo_uri, db_name) as svc:
         raw = orjson.dumps({"external_id": "e-1", "sender": sender, "text": "hello"})
         status, ctype, body = await post_raw(svc, raw, signed_headers(SITE_SECRET, raw))
         await svc.routed()
-        assert_problem(status, ctype, body, 422, "invalid_payload")
+        assert_invalid(status, ctype, body)
         assert field in [e["field"] for e in body["errors"]]
-        await assert_nothing_stored(svc)
+        await assert_kept_unparsed(svc)
 
 
-async def test_message_without_text_or_attachments_is_422(mongo_uri: str, db_name: str) -> None:
+async def test_message_without_text_or_attachments_is_kept_unparsed(
+    mongo_uri: str, db_name: str
+) -> None:
     async with in_process(mongo_uri, db_name) as svc:
         raw = orjson.dumps(api_body("e-1", phone="+79001234567", text="   "))
         status, ctype, body = await post_raw(svc, raw, signed_headers(SITE_SECRET, raw))
-        assert_problem(status, ctype, body, 422, "invalid_payload")
-        await assert_nothing_stored(svc)
+        assert_invalid(status, ctype, body)
+        await assert_kept_unparsed(svc)
 
 
 # --- size limit ------------------------------------------------------------------------
@@ -484,9 +516,10 @@ async def test_metrics_count_accepted_and_rejected(mongo_uri: str, db_name: str)
 
         raw = body_bytes()
         await post_raw(svc, raw, signed_headers(SHOP_SECRET, raw))  # 401
-        await post_raw(svc, b"{", signed_headers(SITE_SECRET, b"{"))  # 422
+        await post_raw(svc, b"{", signed_headers(SITE_SECRET, b"{"))  # kept as unparsed
         text = await scrape()
-        assert (intake(text, "accepted"), intake(text, "rejected")) == (0, 2)
+        assert (intake(text, "accepted"), intake(text, "rejected")) == (0, 1)
+        assert intake(text, "unparsed") == 1
 
         await svc.client.post_api(api_body("m-1", phone="+79001234567"))
         await svc.client.post_api(api_body("m-2", phone="+79001234568"))
@@ -495,7 +528,7 @@ async def test_metrics_count_accepted_and_rejected(mongo_uri: str, db_name: str)
         await post_raw(svc, big, signed_headers(SITE_SECRET, big))  # 413
         await svc.routed()
         text = await scrape()
-        assert (intake(text, "accepted"), intake(text, "rejected")) == (2, 3)
+        assert (intake(text, "accepted"), intake(text, "rejected")) == (2, 2)
         assert intake(text, "duplicate") == 1
         assert metric(text, "omniroute_routing_latency_seconds_count") == 2
         assert metric(text, "omniroute_routing_latency_seconds_sum") > 0

@@ -272,14 +272,19 @@ async def test_missing_or_wrong_signature_is_401_and_stores_nothing(
         await nothing_stored(svc)
 
 
-async def test_malformed_json_is_400_and_stores_nothing(
+async def test_unreadable_body_is_acknowledged_and_kept_unparsed(
     mongo_uri: str, db_name: str, fake: FakeWhatsApp
 ) -> None:
+    """Meta retries anything but 200 for days and then drops it: a signed body that is
+    not JSON is acknowledged and kept as unparsed, never refused."""
+    bodies = (b'{"object": "whatsapp_business_account", "entry": [', b"", b"[1, 2]", b'"x"')
     async with service(mongo_uri, db_name, fake) as svc:
-        for raw in (b'{"object": "whatsapp_business_account", "entry": [', b"", b"[1, 2]", b'"x"'):
+        for raw in bodies:
             code, body = await post(svc, raw)  # correctly signed, still garbage
-            assert (code, body["code"]) == (400, "bad_request"), raw
-        await nothing_stored(svc)
+            assert (code, body["accepted"]) == (200, []), raw
+        assert await svc.store.messages.count_documents({}) == 0
+        kept = await svc.store.intake.count_documents({"status": "unparsed"})
+        assert kept == await svc.store.intake.count_documents({}) == len(bodies)
 
 
 # --- inbound messages -------------------------------------------------------------------
@@ -570,12 +575,12 @@ async def test_missing_optional_fields_and_unusable_items(
                                 {
                                     "from": "819012345678",
                                     "type": "text",
-                                    "text": {"body": "no id: skipped"},
+                                    "text": {"body": "no id: keyed by its hash"},
                                 },
                                 {
                                     "id": "wamid.NOFROM",
                                     "type": "text",
-                                    "text": {"body": "no sender: skipped"},
+                                    "text": {"body": "no sender: kept unparsed"},
                                 },
                                 "not an object",
                             ],
@@ -595,8 +600,12 @@ async def test_missing_optional_fields_and_unusable_items(
     async with service(mongo_uri, db_name, fake) as svc:
         code, body = await post(svc, bare)
         assert code == 200
-        assert len(body["accepted"]) == 2
+        assert len(body["accepted"]) == 3
+        # The item without a sender could not be stored: the body is kept as unparsed.
+        assert await svc.store.intake.count_documents({"status": "unparsed"}) == 1
         await svc.routed()
+        no_id = await one(svc.store.messages, {"text": "no id: keyed by its hash"})
+        assert no_id["provider_id"].startswith("h")
         msg = await inbound(svc, "wamid.BARE")
         assert (msg["text"], msg["sent_at"]) == ("", None)
         assert msg["sender"] == {"phone": "+819012345678"}
@@ -605,7 +614,7 @@ async def test_missing_optional_fields_and_unusable_items(
         assert pic["attachments"] == [{"kind": "image", "file_id": "77"}]
         conv = await one(svc.store.conversations, {})
         assert conv["reply_to"] == f"{PNID}:819012345678"  # the configured number
-        # Out of any sane bounds (ids, phone): skipped, the rest acknowledged and kept.
+        # Out of any sane bounds (ids, phone, name): kept, with the odd field cut or dropped.
         odd = [
             text("wamid." + "x" * 600),
             text("wamid.LONGFROM", frm="7" * 70),
@@ -614,9 +623,12 @@ async def test_missing_optional_fields_and_unusable_items(
         ]
         contacts = [{"profile": {"name": "N" * 300}, "wa_id": "79005550001"}]
         code, body = await post(svc, envelope(value(odd[:3], [odd[3]], contacts)))
-        assert (code, len(body["accepted"])) == (200, 1)
+        assert (code, len(body["accepted"])) == (200, 3)
         await svc.routed()
         assert (await inbound(svc, "wamid.LONGNAME"))["sender"]["name"] == "N" * 256
+        assert (await inbound(svc, "wamid.LONGFROM"))["sender"] == {"external_user_id": "7" * 70}
+        long_id = await one(svc.store.messages, {"provider_id": {"$regex": "^wamid[.]x"}})
+        assert len(long_id["provider_id"]) == 512  # cut, with a hash of the whole id
 
 
 async def test_duplicate_delivery_is_stored_once(
