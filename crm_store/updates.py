@@ -120,6 +120,11 @@ async def _edit_message(
                 continue
             number += 1
             msg["edited_at"] = at
+            # The operator's list shows the start of the conversation's last inbound text.
+            await store.conversations.update_one(
+                {"_id": msg.get("conversation_id"), "last_inbound.provider_id": edit.provider_id},
+                {"$set": {"last_inbound.text": edit.text[:200]}},
+            )
         if number:
             # The message now says what its edit number ``number`` said: announce that
             # edit (again after a crash: same id, written once).

@@ -104,6 +104,9 @@ async def test_edit_before_its_message_is_applied_when_the_message_is_routed(
         assert msg["text"] == "I need a sofa"
         assert history(msg) == ["I need a sfoa"]
         assert msg["edited_at"].timestamp() == original["date"] + 3
+        conv = await svc.store.conversations.find_one({"_id": msg["conversation_id"]})
+        assert conv is not None
+        assert conv["last_inbound"]["text"] == "I need a sofa"  # the inbox list's preview
         assert await edited_events(svc, mid) == [1]
         assert await count(svc, PENDING) == 0
         # The edit delivered once more (Telegram retries): nothing changes.
