@@ -26,6 +26,7 @@ import bson
 import orjson
 import pytest
 
+from channels import lenient
 from channels.api import ApiChannel
 from channels.avito import AvitoChannel
 from channels.base import Parsed, WebhookChannel, WebhookError, WebhookRequest
@@ -50,6 +51,7 @@ from tests.mutations import (
     Need,
     Variant,
     equals,
+    get,
     mutations,
     readable,
     sample,
@@ -88,6 +90,8 @@ class Example:
     produces: str = "messages"  # the Parsed field that must not be empty
     kind_paths: tuple[str, ...] = ()
     kind_keys: tuple[str, ...] = ()
+    # Where an edit's or a receipt's provider time is (it must reach edited_at / at).
+    at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,7 @@ TELEGRAM = Case(
             ),
             produces="edits",
             kind_keys=("edited_message",),
+            at="edited_message.edit_date",
         ),
     ),
 )
@@ -257,6 +262,7 @@ WHATSAPP = Case(
                 Need("state", (f"{WA_VALUE}.statuses.0.status",), equals("delivered")),
             ),
             produces="statuses",
+            at=f"{WA_VALUE}.statuses.0.timestamp",
         ),
     ),
 )
@@ -316,6 +322,7 @@ VIBER = Case(
                 Need("which", ("message_token",)),
             ),
             produces="statuses",
+            at="timestamp",
             kind_paths=("event",),
         ),
     ),
@@ -388,6 +395,7 @@ VK = Case(
             ),
             produces="edits",
             kind_paths=("type",),
+            at="object.update_time",
         ),
     ),
 )
@@ -431,6 +439,19 @@ AVITO = Case(
                 Need("where", (f"{AV_VALUE}.chat_id",)),
                 Need("kind", (f"{AV_VALUE}.type",), equals("image")),
             ),
+        ),
+        Example(
+            "deleted",
+            av.message("c3d9e1f7a2b84c60", "deleted", {}),
+            (
+                Need("type", ("payload.type",), equals("message")),
+                Need("who", (f"{AV_VALUE}.author_id",)),
+                Need("where", (f"{AV_VALUE}.chat_id",)),
+                Need("kind", (f"{AV_VALUE}.type",), equals("deleted")),
+                Need("which", (f"{AV_VALUE}.id",)),
+            ),
+            produces="edits",
+            at="timestamp",
         ),
     ),
 )
@@ -504,6 +525,24 @@ def test_examples_are_read_as_they_are(case: Case) -> None:
         body = Variant("none", "", "unmutated", example.payload).encode()
         parsed = case.channel.read(case.account, request(case, body))
         assert produced(parsed, example.produces), example.name
+
+
+def test_edits_and_receipts_carry_the_provider_time(case: Case) -> None:
+    """The store applies an edit only when newer than what it has: every edit and receipt
+    carries the provider's time of it."""
+    timed = [e for e in case.examples if e.at is not None]
+    assert timed
+    for example in timed:
+        assert example.at is not None
+        body = Variant("none", "", "unmutated", example.payload).encode()
+        parsed = case.channel.read(case.account, request(case, body))
+        expected = lenient.epoch(get(example.payload, example.at))
+        assert expected is not None, example.name
+        times = [
+            getattr(x, "edited_at", None) or getattr(x, "at", None)
+            for x in produced(parsed, example.produces)
+        ]
+        assert times == [expected], example.name
 
 
 def test_every_mutation_through_read(case: Case) -> None:
