@@ -489,8 +489,9 @@ def _fitted(name: str, value: Any) -> Any:
             return value[:limit]
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        low = next((m.ge for m in info.metadata if isinstance(m, Ge)), -INT64_MAX - 1)
-        return value if int(low) <= value <= INT64_MAX else None  # type: ignore[call-overload]
+        bound = next((m.ge for m in info.metadata if isinstance(m, Ge)), None)
+        low = bound if isinstance(bound, int) else -INT64_MAX - 1
+        return value if low <= value <= INT64_MAX else None
     return value
 
 

@@ -8,10 +8,11 @@ API channel with the account's secret::
     X-Omniroute-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>
 
 Requests more than five minutes off the server clock, or with a missing or wrong
-signature, are refused with 401 (nothing stored); a body that does not fit the contract
-with 422 naming the fields. A PBX may send the events of a call in any order and repeat
-them: the call record converges (channels/calls.py); dedup key (``call_id``, ``event``,
-``seq``).
+signature, are refused with 401 (nothing stored). A signed body that does not fit the
+contract is read tolerantly (:func:`tolerant_event`: odd fields dropped, the call kept);
+only one without a call id, or not JSON, raises (ingest keeps it as ``unparsed``).
+A PBX may send the events of a call in any order and repeat them: the call record
+converges (channels/calls.py); dedup key (``call_id``, ``event``, ``seq``).
 
 Events: ``call.started`` and ``call.ringing`` (ringing; ``extension``/``agent`` is who it
 rings), ``call.answered`` (``agent`` took it; a second agent answering later is a

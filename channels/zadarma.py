@@ -21,6 +21,15 @@ The signed strings: caller_id + called_did + call_start (START, INTERNAL, END);
 caller_id + destination + call_start (ANSWER); internal + destination + call_start
 (OUT_START, OUT_END); pbx_call_id + call_id_with_rec (RECORD).
 
+Replay and freshness (the signature covers neither the event, nor ``pbx_call_id``, nor the
+outcome; docs/channels/telephony.md "Zadarma: replay and freshness"): a report whose
+``call_start`` is outside its window (:func:`check_fresh`; account settings
+``start_window_s`` 600, ``max_call_s`` 14400, ``clock_skew_s`` 300) → 403; every report is
+a :class:`~channels.calls.SignedCallEvent` — accepted once per (event, signed string),
+only NOTIFY_START / NOTIFY_OUT_START may create a call and its message (keyed by the
+call's signed identity), every other report only updates a call such a start opened
+(crm_store/calls.py ``apply_signed``).
+
 ``pbx_call_id`` is the call; ``call_start`` (``YYYY-MM-DD HH:MM:SS``) is in the time zone
 of the Zadarma account (``settings.timezone``, default UTC). ``disposition``: answered →
 answered; busy → busy; cancel, no answer → missed; anything else (failed, no money,
