@@ -17,7 +17,13 @@ call's message, which routing attaches to a contact, lead or deal), the merged c
 ``ended_at``, ``duration_s``, ``talk_s``, ``hangup_cause``, ``recording_url``,
 ``recording_id``, ``rating``, ``seq``), ``announced``, and the bookkeeping
 ``first_seen_at`` / ``last_seen_at`` / ``reports`` (count of reports applied, repeats
-included).
+included), and for a call of a partly signed provider (Zadarma) its signed ``identity``.
+
+Reports a provider signs only in part (:class:`~channels.calls.SignedCallEvent`) go
+through :func:`apply_signed`: each claims its (event, signed string) once in
+``call_claims`` (a replay under another call id, event or outcome is dropped; the
+provider's identical retry writes nothing), only an opening report creates the call, and
+the others wait there until it does.
 """
 
 from __future__ import annotations
