@@ -75,18 +75,20 @@ async def test_renew_and_mark_routed_reach_every_record(store: Store) -> None:
     assert (left["_id"], left["owner"]) == (ids[-1], "me")
 
 
-async def test_claim_skips_our_own_expired_records(store: Store) -> None:
-    # Ours, expired (still in our queue), and a dead process's, expired.
-    await intake.accept(store, [record(n) for n in range(3)], "me", -60)
+async def test_claim_skips_records_still_in_our_queue(store: Store) -> None:
+    # Ours, expired: 0–2 still queued here, 8 written by a request that then failed (in
+    # no queue); a dead process's, expired: 3–7; a live process's: 9.
+    await intake.accept(store, [record(n) for n in (0, 1, 2, 8)], "me", -60)
     await intake.accept(store, [record(n) for n in range(3, 8)], "dead", -60)
-    await intake.accept(store, [record(8)], "alive", 300)
-    first = await intake.claim_expired(store, "me", 300, 2)
-    rest = await intake.claim_expired(store, "me", 300, 10)
+    await intake.accept(store, [record(9)], "alive", 300)
+    queued = {record(n)["_id"] for n in range(3)}
+    first = await intake.claim_expired(store, "me", 300, 2, queued)
+    rest = await intake.claim_expired(store, "me", 300, 10, queued)
     got = [d.id for d in first + rest]
     assert len(first) == 2
-    assert sorted(got) == sorted(record(n)["_id"] for n in range(3, 8))
-    assert await intake.claim_expired(store, "me", 300, 10) == []
-    # Another process may take ours once they expired, never the live one.
+    assert sorted(got) == sorted(record(n)["_id"] for n in (3, 4, 5, 6, 7, 8))
+    assert await intake.claim_expired(store, "me", 300, 10, queued) == []
+    # Another process may take our queued ones once they expired, never the live one.
     theirs = await intake.claim_expired(store, "other", 300, 10)
     assert sorted(d.id for d in theirs) == sorted(record(n)["_id"] for n in range(3))
 
