@@ -20,7 +20,14 @@ import pytest
 from telegram import Update
 
 from channels.base import OutboundMessage, SendError, WebhookError, WebhookRequest
-from channels.telegram import ALLOWED_UPDATES, SECRET_HEADER, Address, TelegramChannel
+from channels.telegram import (
+    ALLOWED_UPDATES,
+    SECRET_HEADER,
+    Address,
+    TelegramChannel,
+    _ptb_read,
+    _raw_read,
+)
 from config.models import ChannelAccount
 from crm_store.documents import intake_id
 from inbox.replies import ReplyError, reply
@@ -981,3 +988,65 @@ async def test_older_bot_api_updates_are_stored(mongo_uri: str, db_name: str) ->
         await wait_for(edited, message="older Bot API edits not applied")
         first = await one(svc.store.messages, {"provider_id": f"{ANNA}:1201"})
         assert first["edited_at"].timestamp() == 1462015290
+
+
+def modern_updates() -> list[dict[str, Any]]:
+    """Updates of the current Bot API, one per kind of content python-telegram-bot reads."""
+    group = {"id": -1001234567890, "title": "Sofa owners", "type": "supergroup", "is_forum": True}
+    sizes = [
+        {"file_id": "AgAD-s", "file_unique_id": "s1", "width": 90, "height": 67},
+        {"file_id": "AgAD-l", "file_unique_id": "l1", "width": 1280, "height": 960, "file_size": 9},
+    ]
+    sticker = {
+        "file_id": "CAAC-st",
+        "file_unique_id": "st1",
+        "type": "regular",
+        "width": 512,
+        "height": 512,
+        "is_animated": False,
+        "is_video": True,
+        "emoji": "👍",
+        "file_size": 2100,
+    }
+    place = {"latitude": 55.75, "longitude": 37.61}
+    own = {"phone_number": "79001234567", "first_name": "Ivan", "user_id": IVAN["id"]}
+    document = {
+        "file_id": "BQAD-doc",
+        "file_unique_id": "d1",
+        "file_name": "plan.pdf",
+        "mime_type": "application/pdf",
+        "file_size": 20480,
+    }
+    return [
+        update(),
+        update(body=message(None, photo=sizes, caption="This one?")),
+        update(body=message(None, document=document)),
+        update(body=message(None, sticker=sticker)),
+        update(
+            body=message(
+                None,
+                location=place,
+                venue={"location": place, "title": "Showroom", "address": "Tverskaya 1"},
+            )
+        ),
+        update(body=message(None, contact=own)),
+        update("business_message", message(business_connection_id=BUSINESS)),
+        update(body=message("in a topic", chat=group, message_thread_id=12, is_topic_message=True)),
+        update(
+            body=message(
+                "on behalf of the group",
+                chat=group,
+                sender_chat={"id": group["id"], "title": "Sofa owners", "type": "supergroup"},
+            )
+        ),
+        update("edited_message", {**message("fixed"), "edit_date": int(time.time())}),
+    ]
+
+
+def test_both_readers_read_an_update_the_same_way() -> None:
+    """python-telegram-bot's models and the tolerant JSON reading give the same result for
+    every update the library accepts, so a stored message does not depend on which read it."""
+    for up in modern_updates():
+        by_library = _ptb_read(up)  # accepted: no exception
+        assert by_library is not None
+        assert _raw_read(up) == by_library, up
