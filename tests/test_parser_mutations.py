@@ -670,3 +670,36 @@ async def test_api_mutations_sample_over_http(mongo_uri: str, db_name: str) -> N
                 assert orjson.loads(text)["errors"], variant.description
         assert await svc.store.intake.count_documents({"status": "unparsed"}) > 0
     assert len(checked) >= 20
+
+
+# --- the shared lenient helpers ---------------------------------------------------------
+
+
+def test_lenient_helpers_keep_ids_exact_and_drop_implausible_times() -> None:
+    # Integers beyond 64 bits stay exact (orjson would read them as floats).
+    doc = lenient.load_object(b'{"id": 18446744073709551617, "neg": -9223372036854775809}')
+    assert (lenient.ident(doc["id"]), lenient.ident(doc["neg"])) == (
+        "18446744073709551617",
+        "-9223372036854775809",
+    )
+    assert lenient.int64(doc["id"]) is None
+    # Invalid UTF-8 and lone surrogates are read as U+FFFD, not refused.
+    assert lenient.load_object(b'{"t": "a\xffb"}') == {"t": "a\ufffdb"}
+    assert lenient.load_object(b'{"t": "a\\ud800b"}') == {"t": "a\ufffdb"}
+    with pytest.raises(WebhookError):
+        lenient.load_object(b'["not", "an object"]')
+    # An over-long id is cut with a hash of the whole: two ids stay two.
+    a, b = lenient.ident("x" * 600 + "a", 64), lenient.ident("x" * 600 + "b", 64)
+    assert a is not None
+    assert b is not None
+    assert len(a) == len(b) == 64
+    assert a != b
+    assert lenient.ident(True) is None
+    assert lenient.ident(12.0) == "12"
+    # Times: seconds, milliseconds and numeric strings; nothing implausible.
+    assert lenient.epoch(NOW) == lenient.epoch(NOW * 1000) == lenient.epoch(str(NOW))
+    for odd in (0, -1, 253_402_300_799, 10**19, "yesterday", None, True, float("nan")):
+        assert lenient.epoch(odd) is None, odd
+    assert lenient.iso_time("2024-05-01T10:00:00Z") is not None
+    assert lenient.iso_time("2024-05-01T10:00:00") is None  # no zone: unknown time
+    assert lenient.iso_time("9999-12-31T00:00:00+00:00") is None
