@@ -109,6 +109,9 @@ def test_body_lines_after_the_last_field_stay_body() -> None:
     raw = b"From: ivan@ru.example\r\nSubject: Hi\r\nPlease call me back.\r\n"
     mail = parse_mail(raw)
     assert facts(mail) == ("ivan@ru.example", None, "Hi", "Please call me back.")
+    # A "Name: value" line in such a body is not a header field a mail system writes.
+    form = b"From: ivan@ru.example\r\nSubject: Hi\r\nCall me back.\r\nPhone: +7 903\r\n"
+    assert facts(parse_mail(form))[2:] == ("Hi", "Call me back.\nPhone: +7 903")
 
 
 # ---------------------------------------------------------------- where the sender is

@@ -25,6 +25,21 @@ _FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _SPACED_FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:")
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)?")
 _HEADER_LIMIT = 256 * 1024  # header blocks longer than this are not repaired
+_FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_KNOWN = frozenset(
+    {
+        b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"subject", b"date",
+        b"message-id", b"in-reply-to", b"references", b"received", b"return-path",
+        b"mime-version", b"delivered-to", b"precedence", b"auto-submitted", b"importance",
+        b"priority", b"user-agent", b"organization", b"comments", b"keywords",
+        b"authentication-results", b"received-spf", b"domainkey-signature",
+        b"disposition-notification-to", b"errors-to", b"feedback-id",
+    }
+)  # fmt: skip
+_KNOWN_PREFIXES = (
+    b"x-", b"content-", b"list-", b"arc-", b"dkim-", b"thread-", b"resent-", b"accept-",
+    b"original-",
+)  # fmt: skip
 
 
 def repair(raw: bytes) -> tuple[bytes, list[str]]:
@@ -54,11 +69,21 @@ def _is_field(line: bytes) -> bool:
     return bool(_FIELD.match(line) or _SPACED_FIELD.match(line))
 
 
+def _is_known_field(line: bytes) -> bool:
+    m = _FIELD_NAME.match(line)
+    return m is not None and (
+        m.group(1).lower() in _KNOWN or m.group(1).lower().startswith(_KNOWN_PREFIXES)
+    )
+
+
 def _repair_lines(lines: list[bytes], repairs: list[str]) -> list[bytes]:
     fields = [i for i, line in enumerate(lines) if _is_field(line)]
     if not fields:
         return lines
-    first, last = fields[0], fields[-1]
+    # Only a header field a mail system writes marks the block as going on: a body that
+    # began without an empty line may well hold "Phone: …" lines.
+    known = [i for i in fields if _is_known_field(lines[i])]
+    first, last = fields[0], (known[-1] if known else fields[0])
     out: list[bytes] = []
     if first:
         envelope = lines[0].startswith(b"From ") and first == 1
