@@ -23,7 +23,6 @@ import re
 _BOM = b"\xef\xbb\xbf"
 _FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _SPACED_FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:")
-_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)?")
 _HEADER_LIMIT = 256 * 1024  # header blocks longer than this are not repaired
 _FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _KNOWN = frozenset(
@@ -49,20 +48,30 @@ def repair(raw: bytes) -> tuple[bytes, list[str]]:
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
         repairs.append("header_bom_removed")
-    lines: list[bytes] = []
-    end = 0
-    for m in _LINE.finditer(data):
-        line = m.group(0)
-        if not line or not line.strip(b"\r\n").strip(b" \t") or end > _HEADER_LIMIT:
-            break
-        lines.append(line)
-        end = m.end()
+    ends = [
+        i
+        for i in (data.find(b"\n\n", 0, _HEADER_LIMIT), data.find(b"\n\r\n", 0, _HEADER_LIMIT))
+        if i >= 0
+    ]
+    end = min(ends) + 1 if ends else min(len(data), _HEADER_LIMIT)
+    lines = data[:end].splitlines(keepends=True)
     if not lines:
+        return data, repairs
+    if all(_plain(line, i) for i, line in enumerate(lines)):  # the usual case: nothing to do
         return data, repairs
     fixed = _repair_lines(lines, repairs)
     if not repairs:
         return raw, []
     return b"".join(fixed) + data[end:], repairs
+
+
+def _plain(line: bytes, index: int) -> bool:
+    """A well-formed field, a continuation, or the mbox envelope line first."""
+    return (
+        line[:1] in (b" ", b"\t")
+        or _FIELD.match(line) is not None
+        or (index == 0 and line.startswith(b"From "))
+    )
 
 
 def _is_field(line: bytes) -> bool:
