@@ -600,6 +600,11 @@ async def test_a_sample_over_http(case: Case, mongo_uri: str, db_name: str) -> N
                 assert 200 <= status < 300, (variant.description, status, text)
             if parsed is not None and parsed.messages:
                 assert await in_intake(svc, parsed), variant.description
+        # Every message kept is routed too: nothing odd in it breaks routing.
+        await svc.routed()
+        failed = [d async for d in svc.store.intake.find({"status": "failed"}, {"error": 1})]
+        assert failed == []
+        assert await svc.store.intake.count_documents({"status": "routed"}) > 0
     assert len(checked) >= 20
 
 
@@ -669,6 +674,8 @@ async def test_api_mutations_sample_over_http(mongo_uri: str, db_name: str) -> N
             else:
                 assert orjson.loads(text)["errors"], variant.description
         assert await svc.store.intake.count_documents({"status": "unparsed"}) > 0
+        await svc.routed()
+        assert await svc.store.intake.count_documents({"status": "failed"}) == 0
     assert len(checked) >= 20
 
 
