@@ -9,8 +9,12 @@ swapped types, nulls, huge strings, odd unicode and bytes. For every variant:
   all — ingest keeps that as ``unparsed``), and never when who / where / what are still
   readable: then the message (or edit, or receipt) IS produced.
 * a stable ~10 % sample over real HTTP into the running service with valid
-  authentication: never a 5xx, never Python exception text in the response, and a
-  readable variant's message is in ``intake``.
+  authentication: never a 5xx, never Python exception text in the response, a readable
+  variant's message is in ``intake``, and everything kept is routed (none ``failed``).
+
+Edits and receipts must carry the provider's time. The generic API channel is our own
+strict contract: every mutation is either one message or an invalid body answered with its
+field errors (kept as ``unparsed``), never an exception.
 """
 
 from __future__ import annotations
