@@ -5,7 +5,9 @@
   since; newest activity first; cursor pagination (``next_cursor``).
 - ``GET /api/v1/conversations/counts`` — open and unread figures: mine, unassigned, all.
 - ``GET /api/v1/conversations/{id}`` — the conversation, its contact, lead/deal and the
-  latest messages.
+  latest messages; ``can_reply`` says whether a reply can go out through its channel now,
+  and when not, ``reply_blocked`` (a code) and ``reply_blocked_reason`` (in operator words,
+  never a configuration key) say why — before anyone types.
 - ``POST …/{id}/assign`` ``{"user_id"}`` (assign or transfer), ``…/take``, ``…/unassign``,
   ``…/close``, ``…/reopen``, ``…/snooze`` ``{"until"}``.
 
@@ -20,6 +22,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from channels import REGISTRY
+from channels.base import SendError, SendingChannel
+from config.models import AppConfig
 from crm_store import conversations as convs
 from crm_store.routing_store import find_in
 from crm_store.store import Document
@@ -30,6 +35,7 @@ from inbox.bounds import Instant
 from inbox.paging import cursor_time, decode_cursor, encode_cursor
 from inbox.views import ContactView, ConversationView, EntityView, MessageView
 from ingest.context import Service
+from ingest.outbox import outbound_of
 
 TAG = "conversations"
 MAX_LIMIT = 200
@@ -81,6 +87,70 @@ class ConversationDetail(BaseModel):
     lead: EntityView | None
     deal: EntityView | None
     messages: list[MessageView] = Field(description=f"the latest {RECENT_MESSAGES}, oldest first")
+    can_reply: bool = Field(description="a reply can go out through the conversation's channel")
+    reply_blocked: str | None = Field(
+        default=None,
+        description="why not, as a code: channel_cannot_send, form_cannot_reply, not_set_up, "
+        "channel_off, no_recipient, window_closed, unavailable",
+    )
+    reply_blocked_reason: str | None = Field(
+        default=None, description="why not, in words for the operator (internal notes still work)"
+    )
+
+
+# What an operator reads when a conversation cannot be answered: what happened and what to
+# do, in their words — never a configuration key (an administrator finds those in the
+# docs: docs/channels.md).
+REPLY_BLOCKED = {
+    "channel_cannot_send": "This channel only brings messages in: replies cannot be sent "
+    "from the inbox. Reach the customer another way, by phone or e-mail.",
+    "form_cannot_reply": "This conversation came from a site form or another system that is "
+    "not connected for answers: replies cannot be sent from the inbox. Reach the customer "
+    "another way, by phone or e-mail, or ask your administrator to connect replies.",
+    "not_set_up": "Replies through this channel are not set up yet. Ask your administrator; "
+    "until then, reach the customer another way.",
+    "channel_off": "This channel is switched off, so replies cannot be sent. Ask your "
+    "administrator.",
+    "no_recipient": "There is no address to answer to in this conversation. Reach the "
+    "customer another way.",
+    "window_closed": "The customer last wrote more than 24 hours ago: WhatsApp allows a "
+    "reply only after the customer writes again.",
+    "unavailable": "Replies through this channel are not possible right now. Ask your "
+    "administrator.",
+}
+_SETUP_CODES = ("not_configured", "no_token", "bad_setting", "no_webhook_token")
+
+
+def reply_blocked(config: AppConfig, conv: Document) -> str | None:
+    """Why no reply can go out in ``conv`` now (a key of :data:`REPLY_BLOCKED`), or None —
+    the checks an operator's reply meets (inbox/replies.py), made before anyone types."""
+    channel = REGISTRY.get(conv.get("channel") or "")
+    if not isinstance(channel, SendingChannel):
+        return "channel_cannot_send"
+    account = config.account(conv["channel"], conv["account"])
+    if account is None:
+        return "channel_off"
+    if not conv.get("reply_to"):
+        return "no_recipient"
+    draft: Document = {
+        "_id": "draft",
+        "channel": conv["channel"],
+        "account": conv["account"],
+        "recipient": conv["reply_to"],
+        "text": "?",
+        "attachments": [],
+    }
+    try:
+        channel.check_outbound(account, outbound_of(draft, conv))
+    except SendError as exc:
+        if exc.code == "channel_cannot_send":
+            return "form_cannot_reply" if conv["channel"] == "api" else "channel_cannot_send"
+        if exc.code in ("no_recipient", "window_closed"):
+            return exc.code
+        if any(exc.code.endswith(c) for c in _SETUP_CODES):
+            return "not_set_up"
+        return "unavailable"
+    return None
 
 
 class AssignBody(BaseModel):
@@ -298,12 +368,16 @@ async def get_conversation(call: Call) -> ConversationDetail:
         found = await store[f"{kind}s"].find_one({"_id": target["id"]})
         if found is not None:
             entities[kind] = EntityView.of_kind(kind, found)
+    blocked = reply_blocked(call.svc.config, doc)
     return ConversationDetail(
         conversation=view(doc),
         contact=ContactView.of(contact) if contact else None,
         lead=entities["lead"],
         deal=entities["deal"],
         messages=await recent_messages(call.svc, doc["_id"], RECENT_MESSAGES),
+        can_reply=blocked is None,
+        reply_blocked=blocked,
+        reply_blocked_reason=REPLY_BLOCKED[blocked] if blocked else None,
     )
 
 

@@ -5,8 +5,11 @@
 - ``GET /api/v1/leads/{id}`` · ``/deals/{id}`` — with the contact and the tasks.
 - ``PATCH …/{id}`` ``{"title", "fields": {name: value | null}, "responsible_id"}``.
 - ``POST …/{id}/stage`` ``{"stage_id"}`` — through the stage guards (crm_store/stages.py):
-  a refusal is 422 ``stage_refused`` naming every missing field in ``errors``
-  (``fields.<name>``) and every unmet condition in ``unmet``.
+  a refusal is 422 ``stage_refused``; ``errors`` holds one ``{field, message}`` per reason,
+  ``field`` being ``fields.<name>`` for a missing required field ("required to enter …")
+  and for each field an unmet entry condition tests (its message: "the payment due date
+  is set"), else ``stage_id`` (a backward move); ``missing_fields`` and ``unmet`` list the
+  same reasons by kind.
 - ``POST /api/v1/leads/{id}/convert`` — the lead becomes a deal (crm_store/conversion.py).
 - ``DELETE …/{id}`` — directors and admins: soft delete.
 - ``GET /api/v1/pipelines`` — the pipelines and their stages (what a screen offers).
@@ -226,10 +229,17 @@ async def _stage(call: Call, kind: Kind) -> EntityView:
                 str(exc),
                 errors=[{"in": "body", "field": "stage_id", "message": str(exc)}],
             ) from None
+        # Every reason names the field it is about (fields.<name>: a required field, or a
+        # field an entry condition tests), so a screen can offer an input for it; a reason
+        # no field helps with (a backward move) is about the stage_id.
         errors = [
-            {"in": "body", "field": f"fields.{name}", "message": f"required to enter {target}"}
-            for name in exc.missing_fields
-        ] + [{"in": "body", "field": "stage_id", "message": text} for text in exc.unmet]
+            {
+                "in": "body",
+                "field": f"fields.{name}" if name else "stage_id",
+                "message": message,
+            }
+            for name, message in exc.problems
+        ]
         raise ApiError(
             422,
             "stage_refused",

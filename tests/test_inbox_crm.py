@@ -137,6 +137,19 @@ async def test_deal_fields_stage_guards_and_conversion(mongo_uri: str, db_name: 
         )
         status, moved, _ = await c.call("POST", path, ANNA, {"stage_id": "approval"})
         assert (status, moved["stage_id"]) == (200, "approval")
+        # An unmet entry condition names the field it tests, with its message; a backward
+        # move names no field but the stage.
+        status, err, _ = await c.call("POST", path, ANNA, {"stage_id": "awaiting_payment"})
+        assert (status, err["code"]) == (422, "stage_refused")
+        assert [(e["field"], e["message"]) for e in err["errors"]] == [
+            ("fields.contract_number", "required to enter awaiting_payment"),
+            ("fields.amount", "required to enter awaiting_payment"),
+            ("fields.payment_due_date", "the payment due date is set"),
+        ]
+        assert err["unmet"] == ["the payment due date is set"]
+        status, err, _ = await c.call("POST", path, ANNA, {"stage_id": "estimate"})
+        assert (status, [e["field"] for e in err["errors"]]) == (422, ["stage_id"])
+        assert "back" in err["errors"][0]["message"]
         status, cleared, _ = await c.call(
             "PATCH", f"/deals/{deal['id']}", ANNA, {"fields": {"colour": None}}
         )

@@ -337,6 +337,102 @@ async def test_operator_works_a_conversation_in_the_browser(mongo_uri: str, db_n
 
 
 @needs_chromium
+async def test_a_form_conversation_says_it_cannot_reply_and_a_guard_asks_for_its_field(
+    mongo_uri: str, db_name: str
+) -> None:
+    """The example's site form has no way back to the customer: the page says so in
+    operator words before anyone types, and the box writes internal notes only. A stage
+    whose entry condition is unmet ("the payment due date is set") offers an input for the
+    field it tests."""
+    expect.set_options(timeout=15_000)
+    async with in_process(mongo_uri, db_name) as svc, chromium() as browser:
+        token, _ = await tokens.issue(svc.store, IVAN)
+        auth = {"Authorization": f"Bearer {token}"}
+        api = f"{svc.client.base}/api/v1"
+        status, _ = await svc.client.post_api(
+            api_body("web-f1", phone="+79001113344", name="Oleg Smirnov", text="A kitchen, 4 m")
+        )
+        assert status == 200
+        await svc.routed()
+        conv = await svc.store.conversations.find_one({})
+        lead = await svc.store.leads.find_one({})
+        assert conv is not None
+        assert lead is not None
+        # The API tells before anyone types, in words for the operator.
+        async with svc.client.http.get(f"{api}/conversations/{conv['_id']}", headers=auth) as r:
+            detail = await r.json()
+        assert (detail["can_reply"], detail["reply_blocked"]) == (False, "form_cannot_reply")
+        assert "site form" in detail["reply_blocked_reason"]
+        # An order in "approval" with the contract and amount filled, not the due date.
+        async with svc.client.http.post(
+            f"{api}/leads/{lead['_id']}/convert", headers=auth, json={}
+        ) as r:
+            deal = await r.json()
+            assert r.status == 201, deal
+        fields = {"estimate_amount": 150000, "contract_number": "C-12", "amount": 150000}
+        async with svc.client.http.patch(
+            f"{api}/deals/{deal['id']}", headers=auth, json={"fields": fields}
+        ) as r:
+            assert r.status == 200, await r.text()
+        async with svc.client.http.post(
+            f"{api}/deals/{deal['id']}/stage", headers=auth, json={"stage_id": "approval"}
+        ) as r:
+            assert r.status == 200, await r.text()
+
+        page = await (await browser.new_context(viewport=WIDE, locale="en-US")).new_page()
+        errors = watch_errors(page)
+        try:
+            await page.goto(f"{svc.client.base}/")
+            await sign_in(page, token)
+            await page.get_by_test_id("filter-all").click()
+            await page.get_by_test_id("conversation-item").filter(has_text="Oleg Smirnov").click()
+            blocked = page.get_by_test_id("reply-blocked")
+            await expect(blocked).to_be_visible()
+            await expect(blocked).to_contain_text("came from a site form")
+            await expect(blocked).to_contain_text("by phone or e-mail")
+            text = await blocked.inner_text()
+            for key in ("reply_url", "settings", "channel_cannot_send", "api/site"):
+                assert key not in text
+            note_box = page.get_by_test_id("as-note")
+            await expect(note_box).to_be_checked()
+            await expect(note_box).to_be_disabled()
+            await expect(page.get_by_test_id("send")).to_have_text("Save note")
+            await page.get_by_test_id("reply-text").fill("Call back on Monday")
+            await page.get_by_test_id("send").click()
+            messages = page.get_by_test_id("message")
+            await expect(messages.filter(has_text="Call back on Monday")).to_have_attribute(
+                "data-direction", "note"
+            )
+            assert await svc.store.messages.count_documents({"direction": "out"}) == 0
+
+            # The guard's condition names its field: an input is offered, with what it needs.
+            crm = page.get_by_test_id("crm")
+            stage = crm.get_by_test_id("current-stage")
+            await expect(stage).to_have_attribute("data-stage", "approval")
+            await crm.get_by_test_id("stage-select").select_option("awaiting_payment")
+            await crm.get_by_test_id("move-stage").click()
+            error = crm.get_by_test_id("field-error-payment_due_date")
+            await expect(error).to_have_text("Needed: the payment due date is set.")
+            field = crm.get_by_test_id("field-payment_due_date")
+            await expect(field).to_have_attribute("aria-invalid", "true")
+            await expect(field).to_be_focused()
+            await shot(page, "guard-condition-1280x800")
+            await field.fill("2025-06-20")
+            await crm.get_by_test_id("save-fields").click()
+            await expect(error).to_have_count(0)
+            await crm.get_by_test_id("stage-select").select_option("awaiting_payment")
+            await crm.get_by_test_id("move-stage").click()
+            await expect(stage).to_have_attribute("data-stage", "awaiting_payment")
+            # In Russian the notice speaks Russian.
+            await page.get_by_test_id("lang").select_option("ru")
+            await expect(page.get_by_test_id("reply-blocked")).to_contain_text("формы сайта")
+            assert errors == []
+        except BaseException:
+            await shot(page, "failure-form-1280x800")
+            raise
+
+
+@needs_chromium
 async def test_calls_show_their_record_and_recording(
     mongo_uri: str, db_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

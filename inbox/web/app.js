@@ -233,6 +233,8 @@ function buildShell() {
   });
   els.pendingList = h("ul", { class: "pending" });
   els.composerError = h("p", { class: "error", role: "alert", "data-testid": "reply-error" });
+  // Said before anyone types: this conversation's channel cannot take a reply (notes can).
+  els.replyBlocked = h("p", { class: "reply-blocked", role: "status", "data-testid": "reply-blocked", hidden: true });
   els.noteBox = h("input", {
     type: "checkbox",
     checked: S.asNote,
@@ -260,6 +262,7 @@ function buildShell() {
         send();
       },
     },
+    els.replyBlocked,
     els.pendingList,
     els.text,
     h(
@@ -567,6 +570,7 @@ function renderConv(scroll = false) {
   els.convHead.hidden = !has;
   els.messages.hidden = !has;
   els.composer.hidden = !has;
+  renderComposer();
   if (!has) {
     fill(els.convHead);
     fill(els.messages);
@@ -765,12 +769,31 @@ async function download(a) {
 
 // --- the reply box ------------------------------------------------------------------
 
+// A conversation whose channel cannot take a reply (the API says so, with the reason in
+// operator words) is written to as internal notes only.
+function replyBlocked() {
+  const d = S.detail;
+  return Boolean(d && d.conversation?.id === S.openId && d.can_reply === false);
+}
+
+function noteMode() {
+  return S.asNote || replyBlocked();
+}
+
 function renderComposer() {
   if (!els) return;
-  els.text.placeholder = S.asNote ? t("note_placeholder") : t("reply_placeholder");
-  els.composer.classList.toggle("as-note", S.asNote);
-  els.attachLabel.hidden = S.asNote;
-  fill(els.sendBtn, S.asNote ? t("save_note") : t("send"));
+  const blocked = replyBlocked();
+  const code = blocked ? S.detail.reply_blocked : null;
+  const key = `reply_blocked_${code}`;
+  els.replyBlocked.hidden = !blocked;
+  fill(els.replyBlocked, blocked ? (t(key) !== key ? t(key) : S.detail.reply_blocked_reason || t("reply_blocked_unavailable")) : "");
+  els.noteBox.disabled = blocked;
+  els.noteBox.checked = noteMode();
+  const asNote = noteMode();
+  els.text.placeholder = asNote ? t("note_placeholder") : t("reply_placeholder");
+  els.composer.classList.toggle("as-note", asNote);
+  els.attachLabel.hidden = asNote;
+  fill(els.sendBtn, asNote ? t("save_note") : t("send"));
   const uploading = S.pending.some((p) => p.uploading);
   els.sendBtn.disabled = uploading;
   fill(
@@ -816,17 +839,18 @@ async function send() {
   if (!id || sending) return;
   const text = els.text.value;
   fill(els.composerError);
-  const attachments = S.asNote ? [] : S.pending.filter((p) => p.file_id).map((p) => ({ file_id: p.file_id }));
+  const asNote = noteMode();
+  const attachments = asNote ? [] : S.pending.filter((p) => p.file_id).map((p) => ({ file_id: p.file_id }));
   if (!text.trim() && !attachments.length) return;
   sending = true;
   els.sendBtn.disabled = true;
   try {
-    const msg = S.asNote
+    const msg = asNote
       ? await post(`/api/v1/conversations/${enc(id)}/notes`, { text })
       : await post(`/api/v1/conversations/${enc(id)}/messages`, { text, attachments });
     if (S.openId === id) {
       els.text.value = "";
-      if (!S.asNote) S.pending = [];
+      if (!asNote) S.pending = [];
       S.messages = sortMessages([...S.messages.filter((m) => m.id !== msg.id), msg]);
       renderMessages(true);
     }
@@ -1064,8 +1088,14 @@ async function moveStage(kind, entity) {
     S.target = "";
   } catch (err) {
     if (err.code === "stage_refused") {
+      const missing = new Set(err.body.missing_fields || []);
       for (const e of err.errors) {
-        if (String(e.field).startsWith("fields.")) S.fieldErrors[e.field.slice(7)] = t("required_missing", { stage: stageName });
+        if (!String(e.field).startsWith("fields.")) continue;
+        // A required field, or one an entry condition tests ("the payment due date is
+        // set"): either way an input for it is offered, with what it needs.
+        const name = e.field.slice(7);
+        const text = missing.has(name) ? t("required_missing", { stage: stageName }) : t("condition_unmet", { what: e.message });
+        S.fieldErrors[name] = S.fieldErrors[name] ? `${S.fieldErrors[name]} ${text}` : text;
       }
       S.stageError = (err.body.unmet || []).map(String);
     } else {
