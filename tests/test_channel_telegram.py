@@ -20,14 +20,8 @@ import pytest
 from telegram import Update
 
 from channels.base import OutboundMessage, SendError, WebhookError, WebhookRequest
-from channels.telegram import (
-    ALLOWED_UPDATES,
-    SECRET_HEADER,
-    Address,
-    TelegramChannel,
-    _ptb_read,
-    _raw_read,
-)
+from channels.telegram import ALLOWED_UPDATES, SECRET_HEADER, Address, TelegramChannel
+from channels.telegram_read import read_raw, read_with_library
 from config.models import ChannelAccount
 from crm_store.documents import intake_id
 from inbox.replies import ReplyError, reply
@@ -1047,6 +1041,6 @@ def test_both_readers_read_an_update_the_same_way() -> None:
     """python-telegram-bot's models and the tolerant JSON reading give the same result for
     every update the library accepts, so a stored message does not depend on which read it."""
     for up in modern_updates():
-        by_library = _ptb_read(up)  # accepted: no exception
+        by_library = read_with_library(up)  # accepted: no exception
         assert by_library is not None
-        assert _raw_read(up) == by_library, up
+        assert read_raw(up) == by_library, up
