@@ -23,7 +23,12 @@ from config.settings import DEFAULT_CONFIG_DIR
 from crm_store import intake
 from crm_store.documents import IntakeDoc, intake_id
 from crm_store.indexes import INDEXES, ensure_indexes
-from crm_store.routing_store import create_contact, create_lead, reserve_sequence
+from crm_store.routing_store import (
+    create_contact,
+    create_lead,
+    load_contact_state,
+    reserve_sequence,
+)
 from crm_store.stages import StageError, move_stage
 from crm_store.store import Document, Store
 
@@ -308,6 +313,40 @@ def lead_doc(i: int, contact_id: str = "contact-1") -> Document:
         "fields": {},
         "created_at": now,
     }
+
+
+async def test_an_open_service_deal_is_history_not_the_active_deal(store: Store) -> None:
+    """A contact whose newest open deal is in a service pipeline (an NPS survey): routing's
+    active deal is the open sales deal if there is one, else none — and the contact still
+    has history (a repeat lead, not a new one)."""
+    at = datetime(2025, 6, 2, 10, 0, tzinfo=UTC)
+
+    def deal(i: str, pipeline: str, contact: str, minutes: int, *, open_: bool = True) -> Document:
+        return {
+            "_id": i,
+            "contact_id": contact,
+            "pipeline_id": pipeline,
+            "stage_id": "survey" if pipeline == "nps" else "estimate",
+            "open": open_,
+            "last_activity_at": at.replace(minute=minutes),
+        }
+
+    await store.deals.insert_many(
+        [
+            deal("order-a", "orders", "contact-a", 1),
+            deal("survey-a", "nps", "contact-a", 5),  # newer, but a survey
+            deal("won-b", "orders", "contact-b", 1, open_=False),
+            deal("survey-b", "nps", "contact-b", 5),
+        ]
+    )
+    everything = await load_contact_state(store, ["contact-a", "contact-b"])
+    assert {c: d.id for c, d in everything.active_deal.items()} == {
+        "contact-a": "survey-a",
+        "contact-b": "survey-b",
+    }
+    sales = await load_contact_state(store, ["contact-a", "contact-b"], frozenset({"nps"}))
+    assert {c: d.id for c, d in sales.active_deal.items()} == {"contact-a": "order-a"}
+    assert sales.history == {"contact-a", "contact-b"}
 
 
 async def test_thirty_concurrent_create_lead_make_one_open_lead(
