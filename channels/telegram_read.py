@@ -412,8 +412,8 @@ def read_raw(raw: dict[str, Any]) -> tuple[str, _Msg] | None:
     """:func:`read_with_library` over the raw JSON, for updates the library refuses."""
     for keys, kind in ((MESSAGE_KEYS, "message"), (EDIT_KEYS, "edit")):
         for key in keys:
-            if key in raw and (m := raw[key]) is not None:
-                if not isinstance(m, dict):
+            if key in raw and raw[key] is not None:
+                if not (m := lenient.obj(raw[key])):  # a list of one object is read
                     raise WebhookError(f"the update's {key} is not an object")
                 return kind, _raw_msg(m)
     return None
