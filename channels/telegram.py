@@ -22,6 +22,7 @@ message id raises (ingest keeps such a delivery as ``unparsed``):
   message (never a new message).
 * ``my_chat_member`` in a private chat → :class:`Reachability` (``kicked``: the user
   blocked the bot; ``member``: unblocked).
+* ``deleted_business_messages`` → one :class:`MessageDeletion` per message id.
 * Everything else (``channel_post`` — our own channel's posts, not a customer's —,
   callback queries, polls …) is acknowledged (200) and ignored.
 

@@ -24,6 +24,7 @@ from channels import lenient
 from channels.base import (
     Attachment,
     InboundMessage,
+    MessageDeletion,
     MessageEdit,
     Parsed,
     Reachability,
@@ -388,6 +389,23 @@ def _reachability(account: ChannelAccount, cmu: Mapping[str, Any]) -> Reachabili
     )
 
 
+def _deletions(account: ChannelAccount, gone: Mapping[str, Any]) -> list[MessageDeletion]:
+    """``deleted_business_messages``: the customer deleted messages in a business chat.
+    The update carries no time of the deletion (the store uses when it was received)."""
+    connection = lenient.ident(gone.get("business_connection_id"), 200)
+    chat = lenient.ident(lenient.obj(gone.get("chat")).get("id"), 128)
+    if connection is None or chat is None:
+        return []
+    ids = gone.get("message_ids")
+    return [
+        MessageDeletion(
+            channel=CHANNEL, account=account.account, provider_id=f"{connection}:{chat}:{mid}"
+        )
+        for mid in (lenient.ident(i, 128) for i in (ids if isinstance(ids, list) else []))
+        if mid is not None
+    ]
+
+
 MESSAGE_KEYS = ("message", "business_message")
 EDIT_KEYS = ("edited_message", "edited_business_message")
 
@@ -434,6 +452,8 @@ def read_update(account: ChannelAccount, body: bytes) -> Parsed:
         if isinstance(cmu := raw.get("my_chat_member"), dict):
             r = _reachability(account, cmu)
             return Parsed(reachability=[r] if r else [])
+        if isinstance(gone := raw.get("deleted_business_messages"), dict):
+            return Parsed(deletions=_deletions(account, gone))
         return Parsed()  # channel posts, callback queries, polls …: not customer messages
     kind, m = found
     if kind == "edit":

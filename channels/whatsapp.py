@@ -8,7 +8,8 @@ Inbound: ``/webhooks/whatsapp/{account}``.
   (missing or wrong → 401, nothing stored). Every ``entry[].changes[]`` with
   ``field == "messages"`` is read: each ``messages[]`` item is one :class:`InboundMessage`
   (dedup key: its wamid), ``statuses[]`` are receipts for our outbound messages, ``edit``
-  messages replace the text of the stored one. Other fields (``smb_message_echoes``,
+  messages replace the text of the stored one, ``revoke`` items are deletions
+  (:class:`MessageDeletion`). Other fields (``smb_message_echoes``,
   ``account_update`` …) are acknowledged and ignored. Reactions and system notices are kept
   as text but marked ``automatic`` (they never open a lead); attachments are metadata only.
 * The reader is lenient (channels/lenient.py): a lone object where a list is expected is
@@ -65,6 +66,7 @@ from channels.base import (
     DeliveryState,
     Forbidden,
     InboundMessage,
+    MessageDeletion,
     MessageEdit,
     OutboundMessage,
     Parsed,
@@ -233,7 +235,7 @@ def _content(msg: Json, meta: Meta) -> tuple[str, list[Attachment]] | None:
     if kind == "system":
         kind_of = lenient.clip(body.get("type"), 64) or "event"
         return lenient.text(body.get("body")) or f"[system: {kind_of}]", []
-    if kind == "revoke":  # deletion notice: nothing in base.py models it
+    if kind == "revoke":  # a deletion notice: read by _deletion
         return None
     # unsupported / unknown / anything newer: keep that the customer wrote something.
     errors = list(_dicts(msg.get("errors")))
@@ -260,6 +262,19 @@ def _edit(account: ChannelAccount, msg: Json) -> MessageEdit | None:
         text=content[0],
         attachments=content[1],
         edited_at=_time(msg.get("timestamp")),
+    )
+
+
+def _deletion(account: ChannelAccount, msg: Json) -> MessageDeletion | None:
+    """A ``revoke`` item: the customer deleted the message ``original_message_id``."""
+    original = _str(_obj(msg.get("revoke")).get("original_message_id"), 512)
+    if original is None:
+        return None
+    return MessageDeletion(
+        channel="whatsapp",
+        account=account.account,
+        provider_id=original,
+        deleted_at=_time(msg.get("timestamp")),
     )
 
 
@@ -387,6 +402,9 @@ class WhatsAppChannel(WebhookChannel):
                         if msg.get("type") == "edit":
                             if (edit := _edit(account, msg)) is not None:
                                 parsed.edits.append(edit)
+                        elif msg.get("type") == "revoke":
+                            if (gone := _deletion(account, msg)) is not None:
+                                parsed.deletions.append(gone)
                         elif (inbound := _message(account, value, msg)) is not None:
                             parsed.messages.append(inbound)
                     except Exception as exc:  # one unreadable item: the rest is stored

@@ -1044,3 +1044,17 @@ def test_both_readers_read_an_update_the_same_way() -> None:
         by_library = read_with_library(up)  # accepted: no exception
         assert by_library is not None
         assert read_raw(up) == by_library, up
+
+
+def test_deleted_business_messages_become_deletions() -> None:
+    """The customer deleted messages in a business chat: one deletion per message id,
+    keyed like the stored messages (the store marks them deleted, or keeps the deletion
+    until they are stored)."""
+    gone = {"business_connection_id": BUSINESS, "chat": chat_of(IVAN), "message_ids": [7, "8"]}
+    body = orjson.dumps(update("deleted_business_messages", gone))
+    parsed = TelegramChannel().read(tg_account(), WebhookRequest("POST", {}, {}, body))
+    assert [d.provider_id for d in parsed.deletions] == [
+        f"{BUSINESS}:{IVAN['id']}:7",
+        f"{BUSINESS}:{IVAN['id']}:8",
+    ]
+    assert (parsed.messages, parsed.edits) == ([], [])

@@ -24,6 +24,7 @@ from channels.base import (
     SendError,
     SendingChannel,
     WebhookRegistrar,
+    WebhookRequest,
 )
 from channels.whatsapp import SIGNATURE_HEADER, WhatsAppChannel, signature
 from config.loader import load_config
@@ -441,7 +442,7 @@ async def test_every_message_type_across_entries_and_changes(
             },
         ),
         message("wamid.NEW", "poll_vote", {"whatever": 1}),  # a type newer than this module
-        message("wamid.GONE", "revoke", {"original_message_id": "wamid.T"}),  # ignored
+        message("wamid.GONE", "revoke", {"original_message_id": "wamid.T"}),  # a deletion
     ]
     payload = {
         "object": "whatsapp_business_account",
@@ -1101,3 +1102,14 @@ def test_sends_but_has_no_webhook_registration_api() -> None:
 def test_identity_of_a_bare_wa_id_starting_with_8() -> None:
     keys = identity_keys("whatsapp", ACCOUNT, Sender(external_user_id="819012345678"))
     assert keys == ["phone:+819012345678"]
+
+
+def test_revoke_becomes_a_deletion_with_its_time() -> None:
+    at = int(time.time()) - 30
+    revoke = message("wamid.GONE", "revoke", {"original_message_id": "wamid.T"}, timestamp=str(at))
+    body = orjson.dumps(envelope(value([revoke])))
+    parsed = CHANNEL.read(wa_account("http://127.0.0.1:9"), WebhookRequest("POST", {}, {}, body))
+    assert [(d.provider_id, d.deleted_at) for d in parsed.deletions] == [
+        ("wamid.T", datetime.fromtimestamp(at, UTC))
+    ]
+    assert parsed.messages == []
