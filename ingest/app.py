@@ -119,6 +119,7 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException:
         raise
     except ConnectionError as exc:
+        request.app[SERVICE].http.reads.aborted()
         request.app[SERVICE].metrics.aborted.labels("disconnected").inc()
         log.info("http.aborted", path=_loggable_path(request), reason=type(exc).__name__)
         return problem(400, "connection_lost", "the connection was lost")
@@ -187,6 +188,7 @@ def _refused(svc: Service, channel: str, account: str, exc: WebhookError) -> web
 
 
 def _busy(svc: Service, reason: str, status: int, code: str, detail: str) -> web.Response:
+    svc.http.reads.aborted()
     svc.metrics.aborted.labels(reason).inc()
     log.info("http.aborted", reason=reason, status=status)
     resp = problem(status, code, detail)
@@ -203,6 +205,7 @@ async def _body(svc: Service, request: web.Request, limit: int) -> bytes | web.R
     try:
         return await read_body(request, limit, svc.http.body_timeout_s)
     except BodyTooLarge:
+        svc.http.reads.aborted()
         svc.metrics.aborted.labels("body_too_large").inc()
         resp = problem(413, "body_too_large", f"body exceeds {limit} bytes")
         resp.force_close()

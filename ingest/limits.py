@@ -16,6 +16,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from ingest.client_address import IPNetwork, networks
+from ingest.memory import Trimmer
 
 RETRY_AFTER_S = 1
 CHUNK = 65536
@@ -30,11 +31,19 @@ class BodyTimeout(Exception):
 
 
 class BodyReads:
-    """A non-blocking semaphore: a read slot now, or none (the caller answers 503)."""
+    """A non-blocking semaphore: a read slot now, or none (the caller answers 503).
+    After requests were cut short, the heap is trimmed once reads are idle
+    (ingest/memory.py)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
+        self.trimmer = Trimmer()
+
+    def aborted(self) -> None:
+        self.trimmer.aborted()
+        if self.active == 0:
+            self.trimmer.idle()
 
     def try_acquire(self) -> bool:
         if self.active >= self.limit:
@@ -44,6 +53,8 @@ class BodyReads:
 
     def release(self) -> None:
         self.active -= 1
+        if self.active == 0:
+            self.trimmer.idle()
 
 
 @dataclass(slots=True)

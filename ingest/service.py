@@ -40,6 +40,7 @@ from ingest.deliveries import DeliveryWorker
 from ingest.limits import HttpPolicy
 from ingest.loop_lag import LoopLagProbe
 from ingest.mail_sync import MailSync
+from ingest.memory import tune_allocator
 from ingest.metrics import Metrics
 from ingest.outbox import OutboxWorker
 from ingest.retention import RawRetention
@@ -370,6 +371,7 @@ async def release_leases(store: Store, owner: str) -> dict[str, int]:
 
 
 async def serve(settings: Settings) -> None:
+    tune_allocator()  # memory freed after a flood of bodies goes back (ingest/memory.py)
     config = load_config(settings.config_dir)
     async with store_for(settings) as store, running_service(settings, config, store) as svc:
         app = create_app(svc)
