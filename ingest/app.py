@@ -57,7 +57,7 @@ from ingest.client_address import allowed, client_address, networks
 from ingest.context import SERVICE, Service, json_response, problem
 from ingest.limits import RETRY_AFTER_S, BodyTimeout, BodyTooLarge, read_body
 from ingest.metrics import CONTENT_TYPE_LATEST
-from ingest.redact import account_secrets, redact_body, redact_query
+from ingest.redact import account_secrets, redact_body, redact_query, redact_text
 
 log = structlog.get_logger("omniroute.http")
 
@@ -292,6 +292,8 @@ async def webhook(request: web.Request) -> web.Response:
         error = unreadable_error(parsed)
     secrets = account_secrets(account)
     raw = redact_body(body, secrets, channel.secret_fields)
+    if error is not None:  # a parser's message may quote the input
+        error = redact_text(error, secrets)
 
     accepted = intake.Accepted([], [])
     unparsed: str | None = None

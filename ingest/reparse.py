@@ -33,6 +33,7 @@ from config.models import AppConfig
 from crm_store.documents import IntakeStatus
 from crm_store.store import Document, Store
 from ingest.accept import IntakeWriter, describe, store_parsed, unreadable_error
+from ingest.redact import account_secrets, redact_text
 
 
 @dataclass(slots=True)
@@ -106,14 +107,14 @@ async def reparse(
         try:
             parsed = module.read(account, request_of(record))
         except Exception as exc:  # still unreadable: keep it, with today's error
-            error = describe(exc)
+            error = redact_text(describe(exc), account_secrets(account))
             await _still_unparsed(store, rid, error)
             report.still_unparsed[rid] = error
             continue
         accepted = await store_parsed(writer, account.source, parsed, bytes(record["raw"]))
         produced = [d.id for d in accepted.new] + accepted.duplicates
         if parsed.unreadable:
-            error = unreadable_error(parsed)
+            error = redact_text(unreadable_error(parsed), account_secrets(account))
             await _still_unparsed(store, rid, error, produced)
             report.still_unparsed[rid] = error
             continue

@@ -37,7 +37,7 @@ from crm_store.documents import intake_id, unparsed_id
 from crm_store.tokens import issue
 from ingest.client_address import allowed, client_address, networks, parse_address
 from ingest.redact import REDACTED
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.service import (
     ACCOUNT_SECRET,
     InProcess,
@@ -495,6 +495,29 @@ async def test_metrics_need_the_token_when_one_is_set(mongo_uri: str, db_name: s
             assert resp.status == 401
         text = await metrics_text(svc, {"Authorization": "Bearer m-token-for-tests"})
         assert "omniroute_intake_total" in text
+
+
+async def test_metrics_on_their_own_listener_are_not_on_the_main_port(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    service = proc(
+        mongo_uri,
+        db_name,
+        tmp_path,
+        OMNIROUTE_METRICS_PORT=str(metrics_port),
+        OMNIROUTE_AUTOMATION_ENABLED="false",
+    )
+    await service.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{service.base}/metrics") as resp:
+                assert resp.status == 404
+            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+                assert resp.status == 200
+                assert "omniroute_intake_total" in await resp.text()
+    finally:
+        await service.stop()
 
 
 # ------------------------------------------------------------- slow and huge bodies
