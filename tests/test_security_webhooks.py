@@ -588,6 +588,31 @@ async def test_bodies_over_the_limit_are_413(mongo_uri: str, db_name: str) -> No
             assert answer["code"] == "file_too_large"
 
 
+async def test_a_connection_that_never_completes_its_request_head_is_closed(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    service = proc(
+        mongo_uri,
+        db_name,
+        tmp_path,
+        OMNIROUTE_HEADER_TIMEOUT_S="1",
+        OMNIROUTE_AUTOMATION_ENABLED="false",
+    )
+    await service.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", service.port))
+        try:
+            sock.sendall(b"POST /webhooks/api/site HTTP/1.1\r\nHost: x\r\nContent-Le")
+            # The server closes it (nothing to answer: there is no request yet).
+            assert await asyncio.wait_for(answer_of(sock), 30) == b""
+        finally:
+            sock.close()
+        async with aiohttp.ClientSession() as http, http.get(f"{service.base}/healthz") as r:
+            assert r.status == 200
+    finally:
+        await service.stop()
+
+
 def vm_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
