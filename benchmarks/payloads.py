@@ -467,34 +467,16 @@ def avito(p: Person, mid: str) -> Request:
 
 def invalid(kind: str, seq: int) -> Request:
     """A request that must be refused with 4xx and store nothing: ``oversize`` (a 1.2 MiB
-    API body, over the account's 1 MiB limit), ``malformed`` (broken JSON, correctly
-    signed), ``badsig`` (a valid body with a wrong signature / secret), rotating through
-    the channels by ``seq``."""
+    API body, over the account's 1 MiB limit), ``malformed`` (broken JSON under a wrong
+    signature: an authentic broken body is kept, see :func:`unreadable`), ``badsig`` (a
+    valid body with a wrong signature / secret), rotating through the channels by
+    ``seq``."""
     p = Person(900_000_000 + seq)
     if kind == "oversize":
         r = api(p, f"oversize-{seq}", text="x" * (1_200_000))
         return r.as_kind("invalid")
     if kind == "malformed":
-        body = b'{"external_id": "broken-' + str(seq).encode() + b'", "sender": {"phone": '
-        if seq % 2:
-            return Request(
-                "api",
-                API_ACCOUNT,
-                f"/webhooks/api/{API_ACCOUNT}",
-                _signed_omniroute(API_SECRET, body),
-                body,
-                None,
-                "invalid",
-            )
-        return Request(
-            "whatsapp",
-            WA_ACCOUNT,
-            f"/webhooks/whatsapp/{WA_ACCOUNT}",
-            _json_headers(**{"X-Hub-Signature-256": whatsapp_signature(WA_SECRET, body)}),
-            body,
-            None,
-            "invalid",
-        )
+        return unreadable(seq, api_secret="wrong-secret", wa_secret="wrong-secret")
     if kind != "badsig":
         raise ValueError(kind)
     which = seq % 6
@@ -526,6 +508,32 @@ def invalid(kind: str, seq: int) -> Request:
             "invalid",
         )
     return Request(r.channel, r.account, r.path, headers, r.body, r.provider_id, "invalid")
+
+
+def unreadable(seq: int, *, api_secret: str = API_SECRET, wa_secret: str = WA_SECRET) -> Request:
+    """Broken JSON (API channel or WhatsApp by ``seq``), signed with the given secrets.
+    Correctly signed it is authentic: answered 2xx and kept as an ``unparsed`` intake
+    record, never refused for its shape."""
+    body = b'{"external_id": "broken-' + str(seq).encode() + b'", "sender": {"phone": '
+    if seq % 2:
+        return Request(
+            "api",
+            API_ACCOUNT,
+            f"/webhooks/api/{API_ACCOUNT}",
+            _signed_omniroute(api_secret, body),
+            body,
+            None,
+            "invalid",
+        )
+    return Request(
+        "whatsapp",
+        WA_ACCOUNT,
+        f"/webhooks/whatsapp/{WA_ACCOUNT}",
+        _json_headers(**{"X-Hub-Signature-256": whatsapp_signature(wa_secret, body)}),
+        body,
+        None,
+        "invalid",
+    )
 
 
 def vk_wrong_secret(seq: int) -> Request:

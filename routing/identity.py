@@ -65,14 +65,16 @@ def _reads_back(e164: str) -> bool:
 
 
 def normalize_email(raw: str) -> str | None:
-    """Case-folded address, or None when it is not an address at all."""
+    """Case-folded address, or None when it is not an address at all. A domain without a
+    dot (``root@localhost``, an intranet host) is an address too."""
     text = raw.strip().strip("<>").strip()
     local, sep, domain = text.rpartition("@")
     if (
         not sep
         or not local
         or "@" in local
-        or "." not in domain.strip(".")
+        or not domain.strip(".")
+        or ".." in domain
         or any(c.isspace() for c in text)
     ):
         return None

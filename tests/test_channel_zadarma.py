@@ -365,7 +365,8 @@ async def test_a_captured_notification_forged_four_ways_changes_nothing(
         await svc.routed()
         assert [d["call_id"] async for d in svc.store["calls"].find({})] == ["z-60"]
         after = await svc.store["calls"].find_one({"call_id": "z-60"})
-        assert after is not None and after == before
+        assert after is not None
+        assert after == before
         assert (after["disposition"]["value"], after.get("duration_s")) == ("missed", 20)
         assert await svc.store.leads.count_documents({}) == leads == 1
         assert await svc.store.messages.count_documents({}) == messages == 1

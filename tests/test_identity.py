@@ -200,6 +200,7 @@ def test_phone_normalisation_is_idempotent_on_any_digits(raw: str) -> None:
         ("first.last+tag@Sub.Example.org", "first.last+tag@sub.example.org"),
         ("ПОЧТА@Пример.РФ", "почта@пример.рф"),
         ("Straße@Example.de", "strasse@example.de"),  # casefold, not just lower()
+        ("Root@LocalHost", "root@localhost"),  # a domain without a dot is an address
     ],
 )
 def test_email_is_case_folded(raw: str, norm: str) -> None:
@@ -214,7 +215,8 @@ def test_email_is_case_folded(raw: str, norm: str) -> None:
         "plain",
         "ivan@",
         "@example.com",
-        "ivan@localhost",
+        "ivan@.",
+        "ivan@example..com",
         "ivan at example.com",
         "ivan@exa mple.com",
         "iv an@example.com",
