@@ -90,6 +90,10 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     return response
 
 
+# Set on a request cut short: its one log line is ``http.aborted`` (no request line).
+ABORTED: web.RequestKey[bool] = web.RequestKey("omniroute.aborted", bool)
+
+
 def _observe(request: web.Request, status: int, seconds: float) -> None:
     metrics = request.app[SERVICE].metrics
     metrics.responses.labels(route_name(request), str(status)).inc()
@@ -97,7 +101,7 @@ def _observe(request: web.Request, status: int, seconds: float) -> None:
     if webhook:
         name = request.match_info.get("channel", "")
         metrics.webhook_seconds.labels(name if name in REGISTRY else "unknown").observe(seconds)
-    if webhook or status >= 500:
+    if (webhook or status >= 500) and not request.get(ABORTED, False):
         # The path may end in an account's secret token (/webhooks/{c}/{a}/{token}).
         log.info(
             "http.request",
@@ -121,7 +125,13 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except ConnectionError as exc:
         request.app[SERVICE].http.reads.aborted()
         request.app[SERVICE].metrics.aborted.labels("disconnected").inc()
-        log.info("http.aborted", path=_loggable_path(request), reason=type(exc).__name__)
+        request[ABORTED] = True
+        log.info(
+            "http.aborted",
+            path=_loggable_path(request),
+            reason="disconnected",
+            error=type(exc).__name__,
+        )
         return problem(400, "connection_lost", "the connection was lost")
     except Exception:
         route = route_name(request)
@@ -187,10 +197,13 @@ def _refused(svc: Service, channel: str, account: str, exc: WebhookError) -> web
     return problem(exc.status, exc.code, detail)
 
 
-def _busy(svc: Service, reason: str, status: int, code: str, detail: str) -> web.Response:
+def _busy(
+    svc: Service, request: web.Request, reason: str, status: int, code: str, detail: str
+) -> web.Response:
     svc.http.reads.aborted()
     svc.metrics.aborted.labels(reason).inc()
-    log.info("http.aborted", reason=reason, status=status)
+    request[ABORTED] = True
+    log.info("http.aborted", path=_loggable_path(request), reason=reason, status=status)
     resp = problem(status, code, detail)
     if status == 503:
         resp.headers["Retry-After"] = str(RETRY_AFTER_S)
@@ -201,7 +214,9 @@ def _busy(svc: Service, reason: str, status: int, code: str, detail: str) -> web
 async def _body(svc: Service, request: web.Request, limit: int) -> bytes | web.Response:
     """The body within the limits, or the response that refuses it."""
     if not svc.http.reads.try_acquire():
-        return _busy(svc, "busy", 503, "busy", "too many requests are being read; retry later")
+        return _busy(
+            svc, request, "busy", 503, "busy", "too many requests are being read; retry later"
+        )
     try:
         return await read_body(request, limit, svc.http.body_timeout_s)
     except BodyTooLarge:
@@ -211,7 +226,9 @@ async def _body(svc: Service, request: web.Request, limit: int) -> bytes | web.R
         resp.force_close()
         return resp
     except BodyTimeout:
-        return _busy(svc, "body_timeout", 408, "request_timeout", "the body came too slowly")
+        return _busy(
+            svc, request, "body_timeout", 408, "request_timeout", "the body came too slowly"
+        )
     finally:
         svc.http.reads.release()
 

@@ -80,4 +80,4 @@ class Trimmer:
         self._handle = None
         self._due = False
         trim()
-        log.info("memory.trimmed")
+        log.debug("memory.trimmed")

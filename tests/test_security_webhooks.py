@@ -588,7 +588,7 @@ async def test_bodies_over_the_limit_are_413(mongo_uri: str, db_name: str) -> No
             assert answer["code"] == "file_too_large"
 
 
-async def test_a_connection_that_never_completes_its_request_head_is_closed(
+async def test_a_stalled_request_head_is_closed_and_a_vanished_client_is_one_log_line(
     mongo_uri: str, db_name: str, tmp_path: Path
 ) -> None:
     service = proc(
@@ -607,8 +607,36 @@ async def test_a_connection_that_never_completes_its_request_head_is_closed(
             assert await asyncio.wait_for(answer_of(sock), 30) == b""
         finally:
             sock.close()
+        # A client that goes away in the middle of its body: one log line, no traceback.
+        sock = socket.create_connection(("127.0.0.1", service.port))
+        sock.sendall(
+            b"POST /webhooks/api/site HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000
+        )
+        await asyncio.sleep(0.3)
+        sock.close()
+
+        def lines_of(event: str) -> list[dict[str, Any]]:
+            lines = [
+                orjson.loads(x) for x in service.log.read_bytes().splitlines() if x[:1] == b"{"
+            ]
+            return [x for x in lines if x.get("event") == event]
+
+        def aborted_lines() -> list[dict[str, Any]]:
+            return lines_of("http.aborted")
+
+        async def logged() -> bool:
+            return bool(aborted_lines())
+
+        await wait_for(logged, timeout=30)
         async with aiohttp.ClientSession() as http, http.get(f"{service.base}/healthz") as r:
             assert r.status == 200
+        [line] = aborted_lines()
+        assert (line["reason"], line["path"]) == ("disconnected", "/webhooks/api/site")
+        text = service.log.read_text()
+        assert "Traceback" not in text
+        webhook_lines = [x for x in lines_of("http.request") if x["path"].startswith("/webhooks")]
+        assert webhook_lines == []  # no second line for it
     finally:
         await service.stop()
 
