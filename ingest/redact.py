@@ -63,7 +63,7 @@ def _scrub(value: Any, fields: frozenset[str]) -> tuple[Any, bool]:
         changed = False
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if key in fields and item not in (None, ""):
+            if key in fields and item not in (None, "", REDACTED):
                 out[key] = REDACTED
                 changed = True
             else:
