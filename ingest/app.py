@@ -211,6 +211,16 @@ def _busy(
     return resp
 
 
+async def _answer_and_close(request: web.Request, resp: web.Response) -> web.Response:
+    """Send ``resp`` now and close the connection at once: the client stalled, so there
+    is no point in reading (lingering on) the rest of its body first."""
+    resp.headers["X-Request-Id"] = str(structlog.contextvars.get_contextvars().get("request_id"))
+    await resp.prepare(request)
+    await resp.write_eof()
+    request.protocol.force_close()
+    return resp
+
+
 async def _body(svc: Service, request: web.Request, limit: int) -> bytes | web.Response:
     """The body within the limits, or the response that refuses it."""
     if not svc.http.reads.try_acquire():
@@ -226,9 +236,10 @@ async def _body(svc: Service, request: web.Request, limit: int) -> bytes | web.R
         resp.force_close()
         return resp
     except BodyTimeout:
-        return _busy(
+        resp = _busy(
             svc, request, "body_timeout", 408, "request_timeout", "the body came too slowly"
         )
+        return await _answer_and_close(request, resp)
     finally:
         svc.http.reads.release()
 
