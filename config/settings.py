@@ -7,6 +7,7 @@ to log); the YAML files in :attr:`Settings.config_dir` say *what* it routes. See
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Literal
@@ -100,6 +101,13 @@ class Settings(BaseSettings):
     def _empty_uri_is_none(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             return None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net.strip(), strict=False)  # ValueError: not a CIDR
         return value
 
     @field_validator("log_level")
