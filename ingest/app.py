@@ -334,30 +334,7 @@ async def webhook(request: web.Request) -> web.Response:
                     svc.writer, account.source, parsed, raw, svc.worker.submit
                 )
             if error is not None:
-                meta = RequestMeta(
-                    request.method,
-                    redact_query(request.query, secrets),
-                    request.headers.get("Content-Type", ""),
-                )
-                doc = unparsed_document(
-                    channel_name,
-                    account_name,
-                    account.source,
-                    meta,
-                    raw,
-                    error,
-                    datetime.now(UTC),
-                )
-                unparsed = str(doc["_id"])
-                if await keep_unparsed(svc.store, doc):
-                    svc.metrics.intake.labels(channel_name, "unparsed").inc()
-                log.info(
-                    "webhook.unparsed",
-                    channel=channel_name,
-                    account=account_name,
-                    intake_id=unparsed,
-                    error=error,
-                )
+                unparsed = await _park(svc, request, account, raw, error, secrets)
     except PyMongoError as exc:
         svc.metrics.intake.labels(channel_name, "unavailable").inc(
             max(len(parsed.messages) if parsed is not None else 0, 1)
@@ -381,6 +358,36 @@ async def webhook(request: web.Request) -> web.Response:
     if unparsed is not None:
         answer["unparsed"] = unparsed
     return json_response(answer)
+
+
+async def _park(
+    svc: Service,
+    request: web.Request,
+    account: ChannelAccount,
+    raw: bytes,
+    error: str,
+    secrets: list[str],
+) -> str:
+    """Keep an authentic delivery its channel could not read (or read in part) as an
+    ``unparsed`` intake record; its id. Raises the driver's error if the store is away."""
+    meta = RequestMeta(
+        request.method,
+        redact_query(request.query, secrets),
+        request.headers.get("Content-Type", ""),
+    )
+    doc = unparsed_document(
+        account.channel, account.account, account.source, meta, raw, error, datetime.now(UTC)
+    )
+    if await keep_unparsed(svc.store, doc):
+        svc.metrics.intake.labels(account.channel, "unparsed").inc()
+    log.info(
+        "webhook.unparsed",
+        channel=account.channel,
+        account=account.account,
+        intake_id=doc["_id"],
+        error=error,
+    )
+    return str(doc["_id"])
 
 
 # The ring path: a PBX waits for the "who is calling" answer before it routes the call.
