@@ -153,6 +153,10 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("key", ASCENDING)], name="key"),
         IndexModel([("expires_at", ASCENDING)], name="expires", expireAfterSeconds=0),
     ],
+    # Mails without a Message-ID, by mailbox + UIDVALIDITY + UID (crm_store/mailboxes.py).
+    "mail_uids": [],
+    # The file-link signing key when OMNIROUTE_FILE_LINK_KEY is unset (crm_store/files.py).
+    "service_keys": [],
 }
 
 

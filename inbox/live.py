@@ -30,6 +30,8 @@ LIVE_TYPES = frozenset(
         "message.queued",
         "message.sent",
         "message.delivery_changed",
+        "message.edited",
+        "message.deleted",
         "message.note_added",
         "conversation.opened",
         "conversation.retargeted",
