@@ -136,21 +136,23 @@ async def claim_expired(
 
     The expired records are found with a query on exactly the ``status_lease`` index's
     fields (with a third condition the embedded server scans the whole collection, and
-    the recovery sweep runs every few seconds); records still waiting in this process's
-    queue (``queued``) are dropped here — never routed a second time — and the claim
-    itself names the rest by ``_id`` with the full condition. A record of ours that is
-    in no queue is claimed like any other: a write whose request then failed never
-    leaves its records stuck while the process lives."""
+    the recovery sweep runs every few seconds); records this process holds that are
+    still waiting in its queue (``queued``) are dropped here — never routed a second
+    time — and the claim itself names the rest by ``_id`` with the full condition. A
+    record of ours that is in no queue is claimed like any other: a write whose request
+    then failed never leaves its records stuck while the process lives. (A record in our
+    queue that another process took over meanwhile is that process's: claimed too.)"""
     t = now()
     pending = IntakeStatus.PENDING.value
     candidates = [
         d["_id"]
         async for d in store.intake.find(
             {"status": pending, "lease_until": {"$lt": t}},
-            {"_id": 1},
+            {"_id": 1, "owner": 1},
             limit=max(limit, 1) * CLAIM_SCAN,
         )
-        if d["_id"] not in queued
+        # Ours and still in our queue: never route it a second time.
+        if not (d.get("owner") == owner and d["_id"] in queued)
     ][:limit]
     if not candidates:
         return []
