@@ -112,6 +112,8 @@ async def store_parsed(
         await updates.apply_edit(w.store, edit)
     for status in parsed.statuses:
         await updates.apply_status(w.store, status)
+    for deletion in parsed.deletions:
+        await updates.apply_deletion(w.store, deletion)
     for r in parsed.reachability:
         await updates.apply_reachability(w.store, r, identity_keys(r.channel, r.account, r.sender))
     return accepted

@@ -307,6 +307,30 @@ async def test_deletion_before_its_message_marks_it_deleted_and_keeps_the_text(
         assert await count(svc, PENDING) == 0
 
 
+async def test_whatsapp_revoke_over_http_before_and_after_its_message(
+    mongo_uri: str, db_name: str
+) -> None:
+    """The webhook applies a channel's deletions: a ``revoke`` that overtakes its message
+    is parked and applied once; a redelivered one changes nothing."""
+    async with FakeWhatsApp(wa.TOKEN) as fake, wa.service(mongo_uri, db_name, fake) as svc:
+        revoke = wa.message("wamid.GONE-9", "revoke", {"original_message_id": "wamid.ORIG-9"})
+        revoke["timestamp"] = wa.ts(40)
+        code, body = await wa.post(svc, wa.envelope(wa.value([revoke])))
+        assert (code, body["accepted"]) == (200, [])
+        assert await count(svc, PENDING) == 1
+        original = wa.text("wamid.ORIG-9", "my card number is 4276 …")
+        original["timestamp"] = wa.ts(30)
+        code, body = await wa.post(svc, wa.envelope(wa.value([original])))
+        assert (code, len(body["accepted"])) == (200, 1)
+        await svc.routed()
+        code, _ = await wa.post(svc, wa.envelope(wa.value([revoke])))  # redelivered
+        assert code == 200
+        msg = await wa.inbound(svc, "wamid.ORIG-9")
+        assert (msg["deleted"], msg["text"]) == (True, "my card number is 4276 …")
+        assert await count(svc, "events", {"type": "message.deleted"}) == 1
+        assert await count(svc, PENDING) == 0
+
+
 # --------------------------------------------------------------------------- concurrency
 
 
