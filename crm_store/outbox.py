@@ -102,7 +102,10 @@ async def mark_sent(
     message is still claimed; then :func:`_finish_sent` does the rest."""
     at = _now()
     sent = {"provider_id": provider_id, "sent_at": at, "sent_state": state.value}
-    await store.messages.update_one({"_id": doc["_id"]}, {"$set": sent, "$inc": {"attempts": 1}})
+    # The provider took it: an earlier attempt's error is no longer the message's.
+    await store.messages.update_one(
+        {"_id": doc["_id"]}, {"$set": sent, "$inc": {"attempts": 1}, "$unset": {"error": ""}}
+    )
     await _finish_sent(store, {**doc, **sent})
 
 
