@@ -12,6 +12,7 @@ from channels.pbx import PbxChannel
 from channels.telegram import TelegramChannel
 from channels.viber import ViberChannel
 from channels.vk import VkChannel
+from channels.webchat import WebchatChannel
 from channels.whatsapp import WhatsAppChannel
 from channels.zadarma import ZadarmaChannel
 
@@ -29,6 +30,7 @@ REGISTRY: dict[str, Channel] = {
         MangoChannel(),
         ZadarmaChannel(),
         PbxChannel(),
+        WebchatChannel(),
     )
 }
 

@@ -86,6 +86,10 @@ INDEXES: dict[str, list[IndexModel]] = {
     "events": [
         IndexModel([("seq", ASCENDING)], name="seq_unique", unique=True),
         IndexModel([("type", ASCENDING), ("seq", ASCENDING)], name="type_seq"),
+        # A webchat visitor's feed: one conversation's events in order (inbox/webchat_hub.py).
+        IndexModel(
+            [("refs.conversation_id", ASCENDING), ("seq", ASCENDING)], name="conversation_seq"
+        ),
     ],
     "api_tokens": [
         IndexModel([("token_id", ASCENDING)], name="token_id", unique=True),
@@ -157,6 +161,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "mail_uids": [],
     # The file-link signing key when OMNIROUTE_FILE_LINK_KEY is unset (crm_store/files.py).
     "service_keys": [],
+    # Webchat visitors (crm_store/webchat.py): by _id, the visitor id.
+    "webchat_visitors": [],
 }
 
 

@@ -44,7 +44,7 @@ from channels.base import (
 from config.loader import resolve_secret
 from config.models import ChannelAccount
 from crm_store import calls, intake
-from inbox import routes
+from inbox import routes, webchat_api
 from ingest.accept import (
     RequestMeta,
     describe,
@@ -426,6 +426,7 @@ def create_app(service: Service) -> web.Application:
     # Mango posts to <the URL entered in its cabinet>/events/call, /events/summary …
     app.router.add_post("/webhooks/{channel:mango}/{account}/events/{kind}", webhook)
     routes.setup(app)
+    webchat_api.setup(app)
     return app
 
 
