@@ -412,7 +412,7 @@ async def feed(request: web.Request, site: Site) -> web.StreamResponse:
 
 async def socket(request: web.Request, site: Site) -> web.StreamResponse:
     visitor = await visitor_of(request, request.query.get("token"))
-    after = _after(request.query.get("after")) if "after" in request.query else None
+    after = _after(request.query.get("after"))  # absent: the whole conversation
     ws = web.WebSocketResponse(heartbeat=30.0)
     if not ws.can_prepare(request).ok:
         raise Refused(426, "upgrade_required", "connect with a WebSocket upgrade")

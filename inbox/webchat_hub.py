@@ -45,7 +45,7 @@ log = structlog.get_logger("omniroute.webchat")
 FEED_TYPES = ("message.attached", "message.sent", "conversation.read")
 POLL_S = 0.2
 PAGE = 500
-QUEUE_LIMIT = 500
+QUEUE_LIMIT = 5000
 LINK_TTL = timedelta(days=1)
 
 # (file id) → a signed path /files/… (inbox/file_links.py)
@@ -247,8 +247,9 @@ class WebchatHub:
 
     # --- reading one conversation ---------------------------------------------------
 
-    async def history(self, conv_id: str, after: int, until: int) -> list[Item]:
-        """The conversation's feed items with ``after < seq <= until`` (≤ PAGE)."""
+    async def history(self, conv_id: str, after: int, until: int) -> tuple[list[Item], int]:
+        """The conversation's feed items with ``after < seq <= until``, at most a page
+        of events, and how far they go (``until`` when the page is the last one)."""
         docs = self.store.events.find(
             {
                 "refs.conversation_id": conv_id,
@@ -259,20 +260,19 @@ class WebchatHub:
             sort=[("seq", ASCENDING)],
             limit=PAGE,
         )
-        return await items_of(self.store, [d async for d in docs])
+        events = [d async for d in docs]
+        upto = int(events[-1]["seq"]) if len(events) >= PAGE else until
+        return await items_of(self.store, events), upto
 
-    async def join(self, sub: VisitorSocket, after: int | None) -> None:
-        """Send everything after ``after`` (None: nothing old), then stream live."""
+    async def join(self, sub: VisitorSocket, after: int) -> None:
+        """Send everything after ``after`` (0: the whole conversation), then stream live."""
         async with self.lock:
             end = await self._ensure()
-            start = end if after is None else after
+            start = after
             while start < end:
-                items = await self.history(sub.conversation_id, start, end)
+                items, start = await self.history(sub.conversation_id, start, end)
                 for item in items:
                     self._push(sub, frame(item, sub.base, self.link), item)
-                if len(items) < PAGE:
-                    break
-                start = items[-1].seq
             sub.cursor = max(end, start)
             self.sockets.setdefault(sub.conversation_id, set()).add(sub)
 
@@ -306,9 +306,7 @@ class WebchatHub:
         end = await self.current()
         if after >= end:
             return [], after
-        items = await self.history(conv_id, after, end)
-        cursor = items[-1].seq if len(items) >= PAGE else end
-        return items, cursor
+        return await self.history(conv_id, after, end)
 
     def send(self, sub: VisitorSocket, data: Document) -> None:
         """Queue a frame that is not in the feed (ping, pong, typing)."""
