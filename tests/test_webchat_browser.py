@@ -36,12 +36,19 @@ from playwright.async_api import (
     expect,
 )
 
+from config.models import AppConfig
+from crm_store import tokens
+from inbox.webchat_http import CLOCK_ENV
+from inbox.webchat_hub import visitor_conversation
+from routing.identity import messenger_key
 from tests.fakes.webchat_server import FakeWebchat, Visitor
 from tests.helpers import free_port, wait_for
+from tests.service import InProcess, config_with, in_process
+from tests.test_webchat_api import MAIN_SITE, ident_hash
 
 CHROMIUM = Path("/usr/bin/chromium")
 ACCOUNT = "main-site"
-SECRET = "webchat-main-site-secret"
+FAKE_SECRET = "webchat-main-site-secret"
 ACCENT = "rgb(31, 111, 235)"  # "#1f6feb"
 WIDE = ViewportSize(width=1280, height=800)
 PHONE = ViewportSize(width=390, height=844)
@@ -126,7 +133,7 @@ async def scene(
     *, fake_origins: list[str] | None = None, viewport: ViewportSize = WIDE, **host: Any
 ) -> AsyncIterator[tuple[FakeWebchat, HostSite, Page, BrowserContext]]:
     async with (
-        FakeWebchat(ACCOUNT, SECRET, origins=[]) as fake,
+        FakeWebchat(ACCOUNT, FAKE_SECRET, origins=[]) as fake,
         HostSite(fake.base, **host) as site,
     ):
         fake.origins = fake_origins if fake_origins is not None else [site.origin]
@@ -373,7 +380,7 @@ async def test_a_site_not_in_the_origins_gets_nothing() -> None:
 
 @needs_chromium
 async def test_identity_fields_reach_the_session() -> None:
-    right = hmac.new(SECRET.encode(), b"user-42", hashlib.sha256).hexdigest()
+    right = hmac.new(FAKE_SECRET.encode(), b"user-42", hashlib.sha256).hexdigest()
     wrong = "0" * 64
     for given, verified in ((wrong, False), (right, True)):
         data = f'data-identifier="user-42" data-identifier-hash="{given}" data-email="a@b.ru"'
@@ -415,3 +422,217 @@ def test_identity_snippets_compute_the_same_hash() -> None:
         timeout=30,
     )
     assert out.stdout.strip() == want
+
+
+# ---- against the running service ---------------------------------------------------------
+# The same widget against omniroute itself (embedded store, the example config's account
+# main-site with its origins set to the host page): the issue's browser list.
+
+ANNA = "anna.smirnova"  # a manager of the site's sales line
+MONDAY_10 = "2025-05-19T10:00:00+03:00"  # working hours
+SATURDAY = "2025-05-17T12:00:00+03:00"  # off: next working start Monday 09:00 MSK
+
+
+def service_config(*origins: str) -> AppConfig:
+    settings = {**MAIN_SITE.settings, "origins": " ".join(origins)}
+    return config_with(MAIN_SITE.model_copy(update={"settings": settings}))
+
+
+@asynccontextmanager
+async def service_scene(
+    mongo_uri: str, db_name: str, *, operator_online: bool = True, **host: Any
+) -> AsyncIterator[tuple[InProcess, HostSite, Browser]]:
+    async with HostSite("", **host) as site:
+        cfg = service_config(site.origin)
+        async with in_process(mongo_uri, db_name, cfg) as svc, async_playwright() as pw:
+            site.chat_base = svc.client.base
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+            try:
+                if not operator_online:
+                    yield svc, site, browser
+                    return
+                token, _ = await tokens.issue(svc.store, ANNA)
+                url = f"{svc.client.base}/api/v1/ws?token={token}"
+                async with svc.client.http.ws_connect(url) as ws:
+                    await ws.receive(timeout=10)  # joined: the line has an operator online
+                    yield svc, site, browser
+            finally:
+                await browser.close()
+
+
+async def visitor_id_in(page: Page) -> str:
+    raw = await page.evaluate(f"localStorage.getItem('omniroute-webchat:{ACCOUNT}')")
+    token = json.loads(raw or "{}").get("token") or ""
+    assert token.startswith("v1."), raw
+    return str(token.split(".")[1])
+
+
+async def as_operator(svc: InProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    token, _ = await tokens.issue(svc.store, ANNA)
+    async with svc.client.http.post(
+        f"{svc.client.base}{path}",
+        data=json.dumps(body),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    ) as resp:
+        data: dict[str, Any] = await resp.json()
+        assert resp.status in (200, 201), data
+        return data
+
+
+@needs_chromium
+async def test_service_visitor_writes_lead_operator_replies_reload_and_a_cut_send(
+    mongo_uri: str, db_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expect.set_options(timeout=20_000)
+    monkeypatch.setenv(CLOCK_ENV, MONDAY_10)
+    async with service_scene(mongo_uri, db_name) as (svc, site, browser):
+        page = await (await browser.new_context(viewport=WIDE)).new_page()
+        errors = console_errors(page)
+        await page.goto(site.url("?utm_source=yandex&utm_campaign=kitchens"))
+        launcher = page.locator("[data-part=launcher]")
+        await expect(launcher).to_have_css("background-color", ACCENT)
+        await launcher.click()
+        await page.locator("[data-field=name]").fill("Анна Смирнова")
+        await page.locator("[data-field=phone]").fill("+7 916 123-45-67")
+        await page.locator("[data-part=submit]").click()
+        box = page.locator("[data-part=input]")
+        await box.fill("Нужна кухня 3,2 м <script>alert(1)</script>")
+        await box.press("Enter")
+        mine = page.locator(".msg.in")
+        await expect(mine.first).to_have_attribute("data-state", "sent")
+
+        # the visitor's message is an intake record, routed into a lead with the page
+        await svc.routed()
+        visitor = await visitor_id_in(page)
+        conv = visitor_conversation(ACCOUNT, visitor)
+        msg = await svc.store.messages.find_one({"conversation_id": conv, "direction": "in"})
+        assert msg is not None
+        assert msg["text"] == "Нужна кухня 3,2 м <script>alert(1)</script>"
+        lead = await svc.store.leads.find_one({"contact_id": msg["contact_id"]})
+        assert lead is not None
+        assert lead["meta"]["utm_source"] == "yandex"
+        assert lead["meta"]["page_url"].startswith(site.url())
+        contact = await svc.store.contacts.find_one({"_id": msg["contact_id"]})
+        assert contact is not None
+        assert "phone:+79161234567" in contact["identities"]
+
+        # the operator types and replies through the operator API: the visitor sees it live
+        await as_operator(svc, f"/api/v1/conversations/{conv}/typing", {"on": True})
+        await expect(page.locator("[data-part=typing]")).not_to_have_text("")
+        reply = await as_operator(
+            svc, f"/api/v1/conversations/{conv}/messages", {"text": "Здравствуйте! Сделаем."}
+        )
+        await expect(page.locator(".msg.out")).to_contain_text("Здравствуйте! Сделаем.")
+
+        async def reply_read() -> bool:  # the panel is open: the widget reports read
+            doc = await svc.store.messages.find_one({"_id": reply["id"]})
+            return doc is not None and doc.get("state") == "read"
+
+        await wait_for(reply_read, timeout=15, message="the reply was not marked read")
+        await as_operator(svc, f"/api/v1/conversations/{conv}/read", {})
+        await expect(mine.first).to_have_attribute("data-state", "read")
+
+        # the network cuts after the service stored the next message: stored once
+        cuts = [1]
+
+        async def cut_after_store(route: Route) -> None:
+            if route.request.method == "POST" and cuts[0]:
+                cuts[0] -= 1
+                await route.fetch()
+                await route.abort("connectionreset")
+            else:
+                await route.continue_()
+
+        await page.route("**/webchat/*/messages", cut_after_store)
+        await box.fill("Перезвоните мне")
+        await box.press("Enter")
+        await expect(mine.nth(1)).to_have_attribute("data-state", "sent")
+        await page.unroute("**/webchat/*/messages")
+        await svc.routed()
+        query = {"conversation_id": conv, "direction": "in", "text": "Перезвоните мне"}
+        assert await svc.store.messages.count_documents(query) == 1
+        assert await svc.store.intake.count_documents({"channel": "webchat"}) == 2
+
+        # the visitor reloads: the same conversation, the history in order
+        await page.reload()
+        await page.locator("[data-part=launcher]").click()
+        await expect(page.locator(".msg")).to_have_count(3)
+        directions = await page.locator(".msg").evaluate_all(
+            "els => els.map(e => e.dataset.direction)"
+        )
+        assert directions == ["in", "out", "in"]
+        assert await visitor_id_in(page) == visitor
+        assert await page.evaluate("window.__violations") == []
+        assert errors == []
+
+
+@needs_chromium
+async def test_service_offline_form_on_a_saturday_and_a_site_not_in_the_origins(
+    mongo_uri: str, db_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expect.set_options(timeout=20_000)
+    monkeypatch.setenv(CLOCK_ENV, SATURDAY)
+    async with (
+        service_scene(mongo_uri, db_name, operator_online=False, lang="en") as (svc, site, br),
+        HostSite(svc.client.base) as stranger,
+    ):
+        page = await (await br.new_context(viewport=WIDE)).new_page()
+        await page.goto(site.url())
+        await page.locator("[data-part=launcher]").click()
+        await expect(page.locator("[data-part=offline-note]")).to_contain_text("We are offline")
+        await page.locator("[data-field=text]").fill("Need a wardrobe, call me")
+        await page.locator("[data-part=submit]").click()
+        await expect(page.locator("[data-part=status]")).to_contain_text("Leave a phone")
+        await page.locator("[data-field=phone]").fill("+7 900 555-03-03")
+        await page.locator("[data-part=submit]").click()
+        # Monday 09:00 Moscow, in the browser's zone (UTC here): 06:00
+        await expect(page.locator("[data-part=answer-by]")).to_contain_text(
+            "We will answer by 19 May 2025"
+        )
+        await svc.routed()
+        msg = await svc.store.messages.find_one({"channel": "webchat"})
+        assert msg is not None
+        lead = await svc.store.leads.find_one({"contact_id": msg["contact_id"]})
+        assert lead is not None
+        assert lead["meta"]["offline_form"] is True
+
+        # the same widget on a site whose origin is not listed: refused, nothing drawn
+        other = await (await br.new_context(viewport=WIDE)).new_page()
+        warnings: list[str] = []
+        other.on("console", lambda m: warnings.append(m.text) if m.type == "warning" else None)
+        await other.goto(stranger.url())
+
+        async def gave_up() -> bool:
+            return any("not available" in w for w in warnings)
+
+        await wait_for(gave_up, message="the widget did not give up on a foreign origin")
+        assert await other.locator("[data-omniroute-webchat]").count() == 0
+        assert await svc.store.intake.count_documents({"channel": "webchat"}) == 1
+
+
+@needs_chromium
+async def test_service_identity_wrong_hash_is_anonymous_right_hash_joins(
+    mongo_uri: str, db_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expect.set_options(timeout=20_000)
+    monkeypatch.setenv(CLOCK_ENV, MONDAY_10)
+    key = messenger_key("webchat", ACCOUNT, "id:user-42")
+    async with service_scene(mongo_uri, db_name) as (svc, site, br):
+        for given, joins in (
+            (ident_hash("user-42", "not-the-key"), False),
+            (ident_hash("user-42"), True),
+        ):
+            site.script_data = f'data-identifier="user-42" data-identifier-hash="{given}"'
+            page = await (await br.new_context(viewport=WIDE)).new_page()  # a new visitor
+            await page.goto(site.url())
+            await page.locator("[data-part=launcher]").click()
+            await page.locator("[data-part=input]").fill("Здравствуйте")
+            await page.locator("[data-part=input]").press("Enter")
+            await expect(page.locator(".msg.in")).to_have_attribute("data-state", "sent")
+            await svc.routed()
+            conv = visitor_conversation(ACCOUNT, await visitor_id_in(page))
+            msg = await svc.store.messages.find_one({"conversation_id": conv})
+            assert msg is not None
+            contact = await svc.store.contacts.find_one({"_id": msg["contact_id"]})
+            assert contact is not None
+            assert (key in contact["identities"]) is joins

@@ -39,7 +39,7 @@
       required: "Заполните поле", sending: "отправляется…", failed: "не отправлено",
       sent: "отправлено", read: "прочитано", typing: "Оператор печатает…",
       answerBy: "Спасибо! Мы ответим до ", back: "Снова на связи: ", unread: "новых сообщений: ",
-      tooLong: "Слишком длинное сообщение", tooMany: "Слишком часто, подождите немного",
+      tooLong: "Слишком длинное сообщение", contact: "Оставьте телефон или e-mail, чтобы мы могли ответить", tooMany: "Слишком часто, подождите немного",
       uploadFailed: "Файл не загружен: ", you: "Вы", operator: "Оператор", leave: "Отправить"
     },
     en: {
@@ -49,7 +49,7 @@
       required: "Please fill this in", sending: "sending…", failed: "not sent",
       sent: "sent", read: "read", typing: "An operator is typing…",
       answerBy: "Thank you! We will answer by ", back: "Back online: ", unread: "new messages: ",
-      tooLong: "The message is too long", tooMany: "Too many messages, please wait a little",
+      tooLong: "The message is too long", contact: "Leave a phone or an e-mail so that we can answer", tooMany: "Too many messages, please wait a little",
       uploadFailed: "File not uploaded: ", you: "You", operator: "Operator", leave: "Send"
     }
   }[LANG];
@@ -314,11 +314,12 @@
   function contactForm(kind) {
     var offline = kind === "offline";
     var fields = prechatFields();
-    if (offline) {
+    if (offline && !ui.offNote) {
       var note = config.offline_text || "";
       if (config.next_open_at) note += (note ? "\n" : "") + T.back + when(config.next_open_at);
-      ui.body.insertBefore(h("p", { class: "note", "data-part": "offline-note", text: note }), ui.body.firstChild);
-    } else greeting();
+      ui.offNote = h("p", { class: "note", "data-part": "offline-note", text: note });
+      ui.body.insertBefore(ui.offNote, ui.body.firstChild);
+    } else if (!offline) greeting();
     var form = h("form", { "data-part": offline ? "offline-form" : "prechat-form", novalidate: true });
     fields.forEach(function (f) {
       form.appendChild(field(f.field, !!f.required, f.field === "email" ? "email" : f.field === "phone" ? "tel" : "text"));
@@ -340,6 +341,11 @@
         if (v && i.name !== "text") contact[i.name] = v;
       });
       if (bad) { say(T.required + ": " + (T[bad.name] || T.question)); bad.focus(); return; }
+      if (offline && !contact.phone && !contact.email && !settings.phone && !settings.email && !settings.identifier) {
+        say(T.contact);
+        (form.querySelector("[data-field=phone]") || form.querySelector("[data-field=email]") || text).focus();
+        return;
+      }
       say("");
       for (var k in contact) settings[k] = contact[k];
       saved.prechat = true;
@@ -525,7 +531,16 @@
       dropPending(p.client_id);
       var failed = byClient[p.client_id];
       if (failed) setState(failed, "failed");
-      say(r.status === 413 || r.status === 422 ? T.tooLong : (r.body.detail || r.body.title || T.failed));
+      if (p.kind === "offline") {
+        // give the form back with the question in it
+        view = null;
+        render();
+        var box = ui.foot.querySelector("[data-field=text]");
+        if (box) box.value = p.text;
+      }
+      var code = r.body.code;
+      say(code === "contact_required" ? T.contact : r.status === 413 || code === "text_too_long" ? T.tooLong :
+        r.body.detail || r.body.title || T.failed);
     });
   }
   function retryAll() {
