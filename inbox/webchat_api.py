@@ -37,6 +37,7 @@ from crm_store import files
 from crm_store import webchat as visitors
 from crm_store.documents import intake_id
 from inbox.api import Call, route
+from inbox.auth import ApiError
 from inbox.conversations_api import visible_conversation
 from inbox.file_links import KEYS
 from inbox.live_api import HUB
@@ -438,6 +439,9 @@ async def socket(request: web.Request, site: Site) -> web.StreamResponse:
                 hub.visitor_typing[conv] = command.on
             elif command.type == "ping":
                 hub.send(sub, {"type": "pong"})
+    except PyMongoError as exc:  # the store went away: the client reconnects with its cursor
+        log.warning("webchat.ws_store_unavailable", error=type(exc).__name__)
+        await ws.close(code=1011, message=b"store unavailable: reconnect with your cursor")
     finally:
         hub.leave(sub)
         hub.visitor_typing.pop(conv, None)
@@ -479,6 +483,37 @@ async def operator_typing(call: Call) -> TypingView:
     hub = call.request.app.get(WEBCHAT_HUB)
     told = hub.typing(conv["_id"], call.b(TypingBody).on) if hub is not None else 0
     return TypingView(visitors=told)
+
+
+class VisitorView(BaseModel):
+    online: bool = Field(description="a visitor socket is open (on this process)")
+    typing: bool = Field(description="the visitor reported typing (on this process)")
+    verified: bool
+    page: dict[str, Any] | None = Field(description="the page of the visitor's last session")
+
+
+@route(
+    "GET",
+    "/api/v1/conversations/{id}/visitor",
+    summary="The webchat visitor of a conversation: online, typing, last page",
+    tag="conversations",
+    response=VisitorView,
+    errors=(404,),
+)
+async def visitor_state(call: Call) -> VisitorView:
+    conv = await visible_conversation(call)
+    thread = str(conv.get("thread") or "")
+    if conv.get("channel") != "webchat" or not thread.startswith("thread:"):
+        raise ApiError(404, "not_found", "not a webchat conversation")
+    doc = await visitors.visitor(call.svc.store, thread[7:]) or {}
+    hub = call.request.app.get(WEBCHAT_HUB)
+    cid = conv["_id"]
+    return VisitorView(
+        online=hub is not None and hub.live(cid),
+        typing=hub is not None and hub.visitor_typing.get(cid, False),
+        verified=bool(doc.get("verified")),
+        page=doc.get("page"),
+    )
 
 
 # --- wiring ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from crm_store import tokens
 from inbox.webchat_hub import visitor_conversation
 from tests.helpers import wait_for
 from tests.service import InProcess, in_process
-from tests.test_webchat_api import ACCOUNT, CONFIG, ORIGIN, call, send, session
+from tests.test_webchat_api import ACCOUNT, CONFIG, ORIGIN, PAGE, call, send, session
 
 Frame = dict[str, Any]
 ANNA = "anna.smirnova"
@@ -50,7 +50,7 @@ async def operator(svc: InProcess, method: str, path: str, body: Frame, token: s
     async with svc.client.http.request(
         method,
         f"{svc.client.base}{path}",
-        data=orjson.dumps(body),
+        data=orjson.dumps(body) if method != "GET" else None,
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     ) as resp:
         data = orjson.loads(await resp.read())
@@ -112,11 +112,29 @@ async def test_an_operator_reply_reaches_the_visitor_live_then_delivered_and_rea
         await ws.send_str(orjson.dumps({"type": "read", "up_to": reply["id"]}).decode())
         await wait_for(lambda: state_is("read"), message="reply not read")
 
+        # the operator sees the visitor online, typing, and the page they are on
+        await ws.send_str(orjson.dumps({"type": "typing", "on": True}).decode())
+
+        async def visitor_typing() -> bool:
+            view = await operator(svc, "GET", f"/api/v1/conversations/{conv}/visitor", {}, op)
+            return bool(view["online"] and view["typing"])
+
+        await wait_for(visitor_typing, message="the visitor's typing never showed")
+        view = await operator(svc, "GET", f"/api/v1/conversations/{conv}/visitor", {}, op)
+        assert view["page"]["url"] == PAGE["url"]
+        assert view["verified"] is False
+
         # the operator reads the visitor's message: a read frame up to it
         await operator(svc, "POST", f"/api/v1/conversations/{conv}/read", {}, op)
         frames = await frames_until(ws, lambda f: f["type"] == "read")
         assert frames[-1]["up_to"] == own["id"]
         await ws.close()
+
+        async def gone() -> bool:
+            view = await operator(svc, "GET", f"/api/v1/conversations/{conv}/visitor", {}, op)
+            return not view["online"] and not view["typing"]
+
+        await wait_for(gone, message="the visitor still shows online")
 
 
 async def test_a_visitor_away_gets_every_reply_from_the_last_cursor_across_reconnects(
