@@ -30,6 +30,7 @@ from channels.webchat import (
     Envelope,
     Page,
     WebchatChannel,
+    WebchatSettings,
     identifier_verified,
 )
 from config.loader import resolve_secret
@@ -521,6 +522,12 @@ async def visitor_state(call: Call) -> VisitorView:
 
 def setup(app: web.Application) -> None:
     svc = app[SERVICE]
+    for account in svc.config.channels.accounts:
+        if account.channel == "webchat" and account.enabled:
+            try:
+                WebchatSettings.of(account)
+            except ValueError as exc:  # answered 500 account_misconfigured until fixed
+                log.error("webchat.misconfigured", account=account.account, error=str(exc))
     app[STATE] = WebchatState(clock_from_env(), WorkingCalendar.from_config(svc.config.calendar))
     hub = WebchatHub(svc.store, lambda _fid: "")
     app[WEBCHAT_HUB] = hub

@@ -397,3 +397,25 @@ async def test_uploads_type_and_size_checks_and_an_attachment_in_the_feed(
         async with svc.client.http.get(att["url"]) as resp:
             assert resp.status == 200
             assert await resp.read() == PNG
+
+
+async def test_a_misconfigured_account_and_the_webhook_door_are_refused(
+    mongo_uri: str, db_name: str
+) -> None:
+    broken = MAIN_SITE.model_copy(
+        update={"account": "broken", "settings": {"origins": "www.example.ru", "position": "up"}}
+    )
+    async with in_process(mongo_uri, db_name, config_with(MAIN_SITE, broken)) as svc:
+        status, body, _ = await call(svc, "GET", "config", account="broken")
+        assert status == 500
+        assert body["code"] == "account_misconfigured"
+        assert "www.example.ru" in body["detail"]
+        status, body, _ = await call(svc, "GET", "config", account="nobody")
+        assert status == 404
+        # a visitor message never comes through the webhook route
+        envelope = {"visitor_id": "0" * 32, "client_id": "x", "text": "forged"}
+        async with svc.client.http.post(
+            f"{svc.client.base}/webhooks/webchat/{ACCOUNT}", data=orjson.dumps(envelope)
+        ) as resp:
+            assert resp.status == 403
+        assert await svc.store.intake.count_documents({}) == 0
