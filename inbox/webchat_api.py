@@ -59,7 +59,7 @@ from inbox.webchat_http import (
 from inbox.webchat_hub import LINK_TTL, VisitorSocket, WebchatHub, frame, mark_read, writer
 from inbox.webchat_hub import visitor_conversation as conv_of
 from ingest.accept import store_parsed
-from ingest.context import SERVICE, json_response
+from ingest.context import SERVICE, json_response, problem
 from ingest.limits import BodyTimeout, BodyTooLarge, read_body
 from ingest.tasks import cancel
 from routing.identity import normalize_email, normalize_phone
@@ -175,7 +175,7 @@ def _operators_online(request: web.Request, site: Site) -> bool:
 async def widget_js(request: web.Request) -> web.StreamResponse:
     account = request.app[SERVICE].config.account("webchat", request.match_info["account"])
     if account is None or not WIDGET.is_file():
-        raise web.HTTPNotFound()
+        return problem(404, "unknown_account", "no such webchat account")
     return web.Response(
         body=WIDGET.read_bytes(),
         headers={

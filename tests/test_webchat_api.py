@@ -17,6 +17,7 @@ import pytest
 from crm_store import conversations as convs
 from crm_store import tokens
 from crm_store.documents import intake_id
+from inbox.webchat_api import WIDGET
 from inbox.webchat_http import CLOCK_ENV
 from inbox.webchat_hub import visitor_conversation
 from routing.identity import messenger_key
@@ -419,3 +420,16 @@ async def test_a_misconfigured_account_and_the_webhook_door_are_refused(
         ) as resp:
             assert resp.status == 403
         assert await svc.store.intake.count_documents({}) == 0
+
+
+async def test_the_widget_script_is_served_as_is(mongo_uri: str, db_name: str) -> None:
+    async with in_process(mongo_uri, db_name, CONFIG) as svc:
+        status, _ = await svc.client.get("/widget/nobody.js")
+        assert status == 404
+        if not WIDGET.is_file():
+            pytest.skip("inbox/web/widget.js is not there yet")
+        async with svc.client.http.get(f"{svc.client.base}/widget/{ACCOUNT}.js") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "text/javascript; charset=utf-8"
+            assert resp.headers["Cache-Control"] == "public, max-age=300"
+            assert await resp.read() == WIDGET.read_bytes()
