@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -21,12 +21,21 @@ from inbox.webchat_api import WIDGET
 from inbox.webchat_http import CLOCK_ENV
 from inbox.webchat_hub import visitor_conversation
 from routing.identity import messenger_key
-from tests.service import InProcess, api_body, config_with, in_process
+from tests.service import Client, InProcess, api_body, config_with, in_process
 
 SECRET = "webchat-identity-key"
 os.environ["OMNIROUTE_SECRET_WEBCHAT_MAIN_SITE"] = SECRET
 ORIGIN = "https://www.mebel-lux.example"
 ACCOUNT = "main-site"
+
+
+class HasClient(Protocol):
+    """A running service as the helpers use it (in this process or a child)."""
+
+    @property
+    def client(self) -> Client: ...
+
+
 EXAMPLE = config_with().account("webchat", ACCOUNT)
 assert EXAMPLE is not None
 # The example account with an identity-validation key.
@@ -41,7 +50,7 @@ PAGE = {
 
 
 async def call(
-    svc: InProcess,
+    svc: HasClient,
     method: str,
     path: str,
     body: dict[str, Any] | None = None,
@@ -62,7 +71,7 @@ async def call(
         return resp.status, (orjson.loads(raw) if raw else {}), dict(resp.headers)
 
 
-async def session(svc: InProcess, **fields: Any) -> dict[str, Any]:
+async def session(svc: HasClient, **fields: Any) -> dict[str, Any]:
     status, body, headers = await call(svc, "POST", "session", {"page": PAGE, **fields})
     assert status == 200, body
     assert headers["Access-Control-Allow-Origin"] == ORIGIN
@@ -70,7 +79,7 @@ async def session(svc: InProcess, **fields: Any) -> dict[str, Any]:
 
 
 async def send(
-    svc: InProcess, token: str, client_id: str, text: str = "Do you make kitchens 3.2 m?"
+    svc: HasClient, token: str, client_id: str, text: str = "Do you make kitchens 3.2 m?"
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     return await call(
         svc, "POST", "messages", {"client_id": client_id, "text": text, "page": PAGE}, token=token

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,10 +17,20 @@ import orjson
 import pytest
 
 from crm_store import tokens
+from crm_store.store import Store
 from inbox.webchat_hub import visitor_conversation
 from tests.helpers import wait_for
-from tests.service import InProcess, in_process
-from tests.test_webchat_api import ACCOUNT, CONFIG, ORIGIN, PAGE, call, send, session
+from tests.service import Client, InProcess, in_process, proc
+from tests.test_webchat_api import (
+    ACCOUNT,
+    CONFIG,
+    ORIGIN,
+    PAGE,
+    HasClient,
+    call,
+    send,
+    session,
+)
 
 Frame = dict[str, Any]
 ANNA = "anna.smirnova"
@@ -38,7 +50,7 @@ async def frames_until(
 
 
 async def visitor_ws(
-    svc: InProcess, token: str, after: str | None = None
+    svc: HasClient, token: str, after: str | None = None
 ) -> aiohttp.ClientWebSocketResponse:
     url = f"{svc.client.base}/webchat/{ACCOUNT}/ws?token={token}"
     if after is not None:
@@ -46,7 +58,7 @@ async def visitor_ws(
     return await svc.client.http.ws_connect(url, headers={"Origin": ORIGIN})
 
 
-async def operator(svc: InProcess, method: str, path: str, body: Frame, token: str) -> Frame:
+async def operator(svc: HasClient, method: str, path: str, body: Frame, token: str) -> Frame:
     async with svc.client.http.request(
         method,
         f"{svc.client.base}{path}",
@@ -210,3 +222,56 @@ async def test_a_websocket_needs_a_genuine_token(mongo_uri: str, db_name: str) -
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await visitor_ws(svc, forged)
         assert refused.value.status == 401
+
+
+@pytest.mark.slow
+async def test_two_processes_session_on_one_socket_on_the_other(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    """The visitor token works on every process (one key in the store), and a reply sent
+    through one process reaches a socket held by another (each hub reads the log)."""
+    first, second = (proc(mongo_uri, db_name, tmp_path) for _ in range(2))
+    store = Store.open(mongo_uri, db_name)
+    try:
+        await asyncio.gather(first.start(), second.start())
+        async with aiohttp.ClientSession() as http:
+            one = InProcessLike(first.base, http, store)
+            two = InProcessLike(second.base, http, store)
+            s = await session(one, name="Olga")
+            status, body, _ = await send(two, s["visitor_token"], "hello-1")
+            assert status == 200, body
+
+            async def routed() -> bool:
+                return await store.intake.count_documents({"status": "pending"}) == 0
+
+            await wait_for(routed, timeout=20)
+            conv = visitor_conversation(ACCOUNT, s["visitor_id"])
+            op, _ = await tokens.issue(store, ANNA)
+            ws = await visitor_ws(two, s["visitor_token"], after="0")
+            await frames_until(ws, lambda f: f["type"] == "message")
+            reply = await operator(
+                one,
+                "POST",
+                f"/api/v1/conversations/{conv}/messages",
+                {"text": "from the other process"},
+                op,
+            )
+            got = await frames_until(ws, is_out)
+            assert got[-1]["id"] == reply["id"]
+            await ws.close()
+    finally:
+        await asyncio.gather(first.stop(), second.stop())
+        await store.close()
+
+
+@dataclass
+class InProcessLike:
+    """What the helpers above use of :class:`InProcess`, for a child process."""
+
+    base: str
+    http: aiohttp.ClientSession
+    store: Store
+
+    @property
+    def client(self) -> Client:
+        return Client(self.base, self.http)
