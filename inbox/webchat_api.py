@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 import structlog
 from aiohttp import BodyPartReader, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -235,7 +234,7 @@ async def messages(request: web.Request, site: Site) -> web.StreamResponse:
     visitor = await visitor_of(request, request.headers.get("X-Visitor-Token"))
     limit(site, f"token:{visitor}", site.settings.messages_per_minute)
     body: MessageBody = await _json(request, site, MessageBody)
-    return await _accept(request, site, visitor, body, offline=False)
+    return json_response(await _accept(site, visitor, body, offline=False))
 
 
 async def offline(request: web.Request, site: Site) -> web.StreamResponse:
@@ -246,21 +245,20 @@ async def offline(request: web.Request, site: Site) -> web.StreamResponse:
     doc = await visitors.remember(site.svc.store, visitor, site.account.account, fields)
     if not (doc.get("phone") or doc.get("email") or doc.get("verified")):
         raise Refused(422, "contact_required", "leave a phone or an e-mail to be answered")
-    response = await _accept(request, site, visitor, body, offline=True, known=doc)
-    answer = orjson.loads(response.body)  # type: ignore[arg-type]
+    answer = await _accept(site, visitor, body, offline=True, known=doc)
     answer["answer_expected_at"] = answer_expected(site.state).isoformat()
     return json_response(answer)
 
 
 async def _accept(
-    request: web.Request,
     site: Site,
     visitor: str,
     body: MessageBody,
     *,
     offline: bool,
     known: dict[str, Any] | None = None,
-) -> web.Response:
+) -> dict[str, Any]:
+    """Store the visitor's message durably (then routed); the answer's fields."""
     if len(body.text) > TEXT_MAX:
         raise Refused(
             413, "text_too_long", f"text is at most {TEXT_MAX} characters (got {len(body.text)})"
@@ -295,9 +293,7 @@ async def _accept(
     svc.metrics.intake.labels("webchat", "accepted").inc(len(accepted.new))
     svc.metrics.intake.labels("webchat", "duplicate").inc(len(accepted.duplicates))
     mid = intake_id("webchat", site.account.account, f"{visitor}:{body.client_id}")
-    return json_response(
-        {"ok": True, "id": mid, "client_id": body.client_id, "duplicate": not accepted.new}
-    )
+    return {"ok": True, "id": mid, "client_id": body.client_id, "duplicate": not accepted.new}
 
 
 async def _attachments(site: Site, visitor: str, ids: list[str]) -> list[Attachment]:

@@ -14,6 +14,8 @@ import aiohttp
 import orjson
 import pytest
 
+from channels.webchat import VisitorTokens, WebchatSettings, identifier_verified, parse_prechat
+from channels.webchat_limits import RateLimiter
 from crm_store import conversations as convs
 from crm_store import tokens
 from crm_store.documents import intake_id
@@ -442,3 +444,59 @@ async def test_the_widget_script_is_served_as_is(mongo_uri: str, db_name: str) -
             assert resp.headers["Content-Type"] == "text/javascript; charset=utf-8"
             assert resp.headers["Cache-Control"] == "public, max-age=300"
             assert await resp.read() == WIDGET.read_bytes()
+
+
+# --- the pure parts ---------------------------------------------------------------------
+
+
+def test_visitor_tokens_are_bound_to_the_key_and_the_id() -> None:
+    tokens_a, tokens_b = VisitorTokens(b"k" * 32), VisitorTokens(b"j" * 32)
+    vid, token = tokens_a.issue()
+    assert token.startswith(f"v1.{vid}.")
+    assert tokens_a.visitor(token) == vid
+    assert tokens_a.issue(vid) == (vid, token)  # a kept token keeps its visitor
+    assert tokens_b.visitor(token) is None  # another key
+    other = "f" * 32
+    assert tokens_a.visitor(f"v1.{other}.{token.split('.')[2]}") is None  # another id
+    for bad in ("", "v1", f"v2.{vid}.x", f"v1.{vid}", "v1.ZZ.x", f"v1.{vid}.{'é' * 43}"):
+        assert tokens_a.visitor(bad) is None, bad
+
+
+def test_identifier_hash_is_hex_hmac_of_the_identifier_under_the_secret() -> None:
+    good = ident_hash("user-42")
+    assert identifier_verified(SECRET, "user-42", good)
+    assert identifier_verified(SECRET, "user-42", good.upper())
+    assert not identifier_verified(SECRET, "user-43", good)
+    assert not identifier_verified("other", "user-42", good)
+    assert not identifier_verified(None, "user-42", good)
+    assert not identifier_verified(SECRET, "user-42", None)
+    assert not identifier_verified(SECRET, "user-42", "ж" * 64)
+
+
+def test_settings_prechat_and_origins() -> None:
+    assert [
+        (p.field, p.required) for p in parse_prechat("name:optional phone:required email:off")
+    ] == [
+        ("name", False),
+        ("phone", True),
+    ]
+    for bad in ("name", "age:required", "phone:maybe"):
+        with pytest.raises(ValueError, match="prechat item"):
+            parse_prechat(bad)
+    s = WebchatSettings.of(MAIN_SITE)
+    assert s.allows(ORIGIN)
+    assert s.allows(ORIGIN + "/")
+    assert not s.allows("https://www.mebel-lux.example.evil.ru")
+    assert not s.allows(None)
+    wild = MAIN_SITE.model_copy(update={"settings": {"origins": "https://*.example.ru"}})
+    with pytest.raises(ValueError, match="origin"):
+        WebchatSettings.of(wild)
+
+
+def test_rate_limiter_window() -> None:
+    limiter = RateLimiter(window_s=60.0)
+    assert [limiter.hit("k", 2, t) for t in (0.0, 1.0)] == [None, None]
+    assert limiter.hit("k", 2, 2.0) == 58  # until the first hit leaves the window
+    assert limiter.hit("other", 2, 2.0) is None
+    assert limiter.hit("k", 2, 60.0) is None  # the first one left
+    assert limiter.hit("k", 2, 60.5) == 1
