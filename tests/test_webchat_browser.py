@@ -16,7 +16,9 @@ import hashlib
 import hmac
 import json
 import re
+import struct
 import subprocess
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from playwright.async_api import (
     Browser,
     BrowserContext,
     ConsoleMessage,
+    FilePayload,
     Page,
     Route,
     ViewportSize,
@@ -460,6 +463,20 @@ async def service_scene(
                 await browser.close()
 
 
+def tiny_png() -> bytes:
+    """A real 1×1 PNG (so that the browser can draw it)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\x1f\x6f\xeb")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
 async def visitor_id_in(page: Page) -> str:
     raw = await page.evaluate(f"localStorage.getItem('omniroute-webchat:{ACCOUNT}')")
     token = json.loads(raw or "{}").get("token") or ""
@@ -553,14 +570,23 @@ async def test_service_visitor_writes_lead_operator_replies_reload_and_a_cut_sen
         assert await svc.store.messages.count_documents(query) == 1
         assert await svc.store.intake.count_documents({"channel": "webchat"}) == 2
 
+        # a picture: uploaded, sent, shown from its signed link (img-src of the chat origin)
+        await page.locator("input[type=file]").set_input_files(
+            files=FilePayload(name="plan.png", mimeType="image/png", buffer=tiny_png())
+        )
+        picture = mine.nth(2).locator("img")
+        await expect(picture).to_have_attribute("alt", "plan.png")
+        await expect(mine.nth(2)).to_have_attribute("data-state", "sent")
+        await expect(picture).to_have_js_property("naturalWidth", 1)
+
         # the visitor reloads: the same conversation, the history in order
         await page.reload()
         await page.locator("[data-part=launcher]").click()
-        await expect(page.locator(".msg")).to_have_count(3)
+        await expect(page.locator(".msg")).to_have_count(4)
         directions = await page.locator(".msg").evaluate_all(
             "els => els.map(e => e.dataset.direction)"
         )
-        assert directions == ["in", "out", "in"]
+        assert directions == ["in", "out", "in", "in"]
         assert await visitor_id_in(page) == visitor
         assert await page.evaluate("window.__violations") == []
         assert errors == []

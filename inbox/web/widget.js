@@ -69,7 +69,7 @@
       localStorage.setItem(KEY, JSON.stringify({
         token: saved.token, prechat: saved.prechat,
         pending: saved.pending.map(function (p) {
-          return { client_id: p.client_id, text: p.text, attachments: p.attachments, kind: p.kind, contact: p.contact, at: p.at };
+          return { client_id: p.client_id, text: p.text, attachments: p.attachments, label: p.label, kind: p.kind, contact: p.contact, at: p.at };
         })
       }));
     } catch (e) { /* storage blocked: this tab only */ }
@@ -430,6 +430,15 @@
     if (!m || !m.id) return;
     if (m.cursor) cursor = m.cursor;
     var el = rendered[m.id] || (m.client_id && byClient[m.client_id]);
+    if (el && m.attachments && m.attachments.length && !el.querySelector("a")) {
+      // the optimistic bubble of an upload: now with its link (and picture)
+      var fresh = bubble(m.direction, m.text, m.attachments);
+      fresh.setAttribute("data-client-id", m.client_id || "");
+      setState(fresh, el.getAttribute("data-state") || "sent");
+      el.parentNode.replaceChild(fresh, el);
+      el = fresh;
+      if (m.client_id) byClient[m.client_id] = el;
+    }
     if (el) {
       rendered[m.id] = el;
       el.setAttribute("data-id", m.id);
@@ -484,7 +493,7 @@
   }
   function showPending(p) {
     if (byClient[p.client_id]) return;
-    var el = bubble("in", p.text, []);
+    var el = bubble("in", p.text || p.label || "", []);
     el.setAttribute("data-client-id", p.client_id);
     setState(el, "sending");
     byClient[p.client_id] = el;
@@ -561,9 +570,8 @@
       return call("POST", "/uploads", form, true);
     }).then(function (r) {
       if (r.status !== 200 || !r.body.file_id) { say(T.uploadFailed + f.name); return; }
-      queue({ client_id: uuid(), text: "", attachments: [{ file_id: r.body.file_id }], kind: "message", at: new Date().toISOString() });
-      var el = byClient[saved.pending[saved.pending.length - 1].client_id];
-      if (el) el.insertBefore(document.createTextNode(r.body.name || f.name), el._meta);
+      queue({ client_id: uuid(), text: "", attachments: [{ file_id: r.body.file_id }], label: r.body.name || f.name,
+        kind: "message", at: new Date().toISOString() });
     });
   }
 
@@ -689,13 +697,18 @@
   function refreshConfig() {
     return call("GET", "/config?lang=" + LANG).then(function (r) {
       if (r.status === 200) config = r.body;
-      return r.status === 200;
+      return r.status;
     });
   }
 
-  function start() {
-    refreshConfig().then(function (ok) {
-      if (!ok) {
+  function start(attempt) {
+    attempt = attempt || 0;
+    refreshConfig().then(function (status) {
+      if (status !== 200 && retryable(status) && attempt < 2) {
+        setTimeout(function () { start(attempt + 1); }, backoff(attempt)); // a blip at load; a refused Origin looks the same (CORS hides the 403)
+        return;
+      }
+      if (status !== 200) {
         if (window.console) console.warn("omniroute webchat: not available for this site (" + ACCOUNT + ")");
         return;
       }
@@ -717,5 +730,5 @@
       }
     });
   }
-  if (document.body) start(); else document.addEventListener("DOMContentLoaded", start);
+  if (document.body) start(0); else document.addEventListener("DOMContentLoaded", function () { start(0); });
 })();
