@@ -299,8 +299,19 @@ async def test_a_visitor_chats_through_cuts_reconnects_and_reloads() -> None:
         assert [b["text"] for b in visitor.stored.values()][-1] == "Отправлю после перезагрузки"
         assert await page.locator("[data-part=prechat-form]").count() == 0
 
-        # keyboard: Escape closes the dialog and focus goes back to the launcher
+        # keyboard: Tab stays inside the open dialog, in order; Escape closes it and the
+        # focus goes back to the launcher
         await page.locator("[data-part=input]").focus()
+        order = []
+        for _ in range(5):
+            await page.keyboard.press("Tab")
+            order.append(
+                await page.evaluate(
+                    "document.querySelector('[data-omniroute-webchat]')"
+                    ".shadowRoot.activeElement.dataset.part"
+                )
+            )
+        assert order == ["send", "close", "log", "attach", "input"]
         await page.keyboard.press("Escape")
         await expect(dialog).to_be_hidden()
         await expect(launcher).to_be_focused()
