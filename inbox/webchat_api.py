@@ -10,7 +10,6 @@ id is ``<visitor_id>:<client_id>``, so a retry after a network cut stores it onc
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +54,7 @@ from inbox.webchat_http import (
     tokens,
     visitor_of,
 )
-from inbox.webchat_hub import LINK_TTL, VisitorSocket, WebchatHub, frame, mark_read, writer
+from inbox.webchat_hub import VisitorSocket, WebchatHub, frame, mark_read, writer
 from inbox.webchat_hub import visitor_conversation as conv_of
 from ingest.accept import store_parsed
 from ingest.context import SERVICE, json_response, problem
@@ -403,9 +402,8 @@ async def feed(request: web.Request, site: Site) -> web.StreamResponse:
     hub = request.app[WEBCHAT_HUB]
     items, cursor = await hub.poll(conv_of(site.account.account, visitor), after, wait)
     base = str(request.url.origin())
-    return json_response(
-        {"items": [frame(i, base, hub.link) for i in items], "cursor": str(cursor)}
-    )
+    link = await hub.linker()
+    return json_response({"items": [frame(i, base, link) for i in items], "cursor": str(cursor)})
 
 
 async def socket(request: web.Request, site: Site) -> web.StreamResponse:
@@ -528,20 +526,19 @@ OPERATOR_ENDPOINTS = (
 
 def setup(app: web.Application) -> None:
     svc = app[SERVICE]
-    for account in svc.config.channels.accounts:
-        if account.channel == "webchat" and account.enabled:
-            try:
-                WebchatSettings.of(account)
-            except ValueError as exc:  # answered 500 account_misconfigured until fixed
-                log.error("webchat.misconfigured", account=account.account, error=str(exc))
+    sites = [a for a in svc.config.channels.accounts if a.channel == "webchat" and a.enabled]
+    for account in sites:
+        try:
+            WebchatSettings.of(account)
+        except ValueError as exc:  # answered 500 account_misconfigured until fixed
+            log.error("webchat.misconfigured", account=account.account, error=str(exc))
     app[STATE] = WebchatState(clock_from_env(), WorkingCalendar.from_config(svc.config.calendar))
-    hub = WebchatHub(svc.store, lambda _fid: "")
+    hub = WebchatHub(svc.store, app[KEYS])
     app[WEBCHAT_HUB] = hub
 
     async def start(_: web.Application) -> None:
-        signer = await app[KEYS].get(svc.store)
-        hub.link = lambda fid: signer.path(fid, _exp())
-        await hub.start()
+        if sites:  # no webchat account: no reader polling the log for nobody
+            await hub.start()
 
     async def stop(_: web.Application) -> None:
         await hub.stop()
@@ -565,7 +562,3 @@ def setup(app: web.Application) -> None:
     app.router.add_route("OPTIONS", "/webchat/{account}/{path}", preflight)
     for op in OPERATOR_ENDPOINTS:
         app.router.add_route(op.method, op.path, wrap(op))
-
-
-def _exp() -> int:
-    return int(time.time() + LINK_TTL.total_seconds())

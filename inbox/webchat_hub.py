@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -38,12 +39,14 @@ from crm_store import feed, updates
 from crm_store.documents import conversation_id, intake_id
 from crm_store.routing_store import find_in
 from crm_store.store import Document, Store
+from inbox.file_links import LinkKeys
 from ingest.tasks import cancel
 
 log = structlog.get_logger("omniroute.webchat")
 
 FEED_TYPES = ("message.attached", "message.sent", "conversation.read")
 POLL_S = 0.2
+IDLE_POLL_S = 1.0  # no visitor connected to this process
 PAGE = 500
 QUEUE_LIMIT = 5000
 LINK_TTL = timedelta(days=1)
@@ -148,9 +151,9 @@ class VisitorSocket:
 
 
 class WebchatHub:
-    def __init__(self, store: Store, link: LinkMaker) -> None:
+    def __init__(self, store: Store, keys: LinkKeys) -> None:
         self.store = store
-        self.link = link
+        self.keys = keys
         self.cursor: int | None = None
         self.lock = asyncio.Lock()
         self.sockets: dict[str, set[VisitorSocket]] = {}
@@ -158,6 +161,11 @@ class WebchatHub:
         # conversation id → the visitor is typing (reported by their socket; this process)
         self.visitor_typing: dict[str, bool] = {}
         self._task: asyncio.Task[None] | None = None
+
+    async def linker(self) -> LinkMaker:
+        """Signed file paths valid for :data:`LINK_TTL` (the key is read once)."""
+        signer = await self.keys.get(self.store)
+        return lambda file_id: signer.path(file_id, int(time.time() + LINK_TTL.total_seconds()))
 
     # --- the reader -----------------------------------------------------------------
 
@@ -202,7 +210,7 @@ class WebchatHub:
                 log.warning("webchat.store_unavailable", error=type(exc).__name__)
             except Exception:
                 log.exception("webchat.hub_step_failed")
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(POLL_S if self.sockets or self.waiters else IDLE_POLL_S)
 
     async def _step(self) -> None:
         assert self.cursor is not None
@@ -218,10 +226,11 @@ class WebchatHub:
             ]
             if mine:
                 items = await items_of(self.store, mine)
+                link = await self.linker()
                 for item in items:
                     for sub in list(self.sockets.get(item.conversation_id, ())):
                         if item.seq > sub.cursor:
-                            self._push(sub, frame(item, sub.base, self.link), item)
+                            self._push(sub, frame(item, sub.base, link), item)
                     for event in self.waiters.get(item.conversation_id, ()):
                         event.set()
             for subs in self.sockets.values():
@@ -269,10 +278,11 @@ class WebchatHub:
         async with self.lock:
             end = await self._ensure()
             start = after
+            link = await self.linker()
             while start < end:
                 items, start = await self.history(sub.conversation_id, start, end)
                 for item in items:
-                    self._push(sub, frame(item, sub.base, self.link), item)
+                    self._push(sub, frame(item, sub.base, link), item)
             sub.cursor = max(end, start)
             self.sockets.setdefault(sub.conversation_id, set()).add(sub)
 
