@@ -3,7 +3,8 @@
 (inbox/calls_api.py) — declared here with the models of what they take and answer, so
 they are routed, authenticated and documented in the OpenAPI document like every other.
 Their handlers are unchanged: each is called with the request, the service and the
-authenticated caller."""
+authenticated caller. Also the website live chat's two operator endpoints
+(inbox/webchat_api.py), whose handlers already take a ``Call``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from inbox import calls_api, events_api, tasks_api
+from inbox import calls_api, events_api, tasks_api, webchat_api
 from inbox.api import Call, route
 from inbox.auth import Principal
 from inbox.event_catalogue import Envelope
@@ -283,3 +284,25 @@ _declare(
     status=202,
     errors=(404, 502),
 )
+
+
+# --- the website live chat, the operator's side (docs/channels/webchat-protocol.md)
+
+route(
+    "POST",
+    "/api/v1/conversations/{id}/typing",
+    summary="Tell the customer an operator is typing (webchat visitors on this process)",
+    tag="conversations",
+    body=webchat_api.TypingBody,
+    response=webchat_api.TypingView,
+    errors=(404,),
+)(webchat_api.operator_typing)
+route(
+    "GET",
+    "/api/v1/conversations/{id}/visitor",
+    summary="The webchat visitor of a conversation: online, typing, verified, last page",
+    description="404 for a conversation of another channel. Presence is this process's.",
+    tag="conversations",
+    response=webchat_api.VisitorView,
+    errors=(404,),
+)(webchat_api.visitor_state)

@@ -35,7 +35,7 @@ from config.loader import resolve_secret
 from crm_store import files
 from crm_store import webchat as visitors
 from crm_store.documents import intake_id
-from inbox.api import Call, Operation, wrap
+from inbox.api import Call
 from inbox.auth import ApiError
 from inbox.conversations_api import visible_conversation
 from inbox.file_links import KEYS
@@ -494,31 +494,8 @@ async def visitor_state(call: Call) -> VisitorView:
     )
 
 
-# The operators' two webchat endpoints take the operator API's path (authentication,
-# validation, problem answers: inbox/api.py ``wrap``) but are not declared in its table
-# (OPERATIONS) yet: that table is the OpenAPI description, and the RBAC matrix and the
-# fuzz pass over it need a row for each (tests/test_inbox_rbac.py, test_inbox_fuzz.py).
-OPERATOR_ENDPOINTS = (
-    Operation(
-        "POST",
-        "/api/v1/conversations/{id}/typing",
-        operator_typing,
-        "Tell the customer an operator is typing (webchat visitors)",
-        "conversations",
-        body=TypingBody,
-        response=TypingView,
-        errors=(404,),
-    ),
-    Operation(
-        "GET",
-        "/api/v1/conversations/{id}/visitor",
-        visitor_state,
-        "The webchat visitor of a conversation: online, typing, last page",
-        "conversations",
-        response=VisitorView,
-        errors=(404,),
-    ),
-)
+# Declared (routed, documented in the OpenAPI document, in the RBAC matrix and the fuzz
+# pass) by inbox/declared.py.
 
 
 # --- wiring ---------------------------------------------------------------------------
@@ -560,5 +537,3 @@ def setup(app: web.Application) -> None:
     ):
         app.router.add_post(f"/webchat/{{account}}/{path}", endpoint(handler))
     app.router.add_route("OPTIONS", "/webchat/{account}/{path}", preflight)
-    for op in OPERATOR_ENDPOINTS:
-        app.router.add_route(op.method, op.path, wrap(op))

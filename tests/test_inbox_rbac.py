@@ -28,6 +28,8 @@ from inbox.api import OPERATIONS
 from tests.fakes.integration import FakeIntegration
 from tests.service import InProcess, api_body, config_with, in_process
 from tests.test_api_channel_replies import site
+from tests.test_webchat_api import send as visitor_send
+from tests.test_webchat_api import session as visitor_session
 
 ANNA, OLGA, IVAN, ADMIN, ELENA, ANON = (
     "anna.smirnova",
@@ -109,6 +111,14 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("POST", "/api/v1/conversations/{id}/snooze"): Row(
         "sales", "/api/v1/conversations/{conv}/snooze", _json({"until": NOW_PLUS})
+    ),
+    # The website live chat's operator side: operator typing on any visible conversation
+    # (0 visitors told on a non-webchat one); the visitor of Anna's webchat conversation.
+    ("POST", "/api/v1/conversations/{id}/typing"): Row(
+        "sales", "/api/v1/conversations/{conv}/typing", _json({"on": True})
+    ),
+    ("GET", "/api/v1/conversations/{id}/visitor"): Row(
+        "sales", "/api/v1/conversations/{chat}/visitor"
     ),
     # messages
     ("GET", "/api/v1/conversations/{id}/messages"): Row(
@@ -244,6 +254,17 @@ async def seed(svc: InProcess) -> World:
             world.ids |= {"conv": conv["_id"], "lead": lead_id, "contact": conv["contact_id"]}
         elif ext == "rbac-sales-2":
             world.ids |= {"contact2": conv["contact_id"]}
+    # A website visitor's chat (webchat, the example account), Anna's like the first.
+    visitor = await visitor_session(svc)
+    status, answer, _ = await visitor_send(svc, visitor["visitor_token"], "rbac-1")
+    assert status == 200, answer
+    await svc.routed()
+    chat = await store.conversations.find_one({"channel": "webchat"})
+    assert chat is not None
+    await entities.set_responsible(store, "lead", chat["target"]["id"], ANNA)
+    assert await convs.assign(store, chat, ANNA, "sales", ADMIN) is not None
+    world.ids["chat"] = chat["_id"]
+    world.sales |= {chat["_id"], chat["target"]["id"], chat["contact_id"], answer["id"]}
     deal_id = stable_id("deal", "rbac")
     await store.deals.insert_one(
         {
