@@ -58,10 +58,36 @@ class EntityView(View):
     stage_entered_at: datetime | None = None
     last_activity_at: datetime | None = None
     converted_to: str | None = Field(default=None, description="a converted lead: its deal")
+    visit: dict[str, str] = Field(
+        default_factory=dict,
+        description="where a website lead came from (the message that created it): "
+        "page_url, referrer, page_title, utm_source … utm_content, those present",
+    )
 
     @classmethod
     def of_kind(cls, kind: Literal["lead", "deal"], doc: Document) -> EntityView:
-        return cls.model_validate({**doc, "id": doc["_id"], "kind": kind})
+        visit = visit_of(doc.get("meta"))
+        return cls.model_validate({**doc, "id": doc["_id"], "kind": kind, "visit": visit})
+
+
+VISIT_KEYS = (
+    "page_url",
+    "referrer",
+    "page_title",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+)
+
+
+def visit_of(meta: Any) -> dict[str, str]:
+    """The page and campaign a lead's first message was written from (its ``meta``; the
+    website chat sets them); nothing else of the meta is shown."""
+    if not isinstance(meta, dict):
+        return {}
+    return {k: meta[k] for k in VISIT_KEYS if isinstance(meta.get(k), str) and meta[k]}
 
 
 class AttachmentView(BaseModel):

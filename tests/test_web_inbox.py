@@ -39,6 +39,11 @@ from tests.helpers import wait_for
 from tests.service import ROOT, api_body, config_with, in_process
 from tests.test_api_channel_replies import site
 from tests.test_channel_viber import TOKEN_ENV, hook, message, receipt, user, viber_account
+from tests.test_webchat_api import CONFIG as WEBCHAT_CONFIG
+from tests.test_webchat_api import PAGE
+from tests.test_webchat_api import send as visitor_send
+from tests.test_webchat_api import session as visitor_session
+from tests.test_webchat_ws import frames_until, visitor_ws
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "web"
@@ -47,6 +52,7 @@ IVAN = "ivan.petrov"  # director of sales: sees the site's conversations whoever
 WIDE = ViewportSize(width=1280, height=800)
 NARROW = ViewportSize(width=390, height=844)
 VIBER_TOKEN = "4453b6ac12345678-e02c5f12174805f9-daec9cbb5448c51f"
+PAGE_URL, REFERRER = str(PAGE["url"]), str(PAGE["referrer"])  # the webchat visitor's page
 
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -474,6 +480,101 @@ async def test_calls_show_their_record_and_recording(
         except BaseException:
             await shot(page, "failure-calls-1280x800")
             raise
+
+
+@needs_chromium
+async def test_a_website_visitor_is_shown_live_with_the_page_and_campaign(
+    mongo_uri: str, db_name: str
+) -> None:
+    """A visitor (the webchat HTTP API and WebSocket, driven from here) writes and types:
+    the operator's page shows the conversation, the visitor online and typing, the page,
+    referrer and UTM (on the lead too); the operator's typing reaches the visitor's socket
+    and stops with the reply; the visitor reads it ("has read"), then leaves ("offline")."""
+    expect.set_options(timeout=15_000)
+    async with (
+        in_process(mongo_uri, db_name, config=WEBCHAT_CONFIG) as svc,
+        chromium() as browser,
+    ):
+        token, _ = await tokens.issue(svc.store, IVAN)
+        visitor = await visitor_session(svc, name="Olga Visitor")
+        status, answer, _ = await visitor_send(svc, visitor["visitor_token"], "w-1")
+        assert status == 200, answer
+        markup = '<img src=x onerror="document.title=1">and a <b>sink</b>'
+        status, answer, _ = await visitor_send(svc, visitor["visitor_token"], "w-2", markup)
+        assert status == 200, answer
+        ws = await visitor_ws(svc, visitor["visitor_token"])
+        page = await (await browser.new_context(viewport=WIDE, locale="en-US")).new_page()
+        errors = watch_errors(page)
+        try:
+            await page.goto(f"{svc.client.base}/")
+            await sign_in(page, token)
+            await page.get_by_test_id("filter-all").click()
+            item = page.get_by_test_id("conversation-item").filter(has_text="Olga Visitor")
+            await expect(item.locator(".ch")).to_have_attribute("data-channel", "webchat")
+            await item.click()
+            messages = page.get_by_test_id("message")
+            sink = messages.filter(has_text="and a <b>sink</b>")
+            await expect(sink).to_contain_text('<img src=x onerror="document.title=1">')
+            await expect(sink.locator("img, b")).to_have_count(0)
+
+            bar = page.get_by_test_id("visitor")
+            presence = bar.get_by_test_id("visitor-presence")
+            await expect(presence).to_have_attribute("data-state", "online")
+            await expect(presence).to_have_text("online")
+            await expect(bar.get_by_test_id("visit-page")).to_contain_text(PAGE_URL)
+            await expect(bar.get_by_test_id("visit-page").locator("a")).to_have_attribute(
+                "href", PAGE_URL
+            )
+            await expect(bar.get_by_test_id("visit-referrer")).to_contain_text(REFERRER)
+            utm = bar.get_by_test_id("visit-utm")
+            await expect(utm).to_contain_text("utm_source=yandex")
+            await expect(utm).to_contain_text("utm_campaign=kitchens-spring")
+            # The lead keeps where it came from.
+            lead_visit = page.get_by_test_id("crm").get_by_test_id("lead-visit")
+            await expect(lead_visit.get_by_test_id("visit-page")).to_contain_text(PAGE_URL)
+            await expect(lead_visit.get_by_test_id("visit-utm")).to_contain_text("utm_medium=cpc")
+
+            # The visitor types, then stops.
+            typing = bar.get_by_test_id("visitor-typing")
+            await expect(typing).to_have_count(0)
+            await ws.send_str('{"type": "typing", "on": true}')
+            await expect(typing).to_have_text(" · typing…")
+            await shot(page, "webchat-visitor-1280x800")
+            await ws.send_str('{"type": "typing", "on": false}')
+            await expect(typing).to_have_count(0)
+
+            # The operator types: the visitor's socket hears it; sending stops it.
+            await page.get_by_test_id("reply-text").press_sequentially("We do, any le")
+            got = await frames_until(ws, lambda f: f["type"] == "typing")
+            assert got[-1] == {"type": "typing", "on": True}
+            await page.get_by_test_id("reply-text").press_sequentially("ngth")
+            await page.get_by_test_id("send").click()
+            got = await frames_until(
+                ws, lambda f: f["type"] == "message" and f["direction"] == "out"
+            )
+            assert {"type": "typing", "on": False} in got, got
+            reply = got[-1]
+            assert reply["text"] == "We do, any length"
+
+            # The visitor reads it: the tick and the bar say so.
+            read = bar.get_by_test_id("visitor-read")
+            await expect(read).to_have_count(0)
+            await ws.send_str(f'{{"type": "read", "up_to": "{reply["id"]}"}}')
+            sent = messages.filter(has_text="We do, any length")
+            await expect(sent.get_by_test_id("tick")).to_have_attribute("data-state", "read")
+            await expect(read).to_have_text(" · has read your reply")
+
+            # The visitor leaves.
+            await ws.close()
+            await expect(presence).to_have_attribute("data-state", "offline")
+            await expect(presence).to_have_text("offline")
+            await shot(page, "webchat-offline-1280x800")
+            assert errors == []
+        except BaseException:
+            await shot(page, "failure-webchat-1280x800")
+            raise
+        finally:
+            await ws.close()
 
 
 async def test_the_page_and_its_files_are_served_under_a_strict_policy(

@@ -11,6 +11,7 @@ const FILTER_KEY = "omniroute.filter";
 const PHONE_CHANNELS = new Set(["mango", "zadarma", "megafon", "pbx", "phone", "telephony"]);
 const CHANNEL_GLYPH = {
   api: "API", email: "@", telegram: "TG", whatsapp: "WA", viber: "Vb", vk: "VK", avito: "Av", phone: "☎",
+  webchat: "Web",
 };
 const TICKS = { queued: "◷", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" };
 
@@ -40,6 +41,7 @@ const S = {
   live: false,
   pending: [], // attachments of the reply being written: {name, file_id?, uploading}
   asNote: false,
+  visitor: null, // the open webchat conversation's visitor: {online, typing, verified, page}
 };
 
 let els = null; // the shell's elements once signed in
@@ -126,10 +128,12 @@ function showLogin(message = "") {
 }
 
 function signOut(message = "") {
+  typingStop();
   if (live) live.stop();
   live = null;
   saveToken("");
   Object.assign(S, { me: null, openId: null, detail: null, entity: null, list: [], messages: [] });
+  watchVisitor();
   history.replaceState(null, "", location.pathname);
   showLogin(message);
 }
@@ -223,8 +227,10 @@ function buildShell() {
   );
   // conversation pane
   els.convHead = h("div", { class: "conv-head" });
+  els.visitorBar = h("div", { class: "visitor-bar", "data-testid": "visitor", hidden: true });
   els.messages = h("ol", { class: "messages", "data-testid": "messages", "aria-live": "polite" });
   els.text = h("textarea", { rows: 3, "data-testid": "reply-text", value: composerText });
+  els.text.addEventListener("input", operatorTyping);
   els.text.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
@@ -280,6 +286,7 @@ function buildShell() {
     "section",
     { class: "pane conv-pane", "data-testid": "conversation" },
     els.convHead,
+    els.visitorBar,
     els.messages,
     els.composer,
     els.convEmpty,
@@ -479,7 +486,9 @@ function listItem(c) {
 // --- the conversation ---------------------------------------------------------------
 
 async function openConversation(id) {
+  typingStop();
   S.openId = id;
+  S.visitor = null;
   S.detail = null;
   S.messages = [];
   S.olderCursor = null;
@@ -538,6 +547,7 @@ async function refreshConv(first = false) {
   const changedTarget = !S.detail || (S.detail.deal || S.detail.lead)?.id !== target?.id;
   S.detail = detail;
   renderConv(first);
+  watchVisitor();
   if (changedTarget) resetCrmDraft();
   await refreshEntity();
   const c = detail.conversation;
@@ -574,6 +584,7 @@ function renderConv(scroll = false) {
   if (!has) {
     fill(els.convHead);
     fill(els.messages);
+    watchVisitor();
     return;
   }
   renderHead();
@@ -679,6 +690,7 @@ function renderMessages(scroll) {
   }
   fill(box, items);
   if (scroll || nearBottom) box.scrollTop = box.scrollHeight;
+  renderVisitor(); // "has read" follows the replies' ticks
 }
 
 function messageItem(m) {
@@ -842,6 +854,7 @@ async function send() {
   const asNote = noteMode();
   const attachments = asNote ? [] : S.pending.filter((p) => p.file_id).map((p) => ({ file_id: p.file_id }));
   if (!text.trim() && !attachments.length) return;
+  if (!asNote) typingStop();
   sending = true;
   els.sendBtn.disabled = true;
   try {
@@ -1044,6 +1057,9 @@ function entityCard({ kind, entity }) {
       h("strong", { "data-testid": "current-stage", "data-stage": entity.stage_id }, stageName(entity.stage_id)),
       entity.open ? null : ` (${t("closed_entity")})`,
     ),
+    Object.keys(entity.visit || {}).length
+      ? h("div", { class: "lead-visit", "data-testid": "lead-visit" }, h("h4", {}, t("lead_visit")), visitList(visitOfMeta(entity.visit)))
+      : null,
     stageForm,
     S.stageError.length ? h("ul", { class: "stage-errors", role: "alert", "data-testid": "stage-errors" }, S.stageError.map((m) => h("li", {}, m))) : null,
     S.crmNote ? h("p", { class: "ok", role: "status", "data-testid": "crm-note" }, S.crmNote) : null,
@@ -1179,7 +1195,10 @@ function onEvent(ev) {
   const refs = ev.refs || {};
   if (type.startsWith("message.") || type.startsWith("conversation.")) {
     soon("list", () => refreshList());
-    if (refs.conversation_id && refs.conversation_id === S.openId) soon("conv", () => refreshConv());
+    if (refs.conversation_id && refs.conversation_id === S.openId) {
+      soon("conv", () => refreshConv());
+      if (isWebchat()) soon("visitor", () => refreshVisitor());
+    }
   }
   if (/^(lead|deal|contact)\./.test(type)) {
     const open = S.entity?.entity?.id;
@@ -1191,4 +1210,142 @@ function onEvent(ev) {
     const data = ev.data || {};
     toast(`${t("notification")}: ${data.text || ""}`);
   }
+}
+
+// --- the website chat's visitor (webchat conversations) -------------------------------
+
+// Presence and typing are not events of the log (docs/channels/webchat-protocol.md):
+// while a webchat conversation is open and the page is visible, its visitor is asked for
+// every VISITOR_POLL_MS, and at once on the conversation's events.
+const VISITOR_POLL_MS = 1500;
+let visitorTimer = null;
+let watchedVisitor = null;
+let visitorSeq = 0;
+
+function isWebchat() {
+  const c = S.detail?.conversation;
+  return Boolean(c && c.id === S.openId && c.channel === "webchat");
+}
+
+function watchVisitor() {
+  const id = isWebchat() ? S.openId : null;
+  if (id === watchedVisitor) return;
+  clearInterval(visitorTimer);
+  visitorTimer = null;
+  watchedVisitor = id;
+  if (!id) {
+    S.visitor = null;
+    renderVisitor();
+    return;
+  }
+  refreshVisitor();
+  visitorTimer = setInterval(() => {
+    if (document.visibilityState === "visible") refreshVisitor();
+  }, VISITOR_POLL_MS);
+}
+
+async function refreshVisitor() {
+  const id = watchedVisitor;
+  if (!id || !els) return;
+  const seq = ++visitorSeq;
+  let visitor;
+  try {
+    visitor = await get(`/api/v1/conversations/${enc(id)}/visitor`);
+  } catch {
+    return; // a blip: the next poll asks again; a lost conversation is refreshConv's
+  }
+  if (seq !== visitorSeq || watchedVisitor !== id || S.openId !== id) return;
+  S.visitor = visitor;
+  renderVisitor();
+}
+
+function renderVisitor() {
+  if (!els) return;
+  const bar = els.visitorBar;
+  const show = Boolean(S.openId) && isWebchat();
+  bar.hidden = !show;
+  if (!show) {
+    fill(bar);
+    return;
+  }
+  const v = S.visitor;
+  const online = Boolean(v?.online);
+  const lastOut = [...S.messages].reverse().find((m) => m.direction === "out");
+  const presence = v ? (online ? "online" : "offline") : "unknown";
+  fill(
+    bar,
+    h(
+      "p",
+      { class: "presence", role: "status" },
+      h("span", { class: ["dot", online && "on"], "aria-hidden": "true" }),
+      h("span", { class: "label" }, `${t("visitor")}: `),
+      h("strong", { "data-testid": "visitor-presence", "data-state": presence }, v ? t(online ? "visitor_online" : "visitor_offline") : "…"),
+      v?.typing ? h("span", { class: "typing", "data-testid": "visitor-typing" }, " · ", t("visitor_typing")) : null,
+      lastOut?.state === "read" ? h("span", { "data-testid": "visitor-read" }, " · ", t("visitor_read")) : null,
+      v?.verified ? h("span", { class: "muted" }, " · ", t("visitor_verified")) : null,
+    ),
+    v ? visitList(v.page || {}) : null,
+  );
+}
+
+/** A lead's flat visit (page_url, referrer, page_title, utm_*) as the visitor's page. */
+function visitOfMeta(visit) {
+  const utm = {};
+  for (const key of ["source", "medium", "campaign", "term", "content"]) utm[key] = visit[`utm_${key}`];
+  return { url: visit.page_url, referrer: visit.referrer, title: visit.page_title, utm };
+}
+
+/** Page, referrer and campaign: text and http(s) links only (dom.js), never markup. */
+function visitList(page) {
+  const rows = [];
+  if (page.url) rows.push([t("visit_page"), visitLink(page.url, page.title), "visit-page"]);
+  if (page.referrer) rows.push([t("visit_referrer"), visitLink(page.referrer), "visit-referrer"]);
+  const utm = Object.entries(page.utm || {})
+    .filter(([, value]) => value)
+    .map(([key, value]) => `utm_${key}=${value}`)
+    .join(" · ");
+  if (utm) rows.push([t("visit_utm"), utm, "visit-utm"]);
+  if (!rows.length) return h("p", { class: "muted" }, t("visit_none"));
+  return h(
+    "dl",
+    { class: "visit" },
+    rows.map(([label, value, testid]) => [h("dt", {}, label), h("dd", { "data-testid": testid }, value)]),
+  );
+}
+
+function visitLink(url, title) {
+  return h("a", { href: url, target: "_blank", rel: "noopener noreferrer", title: title || null }, title ? `${title} — ${url}` : url);
+}
+
+// The operator's typing, told to the visitor's widget: at most every TYPING_EVERY_MS while
+// the box changes, "stopped" after TYPING_IDLE_MS without a key, on send and on leaving.
+const TYPING_EVERY_MS = 2500;
+const TYPING_IDLE_MS = 4000;
+const typingState = { conv: null, sentAt: 0, idle: null };
+
+function operatorTyping() {
+  if (!isWebchat() || noteMode()) return;
+  if (!els.text.value) {
+    typingStop();
+    return;
+  }
+  const id = S.openId;
+  const now = Date.now();
+  if (typingState.conv !== id || now - typingState.sentAt > TYPING_EVERY_MS) {
+    if (typingState.conv !== id) typingStop();
+    typingState.conv = id;
+    typingState.sentAt = now;
+    post(`/api/v1/conversations/${enc(id)}/typing`, { on: true }).catch(() => {});
+  }
+  clearTimeout(typingState.idle);
+  typingState.idle = setTimeout(typingStop, TYPING_IDLE_MS);
+}
+
+function typingStop() {
+  clearTimeout(typingState.idle);
+  const id = typingState.conv;
+  if (!id) return;
+  typingState.conv = null;
+  typingState.sentAt = 0;
+  post(`/api/v1/conversations/${enc(id)}/typing`, { on: false }).catch(() => {});
 }
