@@ -609,22 +609,57 @@ class _Checker:
                 self.report(CHANNELS, ("accounts", i, "source"), f"unknown source '{a.source}'")
 
     def channel_settings(self, cf: ChannelsFile) -> None:
-        """Channels that model their ``settings`` (e-mail) check them here, key by key."""
+        """Channels that model their ``settings`` (e-mail, webchat) check them here, key by
+        key."""
         from channels.email import MailboxSettings  # channels/ imports config.models
 
         for i, a in enumerate(cf.accounts):
+            if a.channel == "webchat":
+                self.webchat_settings(i, a)
+                continue
             if a.channel != "email":
                 continue
             try:
                 MailboxSettings.model_validate(a.settings)
             except ValidationError as exc:
-                for err in exc.errors(include_url=False, include_input=False):
-                    loc = tuple(err["loc"])
-                    name = str(loc[0]) if loc else ""
-                    if err["type"] == "extra_forbidden" and any(w in name for w in _SECRET_WORDS):
-                        continue  # a literal secret: channel_secrets() reports it
-                    path: Path_ = ("accounts", i, "settings", *loc)
-                    self.report(CHANNELS, path, _error_message(err, path))
+                self.settings_errors(i, exc)
+
+    def settings_errors(self, i: int, exc: ValidationError, *, show_input: bool = False) -> None:
+        for err in exc.errors(include_url=False, include_input=show_input):
+            loc = tuple(err["loc"])
+            name = str(loc[0]) if loc else ""
+            if err["type"] == "extra_forbidden" and any(w in name for w in _SECRET_WORDS):
+                continue  # a literal secret: channel_secrets() reports it
+            path: Path_ = ("accounts", i, "settings", *loc)
+            self.report(CHANNELS, path, _error_message(err, path))
+
+    def webchat_settings(self, i: int, a: ChannelAccount) -> None:
+        """As the service reads them (``WebchatSettings.of``): ``origins`` and ``prechat``
+        are space-separated lists checked item by item, the other keys by the model (as
+        text, the way the service passes them)."""
+        from channels.webchat import WebchatSettings  # channels/ imports config.models
+
+        raw = dict(a.settings)
+        for key in ("origins", "prechat"):
+            if key not in raw:
+                continue
+            try:
+                WebchatSettings.of(a.model_copy(update={"settings": {key: raw[key]}}))
+            except ValueError as exc:
+                message = str(exc).removeprefix(f"webchat {a.account}: ")
+                self.report(CHANNELS, ("accounts", i, "settings", key), message)
+        if a.enabled and not str(raw.get("origins") or "").split():
+            self.report(
+                CHANNELS,
+                ("accounts", i, "settings"),
+                "no 'origins': the widget would be refused on every site; list the site's "
+                "origins (scheme://host[:port], space-separated)",
+            )
+        rest = {k: str(v) for k, v in raw.items() if k not in ("origins", "prechat")}
+        try:
+            WebchatSettings.model_validate(rest)
+        except ValidationError as exc:  # colours, texts, limits: nothing secret to echo
+            self.settings_errors(i, exc, show_input=True)
 
     def channel_secrets(self) -> None:
         """Secrets live in the environment: flag literal ones in any ``settings``."""

@@ -320,6 +320,46 @@ def test_literal_password_in_settings(cfg_dir: Path) -> None:
     assert "hunter2" not in str(problem)
 
 
+WEBCHAT = "accounts[11].settings"  # the example's webchat account, main-site
+
+
+def test_webchat_settings_are_checked_key_by_key(cfg_dir: Path) -> None:
+    path = cfg_dir / "channels.yaml"
+    edit(path, ' http://localhost:8081"', ' localhost:8081/"')
+    edit(path, 'colour: "#1f6feb"', "colour: blue")
+    edit(path, "      position: right\n", "      position: top\n      theme: dark\n")
+    edit(path, '"name:optional phone:optional email:optional"', '"name:optional phone:mandatory"')
+    problems = {p.key: p for p in check_config(cfg_dir)}
+    keys = ("origins", "colour", "position", "theme", "prechat")
+    assert sorted(problems) == sorted(f"{WEBCHAT}.{k}" for k in keys)
+    origins = problems[f"{WEBCHAT}.origins"]
+    assert origins.line == line_of(path, '      origins: "')
+    assert origins.message == "origin 'localhost:8081/' is not scheme://host[:port]"
+    prechat = problems[f"{WEBCHAT}.prechat"]
+    assert prechat.line == line_of(path, "phone:mandatory")
+    assert "'phone:mandatory'" in prechat.message
+    colour = problems[f"{WEBCHAT}.colour"]
+    assert colour.line == line_of(path, "colour: blue")
+    assert colour.message.endswith("got 'blue'")
+    assert "'right' or 'left'" in problems[f"{WEBCHAT}.position"].message
+    assert problems[f"{WEBCHAT}.theme"].message == "unknown key 'theme'"
+    with pytest.raises(ConfigError):
+        load_config(cfg_dir)
+
+
+def test_an_enabled_webchat_account_needs_origins(cfg_dir: Path) -> None:
+    path = cfg_dir / "channels.yaml"
+    text = path.read_text(encoding="utf-8")
+    line = text.splitlines(keepends=True)[line_of(path, '      origins: "') - 1]
+    edit(path, line, "")
+    problem = only_problem(cfg_dir)
+    assert (problem.file, problem.key) == ("channels.yaml", WEBCHAT)
+    assert "no 'origins'" in problem.message
+    # Switched off, it may wait for its origins.
+    edit(path, "    account: main-site\n", "    account: main-site\n    enabled: false\n")
+    assert check_config(cfg_dir) == []
+
+
 def test_secret_env_must_be_a_name(cfg_dir: Path) -> None:
     path = cfg_dir / "channels.yaml"
     edit(path, "secret_env: OMNIROUTE_SECRET_API_SHOP", "secret_env: s3cr3t-value")
