@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import automation, calls, mail, mime, mix, webhooks
+from benchmarks import automation, calls, mail, mime, mix, webchat, webhooks
 from benchmarks.report import table, write_json
 from benchmarks.run import Options, quiet_logging, run_all
 
@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("automation", "the automation benchmark (python -m benchmarks.automation --quick)"),
         ("mail", "the e-mail intake benchmark (python -m benchmarks.mail --quick; needs Dovecot)"),
         ("mime", "the e-mail parser benchmark (python -m benchmarks.mime --repeat 20)"),
+        (
+            "webchat",
+            "the website chat benchmark: the widget's gzipped size, 50 concurrent visitors' "
+            "p50/p99 both ways (python -m benchmarks.webchat --visitors 50)",
+        ),
         (
             "mix",
             "the mixed-load benchmark over every webhook channel, 1 and 3 service processes, "
@@ -127,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.automation, automation.main, ["--quick"]),
         (args.mail, mail.main, ["--quick"]),
         (args.mime, mime.main, ["--repeat", "20"]),
+        (args.webchat, webchat.main, ["--visitors", "50"]),
         (args.mix, mix.main, ["--quick"]),
     ]
     for enabled, run, argv_ in later:
