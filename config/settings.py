@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     automation_timer_batch: int = Field(default=50, gt=0)
     automation_retry_s: float = Field(default=30.0, gt=0)
 
+    # Webchat presence (crm_store/presence.py): an operator's or visitor's WebSocket
+    # counts as connected for presence_ttl_s after its last heartbeat (sent every third
+    # of it), so a process that died stops counting at most this much later.
+    presence_ttl_s: float = Field(default=60.0, gt=0)
+
     @field_validator("mongodb_uri")
     @classmethod
     def _empty_uri_is_none(cls, value: str | None) -> str | None:

@@ -163,6 +163,17 @@ INDEXES: dict[str, list[IndexModel]] = {
     "service_keys": [],
     # Webchat visitors (crm_store/webchat.py): by _id, the visitor id.
     "webchat_visitors": [],
+    # Live presence (crm_store/presence.py): operators online by user, a conversation's
+    # visitor sockets and operator typing; readers compare `until` with now, the TTL index
+    # only clears dead rows (about once a minute).
+    "presence": [
+        IndexModel([("kind", ASCENDING), ("user", ASCENDING), ("until", ASCENDING)], name="user"),
+        IndexModel(
+            [("conversation_id", ASCENDING), ("kind", ASCENDING), ("until", ASCENDING)],
+            name="conversation",
+        ),
+        IndexModel([("until", ASCENDING)], name="ttl", expireAfterSeconds=60),
+    ],
 }
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,7 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pymongo import DESCENDING
 from pymongo.errors import PyMongoError
 
-from crm_store import feed
+from config.settings import get_settings
+from crm_store import feed, presence
 from crm_store.routing_store import find_in
 from crm_store.store import Document
 from inbox.api import Call, route
@@ -123,6 +125,7 @@ class Hub:
         self.cursor: int | None = None
         self.lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self.presence_ttl_s = 60.0  # setup() reads OMNIROUTE_PRESENCE_TTL_S
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="live-hub")
@@ -301,6 +304,9 @@ async def live(call: Call) -> web.StreamResponse:
     hub = request.app[HUB]
     sub = Subscriber(principal, ws, cursor=0)
     writer = asyncio.create_task(_writer(sub))
+    socket_id = uuid.uuid4().hex
+    await _alive(hub, socket_id, principal.user.id)
+    beat = asyncio.create_task(_heartbeat(hub, socket_id, principal.user.id))
     hub.sockets.add(sub)
     try:
         await hub.join(sub, q.after)
@@ -316,8 +322,26 @@ async def live(call: Call) -> web.StreamResponse:
                 sub.push({"type": "pong", "cursor": sub.cursor})
     finally:
         hub.leave(sub)
+        await cancel(beat)
         await cancel(writer)
+        with contextlib.suppress(PyMongoError):
+            await presence.gone(svc.store, presence.OPERATOR, socket_id)
     return ws
+
+
+async def _alive(hub: Hub, socket_id: str, user: str) -> None:
+    """The socket is open: its operator counts as online on every process for the
+    presence TTL (crm_store/presence.py; the webchat config's ``online``)."""
+    try:
+        await presence.operator_alive(hub.svc.store, socket_id, user, hub.presence_ttl_s)
+    except PyMongoError as exc:
+        log.warning("live.presence_failed", error=type(exc).__name__)
+
+
+async def _heartbeat(hub: Hub, socket_id: str, user: str) -> None:
+    while True:
+        await asyncio.sleep(hub.presence_ttl_s / 3)
+        await _alive(hub, socket_id, user)
 
 
 class Command(BaseModel):
@@ -346,6 +370,7 @@ def _command(text: str) -> Command | None:
 def setup(app: web.Application) -> None:
     """The hub of this app (its service must be set); started and stopped with it."""
     hub = Hub(app[SERVICE])
+    hub.presence_ttl_s = get_settings().presence_ttl_s
     app[HUB] = hub
 
     async def start(_: web.Application) -> None:

@@ -32,7 +32,8 @@ from channels.webchat import (
     identifier_verified,
 )
 from config.loader import resolve_secret
-from crm_store import files
+from config.settings import get_settings
+from crm_store import files, presence
 from crm_store import webchat as visitors
 from crm_store.documents import intake_id
 from inbox.api import Call
@@ -155,16 +156,20 @@ def _lang(request: web.Request) -> str:
     return "en" if request.headers.get("Accept-Language", "").lower().startswith("en") else "ru"
 
 
-def _operators_online(request: web.Request, site: Site) -> bool:
-    """An operator of the source's line has /api/v1/ws open on this process."""
-    hub = request.app.get(HUB)
-    if hub is None:
+async def _operators_online(request: web.Request, site: Site) -> bool:
+    """An operator of the source's line has /api/v1/ws open on some process (their
+    presence rows, crm_store/presence.py)."""
+    if request.app.get(HUB) is None:
         return True
     source = site.svc.config.source(site.account.source)
     line_users = {u.id for u in site.svc.config.line_users(source.line)} if source.line else set()
     if source.responsible:
         line_users.add(source.responsible)
-    return any(sub.principal.user.id in line_users for sub in hub.subscribers)
+    try:
+        return await presence.any_operator(site.svc.store, line_users)
+    except PyMongoError as exc:  # the form still works: the offline form is the safe side
+        log.warning("webchat.presence_unavailable", error=type(exc).__name__)
+        return False
 
 
 # --- endpoints ------------------------------------------------------------------------
@@ -188,7 +193,7 @@ async def config(request: web.Request, site: Site) -> web.StreamResponse:
     lang = _lang(request)
     s = site.settings
     reopen = next_open(site.state)
-    online = reopen is None and _operators_online(request, site)
+    online = reopen is None and await _operators_online(request, site)
     return json_response(
         {
             "account": site.account.account,
@@ -419,6 +424,8 @@ async def socket(request: web.Request, site: Site) -> web.StreamResponse:
     sub = VisitorSocket(account, visitor, conv, ws, str(request.url.origin()))
     send = asyncio.create_task(writer(site.svc.store, sub))
     pinger = asyncio.create_task(_ping(hub, sub))
+    await hub.alive(sub)
+    beat = asyncio.create_task(hub.heartbeat(sub))
     try:
         await hub.join(sub, after)
         async for msg in ws:
@@ -431,7 +438,7 @@ async def socket(request: web.Request, site: Site) -> web.StreamResponse:
             if command.type == "read" and command.up_to:
                 await mark_read(site.svc.store, account, conv, command.up_to)
             elif command.type == "typing":
-                hub.visitor_typing[conv] = command.on
+                await hub.visitor_typed(sub, command.on)
             elif command.type == "ping":
                 hub.send(sub, {"type": "pong"})
     except PyMongoError as exc:  # the store went away: the client reconnects with its cursor
@@ -439,9 +446,10 @@ async def socket(request: web.Request, site: Site) -> web.StreamResponse:
         await ws.close(code=1011, message=b"store unavailable: reconnect with your cursor")
     finally:
         hub.leave(sub)
-        hub.visitor_typing.pop(conv, None)
+        await cancel(beat)
         await cancel(pinger)
         await cancel(send)
+        await hub.gone(sub)
     return ws
 
 
@@ -461,19 +469,19 @@ class TypingBody(BaseModel):
 
 
 class TypingView(BaseModel):
-    visitors: int = Field(description="visitor connections told (webchat; this process)")
+    visitors: int = Field(description="visitor connections open (webchat; on every process)")
 
 
 async def operator_typing(call: Call) -> TypingView:
     conv = await visible_conversation(call)
     hub = call.request.app.get(WEBCHAT_HUB)
-    told = hub.typing(conv["_id"], call.b(TypingBody).on) if hub is not None else 0
+    told = await hub.typing(conv["_id"], call.b(TypingBody).on) if hub is not None else 0
     return TypingView(visitors=told)
 
 
 class VisitorView(BaseModel):
-    online: bool = Field(description="a visitor socket is open (on this process)")
-    typing: bool = Field(description="the visitor reported typing (on this process)")
+    online: bool = Field(description="a visitor socket is open (on any process)")
+    typing: bool = Field(description="the visitor reported typing (on any process)")
     verified: bool
     page: dict[str, Any] | None = Field(description="the page of the visitor's last session")
 
@@ -484,11 +492,10 @@ async def visitor_state(call: Call) -> VisitorView:
     if conv.get("channel") != "webchat" or not thread.startswith("thread:"):
         raise ApiError(404, "not_found", "not a webchat conversation")
     doc = await visitors.visitor(call.svc.store, thread[7:]) or {}
-    hub = call.request.app.get(WEBCHAT_HUB)
-    cid = conv["_id"]
+    online, typing = await presence.visitor_state(call.svc.store, conv["_id"])
     return VisitorView(
-        online=hub is not None and hub.live(cid),
-        typing=hub is not None and hub.visitor_typing.get(cid, False),
+        online=online,
+        typing=typing,
         verified=bool(doc.get("verified")),
         page=doc.get("page"),
     )
@@ -510,7 +517,7 @@ def setup(app: web.Application) -> None:
         except ValueError as exc:  # answered 500 account_misconfigured until fixed
             log.error("webchat.misconfigured", account=account.account, error=str(exc))
     app[STATE] = WebchatState(clock_from_env(), WorkingCalendar.from_config(svc.config.calendar))
-    hub = WebchatHub(svc.store, app[KEYS])
+    hub = WebchatHub(svc.store, app[KEYS], get_settings().presence_ttl_s)
     app[WEBCHAT_HUB] = hub
 
     async def start(_: web.Application) -> None:

@@ -14,8 +14,14 @@ A catch-up (WebSocket ``after``, or the long poll) reads the events of the conve
 up to the hub's cursor through the ``events.conversation_seq`` index, under the hub's
 lock, so nothing falls between the catch-up and the live stream.
 
-Typing is not in the log: an operator's typing (POST /api/v1/conversations/{id}/typing)
-goes to the visitor sockets of this process only.
+Presence and typing are not in the log but in the store (crm_store/presence.py), so every
+process sees them: each visitor socket heartbeats its row every third of
+``presence_ttl_s`` and deletes it on a clean close; the visitor's typing is a field of
+that row (written on a change, at most every ``TYPING_S / 3`` while it stays on). An
+operator's typing (POST /api/v1/conversations/{id}/typing) is one row per conversation:
+this process tells its own sockets at once, and every hub's poll (each ``POLL_S`` while
+it holds sockets, one indexed query for all their conversations) tells its sockets when
+it changes — including ``on: false`` when it lapses unrenewed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,7 +42,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import PyMongoError
 
 from channels.base import DeliveryState, StatusUpdate
-from crm_store import feed, updates
+from crm_store import feed, presence, updates
 from crm_store.documents import conversation_id, intake_id
 from crm_store.routing_store import find_in
 from crm_store.store import Document, Store
@@ -50,6 +57,9 @@ IDLE_POLL_S = 1.0  # no visitor connected to this process
 PAGE = 500
 QUEUE_LIMIT = 5000
 LINK_TTL = timedelta(days=1)
+# Typing lapses this long after its last report (the widget and the web inbox repeat it
+# every 2.5 s while typing).
+TYPING_S = 6.0
 
 # (file id) → a signed path /files/… (inbox/file_links.py)
 LinkMaker = Callable[[str], str]
@@ -148,18 +158,21 @@ class VisitorSocket:
     cursor: int = 0
     queue: asyncio.Queue[Document] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     closed: bool = False
+    socket_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # its presence row
+    operator_typing: bool = False  # what the socket was last told
+    typing: bool = False  # what the visitor last reported, and when it was written
+    typing_written: float = 0.0
 
 
 class WebchatHub:
-    def __init__(self, store: Store, keys: LinkKeys) -> None:
+    def __init__(self, store: Store, keys: LinkKeys, presence_ttl_s: float = 60.0) -> None:
         self.store = store
         self.keys = keys
+        self.presence_ttl_s = presence_ttl_s
         self.cursor: int | None = None
         self.lock = asyncio.Lock()
         self.sockets: dict[str, set[VisitorSocket]] = {}
         self.waiters: dict[str, set[asyncio.Event]] = {}
-        # conversation id → the visitor is typing (reported by their socket; this process)
-        self.visitor_typing: dict[str, bool] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def linker(self) -> LinkMaker:
@@ -206,6 +219,8 @@ class WebchatHub:
                 async with self.lock:
                     await self._ensure()
                     await self._step()
+                if self.sockets:
+                    await self._operator_typing()
             except PyMongoError as exc:
                 log.warning("webchat.store_unavailable", error=type(exc).__name__)
             except Exception:
@@ -239,6 +254,16 @@ class WebchatHub:
             self.cursor = page.next_after
             if len(page.events) < PAGE:
                 return
+
+    async def _operator_typing(self) -> None:
+        """Tell each socket whose operator typing changed (on any process)."""
+        typing = await presence.typing_operators(self.store, list(self.sockets))
+        for conv, subs in list(self.sockets.items()):
+            on = conv in typing
+            for sub in list(subs):
+                if sub.operator_typing != on:
+                    sub.operator_typing = on
+                    self._push(sub, {"type": "typing", "on": on})
 
     def _push(self, sub: VisitorSocket, data: Document, item: Item | None = None) -> None:
         if sub.closed:
@@ -322,15 +347,54 @@ class WebchatHub:
         """Queue a frame that is not in the feed (ping, pong, typing)."""
         self._push(sub, data)
 
-    def live(self, conv_id: str) -> bool:
-        return bool(self.sockets.get(conv_id))
-
-    def typing(self, conv_id: str, on: bool) -> int:
-        """An operator types in ``conv_id``: tell its visitor sockets; how many."""
-        subs = list(self.sockets.get(conv_id, ()))
-        for sub in subs:
+    async def typing(self, conv_id: str, on: bool) -> int:
+        """An operator types in ``conv_id``: record it for every process, tell this
+        process's visitor sockets at once; how many visitor sockets are open anywhere."""
+        await presence.operator_typing(self.store, conv_id, TYPING_S if on else None)
+        for sub in list(self.sockets.get(conv_id, ())):
+            sub.operator_typing = on
             self._push(sub, {"type": "typing", "on": on})
-        return len(subs)
+        return await presence.visitor_sockets(self.store, conv_id)
+
+    async def visitor_typed(self, sub: VisitorSocket, on: bool) -> None:
+        """The visitor on ``sub`` reported typing: written on a change, and while it
+        stays on at most every ``TYPING_S / 3``."""
+        now = time.monotonic()
+        if on == sub.typing and (not on or now - sub.typing_written < TYPING_S / 3):
+            return
+        try:
+            await presence.visitor_typing(
+                self.store,
+                sub.socket_id,
+                sub.conversation_id,
+                TYPING_S if on else None,
+                self.presence_ttl_s,
+            )
+        except PyMongoError as exc:  # the next report tries again
+            log.warning("webchat.presence_failed", error=type(exc).__name__)
+            return
+        sub.typing, sub.typing_written = on, now
+
+    async def alive(self, sub: VisitorSocket) -> None:
+        """``sub`` is open: its visitor counts as online on every process for
+        ``presence_ttl_s`` from now."""
+        try:
+            await presence.visitor_alive(
+                self.store, sub.socket_id, sub.conversation_id, self.presence_ttl_s
+            )
+        except PyMongoError as exc:
+            log.warning("webchat.presence_failed", error=type(exc).__name__)
+
+    async def heartbeat(self, sub: VisitorSocket) -> None:
+        """Renew ``sub``'s presence every third of the TTL while it is open."""
+        while True:
+            await asyncio.sleep(self.presence_ttl_s / 3)
+            await self.alive(sub)
+
+    async def gone(self, sub: VisitorSocket) -> None:
+        """``sub`` closed: its visitor no longer counts (a failure leaves it to lapse)."""
+        with contextlib.suppress(PyMongoError):
+            await presence.gone(self.store, presence.VISITOR, sub.socket_id)
 
 
 async def writer(store: Store, sub: VisitorSocket) -> None:
