@@ -291,7 +291,7 @@ _declare(
 route(
     "POST",
     "/api/v1/conversations/{id}/typing",
-    summary="Tell the customer an operator is typing (webchat visitors on this process)",
+    summary="Tell the customer an operator is typing (webchat visitors on every process)",
     tag="conversations",
     body=webchat_api.TypingBody,
     response=webchat_api.TypingView,
