@@ -4,6 +4,7 @@ deliveries read in part (``Parsed.unreadable``)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
@@ -236,8 +237,10 @@ async def test_the_cli_lists_unparsed_records_and_reparses_them(
             "OMNIROUTE_LOG_FORMAT": "json",
         }
 
-        def cli(*args: str) -> str:
-            done = subprocess.run(
+        async def cli(*args: str) -> str:
+            # In a thread: the service in this process keeps serving while the CLI runs.
+            done = await asyncio.to_thread(
+                subprocess.run,
                 [sys.executable, "-m", "ingest.cli", "intake", *args],
                 cwd=ROOT,
                 env=env,
@@ -248,10 +251,10 @@ async def test_the_cli_lists_unparsed_records_and_reparses_them(
             assert done.returncode == 0, done.stderr
             return done.stdout
 
-        listed = cli("list", "--status", "unparsed", "--channel", "api")
+        listed = await cli("list", "--status", "unparsed", "--channel", "api")
         assert rid in listed
         assert "unparsed" in listed
-        assert rid not in cli("list", "--status", "routed")
-        out = cli("reparse", "--channel", "api")
+        assert rid not in await cli("list", "--status", "routed")
+        out = await cli("reparse", "--channel", "api")
         assert f"{rid}  still unparsed" in out
         assert "0 reparsed, 1 still unparsed" in out
