@@ -251,3 +251,7 @@ class AppConfig(Strict):
                 found.add(dept)
                 todo.extend(children.get(dept, []))
         return found
+
+    def service_pipelines(self) -> frozenset[str]:
+        """Pipelines of ``purpose: service``: their deals never attract messages or calls."""
+        return frozenset(p.id for p in self.pipelines.pipelines if p.purpose == "service")

@@ -28,6 +28,7 @@ the others wait there until it does.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -91,12 +92,14 @@ def update_of(ev: CallEvent, source_id: str, at: datetime) -> Document:
     return update
 
 
-async def apply(store: Store, ev: CallEvent, source_id: str) -> CallRecord | None:
+async def apply(
+    store: Store, ev: CallEvent, source_id: str, service_pipelines: Container[str] = ()
+) -> CallRecord | None:
     """Apply one report; announce what the call reached. Returns the call as stored, or
     None when a partly signed report was not applied (a replay, or a report waiting for
     the report that opens its call; see :func:`apply_signed`)."""
     if isinstance(ev, SignedCallEvent):
-        return await apply_signed(store, ev, source_id)
+        return await apply_signed(store, ev, source_id, service_pipelines)
     doc_id = call_doc_id(ev.channel, ev.account, ev.call_id)
     update = update_of(ev, source_id, datetime.now(UTC))
     try:
@@ -106,13 +109,15 @@ async def apply(store: Store, ev: CallEvent, source_id: str) -> CallRecord | Non
         doc = await _upsert(store, {"_id": doc_id}, update)
     if doc is None:
         raise LookupError(f"call {doc_id} vanished after its update")
-    return await _announced(store, doc)
+    return await _announced(store, doc, service_pipelines)
 
 
-async def _announced(store: Store, doc: Document) -> CallRecord:
+async def _announced(
+    store: Store, doc: Document, service_pipelines: Container[str] = ()
+) -> CallRecord:
     rec = CallRecord.model_validate(doc)
     if due := due_announcements(rec):
-        await announce(store, rec, due)
+        await announce(store, rec, due, service_pipelines)
     return rec
 
 
@@ -143,7 +148,9 @@ def claim_doc_id(ev: SignedCallEvent) -> str:
     return stable_id("claim", ev.channel, ev.account, ev.claim)
 
 
-async def apply_signed(store: Store, ev: SignedCallEvent, source_id: str) -> CallRecord | None:
+async def apply_signed(
+    store: Store, ev: SignedCallEvent, source_id: str, service_pipelines: Container[str] = ()
+) -> CallRecord | None:
     """Apply a report whose provider signs only part of it (channels.calls.SignedCallEvent).
 
     1. Its claim is inserted into ``call_claims`` (unique ``_id`` per account and claim,
@@ -190,14 +197,18 @@ async def apply_signed(store: Store, ev: SignedCallEvent, source_id: str) -> Cal
                 {"_id": call_doc_id(ev.channel, ev.account, ev.call_id)}
             )
             return CallRecord.model_validate(found) if found else None
-    rec = await _apply_claimed(store, ev, source_id, now)
+    rec = await _apply_claimed(store, ev, source_id, now, service_pipelines)
     if rec is not None and ev.opens:
-        rec = await _apply_waiting(store, ev, source_id) or rec
+        rec = await _apply_waiting(store, ev, source_id, service_pipelines) or rec
     return rec
 
 
 async def _apply_claimed(
-    store: Store, ev: SignedCallEvent, source_id: str, now: datetime
+    store: Store,
+    ev: SignedCallEvent,
+    source_id: str,
+    now: datetime,
+    service_pipelines: Container[str] = (),
 ) -> CallRecord | None:
     doc_id = call_doc_id(ev.channel, ev.account, ev.call_id)
     update = update_of(ev, source_id, now)
@@ -226,11 +237,11 @@ async def _apply_claimed(
             )
         return None  # not opened yet: the claim waits for the opening report
     await claims(store).update_one({"_id": claim_doc_id(ev)}, {"$set": {"applied": True}})
-    return await _announced(store, doc)
+    return await _announced(store, doc, service_pipelines)
 
 
 async def _apply_waiting(
-    store: Store, opening: SignedCallEvent, source_id: str
+    store: Store, opening: SignedCallEvent, source_id: str, service_pipelines: Container[str] = ()
 ) -> CallRecord | None:
     """The reports of the just-opened call that arrived before it, applied in turn."""
     rec: CallRecord | None = None
@@ -246,7 +257,8 @@ async def _apply_waiting(
     )
     async for held in waiting:
         ev = SignedCallEvent.model_validate(held["report"])
-        rec = await _apply_claimed(store, ev, held.get("source_id", source_id), datetime.now(UTC))
+        source = held.get("source_id", source_id)
+        rec = await _apply_claimed(store, ev, source, datetime.now(UTC), service_pipelines)
     return rec
 
 
@@ -298,15 +310,18 @@ class CallerState(BaseModel):
     responsible_id: str | None = None
 
 
-async def caller_state(store: Store, phone: str | None) -> CallerState | None:
-    """The contact owning ``phone`` (E.164), with what routing would attach to."""
+async def caller_state(
+    store: Store, phone: str | None, service_pipelines: Container[str] = ()
+) -> CallerState | None:
+    """The contact owning ``phone`` (E.164), with what routing would attach to (a deal of
+    a ``service_pipelines`` pipeline never: routing/decide.py)."""
     if not phone or not phone.startswith("+"):
         return None
     found = await store.contacts.find_one({"identities": phone_key(phone)})
     if found is None:
         return None
     contact = ContactDoc.model_validate(found)
-    state = await rs.load_contact_state(store, [contact.id])
+    state = await rs.load_contact_state(store, [contact.id], service_pipelines)
     deal = state.active_deal.get(contact.id)
     lead = state.open_lead.get(contact.id)
     responsible = (
@@ -372,13 +387,15 @@ def known(caller: CallerState | None, rec: CallRecord) -> bool:
     return caller is not None and caller.contact.origin_intake_id != rec.message_id
 
 
-async def announce(store: Store, rec: CallRecord, due: list[str]) -> None:
+async def announce(
+    store: Store, rec: CallRecord, due: list[str], service_pipelines: Container[str] = ()
+) -> None:
     """Append the due events (once: their ids derive from the call) and remember them."""
     assert rec.id is not None
     docs: list[Document] = []
     # Who the caller is, and which of the events exist already (a re-run), at once.
     caller, written = await together(
-        caller_state(store, rec.customer),
+        caller_state(store, rec.customer, service_pipelines),
         rs.existing_ids(store, "events", [events.event_id(type_, [rec.id]) for type_ in due]),
     )
     refs: dict[str, str | None] = {"call_id": rec.id}

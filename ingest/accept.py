@@ -37,6 +37,8 @@ class IntakeWriter:
     owner: str
     lease_s: float
     group: intake.GroupCommit | None = None
+    # Pipelines whose deals never attract a caller's call (config's purpose: service).
+    service_pipelines: frozenset[str] = frozenset()
 
     async def accept(self, docs: list[Document]) -> intake.Accepted:
         if not docs:
@@ -96,7 +98,7 @@ async def store_parsed(
 
     async def apply_calls() -> None:
         for call in parsed.calls:
-            await calls.apply(w.store, call, source)
+            await calls.apply(w.store, call, source, w.service_pipelines)
 
     # A call report and its message are independent writes (each idempotent, so a retry
     # after either failed redoes both safely): made durable at once. (A message alone is

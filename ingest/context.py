@@ -37,7 +37,9 @@ class Service:
     @property
     def writer(self) -> IntakeWriter:
         """The intake write path of this process (ingest/accept.py)."""
-        return IntakeWriter(self.store, self.owner, self.lease_s, self.intake)
+        return IntakeWriter(
+            self.store, self.owner, self.lease_s, self.intake, self.config.service_pipelines()
+        )
 
 
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)

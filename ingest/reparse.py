@@ -94,7 +94,7 @@ async def reparse(
     """Read every ``unparsed`` record (of ``channel``, received since ``since``) again."""
     report = ReparseReport()
     # lease_s=0: the records are due for any service's recovery sweep at once.
-    writer = IntakeWriter(store, reparse_owner(), 0.0)
+    writer = IntakeWriter(store, reparse_owner(), 0.0, service_pipelines=config.service_pipelines())
     query = selection(IntakeStatus.UNPARSED.value, channel, since)
     records = [d async for d in store.intake.find(query, sort=[("received_at", 1)])]
     for record in records:

@@ -143,9 +143,7 @@ class Router:
         self.store = store
         self.config = config
         # Deals there never attract messages (routing_store.load_contact_state).
-        self.service_pipelines = frozenset(
-            p.id for p in config.pipelines.pipelines if p.purpose == "service"
-        )
+        self.service_pipelines = config.service_pipelines()
 
     async def route(self, records: list[IntakeDoc], *, rerun: bool = False) -> list[Routed]:
         """Route a batch. ``rerun``: the records may have been partly routed before."""

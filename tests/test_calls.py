@@ -359,3 +359,33 @@ async def test_a_replayed_claim_creates_nothing_and_a_retry_changes_nothing(
     assert await call_store.apply(store, end, "phone") is not None
     assert await store["calls"].find_one({"call_id": "z-genuine"}) == before
     assert await store["calls"].count_documents({"call_id": {"$in": ["z-x", "z-stray"]}}) == 0
+
+
+@pytest.mark.parametrize("service", [False, True])
+async def test_a_service_pipeline_deal_is_not_the_callers_deal(store: Store, service: bool) -> None:
+    """A known caller whose only open deal is after-sale work (the NPS survey's copy of a
+    won order, ``purpose: service``): the call's events name the contact, never that deal
+    — as routing treats the caller's messages (routing/decide.py). Without the service
+    pipelines given, the same deal is the caller's deal (the check can fail)."""
+    await store.contacts.insert_one(
+        {"_id": "c-nps", "identities": ["phone:+79001234567"], "origin": "manual"}
+    )
+    await store.deals.insert_one(
+        {
+            "_id": "d-nps",
+            "contact_id": "c-nps",
+            "pipeline_id": "nps",
+            "stage_id": "sent",
+            "open": True,
+            "last_activity_at": T0,
+        }
+    )
+    pipelines = {"nps"} if service else set()
+    for ev in lifecycle(f"nps-{service}")[:1]:
+        await call_store.apply(store, ev, "phone", pipelines)
+    started = await store.events.find_one(
+        {"type": CALL_STARTED, "data.provider_call_id": f"nps-{service}"}
+    )
+    assert started is not None
+    assert started["refs"]["contact_id"] == "c-nps"
+    assert started["refs"].get("deal_id") == (None if service else "d-nps")
