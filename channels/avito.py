@@ -56,7 +56,6 @@ Account settings (``channels.yaml``); the client secret only through ``secret_en
 from __future__ import annotations
 
 import asyncio
-import hmac
 import math
 import mimetypes
 import time
@@ -89,6 +88,7 @@ from channels.base import (
     setting_env,
     setting_str,
 )
+from channels.signing import same
 from config.models import ChannelAccount
 
 API_BASE = "https://api.avito.ru"
@@ -107,8 +107,7 @@ def verify(account: ChannelAccount, req: WebhookRequest) -> None:
             f"this account has no webhook token of at least {MIN_WEBHOOK_TOKEN} characters "
             "(settings.webhook_token_env)"
         )
-    given = (req.path_token or "").encode("utf-8", "replace")
-    if not hmac.compare_digest(expected.encode("utf-8", "replace"), given):
+    if not same(expected, req.path_token):
         raise Forbidden("missing or wrong webhook token in the URL")
 
 

@@ -60,7 +60,6 @@ Account settings (``channels.yaml``):
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import warnings
@@ -86,6 +85,7 @@ from channels.base import (
     setting_env,
     setting_str,
 )
+from channels.signing import same
 from channels.telegram_read import read_update
 from config.models import ChannelAccount
 
@@ -171,7 +171,7 @@ def _verify(account: ChannelAccount, req: WebhookRequest) -> None:
     if not expected:
         raise Forbidden("this account has no webhook secret configured")
     got = req.headers.get(SECRET_HEADER, "")
-    if not hmac.compare_digest(got.encode("utf-8", "replace"), expected.encode()):
+    if not same(expected, got):
         raise Forbidden(f"missing or wrong {SECRET_HEADER} header")
 
 

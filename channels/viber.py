@@ -69,6 +69,7 @@ from channels.base import (
     WebhookRequest,
     setting_str,
 )
+from channels.signing import same
 from config.models import ChannelAccount
 
 API_BASE = "https://chatapi.viber.com"
@@ -98,7 +99,7 @@ def verify(secret: str | None, req: WebhookRequest) -> None:
     given = req.headers.get(SIGNATURE_HEADER, "").strip().lower()
     if not given:
         raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
-    if not hmac.compare_digest(sign(secret, req.body).encode(), given.encode("utf-8", "replace")):
+    if not same(sign(secret, req.body), given):
         raise Unauthorized("signature does not match")
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import mimetypes
 import re
 from datetime import UTC, datetime
@@ -79,6 +78,7 @@ from channels.base import (
     setting_env,
     setting_str,
 )
+from channels.signing import same
 from config.models import ChannelAccount
 
 API_VERSION = "5.199"
@@ -169,7 +169,7 @@ def _authenticate(account: ChannelAccount, event: dict[str, Any]) -> None:
     if not expected:
         raise Forbidden("no callback secret configured (settings.callback_secret_env)")
     given = event.get("secret")
-    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
+    if not isinstance(given, str) or not same(expected, given):
         raise Forbidden("secret does not match")
     if _int(event.get("group_id")) != _group_id(account):
         raise Forbidden(f"event for group {event.get('group_id')!r}, not this account's")

@@ -37,6 +37,7 @@ from channels.base import (
     WebhookChannel,
     WebhookRequest,
 )
+from channels.signing import same
 from config.models import ChannelAccount
 
 TEXT_MAX = 4000
@@ -136,8 +137,7 @@ class VisitorTokens:
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != "v1" or not re.fullmatch(r"[0-9a-f]{32}", parts[1]):
             return None
-        want = self._sig(parts[1]).encode()
-        return parts[1] if hmac.compare_digest(want, parts[2].encode("utf-8", "replace")) else None
+        return parts[1] if same(self._sig(parts[1]), parts[2]) else None
 
 
 def identifier_verified(secret: str | None, identifier: str, given_hash: str | None) -> bool:
@@ -145,8 +145,8 @@ def identifier_verified(secret: str | None, identifier: str, given_hash: str | N
     compared in constant time. No secret configured: nothing is verified."""
     if not secret or not given_hash:
         return False
-    want = hmac.new(secret.encode(), identifier.encode(), hashlib.sha256).hexdigest().encode()
-    return hmac.compare_digest(want, given_hash.strip().lower().encode("utf-8", "replace"))
+    want = hmac.new(secret.encode(), identifier.encode(), hashlib.sha256).hexdigest()
+    return same(want, given_hash.strip().lower())
 
 
 # --- the envelope: one visitor message as intake keeps it --------------------------

@@ -80,6 +80,7 @@ from channels.base import (
     setting_env,
     setting_str,
 )
+from channels.signing import same
 from config.models import ChannelAccount
 
 log = structlog.get_logger("omniroute.whatsapp")
@@ -129,7 +130,7 @@ def _verify_signature(account: ChannelAccount, req: WebhookRequest) -> None:
     if not given:
         raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
     expected = signature(app_secret, req.body)
-    if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
+    if not same(expected, given):
         raise Unauthorized(f"{SIGNATURE_HEADER} does not match the body")
 
 
@@ -138,7 +139,7 @@ def _handshake(account: ChannelAccount, query: Mapping[str, str]) -> Parsed:
     given = query.get("hub.verify_token", "")
     if query.get("hub.mode") != "subscribe" or "hub.challenge" not in query:
         raise Forbidden("not a subscription handshake (hub.mode=subscribe, hub.challenge)")
-    if not token or not hmac.compare_digest(token.encode(), given.encode("utf-8", "replace")):
+    if not token or not same(token, given):
         raise Forbidden("hub.verify_token does not match")
     return Parsed(reply=query["hub.challenge"], reply_content_type="text/plain")
 

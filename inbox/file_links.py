@@ -43,6 +43,7 @@ import structlog
 from aiohttp import web
 from pymongo.errors import PyMongoError
 
+from channels.signing import same
 from config.settings import get_settings
 from crm_store import files
 from crm_store.store import Document, Store
@@ -91,9 +92,7 @@ class LinkSigner:
             return Verdict.UNSIGNED
         if not _EXP.fullmatch(exp):
             return Verdict.FORGED
-        want = self.signature(file_id, int(exp)).encode()
-        # Bytes on both sides: compare_digest refuses a non-ASCII str.
-        if not hmac.compare_digest(want, sig.encode("utf-8", "replace")):
+        if not same(self.signature(file_id, int(exp)), sig):
             return Verdict.FORGED
         return Verdict.GENUINE if now <= int(exp) else Verdict.EXPIRED
 
