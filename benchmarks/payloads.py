@@ -837,8 +837,8 @@ def self_check(config: AppConfig) -> None:
 
     from channels import REGISTRY
     from channels.base import WebhookRequest
+    from channels.identity import identity_keys
     from config.loader import resolve_secret
-    from routing.identity import identity_keys
     from routing.router import thread_of
 
     saved = {k: os.environ.get(k) for k in SECRETS}

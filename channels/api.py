@@ -47,9 +47,9 @@ from channels.base import (
     WebhookRequest,
     setting_str,
 )
+from channels.identity import normalize_email, normalize_phone
 from channels.signing import matches, sign
 from config.models import ChannelAccount
-from routing.identity import normalize_email, normalize_phone
 
 __all__ = ["ApiChannel", "ApiMessage", "ApiReply", "sign", "verify"]
 

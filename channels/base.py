@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +43,18 @@ class Sender(BaseModel):
     external_user_id: str | None = Field(default=None, max_length=256)
 
 
+class PostRef(BaseModel):
+    """The public post a comment was written under (VK wall post, Facebook Page post,
+    Instagram media)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=256)
+    url: str | None = Field(default=None, max_length=4096)
+    # The beginning of the post's text or caption, when the provider sends it.
+    text: str | None = Field(default=None, max_length=2000)
+
+
 class InboundMessage(BaseModel):
     """One customer message, normalized. ``(channel, account, provider_id)`` is unique."""
 
@@ -70,6 +82,12 @@ class InboundMessage(BaseModel):
     # In-Reply-To, then References newest to oldest). The first one that is stored
     # decides the conversation, before thread_id and the sender.
     references: list[str] = Field(default_factory=list, max_length=200)
+    # "comment": a public comment under a post (``post`` set; ``provider_id`` is the
+    # comment's id; ``thread_id`` keys one conversation per post and commenter;
+    # ``parent_id`` the comment it answers, if any). "message": a direct message.
+    kind: Literal["message", "comment"] = "message"
+    post: PostRef | None = None
+    parent_id: str | None = Field(default=None, max_length=512)
 
 
 class WebhookError(Exception):
@@ -156,6 +174,21 @@ class MessageDeletion(BaseModel):
     account: str
     provider_id: str
     deleted_at: datetime | None = None
+
+
+class MessageReaction(BaseModel):
+    """The customer reacted to a stored message (either direction): the reaction is kept on
+    that message, never as a new message. ``reaction`` None: the reaction was removed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str
+    account: str
+    provider_id: str
+    reaction: str | None = Field(default=None, max_length=64)
+    # Who reacted (the provider's user id, scoped by the account).
+    by: str | None = Field(default=None, max_length=256)
+    at: datetime | None = None
 
 
 class StatusUpdate(BaseModel):
@@ -289,6 +322,7 @@ class Parsed:
     messages: list[InboundMessage] = field(default_factory=list)
     edits: list[MessageEdit] = field(default_factory=list)
     deletions: list[MessageDeletion] = field(default_factory=list)
+    reactions: list[MessageReaction] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
     reachability: list[Reachability] = field(default_factory=list)
     # Call reports (telephony): applied to the ``calls`` collection.
@@ -337,6 +371,27 @@ class OutboundMessage(BaseModel):
     # The message it answers was itself automatic (an auto-reply, a bounce, a null
     # reverse-path): an automatic message must not answer it.
     answers_automatic: bool = False
+    # Answering a public comment (the conversation's messages are comments): "public" posts
+    # a reply under ``comment_id``; "private" writes to the commenter directly (Messenger /
+    # Instagram private reply, a VK message). None: an ordinary message.
+    reply_mode: Literal["public", "private"] | None = None
+    comment_id: str | None = Field(default=None, max_length=512)
+    # A provider message template (WhatsApp): sent instead of ``text``; the only way to
+    # write outside a messaging window.
+    template: TemplateRef | None = None
+
+
+class TemplateRef(BaseModel):
+    """An approved template and its parameters, as configured on the account."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(default="ru", max_length=16)
+    params: list[str] = Field(default_factory=list, max_length=100)
+
+
+OutboundMessage.model_rebuild()
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,8 +49,8 @@ from channels.base import (
     Sender,
     WebhookRequest,
 )
+from channels.identity import normalize_phone
 from config.models import ChannelAccount
-from routing.identity import normalize_phone
 
 STAGE_RANK: dict[CallStage, int] = {
     CallStage.RINGING: 1,
@@ -66,7 +66,7 @@ DISPOSITION_RANK: dict[Disposition, int] = {
 FINAL_AGENT_RANK = 4
 MESSAGE_PREFIX = "call:"
 
-# Event types the call record announces (inbox/event_catalogue.py).
+# Event types the call record announces (crm_store/event_catalogue.py).
 CALL_STARTED = "call.started"
 CALL_ENDED = "call.ended"
 CALL_MISSED = "call.missed"

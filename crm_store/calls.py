@@ -48,11 +48,11 @@ from channels.calls import (
     message_key,
     message_provider_id,
 )
+from channels.identity import normalize_phone, phone_key
 from crm_store import events
 from crm_store import routing_store as rs
 from crm_store.documents import ContactDoc, intake_id, stable_id
 from crm_store.store import Collection, Document, Store, together
-from routing.identity import normalize_phone, phone_key
 
 COLLECTION = "calls"
 
@@ -352,7 +352,7 @@ def _started(rec: CallRecord) -> CallStarted:
 
 
 def event_data(type_: str, rec: CallRecord, caller: CallerState | None) -> BaseModel:
-    """The event's data, by its schema in inbox/event_catalogue.py."""
+    """The event's data, by its schema in crm_store/event_catalogue.py."""
     started = _started(rec)
     if type_ == CALL_STARTED:
         return started

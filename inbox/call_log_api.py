@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from channels.calls import CallRecord
+from channels.identity import normalize_phone
 from crm_store import calls as call_store
 from crm_store.store import Document
 from inbox import access
@@ -23,7 +24,6 @@ from inbox.api import Call, route
 from inbox.auth import ApiError, Principal
 from inbox.paging import cursor_of, older_than
 from ingest.context import Service
-from routing.identity import normalize_phone
 
 TAG = "calls"
 SCAN_LIMIT = 2000

@@ -21,11 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from channels import REGISTRY
 from channels.base import SendError
 from channels.calls import ClickToCall, user_login
+from channels.identity import normalize_phone
 from config.loader import resolve_secret
 from config.models import ChannelAccount, Role, User
 from inbox.auth import ApiError, Principal
 from ingest.context import Service, json_response
-from routing.identity import normalize_phone
 
 log = structlog.get_logger("omniroute.calls_api")
 

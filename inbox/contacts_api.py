@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from channels.identity import normalize_email, normalize_phone
 from crm_store import contacts
 from crm_store.contacts import ContactError
 from crm_store.store import Document
@@ -27,7 +28,6 @@ from inbox.auth import ApiError
 from inbox.entities_api import Deleted
 from inbox.paging import cursor_of, older_than
 from inbox.views import ContactView, EntityView
-from routing.identity import normalize_email, normalize_phone
 
 TAG = "contacts"
 RELATED_LIMIT = 200

@@ -15,10 +15,10 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from crm_store.event_catalogue import Envelope
 from inbox import calls_api, events_api, tasks_api, webchat_api
 from inbox.api import Call, route
 from inbox.auth import Principal
-from inbox.event_catalogue import Envelope
 from ingest.context import Service
 
 Legacy = Callable[[web.Request, Service, Principal], Awaitable[web.Response]]

@@ -20,10 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from crm_store import feed
 from crm_store import subscriptions as subs
+from crm_store.event_catalogue import EVENT_TYPES
 from crm_store.store import Document
 from inbox.auth import ApiError, Principal, require_admin
 from inbox.bounds import INT64_MAX
-from inbox.event_catalogue import EVENT_TYPES
 from ingest.context import Service, json_response
 
 MAX_WAIT_S = 30.0

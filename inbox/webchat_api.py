@@ -21,6 +21,7 @@ from pymongo.errors import PyMongoError
 
 from automation.calendar import WorkingCalendar
 from channels.base import Attachment, WebhookRequest
+from channels.identity import normalize_email, normalize_phone
 from channels.webchat import (
     CLIENT_ID,
     TEXT_MAX,
@@ -61,7 +62,6 @@ from ingest.accept import store_parsed
 from ingest.context import SERVICE, json_response, problem
 from ingest.limits import BodyTimeout, BodyTooLarge, read_body
 from ingest.tasks import cancel
-from routing.identity import normalize_email, normalize_phone
 
 log = structlog.get_logger("omniroute.webchat")
 

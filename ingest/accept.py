@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from channels.base import Parsed
+from channels.identity import identity_keys
 from crm_store import calls, intake, updates
 from crm_store.documents import IntakeDoc, IntakeStatus, intake_id, unparsed_id
 from crm_store.store import Document, Store, together
-from routing.identity import identity_keys
 
 # How much of an exception's text an unparsed record keeps.
 ERROR_CHARS = 1000

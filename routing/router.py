@@ -24,6 +24,7 @@ from typing import Any
 from pymongo import UpdateOne
 
 from channels.base import InboundMessage
+from channels.identity import identity_keys, normalize_email
 from config.models import AppConfig, Source
 from crm_store import events, updates
 from crm_store import routing_store as rs
@@ -41,7 +42,6 @@ from crm_store.documents import (
 from crm_store.intake import mark_routed
 from crm_store.store import Document, Store
 from routing.decide import Action, Context, Decision, decide, pick_round_robin
-from routing.identity import identity_keys, normalize_email
 
 MAX_REDECIDE = 3
 

@@ -8,8 +8,8 @@ from typing import Any
 from channels.calls import CallRecord
 from crm_store import tokens
 from crm_store.calls import call_doc_id
+from crm_store.event_catalogue import EVENT_TYPES, Envelope
 from crm_store.feed import envelope
-from inbox.event_catalogue import EVENT_TYPES, Envelope
 from tests.service import InProcess, api_body
 
 # Fields of a call document that depend on when reports arrived, not on what they said.

@@ -26,13 +26,13 @@ from channels.base import (
     WebhookRegistrar,
     WebhookRequest,
 )
+from channels.identity import identity_keys
 from channels.whatsapp import SIGNATURE_HEADER, WhatsAppChannel, signature
 from config.loader import load_config
 from config.models import AppConfig, ChannelAccount, Source
 from config.settings import DEFAULT_CONFIG_DIR
 from crm_store.documents import intake_id
 from inbox.replies import ReplyError, reply
-from routing.identity import identity_keys
 from tests.fakes.whatsapp import Failure, FakeWhatsApp
 from tests.helpers import free_port, wait_for
 from tests.service import InProcess, api_body, config_with, in_process

@@ -26,10 +26,10 @@ from config.models import AppConfig, ChannelAccount, Role, User
 from config.settings import DEFAULT_CONFIG_DIR, Settings
 from crm_store import events as event_log
 from crm_store import feed, tokens
+from crm_store.event_catalogue import EVENT_TYPES, Envelope, markdown
 from crm_store.routing_store import insert_new, reserve_sequence
 from crm_store.stages import move_stage
 from crm_store.store import Document, Store
-from inbox.event_catalogue import EVENT_TYPES, Envelope, markdown
 from tests.helpers import wait_for
 from tests.service import InProcess, api_body, in_process
 

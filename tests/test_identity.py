@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channels.base import Sender
-from routing.identity import (
+from channels.identity import (
     email_key,
     identity_keys,
     messenger_key,

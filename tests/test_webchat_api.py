@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
+from channels.identity import messenger_key
 from channels.webchat import VisitorTokens, WebchatSettings, identifier_verified, parse_prechat
 from channels.webchat_limits import RateLimiter
 from crm_store import conversations as convs
@@ -22,7 +23,6 @@ from crm_store.documents import intake_id
 from inbox.webchat_api import WIDGET
 from inbox.webchat_http import CLOCK_ENV
 from inbox.webchat_hub import visitor_conversation
-from routing.identity import messenger_key
 from tests.service import Client, InProcess, api_body, config_with, in_process
 
 SECRET = "webchat-identity-key"

@@ -39,11 +39,11 @@ from playwright.async_api import (
     expect,
 )
 
+from channels.identity import messenger_key
 from config.models import AppConfig
 from crm_store import tokens
 from inbox.webchat_http import CLOCK_ENV
 from inbox.webchat_hub import visitor_conversation
-from routing.identity import messenger_key
 from tests.fakes.webchat_server import FakeWebchat, Visitor
 from tests.helpers import free_port, wait_for
 from tests.service import InProcess, config_with, in_process

@@ -52,9 +52,9 @@ from channels.base import (
 )
 from channels.email.imap import ImapSession
 from channels.email.mime import AutoKind, ParsedMail, strip_subject_prefixes
+from channels.identity import normalize_email
 from config.models import ChannelAccount
 from crm_store.files import StoredFile
-from routing.identity import normalize_email
 
 log = structlog.get_logger("omniroute.email")
 

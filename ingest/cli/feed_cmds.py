@@ -115,7 +115,7 @@ async def cmd_subs_deliveries(store: Store, args: argparse.Namespace) -> int:
 def cmd_events_schema(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from inbox.event_catalogue import EVENT_TYPES, markdown, schema
+    from crm_store.event_catalogue import EVENT_TYPES, markdown, schema
 
     if args.markdown:
         print(markdown())

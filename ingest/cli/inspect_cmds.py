@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Any
 
+from channels.identity import email_key, normalize_email, normalize_phone, phone_key
 from config.loader import load_config
 from config.settings import get_settings
 from crm_store import queries
 from crm_store.store import Document, Store
 from ingest.cli.common import fmt_time, store_cmd
-from routing.identity import email_key, normalize_email, normalize_phone, phone_key
 
 
 def _target(msg: Document) -> str:
