@@ -27,7 +27,7 @@ import structlog
 from pymongo import DESCENDING
 from pymongo.errors import DuplicateKeyError
 
-from automation import expressions, people, templates
+from automation import document_actions, expressions, people, sms_actions, templates
 from automation.calendar import WorkingCalendar
 from automation.clock import Clock
 from automation.conditions import Snapshot
@@ -155,6 +155,12 @@ class Executor:
             await self.delete_duplicate(p, a.delete_duplicate, snap)
         elif a.webhook is not None:
             await self.webhook(p, a.webhook, snap)
+        elif a.document is not None:
+            await document_actions.make_document(self, p, a.document, snap)
+        elif a.send_sms is not None:
+            await sms_actions.send_sms(self, p, a.send_sms, snap)
+        elif a.send_survey is not None:
+            await sms_actions.send_survey(self, p, a.send_survey, snap)
 
     # --- helpers ------------------------------------------------------------------
 

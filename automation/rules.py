@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from datetime import time as TimeOfDay
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, Field
 
+from automation.document_actions import MakeDocument
 from automation.durations import Duration, DurationField, Unit
+from automation.rules_base import IDENT_PATTERN, EnvName, Ident, Strict
+from automation.sms_actions import SendSms, SendSurvey
 
-IDENT_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
-Ident = Annotated[str, StringConstraints(pattern=IDENT_PATTERN)]
-EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$")]
+__all__ = ["IDENT_PATTERN", "EnvName", "Ident", "Strict"]
 
 
 def _listed(value: Any) -> Any:
@@ -60,10 +61,6 @@ Trigger = Literal[
     "timer.due",
 ]
 TriggerList = Annotated[tuple[Trigger, ...], BeforeValidator(_listed), Field(min_length=1)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 # --- conditions ------------------------------------------------------------------------
@@ -261,6 +258,9 @@ ACTIONS: tuple[str, ...] = (
     "close_as_junk",
     "delete_duplicate",
     "webhook",
+    "document",
+    "send_sms",
+    "send_survey",
 )
 
 
@@ -278,6 +278,9 @@ class Action(Strict):
     close_as_junk: CloseAsJunk | None = None
     delete_duplicate: DeleteDuplicate | None = None
     webhook: CallWebhook | None = None
+    document: MakeDocument | None = None
+    send_sms: SendSms | None = None
+    send_survey: SendSurvey | None = None
 
     @property
     def kind(self) -> str:
