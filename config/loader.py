@@ -47,6 +47,7 @@ from config.models import (
     SourceMode,
     SourcesFile,
     StageOutcome,
+    TemplatesFile,
     UsersFile,
 )
 from config.settings import DEFAULT_CONFIG_DIR
@@ -890,6 +891,55 @@ class _Refs:
 # --- the public API ------------------------------------------------------------------
 
 
+TEMPLATES = "templates/templates.yaml"
+
+
+def _templates(
+    config_dir: Path,
+    docs: dict[str, _Doc],
+    problems: list[ConfigProblem],
+    pipelines: PipelinesFile | None,
+) -> TemplatesFile | None:
+    """``templates/templates.yaml`` (optional; docs/documents.md): each type once, its
+    DOCX file present, its number format usable; every ``requires_documents`` type of
+    pipelines.yaml declared."""
+    if not (config_dir / TEMPLATES).is_file():
+        tf: TemplatesFile | None = TemplatesFile()
+    else:
+        docs[TEMPLATES] = _parse(config_dir, TEMPLATES, problems)
+        tf = _validate(docs[TEMPLATES], TemplatesFile, problems)
+    if tf is None:
+        return None
+    check = _Checker(docs, problems)
+    check.unique(
+        TEMPLATES,
+        "document type",
+        [(t.type, ("templates", i, "type")) for i, t in enumerate(tf.templates)],
+    )
+    for i, t in enumerate(tf.templates):
+        if not (config_dir / "templates" / t.file).is_file():
+            check.report(TEMPLATES, ("templates", i, "file"), f"no file templates/{t.file}")
+        try:
+            t.number_format.format(year=2026, n=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            check.report(
+                TEMPLATES,
+                ("templates", i, "number_format"),
+                f"not a number format of {{year}} and {{n}}: {exc}",
+            )
+    declared = {t.type for t in tf.templates}
+    for i, p in enumerate(pipelines.pipelines if pipelines else []):
+        for j, stage in enumerate(p.stages):
+            for k, req in enumerate(stage.requires_documents):
+                if req.type not in declared:
+                    check.report(
+                        PIPELINES,
+                        ("pipelines", i, "stages", j, "requires_documents", k, "type"),
+                        f"no document type '{req.type}' in {TEMPLATES}",
+                    )
+    return tf.model_copy(update={"dir": str((config_dir / "templates").resolve())})
+
+
 def _load(config_dir: Path) -> tuple[AppConfig | None, list[ConfigProblem]]:
     problems: list[ConfigProblem] = []
     if not config_dir.is_dir():
@@ -919,6 +969,7 @@ def _load(config_dir: Path) -> tuple[AppConfig | None, list[ConfigProblem]]:
         check.calendar(calendar)
     if automation is not None:
         check.automation(automation, pipelines, users, channels)
+    templates = _templates(config_dir, docs, problems, pipelines)
 
     order = {file: i for i, file in enumerate(CONFIG_FILES)}
     problems.sort(key=lambda p: (order.get(p.file, -1), p.line or 0, p.column or 0))
@@ -930,6 +981,7 @@ def _load(config_dir: Path) -> tuple[AppConfig | None, list[ConfigProblem]]:
         or users is None
         or calendar is None
         or automation is None
+        or templates is None
     ):
         return None, problems
     cfg = AppConfig(
@@ -939,6 +991,7 @@ def _load(config_dir: Path) -> tuple[AppConfig | None, list[ConfigProblem]]:
         users=users,
         calendar=calendar,
         automation=automation,
+        templates=templates,
     )
     return cfg, problems
 

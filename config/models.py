@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import time
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -51,8 +51,11 @@ class ChannelAccount(Strict):
     # with * (``*@forms.example.ru``).
     customer_senders: list[str] = Field(default_factory=list)
     # Provider-specific settings (IMAP host, bot base URL ...); each channel module
-    # validates its own part.
-    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # validates its own part. Scalars, and lists of mappings where a channel models
+    # them (WhatsApp ``templates``: channels/whatsapp_templates.py).
+    settings: dict[str, str | int | float | bool | list[dict[str, Any]]] = Field(
+        default_factory=dict
+    )
 
     @field_validator("allowed_networks")
     @classmethod
@@ -88,6 +91,14 @@ class EntryRequirement(Strict):
     if_: Condition = Field(alias="if")
 
 
+class RequiredDocument(Strict):
+    """A document of a type the deal must have, in ``status`` or later, to enter a stage
+    (generated < sent < signed)."""
+
+    type: Ident
+    status: Literal["generated", "sent", "signed"] = "signed"
+
+
 class Stage(Strict):
     id: Ident
     name: str
@@ -101,6 +112,9 @@ class Stage(Strict):
     requires: list[EntryRequirement] = Field(default_factory=list)
     # Once a lead/deal has reached this stage, it may not move back before it.
     no_return: bool = False
+    # Documents (config/templates/) the deal must have, each in at least a status, to
+    # enter this stage (docs/documents.md).
+    requires_documents: list[RequiredDocument] = Field(default_factory=list)
 
     @property
     def final(self) -> bool:
@@ -205,6 +219,29 @@ class CalendarFile(Strict):
     working_hours: WorkingHours = WorkingHours()
 
 
+# --- templates/templates.yaml (optional; docs/documents.md) --------------------------
+
+
+class DocumentTemplate(Strict):
+    """One document type: its DOCX file under ``templates/`` and its number format
+    (``{year}``, ``{n}`` — e.g. ``"Д-{year}-{n:04d}"``)."""
+
+    type: Ident
+    title: str = Field(min_length=1, max_length=200)
+    file: str = Field(pattern=r"^[A-Za-z0-9_.-]+\.docx$")
+    number_format: str = Field(default="{year}-{n:04d}", min_length=1, max_length=100)
+    version: int = Field(default=1, ge=1)
+
+
+class TemplatesFile(Strict):
+    templates: list[DocumentTemplate] = Field(default_factory=list)
+    # Where the files are: set by the loader (the configuration's templates/ directory).
+    dir: str | None = None
+
+    def get(self, doc_type: str) -> DocumentTemplate | None:
+        return next((t for t in self.templates if t.type == doc_type), None)
+
+
 # --- the whole configuration ---------------------------------------------------------
 
 
@@ -215,6 +252,7 @@ class AppConfig(Strict):
     users: UsersFile
     calendar: CalendarFile
     automation: AutomationFile = AutomationFile()
+    templates: TemplatesFile = TemplatesFile()
 
     def account(self, channel: str, account: str) -> ChannelAccount | None:
         return next(
