@@ -6,8 +6,10 @@ from channels.api import ApiChannel
 from channels.avito import AvitoChannel
 from channels.base import Channel
 from channels.email import EmailChannel
+from channels.instagram import InstagramChannel
 from channels.mango import MangoChannel
 from channels.megafon import MegaFonChannel
+from channels.messenger import MessengerChannel
 from channels.pbx import PbxChannel
 from channels.telegram import TelegramChannel
 from channels.viber import ViberChannel
@@ -31,6 +33,8 @@ REGISTRY: dict[str, Channel] = {
         ZadarmaChannel(),
         PbxChannel(),
         WebchatChannel(),
+        MessengerChannel(),
+        InstagramChannel(),
     )
 }
 

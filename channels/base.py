@@ -497,6 +497,26 @@ class SendingChannel(Protocol):
 
 
 @runtime_checkable
+class CommentModerator(Protocol):
+    """A channel whose provider lets us hide, unhide or delete a public comment
+    (Facebook Page, Instagram)."""
+
+    name: str
+
+    async def moderate(
+        self,
+        account: ChannelAccount,
+        secret: str | None,
+        comment_id: str,
+        action: Literal["hide", "unhide", "delete"],
+    ) -> None:
+        """Apply ``action`` to the comment ``comment_id`` (the provider's id, as
+        ``InboundMessage.provider_id`` of the comment); raise :class:`SendError` if the
+        provider refuses (``detail`` in words an operator understands)."""
+        ...
+
+
+@runtime_checkable
 class WebhookRegistrar(Protocol):
     """A channel whose provider lets us register our webhook URL through its API."""
 

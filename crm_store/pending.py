@@ -1,4 +1,5 @@
-"""``pending_updates``: edits, deletions and delivery receipts that overtook their message.
+"""``pending_updates``: edits, deletions, reactions and delivery receipts that overtook
+their message.
 
 A provider may report an edit before we have stored the message it edits (the message is
 still waiting to be routed, or its own delivery comes later), and a delivery receipt
@@ -44,6 +45,8 @@ class Kind(StrEnum):
     EDIT = "edit"
     DELETION = "deletion"
     STATUS = "status"
+    # A reaction to a message (either direction): parked under both keys.
+    REACTION = "reaction"
 
 
 def inbound_key(channel: str, account: str, provider_id: str) -> str:

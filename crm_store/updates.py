@@ -23,7 +23,14 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from channels.base import STATE_RANK, MessageDeletion, MessageEdit, Reachability, StatusUpdate
+from channels.base import (
+    STATE_RANK,
+    MessageDeletion,
+    MessageEdit,
+    MessageReaction,
+    Reachability,
+    StatusUpdate,
+)
 from crm_store import pending
 from crm_store.edit_order import StoredText, Verdict, to_ms, verdict
 from crm_store.events import append, event
@@ -184,6 +191,52 @@ async def _delete_message(
     return True
 
 
+# --------------------------------------------------------------------------- reactions
+
+
+def _target(r: MessageReaction) -> Document:
+    """The reacted-to message, either direction (customers react to our messages too)."""
+    return {"channel": r.channel, "account": r.account, "provider_id": r.provider_id}
+
+
+def reaction_field(by: str | None) -> str:
+    """``reactions.<reactor>`` (field names hold no dots or ``$``)."""
+    who = (by or "unknown").replace(".", "_").replace("$", "_")
+    return f"reactions.{who}"
+
+
+async def apply_reaction(store: Store, reaction: MessageReaction) -> bool:
+    """Keep a reaction on the message it reacts to: ``reactions.<reactor> = {reaction,
+    at}``, the newest per reactor (a removal stores ``reaction: None``, so a late older
+    reaction does not come back). A reaction whose message is not stored yet is parked
+    under both keys (an inbound message still being routed, or one of ours whose send has
+    not returned its id); the one that finds its message applies it, the other expires.
+    True if the message exists."""
+    if await _react(store, reaction, _now()):
+        return True
+    inbound = pending.inbound_key(reaction.channel, reaction.account, reaction.provider_id)
+    outbound = pending.outbound_key(reaction.channel, reaction.account, reaction.provider_id)
+    await pending.park(store, Kind.REACTION, inbound, reaction, reaction.at)
+    await pending.park(store, Kind.REACTION, outbound, reaction, reaction.at)
+    if await _recheck(store, inbound):
+        return True
+    return await _recheck(store, outbound, {**_target(reaction), "direction": "out"})
+
+
+async def _react(store: Store, reaction: MessageReaction, received: datetime) -> bool:
+    """False if the message is not stored; a reaction older than the one kept for the
+    same reactor changes nothing."""
+    at = to_ms(reaction.at or received)
+    field = reaction_field(reaction.by)
+    result = await store.messages.update_one(
+        {**_target(reaction), "$or": [{field: {"$exists": False}}, {f"{field}.at": {"$lte": at}}]},
+        {"$set": {field: {"reaction": reaction.reaction, "at": at}}},
+    )
+    if result.matched_count:
+        return True
+    return await store.messages.find_one(_target(reaction), {"_id": 1}) is not None
+
+
 # --------------------------------------------------------------------------- receipts
 
 
@@ -292,6 +345,9 @@ async def _apply_parked(store: Store, doc: Document) -> bool:
     if kind == Kind.DELETION:
         deletion = MessageDeletion.model_validate(doc["update"])
         return await _delete_message(store, doc["key"], deletion, received)
+    if kind == Kind.REACTION:
+        reaction = MessageReaction.model_validate(doc["update"])
+        return await _react(store, reaction, received)
     status = StatusUpdate.model_validate(doc["update"])
     if await _move_state(store, status):
         return True

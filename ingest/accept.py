@@ -116,6 +116,8 @@ async def store_parsed(
         await updates.apply_status(w.store, status)
     for deletion in parsed.deletions:
         await updates.apply_deletion(w.store, deletion)
+    for reaction in parsed.reactions:
+        await updates.apply_reaction(w.store, reaction)
     for r in parsed.reachability:
         await updates.apply_reachability(w.store, r, identity_keys(r.channel, r.account, r.sender))
     return accepted
