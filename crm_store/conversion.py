@@ -44,10 +44,14 @@ async def convert(
     *,
     lead_pipeline: Pipeline | None = None,
     at: datetime | None = None,
+    company_id: str | None = None,
 ) -> Document:
     """The deal of ``lead`` (created now, or by an earlier conversion) in ``pipeline`` at
-    ``stage_id``; ``lead_pipeline`` is the lead's own (where it closes)."""
+    ``stage_id``; ``lead_pipeline`` is the lead's own (where it closes). ``company_id``
+    (crm_store/companies.py): the deal and the lead are the company's, and the contact
+    joins it unless it is already another company's."""
     at = at or datetime.now(UTC)
+    company_id = company_id or lead.get("company_id")
     deal_id = stable_id("deal", "converted", lead["_id"])
     doc: Document = {
         "_id": deal_id,
@@ -61,6 +65,7 @@ async def convert(
         "title": title or lead.get("title"),
         "fields": dict(lead.get("fields") or {}),
         "converted_from": lead["_id"],
+        **({"company_id": company_id} if company_id else {}),
         "created_at": at,
         "stage_entered_at": at,
         "last_activity_at": at,
@@ -78,6 +83,12 @@ async def convert(
         "closed_at": lead.get("closed_at") or at,
         "updated_at": at,
     }
+    if company_id:
+        closed["company_id"] = company_id
+        await store.contacts.update_one(
+            {"_id": lead["contact_id"], "company_id": None},
+            {"$set": {"company_id": company_id, "updated_at": at}},
+        )
     final = closing_stage(lead_pipeline)
     if final is not None and lead.get("stage_id") != final and lead.get("open", True):
         closed |= {

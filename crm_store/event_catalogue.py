@@ -141,6 +141,18 @@ class ByWhom(_Data):
     by: str | None
 
 
+class CompanyCreated(_Data):
+    name: str
+    inn: str | None
+    type: str
+    by: str | None
+
+
+class CompanyUpdated(_Data):
+    changes: dict[str, dict[str, Any]] = Field(description="{attribute: {old, new}}")
+    by: str | None
+
+
 class LeadConverted(_Data):
     deal_id: str
     pipeline_id: str
@@ -237,6 +249,11 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "contact.merged": (ContactMerged, "an operator merged another contact into this one"),
     "contact.deleted": (ByWhom, "a contact was deleted (its identities are free again)"),
     "lead.converted": (LeadConverted, "a lead was converted into a deal for its contact"),
+    # --- companies (crm_store/companies.py)
+    "company.created": (CompanyCreated, "a company was created (operator or lead conversion)"),
+    "company.updated": (CompanyUpdated, "a company's name, INN, KPP, type, address or fields"),
+    "company.contact_linked": (ByWhom, "a contact became one of the company's"),
+    "company.contact_unlinked": (ByWhom, "a contact left the company"),
     # --- conversations (the operator API, inbox/conversations_api.py)
     "conversation.assigned": (
         ConversationAssigned,

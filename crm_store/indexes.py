@@ -32,6 +32,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("identities", ASCENDING)], name="identities_unique", unique=True),
         # The operator's lists (inbox/contacts_api.py): by responsible, newest first.
         IndexModel([("responsible_id", ASCENDING), ("created_at", DESCENDING)], name="list"),
+        IndexModel([("company_id", ASCENDING)], name="company"),  # a company's contacts
     ],
     "leads": [
         IndexModel(
@@ -57,6 +58,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("pipeline_id", ASCENDING), ("stage_id", ASCENDING)], name="stage"),
         IndexModel([("responsible_id", ASCENDING), ("created_at", DESCENDING)], name="list"),
+        # A company's open deals (routing: a contact without a deal of their own).
+        IndexModel([("company_id", ASCENDING), ("open", ASCENDING)], name="company"),
     ],
     "conversations": [
         IndexModel([("contact_id", ASCENDING)], name="contact"),
@@ -150,7 +153,12 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "automation_actions": [],
     "automation_cursors": [],
-    "companies": [],
+    # Companies (crm_store/companies.py): one per INN by _id; found by an INN set by a
+    # patch, and by responsible (department visibility).
+    "companies": [
+        IndexModel([("inn", ASCENDING)], name="inn"),
+        IndexModel([("responsible_id", ASCENDING)], name="responsible"),
+    ],
     # Edits, deletions and receipts that overtook their message (crm_store/pending.py):
     # found by the message they wait for; dropped at expires_at if it never came.
     "pending_updates": [

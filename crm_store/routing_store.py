@@ -36,9 +36,13 @@ class ContactState:
     history: set[str] = field(default_factory=set)
     # Leads/deals by the intake record that created them (for re-runs).
     created_by: dict[str, LeadDoc | DealDoc] = field(default_factory=dict)
+    # For a contact of a company without an active deal of their own: the company's most
+    # recently active open sales deal (docs/companies.md).
+    company_deal: dict[str, DealDoc] = field(default_factory=dict)
 
     def merge(self, other: ContactState) -> None:
         self.active_deal.update(other.active_deal)
+        self.company_deal.update(other.company_deal)
         self.open_lead.update(other.open_lead)
         self.history |= other.history
         self.created_by.update(other.created_by)
@@ -152,7 +156,37 @@ async def load_contact_state(
             state.open_lead[lead.contact_id] = lead
         if lead.origin_intake_id:
             state.created_by[lead.origin_intake_id] = lead
+    await _load_company_deals(
+        store, [i for i in ids if i not in state.active_deal], state, service_pipelines
+    )
     return state
+
+
+async def _load_company_deals(
+    store: Store, ids: Sequence[str], state: ContactState, service_pipelines: Container[str]
+) -> None:
+    """``state.company_deal`` for the contacts ``ids`` that belong to a company."""
+    company_of = {
+        c["_id"]: c["company_id"]
+        for c in await find_in(store.contacts, "_id", ids, {"company_id": 1})
+        if isinstance(c.get("company_id"), str)
+    }
+    if not company_of:
+        return
+    docs = await find_in(
+        store.deals,
+        "company_id",
+        set(company_of.values()),
+        extra={"open": True, "deleted": {"$ne": True}},
+    )
+    docs.sort(key=lambda d: d.get("last_activity_at") or _EPOCH, reverse=True)
+    latest: dict[str, DealDoc] = {}
+    for d in docs:
+        if d.get("pipeline_id") not in service_pipelines:
+            latest.setdefault(d["company_id"], DealDoc.model_validate(d))
+    for contact_id, company_id in company_of.items():
+        if company_id in latest:
+            state.company_deal[contact_id] = latest[company_id]
 
 
 async def create_contact(store: Store, doc: Document) -> tuple[ContactDoc, bool]:

@@ -38,6 +38,7 @@ class ContactView(View):
     origin: str | None = None
     spam: bool = False
     merged_into: str | None = Field(default=None, description="set on a contact merged away")
+    company_id: str | None = Field(default=None, description="its company, if any")
     created_at: datetime | None = None
 
 
@@ -58,6 +59,7 @@ class EntityView(View):
     stage_entered_at: datetime | None = None
     last_activity_at: datetime | None = None
     converted_to: str | None = Field(default=None, description="a converted lead: its deal")
+    company_id: str | None = Field(default=None, description="the company it is with, if any")
     visit: dict[str, str] = Field(
         default_factory=dict,
         description="where a website lead came from (the message that created it): "

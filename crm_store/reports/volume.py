@@ -1,0 +1,197 @@
+"""Volume: what came in during the period.
+
+- ``inbound_messages``: messages of direction ``in`` received in the period (every
+  channel, automatic ones such as auto-replies included; a call's message is one too);
+  department and responsible are its conversation's (``department``, ``assignee_id``);
+- ``new_conversations``: conversations created in the period (their first message);
+- ``new_leads`` / ``repeat_leads``: leads created in the period, ``is_repeat`` false /
+  true; department is their responsible's; channel is that of the message that opened it;
+- ``calls_in`` / ``calls_answered`` / ``calls_missed``: inbound calls that started in the
+  period; answered = disposition ``answered``; missed = ended with any other disposition
+  (busy, failed, missed); department is that of the conversation of the call's message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crm_store.reports.common import (
+    Counter,
+    Ctx,
+    Report,
+    by_ids,
+    label_of_truncated,
+    make_report,
+    mongo_bucket,
+)
+from crm_store.store import Document
+
+METRICS = [
+    "inbound_messages",
+    "new_conversations",
+    "new_leads",
+    "repeat_leads",
+    "calls_in",
+    "calls_answered",
+    "calls_missed",
+]
+
+
+async def _messages(ctx: Ctx, out: Counter) -> None:
+    tz = ctx.cal.tz
+    pipeline: list[Document] = [
+        {"$match": {"direction": "in", "received_at": ctx.range()}},
+        {
+            "$group": {
+                "_id": {
+                    "c": "$conversation_id",
+                    "b": mongo_bucket(ctx.req.group, "$received_at", str(tz)),
+                    "ch": "$channel",
+                    "s": "$source_id",
+                },
+                "n": {"$sum": 1},
+            }
+        },
+    ]
+    groups = await (await ctx.store.messages.aggregate(pipeline)).to_list()
+    convs = await ctx.conversations(g["_id"]["c"] for g in groups if g["_id"].get("c"))
+    for g in groups:
+        k = g["_id"]
+        conv = convs.get(k.get("c") or "", {})
+        dept = conv.get("department")
+        if not ctx.visible(dept):
+            continue
+        key = ctx.key(
+            channel=k.get("ch"),
+            source=k.get("s"),
+            responsible=conv.get("assignee_id"),
+            department=dept,
+        )
+        out.add(
+            label_of_truncated(k["b"], ctx.req.group, tz),
+            key,
+            "inbound_messages",
+            g["n"],
+        )
+
+
+async def _conversations(ctx: Ctx, out: Counter) -> None:
+    proj = {"channel": 1, "department": 1, "assignee_id": 1, "created_at": 1, "origin_intake_id": 1}
+    docs = await ctx.store.conversations.find({"created_at": ctx.range()}, proj).to_list()
+    docs = [d for d in docs if ctx.visible(d.get("department"))]
+    sources: dict[str, str | None] = {}
+    if ctx.req.by is not None and ctx.req.by.value in ("source", "pipeline"):
+        ids = [d["origin_intake_id"] for d in docs if d.get("origin_intake_id")]
+        for m in await by_ids(ctx.store.messages, ids, {"source_id": 1}):
+            sources[m["_id"]] = m.get("source_id")
+    for d in docs:
+        key = ctx.key(
+            channel=d.get("channel"),
+            source=sources.get(d.get("origin_intake_id") or ""),
+            responsible=d.get("assignee_id"),
+            department=d.get("department"),
+        )
+        out.add(ctx.period(d["created_at"]), key, "new_conversations")
+
+
+async def lead_channels(ctx: Ctx, docs: list[Document]) -> dict[str, str | None]:
+    """The channel of each lead/deal's opening message, by ``origin_intake_id``."""
+    ids = [str(d["origin_intake_id"]) for d in docs if d.get("origin_intake_id")]
+    return {
+        m["_id"]: m.get("channel") for m in await by_ids(ctx.store.messages, ids, {"channel": 1})
+    }
+
+
+async def _leads(ctx: Ctx, out: Counter) -> None:
+    proj = {
+        "created_at": 1,
+        "is_repeat": 1,
+        "source_id": 1,
+        "pipeline_id": 1,
+        "responsible_id": 1,
+        "origin_intake_id": 1,
+    }
+    docs = await ctx.store.leads.find({"created_at": ctx.range()}, proj).to_list()
+    docs = [d for d in docs if ctx.visible(ctx.department_of_user(d.get("responsible_id")))]
+    channels = await lead_channels(ctx, docs) if ctx.req.by is not None else {}
+    for d in docs:
+        key = ctx.key(
+            channel=channels.get(d.get("origin_intake_id") or ""),
+            source=d.get("source_id"),
+            pipeline=d.get("pipeline_id"),
+            responsible=d.get("responsible_id"),
+            department=ctx.department_of_user(d.get("responsible_id")),
+        )
+        metric = "repeat_leads" if d.get("is_repeat") else "new_leads"
+        out.add(ctx.period(d["created_at"]), key, metric)
+
+
+def _ranked(value: Any) -> Any:
+    return value.get("value") if isinstance(value, dict) else value
+
+
+async def inbound_calls(ctx: Ctx) -> list[Document]:
+    """Inbound calls started in the period that the caller may see, each with
+    ``_department`` and ``_assignee`` of the conversation of its message."""
+    proj = {
+        "started_at": 1,
+        "direction": 1,
+        "disposition": 1,
+        "status": 1,
+        "channel": 1,
+        "source_id": 1,
+        "message_id": 1,
+        "customer": 1,
+        "ended_at": 1,
+        "answered_by": 1,
+    }
+    docs = await ctx.store["calls"].find({"started_at": ctx.range()}, proj).to_list()
+    docs = [d for d in docs if d.get("direction") == "in"]
+    msg_ids = [d["message_id"] for d in docs if d.get("message_id")]
+    msgs = {m["_id"]: m for m in await by_ids(ctx.store.messages, msg_ids, {"conversation_id": 1})}
+    convs = await ctx.conversations(
+        m["conversation_id"] for m in msgs.values() if m.get("conversation_id")
+    )
+    out = []
+    for d in docs:
+        conv_id = msgs.get(d.get("message_id") or "", {}).get("conversation_id")
+        conv = convs.get(conv_id or "", {})
+        if not ctx.visible(conv.get("department")):
+            continue
+        d["_department"] = conv.get("department")
+        answered = d.get("answered_by") or []
+        d["_responsible"] = answered[0] if answered else conv.get("assignee_id")
+        d["_disposition"] = _ranked(d.get("disposition"))
+        d["_status"] = _ranked(d.get("status"))
+        out.append(d)
+    return out
+
+
+def is_missed(call: Document) -> bool:
+    """Ended, and not answered (busy, failed and missed dispositions)."""
+    return call.get("_status") == "ended" and call.get("_disposition") not in (None, "answered")
+
+
+async def _calls(ctx: Ctx, out: Counter) -> None:
+    for d in await inbound_calls(ctx):
+        key = ctx.key(
+            channel=str(d.get("channel") or "") or None,
+            source=d.get("source_id"),
+            responsible=d.get("_responsible"),
+            department=d.get("_department"),
+        )
+        period = ctx.period(d["started_at"])
+        out.add(period, key, "calls_in")
+        if d.get("_disposition") == "answered":
+            out.add(period, key, "calls_answered")
+        elif is_missed(d):
+            out.add(period, key, "calls_missed")
+
+
+async def volume(ctx: Ctx) -> Report:
+    out = Counter(METRICS)
+    await _messages(ctx, out)
+    await _conversations(ctx, out)
+    await _leads(ctx, out)
+    await _calls(ctx, out)
+    return make_report(ctx, "volume", dict(out.totals), [out.table("volume", ctx.req.by)])
