@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
+from pymongo.errors import DuplicateKeyError
 
 from automation.rules_base import Ident, Strict
 
@@ -12,6 +14,7 @@ if TYPE_CHECKING:
     from automation.actions import Executor
     from automation.conditions import Snapshot
     from automation.evaluate import Planned
+    from config.models import ChannelAccount
 
 
 class SendSms(Strict):
@@ -26,10 +29,77 @@ class SendSurvey(Strict):
     via: Literal["conversation", "sms"] = "conversation"
 
 
-async def send_sms(ex: Executor, p: Planned, spec: SendSms, snap: Snapshot) -> None:
+def sms_account(ex: Executor, name: str | None) -> ChannelAccount:
+    """The SMS account ``name``, or the first enabled one configured."""
     from automation.actions import ActionError
 
-    raise ActionError("not_available", "SMS is not built yet")
+    found = next(
+        (
+            a
+            for a in ex.config.channels.accounts
+            if a.channel == "sms" and a.enabled and (name is None or a.account == name)
+        ),
+        None,
+    )
+    if found is None:
+        raise ActionError("no_sms_account", f"no SMS account {name or ''}".rstrip())
+    return found
+
+
+async def contact_phone(ex: Executor, contact_id: str | None) -> str:
+    """The contact's first phone (E.164); refused if it has none or opted out of SMS."""
+    from automation.actions import ActionError
+    from crm_store import sms_contacts
+
+    if contact_id is None:
+        raise ActionError("no_contact", "the entity has no contact to text")
+    why = await sms_contacts.opt_out_reason(ex.store, contact_id)
+    if why is not None:
+        raise ActionError("sms_opted_out", f"the contact opted out of SMS: {why}")
+    doc = await ex.store.contacts.find_one({"_id": contact_id}, {"identities": 1})
+    for key in (doc or {}).get("identities") or []:
+        if isinstance(key, str) and key.startswith("phone:"):
+            return key.removeprefix("phone:")
+    raise ActionError("no_phone", "the contact has no phone number")
+
+
+async def queue_sms(
+    ex: Executor, p: Planned, snap: Snapshot, account: ChannelAccount, text: str
+) -> None:
+    """Queue ``text`` to the contact's phone on ``account``; once per planned action
+    (the message id is the action's key: a retried firing finds it queued)."""
+    from automation.actions import ActionError
+    from channels import REGISTRY
+    from channels.base import OutboundMessage, SendError, SendingChannel
+    from crm_store import outbox, sms_contacts
+
+    phone = await contact_phone(ex, snap.contact_id)
+    assert snap.contact_id is not None
+    target = (
+        {"kind": snap.kind, "id": snap.id, "open": snap.open} if snap.kind != "contact" else None
+    )
+    conv = await sms_contacts.sms_conversation(
+        ex.store, account.account, snap.contact_id, phone, target
+    )
+    channel = REGISTRY["sms"]
+    assert isinstance(channel, SendingChannel)
+    try:
+        channel.check_outbound(
+            account,
+            OutboundMessage(
+                id=p.key, channel="sms", account=account.account, recipient=phone, text=text
+            ),
+        )
+    except SendError as exc:
+        raise ActionError(exc.code, exc.detail) from None
+    with contextlib.suppress(DuplicateKeyError):  # queued by an earlier run
+        await outbox.queue(
+            ex.store, conv, text=text, author_id=ex.by(p), message_id=p.key, automatic=True
+        )
+
+
+async def send_sms(ex: Executor, p: Planned, spec: SendSms, snap: Snapshot) -> None:
+    await queue_sms(ex, p, snap, sms_account(ex, spec.account), ex.text(p, snap, spec.text))
 
 
 async def send_survey(ex: Executor, p: Planned, spec: SendSurvey, snap: Snapshot) -> None:

@@ -11,6 +11,7 @@ from channels.mango import MangoChannel
 from channels.megafon import MegaFonChannel
 from channels.messenger import MessengerChannel
 from channels.pbx import PbxChannel
+from channels.sms import SmsChannel
 from channels.telegram import TelegramChannel
 from channels.viber import ViberChannel
 from channels.vk import VkChannel
@@ -33,6 +34,7 @@ REGISTRY: dict[str, Channel] = {
         ZadarmaChannel(),
         PbxChannel(),
         WebchatChannel(),
+        SmsChannel(),
         MessengerChannel(),
         InstagramChannel(),
     )

@@ -138,6 +138,9 @@ class DeliveryState(StrEnum):
     DELIVERED = "delivered"
     READ = "read"
     FAILED = "failed"
+    # The send's outcome is not known (the answer was lost after the request may have
+    # reached the provider) and resending could deliver it twice: never resent.
+    UNKNOWN = "unknown"
 
 
 # A state update applies only when its rank is higher than the stored one. ``failed``
@@ -145,6 +148,8 @@ class DeliveryState(StrEnum):
 STATE_RANK: dict[DeliveryState, int] = {
     DeliveryState.QUEUED: 0,
     DeliveryState.SENT: 1,
+    # Same rank as sent: a later receipt (failed, delivered) settles it, "sent" does not.
+    DeliveryState.UNKNOWN: 1,
     DeliveryState.FAILED: 2,
     DeliveryState.DELIVERED: 3,
     DeliveryState.READ: 4,
@@ -412,12 +417,16 @@ class SendError(Exception):
         retryable: bool,
         retry_after: float | None = None,
         code: str = "send_failed",
+        unknown: bool = False,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retryable = retryable
         self.retry_after = retry_after
         self.code = code
+        # The request may have reached the provider: the message is marked ``unknown``
+        # instead of failed or retried (SMS gateways without a dedupe key).
+        self.unknown = unknown
 
 
 class Channel(Protocol):

@@ -89,7 +89,7 @@ class MessageSent(_Data):
 
 
 class DeliveryChanged(_Data):
-    state: Literal["sent", "delivered", "read", "failed"]
+    state: Literal["sent", "delivered", "read", "failed", "unknown"]
     error: str | None = None
     code: str | None = None
 

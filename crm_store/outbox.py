@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from channels.base import STATE_RANK, DeliveryState
+from channels.sms_segments import segments
 from crm_store import pending, updates
 from crm_store.events import append, event
 from crm_store.store import Document, Store, claim
@@ -66,6 +67,9 @@ async def queue(
         "send_due_at": at,
         "send_lease_until": EPOCH,
     }
+    if doc["channel"] == "sms":  # shown to the operator (docs/channels/sms.md#segments)
+        seg = segments(text)
+        doc["sms"] = {"segments": seg.count, "encoding": seg.encoding, "units": seg.units}
     await store.messages.insert_one(doc)
     await store.conversations.update_one(
         {"_id": conversation["_id"]},
@@ -160,6 +164,8 @@ async def mark_retry(store: Store, doc: Document, delay_s: float, error: str) ->
                 "send_lease_until": EPOCH,
                 "error": error[:1000],
             },
+            # A retryable failure is one that did not send: the next try starts afresh.
+            "$unset": {"send_started_at": ""},
             "$inc": {"attempts": 1},
         },
     )
@@ -211,3 +217,39 @@ def _refs(doc: Document) -> dict[str, str | None]:
     if target.get("kind") in ("lead", "deal"):
         refs[f"{target['kind']}_id"] = target.get("id")
     return refs
+
+
+async def mark_unknown(store: Store, doc: Document, error: str, code: str) -> None:
+    """The send's outcome is unknown (the provider may have the message) and resending
+    could deliver it twice: the message leaves the outbox as ``unknown``, never resent.
+    A later receipt or status poll can still settle it (same rank as ``sent``)."""
+    at = _now()
+    state = DeliveryState.UNKNOWN
+    await store.messages.update_one(
+        {"_id": doc["_id"]},
+        {
+            "$set": {
+                "state": state.value,
+                "state_rank": STATE_RANK[state],
+                "state_at": at,
+                "error": error[:1000],
+                "error_code": code,
+            },
+            "$push": {"state_history": {"state": state.value, "at": at}},
+            "$unset": {"send_due_at": "", "send_lease_until": "", "send_owner": ""},
+            "$inc": {"attempts": 1},
+        },
+    )
+    await append(
+        store,
+        [
+            event(
+                "message.delivery_changed",
+                _refs(doc),
+                {"state": state.value, "error": error[:1000], "code": code},
+                key=[doc["_id"], state.value],
+                at=at,
+            )
+        ],
+        maybe_written=True,
+    )

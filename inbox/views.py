@@ -125,6 +125,9 @@ class MessageView(View):
     sent_at: datetime | None = None
     edited_at: datetime | None = None
     call: dict[str, Any] | None = Field(default=None, description="a call's record, if a call")
+    sms: dict[str, Any] | None = Field(
+        default=None, description="an SMS: {segments, encoding: gsm7|ucs2, units}"
+    )
 
     @classmethod
     def of(cls, doc: Document) -> Self:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -21,7 +22,7 @@ from channels import REGISTRY
 from channels.base import Attachment, OutboundMessage, SendError, SendingChannel
 from config.loader import resolve_secret
 from config.models import AppConfig
-from crm_store import outbox
+from crm_store import outbox, sms_contacts
 from crm_store.store import Document, Store
 from ingest.tasks import cancel
 
@@ -122,6 +123,26 @@ class OutboxWorker:
                 self.store, doc, "this channel account cannot send", "channel_cannot_send"
             )
             return
+        if doc["channel"] == "sms" and (
+            why := await sms_contacts.opt_out_reason(self.store, doc.get("contact_id"))
+        ):
+            await outbox.mark_failed(self.store, doc, f"opted out of SMS: {why}", "sms_opted_out")
+            return
+        at_most_once = getattr(channel, "sends_at_most_once", None)
+        if callable(at_most_once) and at_most_once(account):
+            # A send that was started and never finished (the process died waiting for
+            # the provider) may have gone out: it is not sent again.
+            if doc.get("send_started_at") is not None:
+                await outbox.mark_unknown(
+                    self.store,
+                    doc,
+                    "the sending process stopped before the provider answered; not resent",
+                    "send_interrupted",
+                )
+                return
+            await self.store.messages.update_one(
+                {"_id": doc["_id"]}, {"$set": {"send_started_at": datetime.now(UTC)}}
+            )
         conv = await self.store.conversations.find_one(
             {"_id": doc.get("conversation_id")}, CONVERSATION_FIELDS
         )
@@ -131,6 +152,12 @@ class OutboxWorker:
             result = await channel.send(account, resolve_secret(account), msg)
         except SendError as exc:
             attempts = int(doc.get("attempts", 0)) + 1
+            if exc.unknown:
+                log.warning(
+                    "outbox.unknown", message_id=doc["_id"], channel=doc["channel"], code=exc.code
+                )
+                await outbox.mark_unknown(self.store, doc, exc.detail, exc.code)
+                return
             if exc.retryable and attempts < self.max_attempts:
                 delay = backoff_s(attempts, exc.retry_after)
                 log.info(

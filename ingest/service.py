@@ -170,6 +170,10 @@ async def running_service(
             intake_lease_s=settings.intake_lease_s,
         )
     )
+    # --- SMS delivery states polled from gateways without callbacks (docs/channels/sms.md)
+    from ingest.sms_status import SmsStatusPoller
+
+    background.append(SmsStatusPoller(store, config))
     # --- telephony
     # --- automation
     if settings.automation_enabled:
