@@ -3,6 +3,9 @@
 Visibility follows departments (inbox/auth.py computes the departments a user sees):
 
 - a **lead, deal or contact** belongs to the department of its responsible user;
+- a **company** is visible when its responsible is in a department the caller sees, or
+  when one of its contacts or deals is visible (the manager of a firm's deal sees the
+  firm, whoever is responsible for the firm itself);
 - a **conversation** belongs to the department stored on it (``department``): set by
   routing from its target's responsible and by every assignment; a conversation nobody
   was ever responsible for belongs to no department, so only an admin sees it;
@@ -53,6 +56,33 @@ def sees_entity(config: AppConfig, principal: Principal, doc: Document | None) -
     if principal.departments is None:
         return True
     return principal.sees_department(department_of(config, doc.get("responsible_id")))
+
+
+async def company_filter(store: Store, config: AppConfig, principal: Principal) -> Document:
+    """The store filter a company query adds for this caller (the company rule above)."""
+    if principal.departments is None:
+        return {}
+    users = users_in(config, principal.departments)
+    linked: set[str] = set()
+    for coll in (store.contacts, store.deals):
+        query = {"responsible_id": {"$in": users}, "company_id": {"$type": "string"}}
+        linked |= {d["company_id"] async for d in coll.find(query, {"company_id": 1})}
+    return {"$or": [{"responsible_id": {"$in": users}}, {"_id": {"$in": sorted(linked)}}]}
+
+
+async def sees_company(
+    store: Store, config: AppConfig, principal: Principal, doc: Document | None
+) -> bool:
+    if doc is None:
+        return False
+    if sees_entity(config, principal, doc):
+        return True
+    users = users_in(config, principal.departments or frozenset())
+    for coll in (store.contacts, store.deals):
+        query = {"company_id": doc["_id"], "responsible_id": {"$in": users}}
+        if await coll.find_one(query, {"_id": 1}) is not None:
+            return True
+    return False
 
 
 def sees_conversation(principal: Principal, doc: Document | None) -> bool:

@@ -23,7 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from config.models import Pipeline, PipelineKind
-from crm_store import entities, tasks
+from crm_store import companies, entities, tasks
+from crm_store.companies import CompanyData
 from crm_store.conversion import convert
 from crm_store.entities import EntityError
 from crm_store.stages import StageError, move_stage
@@ -106,6 +107,12 @@ class ConvertBody(BaseModel):
     pipeline_id: str | None = Field(default=None, max_length=128, description="a deal pipeline")
     stage_id: str | None = Field(default=None, max_length=128, description="default: its first")
     title: str | None = Field(default=None, min_length=1, max_length=500)
+    company_id: str | None = Field(
+        default=None, max_length=128, description="an existing company the deal is with"
+    )
+    company: CompanyData | None = Field(
+        default=None, description="a company to create (an INN already held: that company)"
+    )
 
 
 class Deleted(BaseModel):
@@ -347,6 +354,42 @@ def _deal_pipeline(call: Call, body: ConvertBody) -> Pipeline:
     return pipeline
 
 
+async def _conversion_company(call: Call, body: ConvertBody, lead: Document) -> str | None:
+    """The company a conversion names (docs/companies.md): an existing one the caller sees,
+    or one created from ``company`` (deduplicated by INN). Neither: the contact's."""
+    svc, who = call.svc, call.principal
+    if body.company_id is not None and body.company is not None:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "give company_id or company, not both",
+            errors=[{"in": "body", "field": "company", "message": "company_id is given"}],
+        )
+    if body.company_id is not None:
+        found = await companies.get(svc.store, body.company_id)
+        if not await access.sees_company(svc.store, svc.config, who, found):
+            raise ApiError(
+                404,
+                "not_found",
+                f"no company {body.company_id}",
+                errors=[{"in": "body", "field": "company_id", "message": "no such company"}],
+            )
+        return body.company_id
+    if body.company is not None:
+        data = body.company
+        if data.responsible_id is not None:
+            access.require_assignable(svc.config, who, data.responsible_id)
+        else:
+            data = data.model_copy(update={"responsible_id": lead.get("responsible_id")})
+        doc, _ = await companies.create(svc.store, data, by=who.user.id)
+        if not await access.sees_company(svc.store, svc.config, who, doc):
+            raise ApiError(409, "inn_taken", "another company has this INN")
+        return str(doc["_id"])
+    contact = await svc.store.contacts.find_one({"_id": lead.get("contact_id")}, {"company_id": 1})
+    found_id = (contact or {}).get("company_id")
+    return found_id if isinstance(found_id, str) else None
+
+
 @route(
     "POST",
     "/api/v1/leads/{id}/convert",
@@ -367,6 +410,7 @@ async def convert_lead(call: Call) -> EntityView:
     if not lead.get("open"):
         raise ApiError(409, "conflict", f"lead {lead['_id']} is closed ({lead.get('outcome')})")
     pipeline = _deal_pipeline(call, body)
+    company_id = await _conversion_company(call, body, lead)
     stage = pipeline.stage(body.stage_id) if body.stage_id else pipeline.first_stage
     if stage is None or stage.final:
         raise ApiError(
@@ -386,6 +430,7 @@ async def convert_lead(call: Call) -> EntityView:
             (p for p in call.svc.config.pipelines.pipelines if p.id == lead.get("pipeline_id")),
             None,
         ),
+        company_id=company_id,
     )
     return EntityView.of_kind("deal", deal)
 

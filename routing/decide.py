@@ -9,6 +9,9 @@ Everything the rules need is gathered into a :class:`Context` by routing/router.
    a ``purpose: service`` pipeline, such as the copy of a won order in an NPS survey, is
    history and never attracts a message, so a returning customer gets a repeat lead);
 3. known contact with an open lead → attach to it;
+3a. a contact of a company, with no deal or lead of their own open, while the company has
+   an active deal (its most recently active open deal of a sales pipeline, whoever's
+   contact it is) → attach to the company's deal (docs/companies.md);
    automatic mail (auto-replies, bounces) and contacts marked as spam stop here: stored,
    attached to the contact if known, never a new lead;
 4. known contact with nothing open → a repeat lead (or deal, in "no leads" mode);
@@ -32,6 +35,7 @@ from crm_store.documents import ContactDoc, ConversationDoc, DealDoc, LeadDoc
 class Rule(StrEnum):
     CONVERSATION = "conversation"
     ACTIVE_DEAL = "active_deal"
+    COMPANY_DEAL = "company_deal"
     OPEN_LEAD = "open_lead"
     AUTOMATIC = "automatic"
     SPAM = "spam"
@@ -65,6 +69,8 @@ class Context:
     # The lead/deal this very intake record created on an earlier run, if any (a re-run
     # after a crash reports it as created again, whatever else is open now).
     created_here: LeadDoc | DealDoc | None = None
+    # The company's active deal, when the contact belongs to a company (rule 3a).
+    company_deal: DealDoc | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,14 @@ def decide(ctx: Context) -> Decision:
             Action.ATTACH_LEAD,
             f"contact has open lead {lead.id} in stage {lead.stage_id}",
             lead.id,
+        )
+    if ctx.company_deal is not None:
+        d = ctx.company_deal
+        return Decision(
+            Rule.COMPANY_DEAL,
+            Action.ATTACH_DEAL,
+            f"contact's company has active deal {d.id} in stage {d.stage_id}",
+            d.id,
         )
     contact = ctx.contact
     if ctx.automatic:

@@ -256,6 +256,7 @@ class Router:
             open_lead=batch.state.open_lead.get(cid) if cid else None,
             has_history=cid in batch.state.history if cid else False,
             created_here=batch.state.created_by.get(r.id),
+            company_deal=batch.state.company_deal.get(cid) if cid else None,
         )
 
     async def _route_one(
@@ -438,6 +439,7 @@ class Router:
                 *batch.state.created_by.values(),
                 *batch.state.open_lead.values(),
                 *batch.state.active_deal.values(),
+                *batch.state.company_deal.values(),
                 *batch.contacts_by_id.values(),
             ]
             entity = next((e for e in known if e.id == tid), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 from typing import Any
@@ -480,8 +481,20 @@ def check_decision_shape(c: Context, d: Decision) -> None:
         assert d.rule in {Rule.REPEAT_LEAD, Rule.REPEAT_DEAL}
 
 
+def check_company_deal_only_without_own_work(c: Context, d: Decision) -> None:
+    if d.rule is Rule.COMPANY_DEAL:
+        assert c.company_deal is not None
+        assert d.target_id == c.company_deal.id
+        assert c.active_deal is None
+        assert c.open_lead is None
+        assert not _conversation_open(c)
+    elif c.company_deal is not None and d.action in CREATE:
+        assert d.created  # a company contact with its company's deal open never opens work
+
+
 INVARIANTS = [
     check_automatic_never_creates,
+    check_company_deal_only_without_own_work,
     check_open_conversation_means_conversation_rule,
     check_nothing_created_beside_open_work,
     check_decision_shape,
@@ -546,6 +559,13 @@ def _all_contexts() -> list[Context]:
                 has_history=has_history,
             )
         )
+    # Rule 3a: a contact with nothing of their own open whose company has a deal.
+    company_deal = deal("deal-co", origin_intake_id=None)
+    out += [
+        dataclasses.replace(c, company_deal=company_deal)
+        for c in out
+        if c.contact is not None and c.active_deal is None and c.open_lead is None
+    ]
     return out
 
 

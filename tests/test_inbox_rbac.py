@@ -160,6 +160,21 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/contacts/{id}/merge"): Row(
         "sales", "/api/v1/contacts/{contact}/merge", lambda w, _who: {"other_id": w.ids["contact2"]}
     ),
+    # companies (a sales company of Anna's; docs/companies.md)
+    ("GET", "/api/v1/companies"): Row("mine", "/api/v1/companies?q=Vec"),
+    ("GET", "/api/v1/companies/{id}"): Row("sales", "/api/v1/companies/{company}"),
+    ("POST", "/api/v1/companies"): Row("mine", "/api/v1/companies", _json({"name": "New"})),
+    ("PATCH", "/api/v1/companies/{id}"): Row(
+        "sales", "/api/v1/companies/{company}", _json({"kpp": "773601001"})
+    ),
+    ("POST", "/api/v1/companies/{id}/contacts"): Row(
+        "sales",
+        "/api/v1/companies/{company}/contacts",
+        lambda w, _who: {"contact_id": w.ids["contact"]},
+    ),
+    ("DELETE", "/api/v1/companies/{id}/contacts/{contact_id}"): Row(
+        "sales", "/api/v1/companies/{company}/contacts/{contact}"
+    ),
     ("GET", "/api/v1/export/{kind}"): Row("export", "/api/v1/export/leads"),
     # the call log
     ("GET", "/api/v1/calls"): Row("mine", "/api/v1/calls"),
@@ -292,6 +307,19 @@ async def seed(svc: InProcess) -> World:
             "created_at": datetime.now(UTC),
         },
     )
+    company_id = stable_id("company", "rbac")
+    await store["companies"].insert_one(
+        {
+            "_id": company_id,
+            "name": "Vector",
+            "type": "customer",
+            "responsible_id": ANNA,
+            "fields": {},
+            "created_at": datetime.now(UTC),
+        }
+    )
+    world.ids["company"] = company_id
+    world.sales.add(company_id)
     note_id = stable_id("notification", "rbac")
     await notifications.create_many(
         store,
