@@ -20,6 +20,7 @@ Account settings (``settings:`` in channels.yaml):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -214,3 +215,33 @@ def _status(account: ChannelAccount, p: Polled) -> StatusUpdate:
         at=p.at,
         error=p.error,
     )
+
+
+def settings_problems(settings: Mapping[str, object]) -> list[tuple[str | None, str]]:
+    """What check-config reports about an SMS account's settings: ``(key, message)``
+    (key None: the settings as a whole)."""
+    out: list[tuple[str | None, str]] = []
+    name = settings.get("provider")
+    if name not in PROVIDERS:
+        out.append(("provider", f"must be one of {', '.join(PROVIDERS)}, not {name!r}"))
+        return out
+    if name == "smsru" and "api_id_env" not in settings:
+        out.append((None, "SMS.ru needs 'api_id_env' (the variable holding the api_id)"))
+    if (
+        name == "smsc"
+        and "apikey_env" not in settings
+        and not ("login_env" in settings and "password_env" in settings)
+    ):
+        out.append((None, "SMSC.ru needs 'login_env' and 'password_env' (or 'apikey_env')"))
+    if name == "gateway" and not settings.get("gateway_send_url"):
+        out.append((None, "the generic gateway needs 'gateway_send_url'"))
+    sender = settings.get("sender")
+    if sender is not None and not (isinstance(sender, str) and 0 < len(sender) <= 11):
+        out.append(("sender", "a sender name is 1 to 11 characters"))
+    for key in ("timeout_s", "max_segments", "poll_interval_s", "retry_after_s"):
+        value = settings.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+        ):
+            out.append((key, "must be a non-negative number"))
+    return out

@@ -618,6 +618,9 @@ class _Checker:
             if a.channel == "webchat":
                 self.webchat_settings(i, a)
                 continue
+            if a.channel == "sms":
+                self.sms_settings(i, a)
+                continue
             if a.channel != "email":
                 continue
             try:
@@ -633,6 +636,15 @@ class _Checker:
                 continue  # a literal secret: channel_secrets() reports it
             path: Path_ = ("accounts", i, "settings", *loc)
             self.report(CHANNELS, path, _error_message(err, path))
+
+    def sms_settings(self, i: int, a: ChannelAccount) -> None:
+        """The provider, its credentials' variable names, the sender name, the numbers
+        (channels/sms.py ``settings_problems``)."""
+        from channels.sms import settings_problems  # channels/ imports config.models
+
+        for key, message in settings_problems(a.settings):
+            path: Path_ = ("accounts", i, "settings", *((key,) if key else ()))
+            self.report(CHANNELS, path, message)
 
     def webchat_settings(self, i: int, a: ChannelAccount) -> None:
         """As the service reads them (``WebchatSettings.of``): ``origins`` and ``prechat``

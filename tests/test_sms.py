@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -504,3 +505,27 @@ async def test_odd_callbacks_over_http_never_5xx(mongo_uri: str, db_name: str) -
                 headers={"Content-Type": "application/json"},
             ) as resp:
                 assert resp.status < 500, variant
+
+
+def test_check_config_reports_sms_settings(tmp_path: Path) -> None:
+    from config.loader import check_config
+    from tests.automation_support import copy_seed
+
+    target = copy_seed("kitchen_shop", tmp_path / "kitchen")
+    channels = target / "channels.yaml"
+    text = channels.read_text()
+    assert "provider: smsru" in text
+    channels.write_text(
+        text.replace("provider: smsru", "provider: smsc").replace(
+            "sender: KuhniPro", "sender: KuhniProMoscow"
+        )
+    )
+    problems = [(p.file, p.message) for p in check_config(target)]
+    assert ("channels.yaml", "a sender name is 1 to 11 characters") in problems
+    assert (
+        "channels.yaml",
+        "SMSC.ru needs 'login_env' and 'password_env' (or 'apikey_env')",
+    ) in problems
+    channels.write_text(text.replace("provider: smsru", "provider: twilio"))
+    [problem] = [p for p in check_config(target) if p.file == "channels.yaml"]
+    assert problem.message == "must be one of smsru, smsc, gateway, not 'twilio'"
