@@ -31,6 +31,7 @@ from automation import document_actions, expressions, people, sms_actions, templ
 from automation.calendar import WorkingCalendar
 from automation.clock import Clock
 from automation.conditions import Snapshot
+from automation.durations import Duration
 from automation.evaluate import Planned
 from automation.rules import (
     CallWebhook,
@@ -44,7 +45,10 @@ from automation.rules import (
     Notify,
     SendMessage,
     SetField,
+    TemplateSend,
 )
+from channels import whatsapp_templates as wa_templates
+from channels.base import SendError
 from channels.signing import sign
 from config.models import AppConfig, Pipeline
 from crm_store import automation_log as ledger
@@ -238,6 +242,7 @@ class Executor:
         watchers = [
             w for w in people.many(self.config, spec.watchers, snap.responsible_id) if w != assignee
         ]
+        deadline = self.calendar.add(now, spec.deadline) if spec.deadline else None
         doc: Document = {
             "_id": p.key,
             "title": self.text(p, snap, spec.title),
@@ -249,11 +254,14 @@ class Executor:
             "assignee_id": assignee,
             "watchers": watchers,
             "checklist": [{"text": item, "done": False} for item in spec.checklist],
-            "deadline": self.calendar.add(now, spec.deadline) if spec.deadline else None,
+            "deadline": deadline,
             "rule_id": p.rule.id,
             "created_by": self.by(p),
             "created_at": now,
         }
+        if deadline is not None and spec.remind_before is not None:
+            back = Duration(-spec.remind_before.amount, spec.remind_before.unit)
+            doc["remind_at"] = self.calendar.add(deadline, back)
         await tasks.create(self.store, doc)
 
     async def notify(self, p: Planned, spec: Notify, snap: Snapshot, out: Deferred) -> None:
@@ -291,11 +299,16 @@ class Executor:
                 raise ActionError("bad_value", f"{spec.field}: {exc}") from None
         elif "copy_from" in spec.model_fields_set and spec.copy_from is not None:
             value = snap.fields.get(spec.copy_from)
+        elif spec.now:
+            value = self.clock.now()
         else:
             value = spec.value
-        record = await ledger.begin(
-            self.store, p.key, {"old": snap.fields.get(spec.field)}, rule_id=p.rule.id
-        )
+        memo: Document = {"old": snap.fields.get(spec.field)}
+        if spec.now:
+            memo["now"] = value  # a retry writes the first run's time
+        record = await ledger.begin(self.store, p.key, memo, rule_id=p.rule.id)
+        if spec.now:
+            value = record["memo"].get("now", value)
         await self.write_fields(kind, snap, p, {spec.field: value}, {spec.field: record["memo"]})
 
     async def write_fields(
@@ -439,15 +452,37 @@ class Executor:
         if conv is None:
             where = f" on {spec.channel}" if spec.channel else ""
             raise ActionError("no_conversation", f"no conversation with the customer{where}")
+        text, template = self.text(p, snap, spec.text), None
+        if spec.template is not None:
+            text, template = self.template(p, snap, spec.template, conv)
         with contextlib.suppress(DuplicateKeyError):  # queued by an earlier run
             await outbox.queue(
                 self.store,
                 conv,
-                text=self.text(p, snap, spec.text),
+                text=text,
                 author_id=self.by(p),
                 message_id=p.key,
                 automatic=True,
+                template=template,
             )
+
+    def template(
+        self, p: Planned, snap: Snapshot, spec: TemplateSend, conv: Document
+    ) -> tuple[str, Document]:
+        """A WhatsApp template of the conversation's account, its params rendered like
+        ``text``: the preview text and the template to send."""
+        account = self.config.account(conv["channel"], conv["account"])
+        if account is None or conv["channel"] != "whatsapp":
+            raise ActionError(
+                "template_unsupported",
+                f"templates are sent on WhatsApp; the conversation is {conv['channel']}",
+            )
+        params = [self.text(p, snap, t) for t in spec.params]
+        try:
+            ref, text = wa_templates.prepare(account, spec.name, params, spec.language)
+        except SendError as exc:
+            raise ActionError(exc.code, exc.detail) from None
+        return text, ref.model_dump()
 
     async def next_number(self, p: Planned, spec: NextNumber, snap: Snapshot) -> None:
         kind = self.deal_or_lead(snap, "next_number")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import time as TimeOfDay
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
 
 from automation.document_actions import MakeDocument
 from automation.durations import Duration, DurationField, Unit
@@ -122,6 +122,8 @@ class Condition(Strict):
     fields: dict[Ident, FieldTest] | None = None
     tasks: dict[Ident, TaskState] | None = None
     won_deals: Compare | int | None = None
+    # The lead/deal is open (false: closed won or failed, converted, deleted).
+    open: bool | None = None
     all: list[Condition] | None = None
     any: list[Condition] | None = None
     not_: Condition | None = Field(default=None, alias="not")
@@ -176,6 +178,9 @@ class CreateTask(Strict):
         default_factory=list
     )
     watchers: list[Who] = Field(default_factory=list)
+    # A notification to the assignee this long before the deadline unless the task is done
+    # by then (the worker's reminder pass; docs/automation.md "Task reminders").
+    remind_before: DurationField | None = None
 
 
 class Notify(Strict):
@@ -185,12 +190,14 @@ class Notify(Strict):
 
 class SetField(Strict):
     """One of ``value`` (null clears the field), ``compute`` (arithmetic on fields:
-    ``amount - prepayment_amount``) or ``copy`` (another field's value)."""
+    ``amount - prepayment_amount``), ``copy`` (another field's value) or ``now: true``
+    (the service clock's current time, e.g. when the lead was checked)."""
 
     field: Ident
     value: Scalar | None = None
     compute: str | None = None
     copy_from: Ident | None = Field(default=None, alias="copy")
+    now: Literal[True] | None = None
 
 
 class MoveToStage(Strict):
@@ -205,13 +212,30 @@ class CopyToPipeline(Strict):
     fields: Literal["all"] | list[Ident] = "all"
 
 
+class TemplateSend(Strict):
+    """A provider message template (WhatsApp, configured on the account): ``params`` are
+    text templates rendered like ``text``, one per placeholder ``{{1}}`` … in order."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]{1,512}$")
+    language: str | None = Field(default=None, max_length=16)
+    params: list[str] = Field(default_factory=list, max_length=30)
+
+
 class SendMessage(Strict):
     """To the customer through the conversation's channel (the entity's latest, else the
-    contact's), or through the configured ``channel``/``account`` if given."""
+    contact's), or through the configured ``channel``/``account`` if given. ``text``, or
+    a ``template`` (WhatsApp: the only way to write outside the 24 h window)."""
 
-    text: str = Field(min_length=1, max_length=4000)
+    text: str = Field(default="", max_length=4000)
     channel: Ident | None = None
     account: Ident | None = None
+    template: TemplateSend | None = None
+
+    @model_validator(mode="after")
+    def _text_or_template(self) -> SendMessage:
+        if bool(self.text.strip()) == (self.template is not None):
+            raise ValueError("send_message needs either text or a template (not both)")
+        return self
 
 
 class NextNumber(Strict):
@@ -397,9 +421,13 @@ def rule_problems(rule: Rule) -> Iterator[tuple[Path, str]]:
             )
         elif action.set_field is not None:
             sf = action.set_field
-            chosen = [k for k in ("value", "compute", "copy_from") if k in sf.model_fields_set]
+            keys = ("value", "compute", "copy_from", "now")
+            chosen = [k for k in keys if k in sf.model_fields_set]
             if len(chosen) != 1:
-                yield ("do", i, "set_field"), "set_field needs exactly one of value, compute, copy"
+                yield (
+                    ("do", i, "set_field"),
+                    "set_field needs exactly one of value, compute, copy, now",
+                )
     for name in ("after", "every"):
         d: Duration | None = getattr(rule, name)
         if d is not None and d.amount <= 0:

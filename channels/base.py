@@ -196,6 +196,25 @@ class MessageReaction(BaseModel):
     at: datetime | None = None
 
 
+class TemplateStatus(BaseModel):
+    """Meta's verdict on one message template of the account (WhatsApp
+    ``message_template_status_update``): kept per account, name and language
+    (crm_store/wa_templates.py); a template that is not approved is not sent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str
+    account: str
+    name: str = Field(min_length=1, max_length=512)
+    # None: the update did not say (it then applies to every language of the name).
+    language: str | None = Field(default=None, max_length=16)
+    # Meta's event in lower case: approved, rejected, paused, disabled, pending, flagged …
+    status: str = Field(min_length=1, max_length=64)
+    reason: str | None = Field(default=None, max_length=1000)
+    template_id: str | None = Field(default=None, max_length=256)
+    at: datetime | None = None
+
+
 class StatusUpdate(BaseModel):
     """A delivery receipt for one of our outbound messages (by the provider's id)."""
 
@@ -290,6 +309,8 @@ class CallEvent(BaseModel):
     rating: int | None = None
     # The provider's sequence number of the report within the call, if it has one.
     seq: int | None = Field(default=None, ge=0)
+    # Our click-to-call request the call answers (Mango's ``command_id``), if it says.
+    request_id: str | None = Field(default=None, max_length=128)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +353,8 @@ class Parsed:
     reachability: list[Reachability] = field(default_factory=list)
     # Call reports (telephony): applied to the ``calls`` collection.
     calls: list[CallEvent] = field(default_factory=list)
+    # Message template verdicts (WhatsApp): applied to ``wa_templates``.
+    templates: list[TemplateStatus] = field(default_factory=list)
     # A ring-path "who is calling" question: nothing is stored, the answer comes from
     # the channel's :meth:`CallerLookup.caller_reply`.
     lookup: CallerQuery | None = None

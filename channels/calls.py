@@ -150,6 +150,7 @@ def contributions(ev: CallEvent) -> list[Contribution]:
     put(Op.MAX, "recording_id", ev.recording_id)
     put(Op.MAX, "rating", ev.rating)
     put(Op.MAX, "seq", ev.seq)
+    put(Op.MAX, "request_id", ev.request_id)
     return out
 
 
@@ -221,6 +222,8 @@ class CallRecord(BaseModel):
     recording_id: str | None = None
     rating: int | None = None
     seq: int | None = None
+    # Our click-to-call request the call answers (crm_store/call_requests.py).
+    request_id: str | None = None
     announced: list[str] = Field(default_factory=list)
 
     @field_validator("status", "disposition", mode="before")

@@ -22,7 +22,11 @@ Inbound: ``/webhooks/whatsapp/{account}``.
   Edits carry the edit's ``timestamp`` as ``edited_at``, receipts theirs as ``at``.
 
 Outbound: ``POST {api_base}/{api_version}/{phone_number_id}/messages`` with the access
-token as Bearer; free-form text only, and only inside the 24 h customer-service window.
+token as Bearer; free-form text only inside the 24 h customer-service window, an approved
+template (``OutboundMessage.template``, configured in the account's ``templates``:
+channels/whatsapp_templates.py) at any time. ``message_template_status_update`` changes
+are Meta's verdicts on the templates (:class:`TemplateStatus`, kept by
+crm_store/wa_templates.py).
 
 Account settings (``channels.yaml``; secrets only as environment variable NAMES):
 
@@ -41,6 +45,9 @@ Account settings (``channels.yaml``; secrets only as environment variable NAMES)
     default ``v25.0``.
 ``timeout_s``
     total timeout of one send request in seconds, default 10.
+
+The approved message templates are the account's ``templates`` (a list next to
+``settings``; channels/whatsapp_templates.py).
 
 Addresses: ``InboundMessage.reply_to`` (and ``thread_id``) is
 ``"{phone_number_id}:{wa_id}"`` — or ``"{phone_number_id}:{user_id}"`` (business-scoped user
@@ -61,6 +68,7 @@ import structlog
 from pydantic import ValidationError
 
 from channels import lenient
+from channels import whatsapp_templates as templates
 from channels.base import (
     Attachment,
     DeliveryState,
@@ -74,6 +82,7 @@ from channels.base import (
     SendError,
     SendResult,
     StatusUpdate,
+    TemplateStatus,
     Unauthorized,
     WebhookChannel,
     WebhookRequest,
@@ -359,6 +368,28 @@ def _message(account: ChannelAccount, value: Json, msg: Json) -> InboundMessage 
     )
 
 
+def _template_status(account: ChannelAccount, value: Json) -> TemplateStatus | None:
+    """A ``message_template_status_update`` value: ``event`` (APPROVED, REJECTED, PAUSED,
+    DISABLED …), ``message_template_name``, ``message_template_language``, ``reason``
+    (or ``other_info.title``/``description`` for a pause); None without a name."""
+    name, event = _str(value.get("message_template_name"), 512), _str(value.get("event"), 64)
+    if not name or not event:
+        return None
+    info = _obj(value.get("other_info"))
+    said = (lenient.text(value.get("reason")), lenient.text(info.get("title")))
+    reason = " — ".join(t for t in (*said, lenient.text(info.get("description"))) if t)
+    return TemplateStatus(
+        channel="whatsapp",
+        account=account.account,
+        name=name,
+        language=_str(value.get("message_template_language"), 16),
+        status=event.lower(),
+        reason=reason[:1000] or None,
+        template_id=_str(value.get("message_template_id")),
+        at=_time(value.get("timestamp")),
+    )
+
+
 def _skipped(account: ChannelAccount, item: Json, exc: Exception) -> str:
     """Log an item of a signed batch that could not be read; its error for
     ``Parsed.unreadable`` (ingest then keeps the whole body as unparsed as well, so the
@@ -395,8 +426,16 @@ class WhatsAppChannel(WebhookChannel):
             return parsed
         for entry in _dicts(body.get("entry")):
             for change in _dicts(entry.get("changes")):
+                if change.get("field") == "message_template_status_update":
+                    value = {"timestamp": entry.get("time"), **_obj(change.get("value"))}
+                    try:
+                        if (verdict := _template_status(account, value)) is not None:
+                            parsed.templates.append(verdict)
+                    except Exception as exc:
+                        parsed.unreadable.append(_skipped(account, value, exc))
+                    continue
                 if change.get("field", "messages") != "messages":
-                    continue  # echoes, account/template/quality updates …
+                    continue  # echoes, account/quality updates …
                 value = _obj(change.get("value"))
                 for msg in _dicts(value.get("messages")):
                     try:
@@ -436,6 +475,9 @@ class WhatsAppChannel(WebhookChannel):
                 retryable=False,
                 code="not_configured",
             )
+        if msg.template is not None:
+            templates.check(account, msg.template)  # allowed outside the window
+            return
         if msg.attachments:
             raise SendError(
                 "the WhatsApp channel sends text only; attachments are not supported",
@@ -456,9 +498,9 @@ class WhatsAppChannel(WebhookChannel):
         if last is None or datetime.now(UTC) - last > WINDOW:
             since = f"last customer message {last.isoformat()}" if last else "no customer message"
             raise SendError(
-                f"outside WhatsApp's 24 h customer-service window ({since}): only an approved "
-                "template may be sent now, and template sends are not supported — wait for "
-                "the customer to write again",
+                f"outside WhatsApp's 24 h customer-service window ({since}): free text cannot "
+                "be sent now — send an approved template instead, or "
+                "wait for the customer to write again",
                 retryable=False,
                 code="window_closed",
             )
@@ -480,6 +522,9 @@ class WhatsAppChannel(WebhookChannel):
             "type": "text",
             "text": {"body": msg.text, "preview_url": False},
         }
+        if msg.template is not None:
+            del payload["text"]
+            payload.update(type="template", template=templates.payload(msg.template))
         if msg.in_reply_to:
             payload["context"] = {"message_id": msg.in_reply_to}
         timeout_s = _timeout_s(account)
@@ -549,8 +594,8 @@ def _send_error(resp: httpx.Response, err: Json) -> SendError:
         return SendError(detail, retryable=True, retry_after=wait, code="rate_limited")
     if code == WINDOW_CLOSED:
         return SendError(
-            f"{detail}. The 24 h customer-service window is closed: only an approved "
-            "template may be sent, and template sends are not supported",
+            f"{detail}. The 24 h customer-service window is closed: free text cannot be "
+            "sent — send an approved template instead",
             retryable=False,
             code="window_closed",
         )

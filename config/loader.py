@@ -32,6 +32,7 @@ from automation.rules import (
     AutomationFile,
     Condition,
     RoleRef,
+    SendMessage,
     UserRef,
     Who,
     conditions,
@@ -408,6 +409,8 @@ class _Checker:
     def __init__(self, docs: dict[str, _Doc], problems: list[ConfigProblem]) -> None:
         self.docs = docs
         self.problems = problems
+        # channels.yaml when it is valid (automation's templates refer to its accounts).
+        self.cf: ChannelsFile | None = None
 
     def where(self, file: str, path: Path_) -> tuple[int | None, int | None]:
         node, _, _ = _walk(self.docs[file].root, path)
@@ -615,6 +618,7 @@ class _Checker:
         from channels.email import MailboxSettings  # channels/ imports config.models
 
         for i, a in enumerate(cf.accounts):
+            self.whatsapp_templates(i, a)
             if a.channel == "webchat":
                 self.webchat_settings(i, a)
                 continue
@@ -627,6 +631,30 @@ class _Checker:
                 MailboxSettings.model_validate(a.settings)
             except ValidationError as exc:
                 self.settings_errors(i, exc)
+
+    def whatsapp_templates(self, i: int, a: ChannelAccount) -> None:
+        """An account's ``templates`` (WhatsApp only): each as the channel reads it
+        (channels/whatsapp_templates.py), names unique per language."""
+        from channels.whatsapp_templates import parse_templates
+
+        if not a.templates:
+            return
+        at: Path_ = ("accounts", i, "templates")
+        if a.channel != "whatsapp":
+            self.report(CHANNELS, at, "templates are WhatsApp's: only a whatsapp account has them")
+            return
+        try:
+            specs = parse_templates(a.templates)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):  # names and texts: nothing secret
+                path: Path_ = (*at, *err["loc"])
+                self.report(CHANNELS, path, _error_message(err, path))
+            return
+        self.unique(
+            CHANNELS,
+            "template",
+            [(f"{t.name} ({t.language})", (*at, k, "name")) for k, t in enumerate(specs)],
+        )
 
     def settings_errors(self, i: int, exc: ValidationError, *, show_input: bool = False) -> None:
         for err in exc.errors(include_url=False, include_input=show_input):
@@ -735,6 +763,7 @@ class _Checker:
         self.unique(
             AUTOMATION, "rule id", [(r.id, ("rules", i, "id")) for i, r in enumerate(af.rules)]
         )
+        self.cf = cf
         refs = _Refs(
             {p.id: p.kind.value for p in pf.pipelines} if pf is not None else None,
             {p.id: {s.id: s.outcome for s in p.stages} for p in pf.pipelines}
@@ -790,6 +819,37 @@ class _Checker:
         for message in templates.problems(text):
             self.report(AUTOMATION, at, message)
 
+    def rule_template(self, sm: SendMessage, p: Path_) -> None:
+        """``send_message.template``: its params are text templates; it is WhatsApp's, and
+        each WhatsApp account it may go through has it with as many params."""
+        from channels.whatsapp_templates import find
+
+        assert sm.template is not None
+        at = (*p, "template")
+        for k, text in enumerate(sm.template.params):
+            self.rule_text(text, (*at, "params", k))
+        if sm.channel is not None and sm.channel != "whatsapp":
+            self.report(AUTOMATION, at, "templates are WhatsApp's: use channel whatsapp")
+            return
+        for a in self.cf.accounts if self.cf is not None else []:
+            if a.channel != "whatsapp" or (sm.account is not None and a.account != sm.account):
+                continue
+            spec = find(a, sm.template.name, sm.template.language)
+            if spec is None:
+                self.report(
+                    AUTOMATION,
+                    (*at, "name"),
+                    f"template '{sm.template.name}' is not configured on whatsapp account "
+                    f"'{a.account}'",
+                )
+            elif len(spec.params) != len(sm.template.params):
+                self.report(
+                    AUTOMATION,
+                    (*at, "params"),
+                    f"template '{spec.name}' takes {len(spec.params)} params, "
+                    f"{len(sm.template.params)} given",
+                )
+
     def rule_action(self, action: Action, at: Path_, refs: _Refs, scope: list[str]) -> None:
         if (a := action.create_task) is not None:
             p = (*at, "create_task")
@@ -839,6 +899,8 @@ class _Checker:
         if (sm := action.send_message) is not None:
             p = (*at, "send_message")
             self.rule_text(sm.text, (*p, "text"))
+            if sm.template is not None:
+                self.rule_template(sm, p)
             if sm.account is not None and sm.channel is None:
                 self.report(AUTOMATION, (*p, "account"), "an account needs its 'channel'")
             elif sm.channel is not None and refs.accounts is not None:

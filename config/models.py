@@ -51,11 +51,11 @@ class ChannelAccount(Strict):
     # with * (``*@forms.example.ru``).
     customer_senders: list[str] = Field(default_factory=list)
     # Provider-specific settings (IMAP host, bot base URL ...); each channel module
-    # validates its own part. Scalars, and lists of mappings where a channel models
-    # them (WhatsApp ``templates``: channels/whatsapp_templates.py).
-    settings: dict[str, str | int | float | bool | list[dict[str, Any]]] = Field(
-        default_factory=dict
-    )
+    # validates its own part.
+    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # WhatsApp: the approved message templates (mappings: name, language, category,
+    # params, text; modelled and checked by channels/whatsapp_templates.py).
+    templates: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("allowed_networks")
     @classmethod

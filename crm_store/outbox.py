@@ -39,12 +39,15 @@ async def queue(
     author_id: str | None = None,
     message_id: str | None = None,
     automatic: bool = False,
+    template: dict[str, Any] | None = None,
 ) -> Document:
     """Store an outbound message as ``queued``; the outbox worker sends it.
 
     ``automatic``: sent by automation, not an operator (e-mail marks it Auto-Submitted and
     refuses to answer an automatic message with it). ``message_id`` makes the queueing
-    idempotent: a second call with the same id raises ``DuplicateKeyError``."""
+    idempotent: a second call with the same id raises ``DuplicateKeyError``.
+    ``template``: a provider template (WhatsApp ``{name, language, params}``) sent instead
+    of ``text``, which then holds the template's rendered preview."""
     at = _now()
     doc: Document = {
         "_id": message_id or uuid.uuid4().hex,
@@ -59,6 +62,7 @@ async def queue(
         "attachments": attachments or [],
         "author_id": author_id,
         "automatic": automatic,
+        **({"template": template} if template is not None else {}),
         "state": DeliveryState.QUEUED.value,
         "state_rank": STATE_RANK[DeliveryState.QUEUED],
         "state_history": [{"state": DeliveryState.QUEUED.value, "at": at}],

@@ -21,6 +21,7 @@ from inbox import (  # noqa: F401 - imported for their route declarations
     live_api,
     messages_api,
     openapi,
+    templates_api,
     users_api,
     web_page,
 )

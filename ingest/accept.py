@@ -20,7 +20,7 @@ from typing import Any
 
 from channels.base import Parsed
 from channels.identity import identity_keys
-from crm_store import calls, intake, updates
+from crm_store import calls, intake, updates, wa_templates
 from crm_store.documents import IntakeDoc, IntakeStatus, intake_id, unparsed_id
 from crm_store.store import Document, Store, together
 
@@ -120,6 +120,8 @@ async def store_parsed(
         await updates.apply_reaction(w.store, reaction)
     for r in parsed.reachability:
         await updates.apply_reachability(w.store, r, identity_keys(r.channel, r.account, r.sender))
+    for verdict in parsed.templates:
+        await wa_templates.apply(w.store, verdict)
     return accepted
 
 

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from channels import REGISTRY
-from channels.base import Attachment, OutboundMessage, SendError, SendingChannel
+from channels.base import Attachment, OutboundMessage, SendError, SendingChannel, TemplateRef
 from config.loader import resolve_secret
 from config.models import AppConfig
-from crm_store import outbox, sms_contacts
+from crm_store import outbox, sms_contacts, wa_templates
 from crm_store.store import Document, Store
 from ingest.tasks import cancel
 
@@ -57,7 +57,14 @@ def outbound_of(doc: Document, conversation: Document | None = None) -> Outbound
         subject=subject if isinstance(subject := last.get("subject"), str) else None,
         automatic=bool(doc.get("automatic", False)),
         answers_automatic=bool(last.get("automatic", False)),
+        # A provider template (WhatsApp) sent instead of the text (the text is its preview).
+        template=_template(doc),
     )
+
+
+def _template(doc: Document) -> TemplateRef | None:
+    found = doc.get("template")
+    return TemplateRef.model_validate(found) if isinstance(found, dict) else None
 
 
 def backoff_s(attempt: int, retry_after: float | None) -> float:
@@ -149,6 +156,12 @@ class OutboxWorker:
         try:
             msg = outbound_of(doc, conv)
             channel.check_outbound(account, msg)
+            if msg.template is not None and (
+                why := await wa_templates.refusal(
+                    self.store, doc["channel"], doc["account"], msg.template
+                )
+            ):
+                raise SendError(why, retryable=False, code="template_not_approved")
             result = await channel.send(account, resolve_secret(account), msg)
         except SendError as exc:
             attempts = int(doc.get("attempts", 0)) + 1

@@ -127,6 +127,17 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/conversations/{id}/messages"): Row(
         "sales", "/api/v1/conversations/{conv}/messages", _json({"text": "Добрый день"})
     ),
+    # WhatsApp templates: none on the seeded (api channel) conversation; sending one there
+    # is 422 for whoever may see it.
+    ("GET", "/api/v1/conversations/{id}/templates"): Row(
+        "sales", "/api/v1/conversations/{conv}/templates"
+    ),
+    ("POST", "/api/v1/conversations/{id}/template"): Row(
+        "sales",
+        "/api/v1/conversations/{conv}/template",
+        _json({"name": "order_ready", "params": ["A-1"]}),
+        allowed=frozenset({422}),
+    ),
     ("POST", "/api/v1/conversations/{id}/notes"): Row(
         "sales", "/api/v1/conversations/{conv}/notes", _json({"text": "note"})
     ),

@@ -1,7 +1,9 @@
 """A local fake of the WhatsApp Cloud API send endpoint (Meta Graph API).
 
 ``POST /{version}/{phone_number_id}/messages`` with ``Authorization: Bearer <token>``
-answers like Graph does: ``{"messaging_product", "contacts": [{input, wa_id}],
+takes a text or a template message (``type: template``, ``template: {name, language:
+{code}, components}``; :attr:`FakeWhatsApp.template_refusals` makes Graph refuse a
+template by name) and answers like Graph does: ``{"messaging_product", "contacts": [{input, wa_id}],
 "messages": [{"id": "wamid…"}]}`` on success, ``{"error": {message, type, code,
 error_data: {messaging_product, details}, fbtrace_id}}`` otherwise (a wrong token → 401
 with code 190). Every request is recorded exactly as received. Tell it to fail the next
@@ -62,6 +64,20 @@ def graph_error(f: Failure) -> bytes:
     return orjson.dumps({"error": err})
 
 
+def _template_ok(t: Any) -> bool:
+    """A template object as Graph takes it: a name, ``language.code`` and, if any,
+    ``components`` of ``{type, parameters: [{type: text, text}]}``."""
+    if not (isinstance(t["name"], str) and isinstance(t["language"]["code"], str)):
+        return False
+    for comp in t.get("components", []):
+        if comp["type"] not in ("header", "body", "button"):
+            return False
+        for p in comp["parameters"]:
+            if p["type"] != "text" or not isinstance(p["text"], str) or "\n" in p["text"]:
+                return False
+    return True
+
+
 class FakeWhatsApp:
     def __init__(self, token: str = "test-access-token") -> None:
         self.token = token
@@ -71,6 +87,9 @@ class FakeWhatsApp:
         self._delays: deque[float] = deque()
         self._runner: web.AppRunner | None = None
         self.port = free_port()
+        # Template name → the error Graph answers for it (e.g. 132001 does not exist,
+        # 132015 paused): Meta's own check of a template we send.
+        self.template_refusals: dict[str, Failure] = {}
 
     @property
     def base(self) -> str:
@@ -128,15 +147,18 @@ class FakeWhatsApp:
         try:
             data = orjson.loads(body)
             to = data.get("to") or data["recipient"]
-            ok = (
-                data["messaging_product"] == "whatsapp"
-                and data["type"] == "text"
-                and isinstance(data["text"]["body"], str)
+            ok = data["messaging_product"] == "whatsapp" and (
+                (data["type"] == "text" and isinstance(data["text"]["body"], str))
+                or (data["type"] == "template" and _template_ok(data["template"]))
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             ok = False
         if not ok:
             return self._error(Failure(400, 100, "Invalid parameter"))
+        if data["type"] == "template" and (
+            refusal := self.template_refusals.get(data["template"]["name"])
+        ):
+            return self._error(refusal)
         wamid = "wamid.HBgL" + uuid.uuid4().hex.upper()
         self.sent.append(wamid)
         contact = {"input": to, "wa_id": to} if data.get("to") else {"input": to, "user_id": to}
