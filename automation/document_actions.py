@@ -1,4 +1,10 @@
-"""The ``document`` action: fill a DOCX template for the entity's deal (docs/documents.md)."""
+"""The ``document`` action: fill a DOCX template for the entity's deal (docs/documents.md).
+
+``do: - document: {template: contract}`` generates a document of that type for the deal
+the rule runs on (automation/paperwork/make.py). The planned action's key is the
+generation's idempotency key: a re-run after a crash finds the same record and the same
+number, never a second document.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,23 @@ class MakeDocument(Strict):
 
 
 async def make_document(ex: Executor, p: Planned, spec: MakeDocument, snap: Snapshot) -> None:
-    from automation.actions import ActionError
+    from automation.actions import ActionError, RetryLater
+    from automation.paperwork.make import generate
+    from crm_store.paperwork import PaperworkError
 
-    raise ActionError("not_available", "documents are not built yet")
+    if snap.kind != "deal":
+        raise ActionError("not_a_deal", f"a document needs a deal, not a {snap.kind}")
+    try:
+        await generate(
+            ex.store,
+            ex.config,
+            snap.id,
+            spec.template,
+            key=p.key,
+            by=ex.by(p),
+            now=ex.clock.now(),
+        )
+    except PaperworkError as exc:
+        if exc.code == "conflict":
+            raise RetryLater(str(exc)) from None
+        raise ActionError(exc.code, str(exc)) from None

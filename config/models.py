@@ -231,6 +231,9 @@ class DocumentTemplate(Strict):
     file: str = Field(pattern=r"^[A-Za-z0-9_.-]+\.docx$")
     number_format: str = Field(default="{year}-{n:04d}", min_length=1, max_length=100)
     version: int = Field(default=1, ge=1)
+    # A deal field set to true when the signed scan is uploaded (``contract_signed``):
+    # what stage entry conditions and automation rules can test.
+    signed_field: Ident | None = None
 
 
 class TemplatesFile(Strict):

@@ -166,6 +166,15 @@ class OperatorMessage(_Data):
     department: str | None
 
 
+class DocumentChanged(_Data):
+    document_id: str
+    type: str = Field(description="the template's document type (config/templates/)")
+    number: str
+    version: int
+    status: Literal["generated", "sent", "signed"]
+    by: str | None
+
+
 EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "contact.created": (ContactCreated, "routing created a contact for a new sender"),
     "lead.created": (EntityCreated, "a new lead (unknown sender, rule 5)"),
@@ -268,6 +277,10 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "conversation.read": (ConversationRead, "an operator marked a conversation read"),
     "message.queued": (OperatorMessage, "an operator's reply was queued for sending"),
     "message.note_added": (OperatorMessage, "an internal note (never sent) was added"),
+    # --- documents of deals (crm_store/paperwork.py, docs/documents.md)
+    "document.generated": (DocumentChanged, "a document (a new version) was filled in"),
+    "document.sent": (DocumentChanged, "a document was sent to the customer or marked sent"),
+    "document.signed": (DocumentChanged, "the signed scan of a document was attached"),
 }
 
 

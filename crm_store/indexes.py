@@ -171,6 +171,19 @@ INDEXES: dict[str, list[IndexModel]] = {
     "service_keys": [],
     # Webchat visitors (crm_store/webchat.py): by _id, the visitor id.
     "webchat_visitors": [],
+    # Documents of deals (crm_store/paperwork.py): one record per (deal, type, version);
+    # the registry's searches.
+    "deal_documents": [
+        IndexModel(
+            [("deal_id", ASCENDING), ("type", ASCENDING), ("version", ASCENDING)],
+            name="one_version",
+            unique=True,
+        ),
+        IndexModel([("contact_id", ASCENDING), ("created_at", DESCENDING)], name="contact"),
+        IndexModel([("company_id", ASCENDING), ("created_at", DESCENDING)], name="company"),
+        IndexModel([("type", ASCENDING), ("number", ASCENDING)], name="number"),
+        IndexModel([("created_at", DESCENDING)], name="created"),
+    ],
     # Live presence (crm_store/presence.py): operators online by user, a conversation's
     # visitor sockets and operator typing; readers compare `until` with now, the TTL index
     # only clears dead rows (about once a minute).

@@ -6,6 +6,8 @@ Every move — an operator's through the API, a robot's through automation — g
 - **required fields** of the target stage (``required_fields``);
 - **conditional entry** (``requires``: conditions on the fields, each with its message —
   "Won" only when the closing documents are signed and the order is paid in full);
+- **documents** (``requires_documents``: a document of a type in at least a status —
+  a signed acceptance act; crm_store/paperwork.py, docs/documents.md);
 - **backward moves**: anywhere in a ``forbid_backward`` pipeline, and back past a stage
   marked ``no_return`` once the lead/deal has reached it. Final stages stay reachable.
 
@@ -30,6 +32,7 @@ from typing import Any, Literal
 from automation.conditions import Snapshot, matches
 from automation.rules import Condition
 from config.models import Pipeline, Stage
+from crm_store import paperwork
 from crm_store.events import append, event
 from crm_store.store import Document, Store
 
@@ -104,9 +107,12 @@ def _backward(pipeline: Pipeline, entity: Document, target: Stage) -> str | None
     return None
 
 
-def check_move(pipeline: Pipeline, entity: Document, stage_id: str) -> None:
+def check_move(
+    pipeline: Pipeline, entity: Document, stage_id: str, documents: Sequence[Document] = ()
+) -> None:
     """Raise :class:`StageError` when ``entity`` may not enter ``stage_id``, listing every
-    reason at once."""
+    reason at once. ``documents``: the deal's documents (crm_store/paperwork.py) the
+    stage's ``requires_documents`` are checked against."""
     target = pipeline.stage(stage_id)
     if target is None:
         raise StageError(f"pipeline {pipeline.id} has no stage {stage_id!r}", code="unknown_stage")
@@ -123,6 +129,9 @@ def check_move(pipeline: Pipeline, entity: Document, stage_id: str) -> None:
     for r in failed:
         named: list[str | None] = [*fields_named(r.if_)] or [None]
         problems += [(name, r.message) for name in named]
+    for message in paperwork.missing(target.requires_documents, documents):
+        unmet.append(message)
+        problems.append((None, message))
     back = _backward(pipeline, entity, target)
     if back is not None:
         unmet.append(back)
@@ -199,7 +208,12 @@ async def move_seen(
     coll = store.leads if kind == "lead" else store.deals
     entity_id = entity["_id"]
     entity = dict(entity)
-    check_move(pipeline, {**entity, "kind": kind}, stage_id)
+    wanted = pipeline.stage(stage_id)
+    docs: list[Document] = []
+    if wanted is not None and wanted.requires_documents and kind == "deal":
+        types = [r.type for r in wanted.requires_documents]
+        docs = await paperwork.of_deal(store, entity_id, types)
+    check_move(pipeline, {**entity, "kind": kind}, stage_id, docs)
     stage = pipeline.stage(stage_id)
     assert stage is not None
     at = at or datetime.now(UTC)

@@ -14,7 +14,8 @@ Visibility follows departments (inbox/auth.py computes the departments a user se
   with a message carrying it (an e-mail's attachment, or a reply it was attached to); an
   admin reads every file. A reply may attach only a file its author can read, so a file
   id learnt elsewhere gives nothing; the same rule guards ``GET /api/v1/files/{id}``,
-  and a token-free link is signed only for such a caller (inbox/file_links.py).
+  and a token-free link is signed only for such a caller (inbox/file_links.py);
+- a **document** of a deal (its DOCX, PDF and signed scan) is visible iff its deal is.
 
 Actions by role: every role with access reads and works what it sees; **export** and
 **delete** need a director or an admin; settings (users, tokens, subscriptions) need an
@@ -134,6 +135,25 @@ async def may_read_file(store: Store, principal: Principal, meta: Document | Non
         if sees_conversation(principal, conv):
             return True
     return False
+
+
+async def visible_document(
+    store: Store, config: AppConfig, principal: Principal, document_id: str
+) -> Document | None:
+    """A document of a deal (crm_store/paperwork.py) is visible iff its deal is."""
+    doc: Document | None = await store["deal_documents"].find_one({"_id": document_id})
+    if doc is None:
+        return None
+    deal = await store.deals.find_one({"_id": doc.get("deal_id")}, {"responsible_id": 1})
+    return doc if sees_entity(config, principal, deal) else None
+
+
+async def document_filter(store: Store, config: AppConfig, principal: Principal) -> Document:
+    """The store filter a document query adds for this caller: the deals they see."""
+    if principal.departments is None:
+        return {}
+    deals = store.deals.find(entity_filter(config, principal), {"_id": 1})
+    return {"deal_id": {"$in": [d["_id"] async for d in deals]}}
 
 
 def may_export(principal: Principal) -> bool:

@@ -15,6 +15,7 @@ from inbox import (  # noqa: F401 - imported for their route declarations
     contacts_api,
     conversations_api,
     declared,
+    documents_api,
     entities_api,
     export_api,
     file_links,

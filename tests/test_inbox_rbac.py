@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
+from automation.paperwork import make
 from crm_store import conversations as convs
 from crm_store import entities, files, notifications, subscriptions, tasks, tokens
 from crm_store.documents import stable_id
@@ -228,6 +229,22 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/notifications/{id}/read"): Row(
         "own", "/api/v1/notifications/{notification}/read"
     ),
+    # Documents of deals (inbox/documents_api.py): the seeded contract of Anna's deal. The
+    # upload is a text file (415: not a scan) and the api channel conversation may refuse
+    # the attachment (422) for whoever may see the document.
+    ("POST", "/api/v1/deals/{id}/documents"): Row(
+        "sales", "/api/v1/deals/{deal}/documents", _json({"type": "contract"})
+    ),
+    ("GET", "/api/v1/documents"): Row("mine", "/api/v1/documents"),
+    ("GET", "/api/v1/documents/{id}"): Row("sales", "/api/v1/documents/{document}"),
+    ("GET", "/api/v1/documents/{id}/file"): Row("sales", "/api/v1/documents/{document}/file"),
+    ("POST", "/api/v1/documents/{id}/sent"): Row("sales", "/api/v1/documents/{document}/sent"),
+    ("POST", "/api/v1/documents/{id}/send"): Row(
+        "sales", "/api/v1/documents/{document}/send", _json({}), frozenset({422})
+    ),
+    ("POST", "/api/v1/documents/{id}/signed"): Row(
+        "sales", "/api/v1/documents/{document}/signed", _json("upload"), frozenset({415})
+    ),
     # The example PBX has no API token set: 404/422/502 past the role check.
     ("POST", "/api/v1/calls"): Row(
         "mine", "/api/v1/calls", _json({"phone": "+79001234567"}), frozenset({404, 422, 502})
@@ -306,6 +323,11 @@ async def seed(svc: InProcess) -> World:
             "created_at": datetime.now(UTC),
         }
     )
+    document = await make.generate(
+        store, svc.service.config, deal_id, "contract", key="rbac", by=ANNA, now=datetime.now(UTC)
+    )
+    world.ids["document"] = document["_id"]
+    world.sales |= {document["_id"], document["file_id"]}
     task, _ = await tasks.create(
         store,
         {

@@ -43,6 +43,10 @@ def _dec(value: object) -> Decimal:
         return Decimal(0)
 
 
+def _first(values: object) -> str:
+    return str(values[0]) if isinstance(values, list) and values else ""
+
+
 def line_items(raw: object) -> tuple[list[dict[str, Any]], Decimal]:
     """The deal's ``items`` ({name, quantity, unit, price}) numbered, each with its sum,
     and the total. Anything that is not an item is skipped; a missing quantity is 1."""
@@ -89,8 +93,8 @@ def context(
         {
             "id": contact.get("_id"),
             "name": contact.get("name") or "",
-            "phone": contact.get("phone") or "",
-            "email": contact.get("email") or "",
+            "phone": _first(contact.get("phones")),
+            "email": _first(contact.get("emails")),
         }
         if contact
         else None
