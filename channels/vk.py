@@ -23,6 +23,13 @@ Inbound: VK POSTs one JSON event per request to ``/webhooks/vk/{account}``::
   are echoes, not inbound. A customer's ``message_edit`` → :class:`MessageEdit`.
 * ``message_allow`` / ``message_deny`` → :class:`Reachability`; ``message_read`` (the
   customer read our message ``read_message_id``) → a ``read`` :class:`StatusUpdate`.
+* Comments (channels/vk_comments.py): ``wall_reply_*``, ``photo_comment_*``,
+  ``video_comment_*``, ``market_comment_*`` (``_new`` / ``_edit`` / ``_restore`` /
+  ``_delete``) → comment messages, edits (a restore is an edit restoring the text, which
+  also lifts the deletion: crm_store/updates.py) and deletions. The community's own
+  comments are echoes. Public replies go out with ``wall.createComment`` (or
+  ``photos``/``video``/``market.createComment``), private ones with ``messages.send`` to
+  the commenter; :meth:`VkChannel.moderate` deletes a comment (VK cannot hide one).
 
 Outbound: ``messages.send`` with ``peer_id``, ``message``, ``random_id`` and API version
 5.199 through the ``vk_api`` package. It is synchronous (requests, ``time.sleep``
@@ -88,6 +95,8 @@ MAX_TEXT = 9000
 MAX_ATTACHMENTS = 10
 CHAT_PEER_BASE = 2_000_000_000  # peer_id of a group chat = 2000000000 + chat_id
 OK = "ok"
+# Comment events: ``<prefix>_new|_edit|_restore|_delete`` (channels/vk_comments.py).
+COMMENT_EVENTS = frozenset({"wall_reply", "photo_comment", "video_comment", "market_comment"})
 # Media already on VK, as messages.send's ``attachment`` wants it: photo-1_2[_accesskey].
 MEDIA_REF = re.compile(r"[a-z_]+-?\d+_\d+(?:_[0-9A-Za-z]+)?")
 
@@ -97,10 +106,16 @@ RETRYABLE: dict[int, float | None] = {
     6: 1.0,  # too many requests per second
     9: 60.0,  # flood control
     10: None,  # internal server error
+    29: 60.0,  # rate limit reached (comments)
 }
 REASONS = {
     5: "VK rejected the community access token",
-    7: "the community token lacks the 'messages' permission",
+    7: "the community token lacks the permission ('messages'; 'wall' for comments)",
+    15: "VK denied access (the comment or post is not reachable with this token)",
+    212: "comments on this post are closed",
+    213: "comments on this post are closed",
+    222: "VK forbids links in this comment",
+    223: "the comment thread has too many replies",
     901: "the user has not allowed messages from this community "
     "(never wrote to it, or turned messages off)",
     902: "the user's privacy settings do not allow messages from this community",
@@ -384,6 +399,8 @@ class VkChannel(WebhookChannel):
     name = "vk"
     ack_reply: str | None = OK
     secret_fields: tuple[str, ...] = ("secret",)
+    # What :meth:`moderate` can do to a comment: VK has no hidden comments.
+    moderation_actions: tuple[str, ...] = ("delete",)
 
     def __init__(self) -> None:
         # One vk_api client per account/token: its lock and clock throttle the account.
@@ -411,6 +428,10 @@ class VkChannel(WebhookChannel):
             if kind == "message_edit":  # the object is the message itself
                 edit = self._edit(account, event, obj)
                 return Parsed(edits=[edit] if edit else [], reply=OK)
+            if kind.rsplit("_", 1)[0] in COMMENT_EVENTS:
+                from channels import vk_comments  # it reads with this module's helpers
+
+                return vk_comments.read(account, _group_id(account), kind, obj)
         except ValidationError as exc:
             raise InvalidPayload(f"{kind}: {exc.error_count()} invalid field(s)") from None
         if kind in ("message_allow", "message_deny") and (user := _int(obj.get("user_id"))):
@@ -482,7 +503,14 @@ class VkChannel(WebhookChannel):
         def refuse(detail: str, code: str) -> SendError:
             return SendError(detail, retryable=False, code=code)
 
-        if _recipient(msg.recipient) is None:
+        if msg.reply_mode == "public":
+            from channels import vk_comments  # it reads with this module's helpers
+
+            if vk_comments.create_call(msg, _group_id(account)) is None:
+                raise refuse(
+                    f"not a VK comment to answer under: {msg.comment_id!r}", "invalid_comment"
+                )
+        elif _recipient(msg.recipient) is None:
             raise refuse(f"not a VK peer id: {msg.recipient!r}", "invalid_recipient")
         if len(msg.text) > MAX_TEXT:
             raise refuse(f"VK messages are at most {MAX_TEXT} characters", "text_too_long")
@@ -527,15 +555,69 @@ class VkChannel(WebhookChannel):
                 retryable=False,
                 code="not_configured",
             )
+        if msg.reply_mode == "public":
+            return await self._comment(account, secret, msg)
         rid = random_id(msg.id)
         values: dict[str, Any] = {"peer_id": _recipient(msg.recipient), "random_id": rid}
         if msg.text:
             values["message"] = msg.text
         if msg.attachments:
             values["attachment"] = ",".join(a.file_id or "" for a in msg.attachments)
+        result = await self._call(account, secret, "messages.send", values)
+        sent = _int(result)
+        # A message id is expected; VK may answer 0 where ids are unavailable.
+        return SendResult(provider_id=str(sent) if sent and sent > 0 else f"random{rid}")
+
+    async def _comment(
+        self, account: ChannelAccount, secret: str, msg: OutboundMessage
+    ) -> SendResult:
+        """A public reply under a comment (channels/vk_comments.py); ``guid`` = our id,
+        so VK does not post a retry twice."""
+        from channels import vk_comments
+
+        call = vk_comments.create_call(msg, _group_id(account))
+        if call is None:
+            raise SendError(
+                f"not a VK comment to answer under: {msg.comment_id!r}",
+                retryable=False,
+                code="invalid_comment",
+            )
+        result = await self._call(account, secret, *call)
+        made = vk_comments.sent_key(msg, result)
+        return SendResult(provider_id=made or f"guid{msg.id}")
+
+    async def moderate(
+        self, account: ChannelAccount, secret: str | None, comment_id: str, action: str
+    ) -> None:
+        """Delete a comment (``wall.deleteComment`` …). VK has no hidden comments: hide
+        and unhide are refused (code ``not_supported``)."""
+        from channels import vk_comments
+
+        if action != "delete":
+            raise SendError(
+                "VK cannot hide comments, only delete them", retryable=False, code="not_supported"
+            )
+        call = vk_comments.delete_call(comment_id)
+        if call is None:
+            raise SendError(
+                f"not a VK comment: {comment_id!r}", retryable=False, code="invalid_comment"
+            )
+        if not secret:
+            raise SendError(
+                "no community access token configured (secret_env)",
+                retryable=False,
+                code="not_configured",
+            )
+        await self._call(account, secret, *call)
+
+    async def _call(
+        self, account: ChannelAccount, secret: str, method: str, values: dict[str, Any]
+    ) -> Any:
+        """One VK API call in a worker thread (vk_api is synchronous); its failures as
+        :class:`SendError`."""
         client = self._client(account, secret)
         try:
-            result = await asyncio.to_thread(client.method, "messages.send", values)
+            return await asyncio.to_thread(client.method, method, values)
         except vk_api.exceptions.ApiError as exc:
             error = _dict(exc.error)
             raise _api_error(int(exc.code), str(error.get("error_msg", ""))) from None
@@ -555,6 +637,3 @@ class VkChannel(WebhookChannel):
             raise SendError(
                 "VK API answered without a response", retryable=True, code="bad_response"
             ) from None
-        sent = _int(result)
-        # A message id is expected; VK may answer 0 where ids are unavailable.
-        return SendResult(provider_id=str(sent) if sent and sent > 0 else f"random{rid}")

@@ -39,6 +39,7 @@ from automation.rules import (
     rule_problems,
 )
 from config.models import (
+    COMMENTS_MODES,
     AppConfig,
     CalendarFile,
     ChannelAccount,
@@ -618,6 +619,12 @@ class _Checker:
         from channels.email import MailboxSettings  # channels/ imports config.models
 
         for i, a in enumerate(cf.accounts):
+            if "comments" in a.settings and a.settings["comments"] not in COMMENTS_MODES:
+                self.report(
+                    CHANNELS,
+                    ("accounts", i, "settings", "comments"),
+                    f"must be 'lead' or 'attach', not {_show(a.settings['comments'])}",
+                )
             self.whatsapp_templates(i, a)
             if a.channel == "webchat":
                 self.webchat_settings(i, a)

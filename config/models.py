@@ -65,6 +65,20 @@ class ChannelAccount(Strict):
         return value
 
 
+# Comments under posts (VK, Facebook, Instagram): ``settings.comments``. "lead": a comment
+# from an unknown commenter creates a lead like a message; "attach": it only joins a known
+# contact's conversation, lead or deal (docs/channels/comments.md).
+CommentsMode = Literal["lead", "attach"]
+COMMENTS_MODES: tuple[CommentsMode, ...] = ("lead", "attach")
+
+
+def comments_mode(account: ChannelAccount | None) -> CommentsMode:
+    """The account's ``comments`` setting; "lead" when unset (check-config refuses any
+    other value)."""
+    value = account.settings.get("comments") if account is not None else None
+    return "attach" if value == "attach" else "lead"
+
+
 class ChannelsFile(Strict):
     accounts: list[ChannelAccount] = Field(default_factory=list)
 

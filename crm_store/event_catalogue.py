@@ -105,6 +105,18 @@ class MessageDeleted(_Data):
     at: datetime | None = Field(description="when the customer deleted it")
 
 
+class MessageRestored(_Data):
+    channel: str
+    at: datetime | None = Field(description="when the deleted message was put back")
+
+
+class CommentModerated(_Data):
+    channel: str
+    action: Literal["hide", "unhide", "delete"]
+    comment_id: str = Field(description="the provider's id of the comment")
+    by: str | None = Field(description="the user who did it")
+
+
 class AddressFailing(_Data):
     address: str = Field(description="the e-mail address the bounce reported as failing")
     channel: str
@@ -204,6 +216,14 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "message.deleted": (
         MessageDeleted,
         "the customer deleted a message (it stays stored, marked deleted)",
+    ),
+    "message.restored": (
+        MessageRestored,
+        "a deleted message was put back (a VK comment restored): no longer marked deleted",
+    ),
+    "comment.moderated": (
+        CommentModerated,
+        "an operator hid, unhid or deleted a customer's public comment at the provider",
     ),
     # --- e-mail
     "contact.address_failing": (

@@ -39,6 +39,8 @@ async def queue(
     author_id: str | None = None,
     message_id: str | None = None,
     automatic: bool = False,
+    reply_mode: str | None = None,
+    comment_id: str | None = None,
     template: dict[str, Any] | None = None,
 ) -> Document:
     """Store an outbound message as ``queued``; the outbox worker sends it.
@@ -46,6 +48,8 @@ async def queue(
     ``automatic``: sent by automation, not an operator (e-mail marks it Auto-Submitted and
     refuses to answer an automatic message with it). ``message_id`` makes the queueing
     idempotent: a second call with the same id raises ``DuplicateKeyError``.
+    ``reply_mode`` / ``comment_id``: an answer to a public comment ("public": under the
+    comment with that provider id; "private": to the commenter directly).
     ``template``: a provider template (WhatsApp ``{name, language, params}``) sent instead
     of ``text``, which then holds the template's rendered preview."""
     at = _now()
@@ -71,6 +75,8 @@ async def queue(
         "send_due_at": at,
         "send_lease_until": EPOCH,
     }
+    if reply_mode is not None:
+        doc.update(reply_mode=reply_mode, comment_id=comment_id)
     if doc["channel"] == "sms":  # shown to the operator (docs/channels/sms.md#segments)
         seg = segments(text)
         doc["sms"] = {"segments": seg.count, "encoding": seg.encoding, "units": seg.units}

@@ -97,6 +97,7 @@ async def _edit_message(
         msg = await store.messages.find_one({"_id": mid, "direction": "in"}, _EDIT_FIELDS)
         if msg is None:
             return None
+        await _restore_if_newer(store, msg, to_ms(edit.edited_at or received))
         stored = StoredText(
             text=msg.get("text") or "",
             attachments=msg.get("attachments") or [],
@@ -235,6 +236,27 @@ async def _react(store: Store, reaction: MessageReaction, received: datetime) ->
     if result.matched_count:
         return True
     return await store.messages.find_one(_target(reaction), {"_id": 1}) is not None
+
+
+# --------------------------------------------------------------------------- restores
+
+
+async def _restore_if_newer(store: Store, msg: Document, at: datetime) -> None:
+    """A deleted message is edited only after it was put back: an edit newer than the
+    deletion lifts it (VK's ``wall_reply_restore`` arrives as such an edit,
+    channels/vk_comments.py). The message is no longer ``deleted``; ``restored_at`` and a
+    ``message.restored`` event say when. An edit older than the deletion (a late
+    redelivery) changes nothing here."""
+    deleted = msg.get("deleted_at")
+    if deleted is None or at <= deleted:
+        return
+    result = await store.messages.update_one(
+        {"_id": msg["_id"], "deleted_at": deleted},
+        {"$set": {"deleted": False, "restored_at": at}, "$unset": {"deleted_at": ""}},
+    )
+    if result.modified_count:
+        msg.pop("deleted_at", None)
+        await _announce(store, msg, "message.restored", [deleted.isoformat()], at)
 
 
 # --------------------------------------------------------------------------- receipts

@@ -7,6 +7,9 @@
   the conversation's channel: checked at once (inbox/replies.py), queued, answered 201
   with its delivery state (``queued``; then ``sent``/``delivered``/``read``/``failed``
   as the outbox and the provider's receipts move it — visible here and on the WebSocket).
+  In a conversation of comments under a post, ``mode`` ("public": under the comment,
+  the default; "private": a direct message to the commenter) and ``comment_id`` (default:
+  the latest customer comment) choose how (inbox/comments_api.py).
 - ``POST …/{id}/notes`` ``{"text"}`` — an internal note, never sent.
 - ``POST …/{id}/read`` — everything read (unread 0).
 - ``POST /api/v1/files`` (multipart, field ``file``) — upload an attachment; ``GET
@@ -19,7 +22,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +32,7 @@ from crm_store import calls as call_store
 from crm_store import conversations as convs
 from crm_store import files
 from crm_store.store import Document
-from inbox import access
+from inbox import access, comments_api
 from inbox.api import Call, route
 from inbox.auth import ApiError
 from inbox.conversations_api import view, visible_conversation
@@ -83,6 +86,17 @@ class ReplyBody(BaseModel):
 
     text: str = Field(default="", max_length=MAX_TEXT)
     attachments: list[AttachmentRef] = Field(default_factory=list, max_length=10)
+    mode: Literal["public", "private"] | None = Field(
+        default=None,
+        description="comment conversations only: public (under the comment; the default) "
+        "or private (a direct message to the commenter)",
+    )
+    comment_id: str | None = Field(
+        default=None,
+        max_length=128,
+        description="comment conversations only: the message id of the customer comment "
+        "to answer (default: the latest)",
+    )
 
 
 class NoteBody(BaseModel):
@@ -191,7 +205,7 @@ async def _attachments(call: Call, refs: list[AttachmentRef]) -> list[dict[str, 
     body=ReplyBody,
     response=MessageView,
     status=201,
-    errors=(404, 422),
+    errors=(404, 409, 422),
 )
 async def reply_message(call: Call) -> MessageView:
     body = call.b(ReplyBody)
@@ -204,8 +218,11 @@ async def reply_message(call: Call) -> MessageView:
             errors=[{"in": "body", "field": "text", "message": "empty"}],
         )
     attachments = await _attachments(call, body.attachments)
+    comment = await comments_api.answer(
+        call, conv, body.text, attachments, body.mode, body.comment_id
+    )
     try:
-        doc = await reply(
+        doc = comment or await reply(
             call.svc.store,
             call.svc.config,
             conv["_id"],

@@ -11,6 +11,7 @@ from aiohttp import web
 from inbox import (  # noqa: F401 - imported for their route declarations
     api,
     call_log_api,
+    comments_api,
     companies_api,
     contacts_api,
     conversations_api,

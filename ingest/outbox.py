@@ -57,6 +57,9 @@ def outbound_of(doc: Document, conversation: Document | None = None) -> Outbound
         subject=subject if isinstance(subject := last.get("subject"), str) else None,
         automatic=bool(doc.get("automatic", False)),
         answers_automatic=bool(last.get("automatic", False)),
+        # An answer to a public comment (crm_store/outbox.py queue).
+        reply_mode=doc.get("reply_mode"),
+        comment_id=doc.get("comment_id"),
         # A provider template (WhatsApp) sent instead of the text (the text is its preview).
         template=_template(doc),
     )

@@ -13,7 +13,9 @@ Everything the rules need is gathered into a :class:`Context` by routing/router.
    an active deal (its most recently active open deal of a sales pipeline, whoever's
    contact it is) → attach to the company's deal (docs/companies.md);
    automatic mail (auto-replies, bounces) and contacts marked as spam stop here: stored,
-   attached to the contact if known, never a new lead;
+   attached to the contact if known, never a new lead; so do comments under a post on an
+   account whose ``comments`` setting is ``attach`` (``lead``, the default: a comment is
+   a request like any message);
 4. known contact with nothing open → a repeat lead (or deal, in "no leads" mode);
 5. unknown sender → a new lead in the source's pipeline (or contact + deal in "no leads").
 
@@ -38,6 +40,7 @@ class Rule(StrEnum):
     COMPANY_DEAL = "company_deal"
     OPEN_LEAD = "open_lead"
     AUTOMATIC = "automatic"
+    COMMENT = "comment"
     SPAM = "spam"
     REPEAT_LEAD = "repeat_lead"
     NEW_LEAD = "new_lead"
@@ -69,6 +72,9 @@ class Context:
     # The lead/deal this very intake record created on an earlier run, if any (a re-run
     # after a crash reports it as created again, whatever else is open now).
     created_here: LeadDoc | DealDoc | None = None
+    # A comment under a post: its account's ``comments`` setting ("lead" | "attach");
+    # None for a direct message.
+    comment: str | None = None
     # The company's active deal, when the contact belongs to a company (rule 3a).
     company_deal: DealDoc | None = None
 
@@ -146,6 +152,15 @@ def decide(ctx: Context) -> Decision:
             Rule.AUTOMATIC,
             Action.ATTACH_CONTACT if contact else Action.STORE_ONLY,
             "automatic message (auto-reply, bounce or list mail) never creates a lead",
+            contact.id if contact else None,
+        )
+    if ctx.comment == "attach":
+        kept = f"kept on contact {contact.id}" if contact else "unknown commenter: kept, unrouted"
+        return Decision(
+            Rule.COMMENT,
+            Action.ATTACH_CONTACT if contact else Action.STORE_ONLY,
+            f"comment under a post; comments on this account never create a lead "
+            f"(comments: attach); {kept}",
             contact.id if contact else None,
         )
     if contact is not None and contact.spam:

@@ -25,7 +25,7 @@ from pymongo import UpdateOne
 
 from channels.base import InboundMessage
 from channels.identity import identity_keys, normalize_email
-from config.models import AppConfig, Source
+from config.models import AppConfig, Source, comments_mode
 from crm_store import events, updates
 from crm_store import routing_store as rs
 from crm_store.documents import (
@@ -256,6 +256,11 @@ class Router:
             open_lead=batch.state.open_lead.get(cid) if cid else None,
             has_history=cid in batch.state.history if cid else False,
             created_here=batch.state.created_by.get(r.id),
+            comment=(
+                comments_mode(self.config.account(r.channel, r.account))
+                if msg.kind == "comment"
+                else None
+            ),
             company_deal=batch.state.company_deal.get(cid) if cid else None,
         )
 
@@ -516,6 +521,16 @@ class Router:
                     "routed_at": at,
                     "automatic": msg.automatic,
                     "meta": msg.meta,
+                    # A comment under a post: the post and the comment it answers.
+                    **(
+                        {
+                            "kind": "comment",
+                            "post": msg.post.model_dump(exclude_none=True) if msg.post else None,
+                            "parent_id": msg.parent_id,
+                        }
+                        if msg.kind == "comment"
+                        else {}
+                    ),
                     "decision": {
                         "rule": out.decision.rule.value,
                         "action": out.decision.action.value,

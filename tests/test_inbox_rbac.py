@@ -143,6 +143,17 @@ MATRIX: dict[tuple[str, str], Row] = {
         "sales", "/api/v1/conversations/{conv}/notes", _json({"text": "note"})
     ),
     ("POST", "/api/v1/conversations/{id}/read"): Row("sales", "/api/v1/conversations/{conv}/read"),
+    # Comments under posts (inbox/comments_api.py): the seeded conversation holds none, so
+    # whoever sees it gets the empty thread, and 404 for a comment to moderate.
+    ("GET", "/api/v1/conversations/{id}/comments"): Row(
+        "sales", "/api/v1/conversations/{conv}/comments"
+    ),
+    ("POST", "/api/v1/conversations/{id}/comments/{comment_id}/moderate"): Row(
+        "sales",
+        "/api/v1/conversations/{conv}/comments/none/moderate",
+        _json({"action": "delete"}),
+        frozenset({404}),
+    ),
     ("POST", "/api/v1/files"): Row("mine", "/api/v1/files", _json("upload")),
     ("GET", "/api/v1/files/{id}"): Row("sales", "/api/v1/files/{file}"),
     ("GET", "/api/v1/ws"): Row("ws", "/api/v1/ws"),

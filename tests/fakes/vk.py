@@ -1,4 +1,5 @@
-"""A local fake of the VK API (``https://api.vk.ru/method/<name>``) for ``messages.send``.
+"""A local fake of the VK API (``https://api.vk.ru/method/<name>``): ``messages.send``,
+``wall``/``photos``/``video``/``market.createComment`` and ``.deleteComment``.
 
 An aiohttp server on a free loopback port. Like VK it takes form-encoded POSTs with
 ``access_token`` and ``v``, answers ``{"response": …}`` or ``{"error": {error_code,
@@ -11,6 +12,11 @@ that were actually delivered are in :attr:`FakeVk.delivered`. Tell it to fail wi
 status (429 with ``Retry-After``, 5xx), or a slow answer (the message is delivered, the
 answer comes after ``delay_s``: a client timeout after the fact). Peers in
 :attr:`FakeVk.closed_peers` get error 901, as users who never wrote to the community.
+
+Comments: ``<section>.createComment`` answers ``{"comment_id", "parents_stack"}`` and
+honours ``guid`` (a repeated guid on the same object returns the first comment); the
+comments made are in :attr:`FakeVk.comments`, deletions in :attr:`FakeVk.deleted_comments`.
+Posts in :attr:`FakeVk.closed_posts` (``"<owner>_<id>"``) get error 213 (comments closed).
 """
 
 from __future__ import annotations
@@ -33,7 +39,15 @@ ERROR_MESSAGES = {
     100: "One of the parameters specified was missing or invalid",
     901: "Can't send messages for users without permission",
     902: "Can't send messages to this user due to their privacy settings",
+    213: "Access to status replies denied",
     914: "Message is too long",
+}
+# <section>.createComment → the parameter naming the commented object.
+COMMENT_OBJECTS = {
+    "wall": "post_id",
+    "photos": "photo_id",
+    "video": "video_id",
+    "market": "item_id",
 }
 
 
@@ -69,7 +83,12 @@ class FakeVk:
     requests: list[Recorded] = field(default_factory=list)
     delivered: list[dict[str, str]] = field(default_factory=list)
     closed_peers: set[int] = field(default_factory=set)
+    closed_posts: set[str] = field(default_factory=set)
+    comments: list[dict[str, str]] = field(default_factory=list)
+    deleted_comments: list[dict[str, str]] = field(default_factory=list)
     next_id: int = 501
+    next_comment_id: int = 7001
+    _guids: dict[tuple[str, str, str], int] = field(default_factory=dict)
     _plan: list[Failure] = field(default_factory=list)
     _sent: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -89,6 +108,9 @@ class FakeVk:
 
     def sends(self) -> list[Recorded]:
         return [r for r in self.requests if r.path == "/method/messages.send"]
+
+    def calls(self, method: str) -> list[Recorded]:
+        return [r for r in self.requests if r.path == f"/method/{method}"]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -118,6 +140,14 @@ class FakeVk:
             return self._error(5, method, params)
         if not params.get("v"):
             return self._error(100, method, params)
+        section, _, verb = method.partition(".")
+        if section in COMMENT_OBJECTS and verb == "createComment":
+            return self._create_comment(section, method, params)
+        if section in COMMENT_OBJECTS and verb == "deleteComment":
+            if not params.get("owner_id") or not params.get("comment_id"):
+                return self._error(100, method, params)
+            self.deleted_comments.append({**params, "method": method})
+            return web.json_response({"response": 1})
         if method != "messages.send":
             return self._error(3, method, params)
         peer, rid = params.get("peer_id", ""), params.get("random_id", "")
@@ -134,6 +164,24 @@ class FakeVk:
         self._sent[(peer, rid)] = message_id
         self.delivered.append({**params, "id": str(message_id)})
         return web.json_response({"response": message_id})
+
+    def _create_comment(self, section: str, method: str, params: dict[str, str]) -> web.Response:
+        owner, obj = params.get("owner_id", ""), params.get(COMMENT_OBJECTS[section], "")
+        if not owner or not obj or not (params.get("message") or params.get("attachments")):
+            return self._error(100, method, params)
+        if f"{owner}_{obj}" in self.closed_posts:
+            return self._error(213, method, params)
+        guid = params.get("guid", "")
+        if guid and (section, f"{owner}_{obj}", guid) in self._guids:
+            made = self._guids[(section, f"{owner}_{obj}", guid)]
+        else:
+            made = self.next_comment_id
+            self.next_comment_id += 1
+            if guid:
+                self._guids[(section, f"{owner}_{obj}", guid)] = made
+            self.comments.append({**params, "method": method, "comment_id": str(made)})
+        stack = [int(params["reply_to_comment"])] if params.get("reply_to_comment") else []
+        return web.json_response({"response": {"comment_id": made, "parents_stack": stack}})
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[FakeVk]:
