@@ -56,9 +56,7 @@ id, sent as ``recipient`` instead of ``to``) for users whose phone number Meta w
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,12 +65,11 @@ import orjson
 import structlog
 from pydantic import ValidationError
 
-from channels import lenient
+from channels import lenient, meta
 from channels import whatsapp_templates as templates
 from channels.base import (
     Attachment,
     DeliveryState,
-    Forbidden,
     InboundMessage,
     MessageDeletion,
     MessageEdit,
@@ -83,18 +80,15 @@ from channels.base import (
     SendResult,
     StatusUpdate,
     TemplateStatus,
-    Unauthorized,
     WebhookChannel,
     WebhookRequest,
-    setting_env,
     setting_str,
 )
-from channels.signing import same
 from config.models import ChannelAccount
 
 log = structlog.get_logger("omniroute.whatsapp")
 
-SIGNATURE_HEADER = "X-Hub-Signature-256"
+SIGNATURE_HEADER = meta.SIGNATURE_HEADER
 DEFAULT_API_BASE = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v25.0"
 DEFAULT_TIMEOUT_S = 10.0
@@ -126,31 +120,10 @@ Meta = dict[str, str | int | bool | None]
 # --- inbound --------------------------------------------------------------------------
 
 
-def signature(app_secret: str, body: bytes) -> str:
-    """The ``X-Hub-Signature-256`` value Meta sends for ``body``."""
-    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def _verify_signature(account: ChannelAccount, req: WebhookRequest) -> None:
-    app_secret = setting_env(account, "app_secret_env")
-    if not app_secret:
-        raise Unauthorized("no app secret configured for this account (settings.app_secret_env)")
-    given = req.headers.get(SIGNATURE_HEADER, "").strip()
-    if not given:
-        raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
-    expected = signature(app_secret, req.body)
-    if not same(expected, given):
-        raise Unauthorized(f"{SIGNATURE_HEADER} does not match the body")
-
-
-def _handshake(account: ChannelAccount, query: Mapping[str, str]) -> Parsed:
-    token = setting_env(account, "verify_token_env")
-    given = query.get("hub.verify_token", "")
-    if query.get("hub.mode") != "subscribe" or "hub.challenge" not in query:
-        raise Forbidden("not a subscription handshake (hub.mode=subscribe, hub.challenge)")
-    if not token or not same(token, given):
-        raise Forbidden("hub.verify_token does not match")
-    return Parsed(reply=query["hub.challenge"], reply_content_type="text/plain")
+# Meta's handshake and signature are shared with Messenger and Instagram.
+signature = meta.signature
+_verify_signature = meta.verify_signature
+_handshake = meta.handshake
 
 
 def _dicts(value: Any) -> Iterator[Json]:
