@@ -35,18 +35,30 @@ of the Zadarma account (``settings.timezone``, default UTC). ``disposition``: an
 answered; busy → busy; cancel, no answer → missed; anything else (failed, no money,
 unallocated number, line limit …) → failed, the word kept as ``hangup_cause``.
 
+Who is calling: the answer to a signed ``NOTIFY_START`` (the call is stored as well) names
+a known caller — ``{"caller_name": <contact name>}``, plus ``"redirect": <extension>`` and
+``"return_timeout"`` (``settings.redirect_timeout_s``, default 20) to the contact's
+responsible when ``settings.redirect_to_responsible`` is true and the responsible has a
+``login.<user id>`` — found with one store lookup (ingest/app.py); an unknown caller gets
+the plain acknowledgement. The keys are those of Zadarma's PHP SDK
+(``Webhook/Request.php``: ``setCallerName``, ``setRedirect``) and of its example
+``{"redirect": 1, "caller_name": "TestName"}``; Zadarma's documentation does not state
+them for NOTIFY_START (docs/channels/telephony.md).
+
 Outbound: ``GET {api_base}/v1/request/callback/?from=<extension>&to=<number>`` with
 ``Authorization: <key>:<base64(hex(HMAC-SHA1(secret, path + query + md5(query))))>`` (the
 query sorted by name, form-encoded) — Zadarma rings the extension, then the number.
 
 Account settings: ``secret_env`` (the API secret), ``api_key_env`` (the API key, for
 click-to-call), ``api_base`` (default ``https://api.zadarma.com``), ``timezone``,
-``login.<user id>`` (the user's extension), ``timeout_s`` (default 10).
+``login.<user id>`` (the user's extension), ``timeout_s`` (default 10),
+``redirect_to_responsible`` (default false), ``redirect_timeout_s`` (default 20).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -61,6 +73,8 @@ import structlog
 
 from channels.base import (
     CallDirection,
+    Caller,
+    CallerQuery,
     CallEvent,
     CallStage,
     Disposition,
@@ -82,6 +96,7 @@ from channels.calls import (
     parsed,
     seconds_field,
     text_field,
+    user_login,
     whole,
 )
 from channels.signing import as_bytes, same
@@ -253,7 +268,29 @@ class ZadarmaChannel(WebhookChannel):
         call_id = text_field(fields, "pbx_call_id")
         if call_id is None:
             raise invalid("pbx_call_id", "required")
-        return parsed(self._event(account, event, call_id, fields))
+        found = parsed(self._event(account, event, call_id, fields))
+        caller = text_field(fields, "caller_id")
+        if event == "NOTIFY_START" and caller:
+            # Stored as every report, and answered with who is calling (caller_reply).
+            return dataclasses.replace(found, lookup=CallerQuery(caller))
+        return found
+
+    def caller_reply(self, account: ChannelAccount, caller: Caller | None) -> Parsed:
+        """A known caller: ``{"caller_name", "redirect"?, "return_timeout"?}`` as JSON;
+        an unknown one: nothing to say (the plain acknowledgement)."""
+        if caller is None:
+            return Parsed()
+        body: dict[str, str | int] = {}
+        if caller.name:
+            body["caller_name"] = caller.name[:64]
+        redirect = account.settings.get("redirect_to_responsible") is True
+        extension = user_login(account, caller.responsible_id) if caller.responsible_id else None
+        if redirect and extension:
+            body["redirect"] = extension
+            body["return_timeout"] = _seconds_setting(account, "redirect_timeout_s", 20)
+        if not body:
+            return Parsed()
+        return Parsed(reply=orjson.dumps(body).decode(), reply_content_type="application/json")
 
     def _event(
         self, account: ChannelAccount, event: str, call_id: str, f: Mapping[str, str]

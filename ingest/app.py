@@ -25,6 +25,7 @@ import asyncio
 import hmac
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -410,7 +411,14 @@ async def _caller_reply(
         svc.metrics.store_errors.labels("caller_lookup").inc()
         log.warning("webhook.caller_lookup_failed", channel=channel.name, error=type(exc).__name__)
         caller = None
-    return channel.caller_reply(account, caller)
+    # The question may come with reports to store (Zadarma's NOTIFY_START is both): they
+    # are kept, and the channel's answer (if it has one) replaces the acknowledgement.
+    answer = channel.caller_reply(account, caller)
+    if answer.reply is None:
+        return replace(parsed, lookup=None)
+    return replace(
+        parsed, lookup=None, reply=answer.reply, reply_content_type=answer.reply_content_type
+    )
 
 
 def create_app(service: Service) -> web.Application:
