@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import docx
@@ -27,9 +28,21 @@ from crm_store import tokens
 from crm_store.documents import stable_id
 from crm_store.store import Document, Store
 from tests.helpers import wait_for
+from tests.mail_support import (
+    MAIL_PASSWORD,
+    Dovecot,
+    append,
+    dovecot_available,
+    email_account,
+    mail,
+    mail_config,
+    routed_mail,
+    smtp_sink,
+)
 from tests.service import InProcess, in_process
 
 ANNA, OLGA, ADMIN = "anna.smirnova", "olga.ivanova", "sergey.volkov"
+SALES_BOX = "sales@example.test"
 NB = "\u00a0"
 ITEMS = [
     {"name": "Шкаф-купе «Классик»", "quantity": 2, "unit": "шт.", "price": 61500},
@@ -356,3 +369,88 @@ async def test_pdf_through_libreoffice(mongo_uri: str, db_name: str) -> None:
         assert meta["mime_type"] == "application/pdf"
     finally:
         await store.close()
+
+
+@pytest.mark.skipif(not dovecot_available(), reason="Dovecot is not installed (make test)")
+async def test_send_by_email_and_refused_where_files_cannot_go(
+    mongo_uri: str, db_name: str
+) -> None:
+    server = Dovecot({SALES_BOX: MAIL_PASSWORD})
+    server.start()
+    try:
+        async with smtp_sink() as sink:
+            cfg = mail_config(email_account("sales", "mail_sales", server, SALES_BOX, sink))
+            async with api(mongo_uri, db_name, cfg) as a:
+                store = a.svc.store
+                await append(
+                    server,
+                    SALES_BOX,
+                    mail(
+                        sender="Ivan Petrov <ivan@customer.test>",
+                        to=SALES_BOX,
+                        subject="Kitchen contract",
+                        text="Please send the contract.",
+                        message_id="doc-q1@customer.test",
+                    ),
+                )
+                [first] = await routed_mail(store, "sales", 1)
+                deal = await seed_deal(store, "Почта")
+                # The deal belongs to the mail's sender.
+                await store.deals.update_one(
+                    {"_id": deal}, {"$set": {"contact_id": first["contact_id"]}}
+                )
+                await store.conversations.update_one(
+                    {"_id": first["conversation_id"]},
+                    {"$set": {"department": "sales", "assignee_id": ANNA}},
+                )
+                status, doc = await a.call(
+                    "POST", f"/deals/{deal}/documents", ANNA, {"type": "contract"}
+                )
+                assert status == 201, doc
+                status, sent = await a.call(
+                    "POST", f"/documents/{doc['id']}/send", ANNA, {"text": "Ваш договор"}
+                )
+                assert status == 200, sent
+                assert sent["conversation_id"] == first["conversation_id"]
+                assert (sent["document"]["status"], sent["document"]["history"][-1]["via"]) == (
+                    "sent",
+                    "email",
+                )
+
+                async def arrived() -> bool:
+                    return bool(sink.received)
+
+                await wait_for(arrived, timeout=30, message="no mail reached the SMTP server")
+                [out] = sink.messages()
+                assert out["To"] == "ivan@customer.test"
+                text = out.get_content()
+                assert text.startswith("Ваш договор")
+                [link] = [w for w in text.split() if "/files/" in w]
+                _, raw = await a.call("GET", f"/documents/{doc['id']}/file", ANNA)
+                async with a.svc.client.http.get(link) as resp:
+                    assert (resp.status, await resp.read()) == (200, raw)
+                    name = quote(f"Договор {doc['number']} v1.docx", safe="")
+                    assert f"filename*=UTF-8''{name}" in resp.headers["Content-Disposition"]
+
+                # A channel that sends text only refuses the file at once, nothing queued.
+                conv = stable_id("conversation", "wa-doc")
+                await store.conversations.insert_one(
+                    {
+                        "_id": conv,
+                        "channel": "whatsapp",
+                        "account": "main",
+                        "contact_id": first["contact_id"],
+                        "reply_to": "79001234567",
+                        "department": "sales",
+                        "target": {"kind": "deal", "id": deal, "open": True},
+                    }
+                )
+                before = await store.messages.count_documents({"direction": "out"})
+                status, err = await a.call(
+                    "POST", f"/documents/{doc['id']}/send", ANNA, {"conversation_id": conv}
+                )
+                assert status == 422, err
+                assert "whatsapp cannot carry this document" in err["detail"]
+                assert await store.messages.count_documents({"direction": "out"}) == before
+    finally:
+        server.cleanup()
