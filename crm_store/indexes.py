@@ -197,6 +197,30 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
 }
 
+# Reports (crm_store/reports/, docs/reports.md): each reads its facts by a time range.
+REPORT_INDEXES: dict[str, list[IndexModel]] = {
+    "messages": [
+        IndexModel([("direction", ASCENDING), ("received_at", ASCENDING)], name="report_in")
+    ],
+    "conversations": [IndexModel([("created_at", ASCENDING)], name="report_created")],
+    "leads": [IndexModel([("created_at", ASCENDING)], name="report_created")],
+    "deals": [
+        IndexModel([("created_at", ASCENDING)], name="report_created"),
+        IndexModel([("converted_from", ASCENDING)], name="report_converted", sparse=True),
+        IndexModel([("open", ASCENDING), ("last_activity_at", ASCENDING)], name="report_idle"),
+    ],
+    "tasks": [IndexModel([("deadline", ASCENDING)], name="report_deadline")],
+    "events": [
+        IndexModel([("type", ASCENDING), ("occurred_at", ASCENDING)], name="report_type_at")
+    ],
+    "survey_answers": [
+        IndexModel([("answered_at", ASCENDING), ("department", ASCENDING)], name="report_answered"),
+        IndexModel([("sent_at", ASCENDING), ("department", ASCENDING)], name="report_sent"),
+    ],
+}
+for _name, _models in REPORT_INDEXES.items():
+    INDEXES.setdefault(_name, []).extend(_models)
+
 
 async def ensure_indexes(db: AsyncDatabase[dict[str, object]]) -> dict[str, list[str]]:
     """Create every collection and index that is missing; return the index names."""

@@ -51,6 +51,14 @@ def conversation_filter(principal: Principal) -> Document:
     return {"department": {"$in": sorted(principal.departments)}}
 
 
+def report_departments(principal: Principal) -> frozenset[str] | None:
+    """The departments whose facts a report shows this caller (None: every department,
+    and facts of no department too): a manager their department, a director theirs and
+    those below, an admin all. Every report asks this, and only this
+    (crm_store/reports/)."""
+    return principal.departments
+
+
 def sees_entity(config: AppConfig, principal: Principal, doc: Document | None) -> bool:
     if doc is None:
         return False

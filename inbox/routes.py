@@ -23,6 +23,7 @@ from inbox import (  # noqa: F401 - imported for their route declarations
     live_api,
     messages_api,
     openapi,
+    reports_api,
     templates_api,
     users_api,
     web_page,

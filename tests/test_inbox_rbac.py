@@ -256,6 +256,8 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/documents/{id}/signed"): Row(
         "sales", "/api/v1/documents/{document}/signed", _json("upload"), frozenset({415})
     ),
+    # Reports: every role with access gets its own departments' figures.
+    ("GET", "/api/v1/reports/{name}"): Row("mine", "/api/v1/reports/responsiveness?by=channel"),
     # The example PBX has no API token set: 404/422/502 past the role check.
     ("POST", "/api/v1/calls"): Row(
         "mine", "/api/v1/calls", _json({"phone": "+79001234567"}), frozenset({404, 422, 502})

@@ -19,8 +19,8 @@ CAL = WorkingCalendar()
 H = 3600.0
 
 
-def msk(*args: int) -> datetime:
-    return datetime(*args, tzinfo=MSK)  # type: ignore[misc]
+def msk(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=MSK)
 
 
 @pytest.mark.parametrize(
