@@ -204,6 +204,8 @@ def matches(cond: Condition, snap: Snapshot, facts: Facts | None = None) -> bool
         return False
     if cond.is_repeat is not None and snap.is_repeat is not cond.is_repeat:
         return False
+    if cond.open is not None and (snap.open and not snap.deleted) is not cond.open:
+        return False
     if cond.automatic is not None and (f is None or f.automatic is not cond.automatic):
         return False
     if cond.changed is not None and not (f is not None and f.changed & set(cond.changed)):

@@ -24,6 +24,9 @@ from crm_store.documents import stable_id
 STAGE_EVENTS = ("lead.stage_changed", "deal.stage_changed")
 FIELD_EVENTS = ("lead.field_changed", "deal.field_changed")
 RESPONSIBLE_EVENTS = ("lead.responsible_changed", "deal.responsible_changed")
+# Events after which a lead's/deal's open tasks are cancelled (automation/worker.py): a
+# stage move may close it; conversion and deletion always do.
+CLOSING_EVENTS = (*STAGE_EVENTS, "lead.converted", "lead.deleted", "deal.deleted")
 SOURCE_EVENTS: dict[str, tuple[str, ...]] = {
     "lead.created": ("lead.created",),
     "lead.repeat_created": ("lead.repeat_created",),
@@ -115,7 +118,8 @@ class RuleBook:
                 if rules
                 for etype in SOURCE_EVENTS[trigger]
             }
-            # Stage moves and date fields also cancel timers.
+            # Stage moves and date fields also cancel timers; closings cancel tasks.
+            | set(CLOSING_EVENTS)
             | (set(STAGE_EVENTS) if any(r.bound_to_stage for r in self.rules) else set())
             | (set(FIELD_EVENTS) if any(r.at is not None for r in self.rules) else set())
         )

@@ -38,11 +38,20 @@ from automation.actions import Deferred, Executor, RetryLater, counter_name
 from automation.calendar import WorkingCalendar
 from automation.clock import SYSTEM_CLOCK, Clock
 from automation.conditions import Snapshot
-from automation.evaluate import RuleBook, TimerPlan, entity_of, facts_of, plan_event, plan_timer
+from automation.evaluate import (
+    CLOSING_EVENTS,
+    RuleBook,
+    TimerPlan,
+    entity_of,
+    facts_of,
+    plan_event,
+    plan_timer,
+)
 from config.models import AppConfig
-from crm_store import cursors, feed, timers
+from crm_store import cursors, feed, tasks, timers
 from crm_store import routing_store as rs
 from crm_store import subscriptions as subs
+from crm_store.documents import stable_id
 from crm_store.events import event
 from crm_store.store import Document, Store
 
@@ -132,6 +141,7 @@ class AutomationWorker:
         self._tasks = [
             asyncio.create_task(self._loop(self.run_events), name="automation-events"),
             asyncio.create_task(self._loop(self.run_timers), name="automation-timers"),
+            asyncio.create_task(self._loop(self.run_reminders), name="automation-reminders"),
         ]
 
     async def stop(self) -> None:
@@ -165,7 +175,7 @@ class AutomationWorker:
         benchmarks). Returns how many events and timers were handled."""
         total = 0
         for _ in range(rounds):
-            n = await self.run_events() + await self.run_timers()
+            n = await self.run_events() + await self.run_timers() + await self.run_reminders()
             total += n
             if n == 0:
                 return total
@@ -215,6 +225,8 @@ class AutomationWorker:
         return max(1, len(page.events))
 
     async def handle_event(self, ev: Mapping[str, Any]) -> None:
+        if ev["type"] in CLOSING_EVENTS:
+            await self.close_tasks(ev)
         facts = facts_of(ev)
         ref = entity_of(ev)
         if not facts or ref is None:
@@ -241,7 +253,62 @@ class AutomationWorker:
         deferred = await self.executor.run(plan.actions, snap)
         await deferred.write(self.store, maybe_written=True)
 
+    async def close_tasks(self, ev: Mapping[str, Any]) -> None:
+        """A lead/deal that closed (a final stage: won or failed), was converted or deleted
+        keeps no open tasks: they are cancelled with the reason (crm_store/tasks.py)."""
+        etype: str = ev["type"]
+        kind = etype.split(".", 1)[0]
+        entity_id = (ev.get("refs") or {}).get(f"{kind}_id")
+        if not isinstance(entity_id, str):
+            return
+        if etype == "lead.converted":
+            reason = "the lead was converted into a deal"
+        elif etype.endswith(".deleted"):
+            reason = f"the {kind} was deleted"
+        else:
+            doc = await self.store[f"{kind}s"].find_one(
+                {"_id": entity_id}, {"open": 1, "outcome": 1, "stage_id": 1}
+            )
+            to = (ev.get("data") or {}).get("to")
+            if doc is None or doc.get("open", True) or doc.get("stage_id") != to:
+                return
+            reason = f"the {kind} was closed ({doc.get('outcome') or to})"
+        cancelled = await tasks.cancel_for_entity(
+            self.store, entity_id, reason, at=ev.get("occurred_at")
+        )
+        if cancelled:
+            log.info("automation.tasks_cancelled", entity=entity_id, count=len(cancelled))
+
     # --- timers -------------------------------------------------------------------
+
+    async def run_reminders(self) -> int:
+        """Tell each assignee of an open task whose ``remind_at`` has come (the rule's
+        ``remind_before`` its deadline) — once: the claim is a conditional update."""
+        now = self.clock.now()
+        out = Deferred()
+        for t in await tasks.due_reminders(self.store, now):
+            user = t.get("assignee_id")
+            if not user or not await tasks.claim_reminder(self.store, t["_id"], now):
+                continue
+            deadline = t.get("deadline")
+            when = self.calendar.local(deadline).strftime("%d.%m %H:%M") if deadline else ""
+            out.notifications.append(
+                {
+                    "_id": stable_id("notification", "reminder", t["_id"]),
+                    "user_id": user,
+                    "text": f"Reminder: «{t['title']}» is due {when}".strip(),
+                    "entity": t.get("entity"),
+                    "contact_id": t.get("contact_id"),
+                    "task_id": t["_id"],
+                    "rule_id": t.get("rule_id"),
+                    "fallback": None,
+                    "created_at": now,
+                    "read_at": None,
+                }
+            )
+        if out.notifications:
+            await out.write(self.store, maybe_written=True)
+        return len(out.notifications)
 
     async def run_timers(self) -> int:
         """Claim the timers due by the clock and fire them; returns how many.

@@ -228,6 +228,20 @@ class StatusUpdate(BaseModel):
     error: str | None = None
 
 
+class ReadWatermark(BaseModel):
+    """A receipt that names no message: every outbound message of this account to
+    ``recipient`` sent up to ``upto`` reached ``state`` (Messenger's ``read`` and
+    ``delivery`` watermarks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str
+    account: str
+    recipient: str = Field(min_length=1, max_length=512)
+    state: DeliveryState
+    upto: datetime
+
+
 class Reachability(BaseModel):
     """The customer blocked/unblocked us (or (un)subscribed) on this channel account."""
 
@@ -350,6 +364,8 @@ class Parsed:
     deletions: list[MessageDeletion] = field(default_factory=list)
     reactions: list[MessageReaction] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
+    # Receipts by time rather than by message (Messenger's watermarks).
+    watermarks: list[ReadWatermark] = field(default_factory=list)
     reachability: list[Reachability] = field(default_factory=list)
     # Call reports (telephony): applied to the ``calls`` collection.
     calls: list[CallEvent] = field(default_factory=list)

@@ -28,6 +28,7 @@ from channels.base import (
     MessageEdit,
     MessageReaction,
     Parsed,
+    ReadWatermark,
     Sender,
     StatusUpdate,
 )
@@ -226,12 +227,18 @@ def read_item(f: Flavour, account: str, own_id: str | None, item: Json, out: Par
         if mid := _id(receipt.get("mid"), 512):  # Instagram's seen names its message
             mids.append(mid)
         when = _time(receipt.get("watermark")) or at
-        # Messenger's watermark alone ("everything before this time") names no message:
-        # it is not applied (docs/channels/messenger.md).
         for m in mids:
             out.statuses.append(
                 StatusUpdate(
                     channel=f.channel, account=account, provider_id=m, state=state, at=when
+                )
+            )
+        # A watermark alone ("everything sent before this time") names no message: every
+        # outbound message to this person sent up to then moves.
+        if not mids and who is not None and (upto := _time(receipt.get("watermark"))):
+            out.watermarks.append(
+                ReadWatermark(
+                    channel=f.channel, account=account, recipient=who, state=state, upto=upto
                 )
             )
         return

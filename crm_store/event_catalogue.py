@@ -153,6 +153,12 @@ class ByWhom(_Data):
     by: str | None
 
 
+class TaskCancelled(_Data):
+    template: str | None
+    assignee_id: str | None
+    reason: str = Field(description="its lead/deal closed (won, failed), was converted or deleted")
+
+
 class CompanyCreated(_Data):
     name: str
     inn: str | None
@@ -247,6 +253,10 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "task.created": (TaskCreated, "a task was created (by a rule or a person)"),
     "task.completed": (TaskChanged, "a task was marked done"),
     "task.reopened": (TaskChanged, "a done task was opened again"),
+    "task.cancelled": (
+        TaskCancelled,
+        "an open task was cancelled (not done): its lead or deal closed, was converted or deleted",
+    ),
     "notification.created": (
         NotificationCreated,
         "a user was notified (stored; the inbox shows it); one event per user",

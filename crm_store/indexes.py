@@ -80,6 +80,18 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="outbox_due",
             partialFilterExpression={"send_due_at": EXISTS},
         ),
+        # Receipts by time (Messenger's watermarks, crm_store/updates.py): our outbound
+        # messages to one recipient, by when they were sent (inbound ones have no recipient).
+        IndexModel(
+            [
+                ("channel", ASCENDING),
+                ("account", ASCENDING),
+                ("recipient", ASCENDING),
+                ("sent_at", ASCENDING),
+            ],
+            name="recipient_sent",
+            partialFilterExpression={"recipient": EXISTS},
+        ),
         # Delivery receipts find our outbound message by the provider's id.
         IndexModel(
             [("channel", ASCENDING), ("account", ASCENDING), ("provider_id", ASCENDING)],

@@ -5,8 +5,9 @@ Document: ``_id`` (automation: its idempotency key, so a re-run creates nothing 
 ``title``, ``description``, ``template`` (the task's kind, what rules test), ``entity``
 {kind, id}, ``entity_id``, ``contact_id``, ``assignee_id``, ``watchers``, ``checklist``
 [{text, done}], ``deadline``, ``status`` (open | done), ``round`` (completions so far),
-``rule_id``, ``created_at``, ``completed_at``/``completed_by``. Each completion and reopening
-appends ``task.completed`` / ``task.reopened`` with its own id.
+``rule_id``, ``created_at``, ``completed_at``/``completed_by``, ``cancelled_at``/``cancel_reason``.
+Each completion and reopening appends ``task.completed`` / ``task.reopened`` with its own id;
+a cancellation (:func:`cancel_for_entity`) ``task.cancelled``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from crm_store.store import Collection, Document, Store
 
 OPEN = "open"
 DONE = "done"
+# Closed without being done: its lead or deal closed, was converted or deleted
+# (automation/worker.py); ``cancel_reason`` says which.
+CANCELLED = "cancelled"
 
 
 def tasks(store: Store) -> Collection:
@@ -143,3 +147,52 @@ async def reopen(
     store: Store, task_id: str, *, by: str | None = None, at: datetime | None = None
 ) -> tuple[Document | None, bool]:
     return await _transition(store, task_id, DONE, OPEN, by, at)
+
+
+async def cancel_for_entity(
+    store: Store, entity_id: str, reason: str, *, at: datetime | None = None
+) -> list[Document]:
+    """Cancel the open tasks of a lead/deal that closed, was converted or deleted (status
+    ``cancelled`` with the reason; not done): each announced once by ``task.cancelled``.
+    Idempotent: a re-run finds them cancelled and announces them again harmlessly."""
+    at = at or datetime.now(UTC)
+    found = [
+        d
+        async for d in tasks(store).find(
+            {"entity_id": entity_id, "status": {"$in": [OPEN, CANCELLED]}}
+        )
+        if d["status"] == OPEN or d.get("cancel_reason") == reason
+    ]
+    if not found:
+        return []
+    await tasks(store).update_many(
+        {"_id": {"$in": [d["_id"] for d in found]}, "status": OPEN},
+        {"$set": {"status": CANCELLED, "cancel_reason": reason, "cancelled_at": at}},
+    )
+    evs = [
+        event(
+            "task.cancelled",
+            refs(d),
+            {"template": d.get("template"), "assignee_id": d.get("assignee_id"), "reason": reason},
+            key=[d["_id"], CANCELLED],
+            at=d.get("cancelled_at") or at,
+        )
+        for d in found
+    ]
+    await append(store, evs, maybe_written=True)
+    return found
+
+
+async def due_reminders(store: Store, now: datetime, limit: int = 100) -> list[Document]:
+    """Open tasks whose reminder (``remind_at``: the deadline minus the rule's
+    ``remind_before``) is due and not sent yet."""
+    query = {"status": OPEN, "remind_at": {"$lte": now}, "reminded_at": None}
+    return [d async for d in tasks(store).find(query, sort=[("remind_at", ASCENDING)], limit=limit)]
+
+
+async def claim_reminder(store: Store, task_id: str, at: datetime) -> bool:
+    """Mark the reminder of an open task sent; True for the one caller that did."""
+    result = await tasks(store).update_one(
+        {"_id": task_id, "status": OPEN, "reminded_at": None}, {"$set": {"reminded_at": at}}
+    )
+    return bool(result.modified_count)

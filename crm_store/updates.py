@@ -29,6 +29,7 @@ from channels.base import (
     MessageEdit,
     MessageReaction,
     Reachability,
+    ReadWatermark,
     StatusUpdate,
 )
 from crm_store import pending
@@ -324,6 +325,41 @@ async def _move_state(store: Store, status: StatusUpdate) -> bool:
                 maybe_written=True,
             )
     return result.modified_count > 0
+
+
+# Outbound messages one watermark moves at most (a customer's unread backlog is short).
+WATERMARK_LIMIT = 500
+
+
+async def apply_watermark(store: Store, mark: ReadWatermark) -> int:
+    """Move every outbound message of the account to ``mark.recipient`` sent up to
+    ``mark.upto`` forward to ``mark.state`` (each as a receipt of its own: events,
+    history, never backwards). A message whose send has not returned yet is not covered;
+    the next watermark is. Returns how many moved."""
+    rank = STATE_RANK[mark.state]
+    cursor = store.messages.find(
+        {
+            "channel": mark.channel,
+            "account": mark.account,
+            "direction": "out",
+            "recipient": mark.recipient,
+            "sent_at": {"$lte": mark.upto},
+            "state_rank": {"$lt": rank},
+            "provider_id": {"$exists": True},
+        },
+        {"provider_id": 1},
+    ).limit(WATERMARK_LIMIT)
+    moved = 0
+    async for doc in cursor:
+        status = StatusUpdate(
+            channel=mark.channel,
+            account=mark.account,
+            provider_id=doc["provider_id"],
+            state=mark.state,
+            at=mark.upto,
+        )
+        moved += await _move_state(store, status)
+    return moved
 
 
 # --------------------------------------------------------------------------- parked

@@ -114,6 +114,8 @@ async def store_parsed(
         await updates.apply_edit(w.store, edit)
     for status in parsed.statuses:
         await updates.apply_status(w.store, status)
+    for mark in parsed.watermarks:
+        await updates.apply_watermark(w.store, mark)
     for deletion in parsed.deletions:
         await updates.apply_deletion(w.store, deletion)
     for reaction in parsed.reactions:

@@ -350,11 +350,12 @@ async def test_reply_within_the_window_and_its_receipts(
             "message": {"text": "Заказ 1182 передан курьеру"},
         }
         assert out["provider_id"] == fake.sent[0]
-        # The echo of our own send is not inbound; delivery then a reaction to our message.
+        # The echo of our own send is not inbound; delivery then a reaction to our message;
+        # a read watermark from before the send moves nothing.
         receipts = [
             item("message", {"is_echo": True, "mid": fake.sent[0], "text": "…"}, who=PAGE),
             item("delivery", {"mids": [fake.sent[0]], "watermark": ms(0)}),
-            item("read", {"watermark": ms(0)}),  # a watermark alone names no message
+            item("read", {"watermark": ms(3600)}),
             item("reaction", {"mid": fake.sent[0], "action": "react", "emoji": "👍"}, ago_s=0),
         ]
         assert (await post(svc, PATH, page(entry(receipts))))[0] == 200
@@ -362,6 +363,11 @@ async def test_reply_within_the_window_and_its_receipts(
         assert doc is not None
         assert doc["state"] == "delivered"
         assert doc["reactions"][PSID]["reaction"] == "👍"
+        # A read watermark names no message: everything sent to this person up to it is read.
+        assert (await post(svc, PATH, page(entry([item("read", {"watermark": ms(0)})]))))[0] == 200
+        doc = await svc.store.messages.find_one({"_id": out["_id"]})
+        assert doc is not None
+        assert [h["state"] for h in doc["state_history"]] == ["queued", "sent", "delivered", "read"]
         assert await svc.store.messages.count_documents({"direction": "in"}) == 1
         # A day later the window is closed: refused at once, nothing sent.
         old = datetime.now(UTC) - timedelta(hours=25)

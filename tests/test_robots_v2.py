@@ -1,0 +1,133 @@
+"""The robots the language could not say before: tasks cancelled when their lead closes,
+is converted or deleted; ``while`` on the current stage and ``open``; ``set_field`` with the
+service clock's time; a reminder before a task's deadline (the oil distributor's lead
+check: a 22-hour task, its supervisor told after 24 hours only while still unchecked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crm_store import tasks
+from tests.automation_support import msk, robots
+from tests.test_automation_engine import config_with_rules
+
+ADMIN = "sergey.volkov"
+
+RULES = """
+rules:
+  - id: lead_check
+    on: lead.created
+    do:
+      - create_task: {title: "Check the lead", deadline: 22h, remind_before: 2h}
+  - id: checked_at
+    on: stage.entered
+    if: {stage: in_work}
+    do:
+      - set_field: {field: checked_at, now: true}
+  - id: unchecked
+    on: lead.created
+    after: 24h
+    in_stage: false
+    while: {stage: new}
+    do:
+      - notify: {to: head, text: "Lead {entity.title} was not checked in 24 hours"}
+  - id: still_open
+    on: lead.created
+    after: 24h
+    in_stage: false
+    while: {open: true}
+    do:
+      - notify: {to: head, text: "Lead {entity.title} is still open"}
+"""
+
+
+async def test_tasks_cancelled_when_lead_closes_converts_or_is_deleted(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    cfg, _ = config_with_rules(tmp_path, RULES)
+    async with robots(mongo_uri, db_name, config=cfg) as r:
+        failed = await r.lead_from("v2-1", "+79008880001")
+        converted = await r.lead_from("v2-2", "+79008880002")
+        deleted = await r.lead_from("v2-3", "+79008880003")
+        done = await r.lead_from("v2-4", "+79008880004")
+        await r.run()
+        assert len(await r.tasks(status="open")) == 4
+        [finished] = await r.tasks(entity_id=done["_id"])
+        await tasks.complete(r.store, finished["_id"], by=ADMIN)
+
+        await r.move("lead", failed["_id"], "not_interested")
+        status, _ = await r.api("POST", f"/api/v1/leads/{converted['_id']}/convert", ADMIN, {})
+        assert status == 201
+        status, _ = await r.api("DELETE", f"/api/v1/leads/{deleted['_id']}", ADMIN)
+        assert status == 200
+        await r.move("lead", done["_id"], "qualified")
+        await r.run()
+
+        reasons = {
+            t["entity_id"]: (t["status"], t.get("cancel_reason"))
+            for t in await r.tasks(rule_id="lead_check")
+        }
+        assert reasons == {
+            failed["_id"]: ("cancelled", "the lead was closed (failed)"),
+            converted["_id"]: ("cancelled", "the lead was converted into a deal"),
+            deleted["_id"]: ("cancelled", "the lead was deleted"),
+            done["_id"]: ("done", None),  # done before its lead closed: stays done
+        }
+        cancelled = await r.events("task.cancelled")
+        assert sorted(e["refs"]["lead_id"] for e in cancelled) == sorted(
+            [failed["_id"], converted["_id"], deleted["_id"]]
+        )
+        # Handled again (a crash replays the log): nothing changes, no new event.
+        await r.worker.close_tasks(cancelled[0] | {"type": "lead.deleted"})
+        assert len(await r.events("task.cancelled")) == 3
+
+
+async def test_lead_check_reminder_while_stage_and_checked_at(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    cfg, _ = config_with_rules(tmp_path, RULES)
+    start = msk(2025, 5, 19, 10, 0)
+    async with robots(mongo_uri, db_name, config=cfg, start=start) as r:
+        checked = await r.lead_from("v2-10", "+79008880010", "Checked")
+        forgotten = await r.lead_from("v2-11", "+79008880011", "Forgotten")
+        junk = await r.lead_from("v2-12", "+79008880012", "Junk")
+        quick = await r.lead_from("v2-13", "+79008880013", "Quick")
+        await r.run()
+        [task] = await r.tasks(entity_id=forgotten["_id"])
+        assert task["deadline"] == msk(2025, 5, 20, 8, 0)
+        assert task["remind_at"] == msk(2025, 5, 20, 6, 0)
+        [quick_task] = await r.tasks(entity_id=quick["_id"])
+        await tasks.complete(r.store, quick_task["_id"], by=ADMIN)
+
+        await r.until(msk(2025, 5, 19, 11, 0))
+        await r.move("lead", checked["_id"], "in_work")
+        await r.move("lead", junk["_id"], "spam")
+        await r.run()
+        assert (await r.get("lead", checked["_id"]))["fields"]["checked_at"] == msk(
+            2025, 5, 19, 11, 0
+        )
+
+        await r.until(msk(2025, 5, 20, 5, 59))
+        assert [n for n in await r.notes() if n.get("task_id")] == []
+        await r.until(msk(2025, 5, 20, 6, 1))
+        await r.advance(minutes=5)
+        reminders = [n for n in await r.notes() if n.get("task_id")]
+        # The forgotten and the checked lead's open tasks; not the done one, nor junk's.
+        assert sorted(n["entity"]["id"] for n in reminders) == sorted(
+            [checked["_id"], forgotten["_id"]]
+        )
+        assert all("Check the lead" in n["text"] for n in reminders)
+        assert {n["user_id"] for n in reminders} == {task["assignee_id"]} | {
+            t["assignee_id"] for t in await r.tasks(entity_id=checked["_id"])
+        }
+
+        await r.until(msk(2025, 5, 20, 10, 1))
+        unchecked = await r.notes(rule_id="unchecked")
+        still_open = await r.notes(rule_id="still_open")
+        # Only the lead still in "new" is unchecked; the junk lead (closed) is nobody's news.
+        assert {n["entity"]["id"] for n in unchecked} == {forgotten["_id"], quick["_id"]}
+        assert {n["entity"]["id"] for n in still_open} == {
+            forgotten["_id"],
+            quick["_id"],
+            checked["_id"],
+        }
