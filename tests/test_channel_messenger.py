@@ -381,6 +381,25 @@ async def test_reply_within_the_window_and_its_receipts(
         assert len(fake.requests) == 1
 
 
+async def test_receipts_that_overtake_their_send(
+    mongo_uri: str, db_name: str, fake: FakeGraph
+) -> None:
+    """Meta's delivery and read can arrive before our send has stored the message's id:
+    they wait, and apply once it is stored."""
+    fake.reset()
+    fake.next_ids.append("m_overtaken")
+    async with service(mongo_uri, db_name, fake) as svc:
+        assert (await post(svc, PATH, page(entry([text("m_in2", ago_s=5)]))))[0] == 200
+        await svc.routed()
+        conv = await one(svc.store.conversations, {})
+        early = [item("delivery", {"mids": ["m_overtaken"], "watermark": ms(0)}, ago_s=0)]
+        assert (await post(svc, PATH, page(entry(early))))[0] == 200
+        assert await svc.store["pending_updates"].count_documents({"kind": "status"}) == 1
+        out = await reply_and_wait(svc, conv["_id"], "Ждём вас в салоне", "delivered")
+        assert out["provider_id"] == "m_overtaken"
+        assert await svc.store["pending_updates"].count_documents({"kind": "status"}) == 0
+
+
 def outbound(**kw: Any) -> OutboundMessage:
     base: Json = {
         "id": "out-1",

@@ -70,6 +70,8 @@ class FakeGraph:
         self.token = token
         self.requests: list[Recorded] = []
         self.sent: list[str] = []  # ids handed out, in order
+        # Ids to hand out next, before random ones (a receipt can then overtake its send).
+        self.next_ids: deque[str] = deque()
         self._failures: deque[Failure] = deque()
         self._runner: web.AppRunner | None = None
         self.port = free_port()
@@ -84,6 +86,7 @@ class FakeGraph:
     def reset(self) -> None:
         self.requests.clear()
         self.sent.clear()
+        self.next_ids.clear()
         self._failures.clear()
 
     @staticmethod
@@ -128,7 +131,7 @@ class FakeGraph:
         new_id = f"{uuid.uuid4().int % 10**17:017d}"
         if parts[-1] == "messages":
             data = orjson.loads(body) if body else {}
-            mid = "m_" + uuid.uuid4().hex
+            mid = self.next_ids.popleft() if self.next_ids else "m_" + uuid.uuid4().hex
             self.sent.append(mid)
             recipient = data.get("recipient", {})
             return web.json_response(
