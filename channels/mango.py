@@ -27,19 +27,35 @@ time. Anything else → 401, nothing stored.
 * ``events/recording`` (has ``recording_id``): the recording's id, kept on the call.
 * anything else (DTMF, SMS, command results) → 200, ignored.
 
+A call or summary that carries ``command_id`` answers our click-to-call request of that id
+(``CallEvent.request_id``; the call record keeps it).
+
+Click-to-call (:meth:`MangoChannel.make_call`): ``POST {api_base}/vpbx/commands/callback``
+with the same three form fields, ``json`` = ``{"command_id": <our request id>, "from":
+{"extension": <the user's extension>}, "to_number": <digits>, "line_number"?}`` and
+``sign = sha256_hex(vpbx_api_key + json + salt)``. Mango rings the employee, then the
+customer. Its ``result``: 1000 → placed; 3100 (invalid parameters: unknown extension,
+bad number …) → refused with the reason; 5xxx, HTTP 5xx/429, a timeout → try again later;
+anything else → refused.
+
 Account settings (``channels.yaml``): ``secret_env`` names the variable holding the salt
 ("ключ для создания подписи"); ``vpbx_api_key`` is the PBX's unique code (sent in clear
-in every request, so not a secret).
+in every request, so not a secret); ``api_base`` (default
+``https://app.mango-office.ru``), ``line_number`` (the number shown to the customer, if
+not the PBX's default), ``login.<user id>`` (the user's extension), ``timeout_s``
+(default 10).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import orjson
 
 from channels.base import (
@@ -48,6 +64,7 @@ from channels.base import (
     CallStage,
     Disposition,
     Parsed,
+    SendError,
     Unauthorized,
     WebhookChannel,
     WebhookError,
@@ -57,6 +74,17 @@ from channels.base import (
 from channels.calls import call_event, epoch_field, form_fields, int_field, invalid, parsed
 from channels.signing import as_bytes, same
 from config.models import ChannelAccount
+
+API_BASE = "https://app.mango-office.ru"
+CALLBACK_PATH = "/vpbx/commands/callback"
+DEFAULT_TIMEOUT_S = 10.0
+RESULT_OK = 1000
+RESULT_INVALID = 3100
+# Mango's words for the result codes it documents (the rest are shown as numbers).
+RESULTS = {
+    3100: "invalid parameters (the extension or the number is not valid for this PBX)",
+    4001: "the command is not allowed for this API key",
+}
 
 SUMMARY_DIRECTIONS = {
     0: CallDirection.INTERNAL,
@@ -132,6 +160,8 @@ def _customer(direction: CallDirection | None, src: dict[str, Any], dst: dict[st
 class MangoChannel(WebhookChannel):
     name = "mango"
     secret_fields: tuple[str, ...] = ("sign", "vpbx_api_key")
+    # make_call takes our request id (sent as command_id; inbox/calls_api.py).
+    takes_request_id = True
 
     def authenticate(
         self, account: ChannelAccount, secret: str | None, req: WebhookRequest
@@ -160,6 +190,18 @@ class MangoChannel(WebhookChannel):
             )
         return Parsed()
 
+    async def make_call(
+        self,
+        account: ChannelAccount,
+        secret: str | None,
+        login: str,
+        phone: str,
+        *,
+        request_id: str | None = None,
+    ) -> str:
+        """Click-to-call (see :func:`make_call`)."""
+        return await make_call(account, secret, login, phone, request_id=request_id)
+
     def _call(self, acc: str, entry: str, data: dict[str, Any]) -> CallEvent:
         state = _str(data.get("call_state")) or ""
         location = _str(data.get("location")) or ""
@@ -182,6 +224,7 @@ class MangoChannel(WebhookChannel):
             call_id=entry,
             event=f"call:{state or '?'}"[:64],
             leg_id=_str(data.get("call_id")),
+            request_id=_str(data.get("command_id")),
             direction=direction,
             customer=_str(_customer(direction, src, dst)),
             line=_str(dst.get("line_number")) or _str(src.get("line_number")),
@@ -216,6 +259,7 @@ class MangoChannel(WebhookChannel):
             account=acc,
             call_id=entry,
             event="summary",
+            request_id=_str(data.get("command_id")),
             direction=direction,
             customer=_str(_customer(direction, src, dst)),
             line=_str(data.get("line_number")) or _str(dst.get("line_number")),
@@ -231,6 +275,89 @@ class MangoChannel(WebhookChannel):
             talk_s=span(talked, ended) if answered else None,
             hangup_cause=_str(data.get("disconnect_reason")),
         )
+
+
+async def make_call(
+    account: ChannelAccount,
+    secret: str | None,
+    login: str,
+    phone: str,
+    *,
+    request_id: str | None = None,
+) -> str:
+    """Ask Mango to ring extension ``login``, then ``phone`` (E.164); the command id
+    (``request_id``, else a fresh one) is returned and comes back in the call's events."""
+    api_key = setting_str(account, "vpbx_api_key")
+    if not secret or not api_key:
+        raise SendError(
+            "secret_env (the salt) and settings.vpbx_api_key are needed",
+            retryable=False,
+            code="mango_not_configured",
+        )
+    command_id = request_id or uuid.uuid4().hex
+    command: dict[str, Any] = {
+        "command_id": command_id,
+        "from": {"extension": login},
+        "to_number": phone.lstrip("+"),
+    }
+    if line := setting_str(account, "line_number"):
+        command["line_number"] = line
+    json_text = orjson.dumps(command).decode()
+    form = {"vpbx_api_key": api_key, "sign": sign(api_key, json_text, secret), "json": json_text}
+    url = (setting_str(account, "api_base") or API_BASE).rstrip("/") + CALLBACK_PATH
+    try:
+        timeout_s = float(setting_str(account, "timeout_s") or DEFAULT_TIMEOUT_S)
+    except ValueError:
+        timeout_s = DEFAULT_TIMEOUT_S
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
+            http.post(url, data=form) as resp,
+        ):
+            status, raw = resp.status, await resp.read()
+    except TimeoutError:
+        raise SendError(
+            f"Mango did not answer within {timeout_s:g} s", retryable=True, code="mango_timeout"
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise SendError(
+            f"cannot reach Mango: {type(exc).__name__}", retryable=True, code="mango_unreachable"
+        ) from None
+    return _callback_result(status, raw, command_id)
+
+
+def _callback_result(status: int, raw: bytes, command_id: str) -> str:
+    """The command id when Mango took the command, else :class:`SendError`."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    result = _result_code(data.get("result") if isinstance(data, dict) else None)
+    if status == 200 and result == RESULT_OK:
+        return command_id
+    said = RESULTS.get(result or 0) or (raw[:200].decode("utf-8", "replace") or "no body")
+    if result == RESULT_INVALID:
+        raise SendError(
+            f"Mango refused the call: {result} {said}",
+            retryable=False,
+            code="mango_invalid_parameters",
+        )
+    transient = status >= 500 or status == 429 or (result is not None and 5000 <= result < 6000)
+    raise SendError(
+        f"Mango answered HTTP {status}, result {result if result is not None else '?'}: {said}",
+        retryable=transient,
+        code=f"mango_{result}" if result is not None else f"mango_http_{status}",
+    )
+
+
+def _result_code(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
 
 
 def _need(entry: str | None) -> str:

@@ -1,18 +1,26 @@
 """Click-to-call: ``POST /api/v1/calls`` — the PBX rings the employee, then the customer.
 
-Body ``{"phone": "...", "user_id": "...", "channel": "...", "account": "..."}``; only
-``phone`` is required. ``user_id`` defaults to the caller's own user; calling for someone
-else needs an admin, or a director who sees that user's department. The telephony
-account is ``channel``/``account`` if given, else the first enabled account that can
-place calls and knows the user's PBX login (``settings.login.<user id>``).
+Body ``{"phone": "...", "user_id": "...", "channel": "...", "account": "...",
+"request_id": "..."}``; only ``phone`` is required. ``request_id`` makes the request
+idempotent: a request already placed under that id is answered again without a second call
+(crm_store/call_requests.py); a PBX that takes it (Mango: ``command_id``) reports the
+call's events under it, and the call record keeps it. ``user_id`` defaults to the
+caller's own user; calling for someone else needs an admin, or a director who sees that
+user's department. The telephony account is ``channel``/``account`` if given, else the
+first enabled account that can place calls and knows the user's PBX login
+(``settings.login.<user id>``).
 
 Answers: ``202`` the PBX took the request (``provider_call_id`` if it gave one); ``401`` /
 ``403`` (inbox/auth.py); ``404`` no such telephony account; ``422`` a bad body, an
-unknown user, no PBX login for the user; ``502`` the PBX refused (its reason in
-``detail``, a stable ``code``); ``503`` the PBX is unreachable or busy (try again).
+unknown user, no PBX login for the user, or the PBX found the request invalid (Mango's
+3100: its reason in ``detail``); ``409`` the same ``request_id`` is being placed right
+now; ``502`` the PBX refused (its reason in ``detail``, a stable ``code``); ``503`` the
+PBX is unreachable or busy (try again).
 """
 
 from __future__ import annotations
+
+import uuid
 
 import structlog
 from aiohttp import web
@@ -24,6 +32,7 @@ from channels.calls import ClickToCall, user_login
 from channels.identity import normalize_phone
 from config.loader import resolve_secret
 from config.models import ChannelAccount, Role, User
+from crm_store import call_requests
 from inbox.auth import ApiError, Principal
 from ingest.context import Service, json_response
 
@@ -37,6 +46,11 @@ class CallRequest(BaseModel):
     user_id: str | None = Field(default=None, max_length=64, description="default: yourself")
     channel: str | None = Field(default=None, max_length=64)
     account: str | None = Field(default=None, max_length=64)
+    request_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="your idempotency key: a repeat places the call once",
+    )
 
     @field_validator("phone")
     @classmethod
@@ -97,9 +111,31 @@ async def create_call(request: web.Request, svc: Service, principal: Principal) 
             + ", ".join(f"{a.channel}/{a.account}" for a, _ in candidates),
         )
     account, channel, login = chosen
+    request_id = req.request_id or uuid.uuid4().hex
+    answer = {
+        "channel": account.channel,
+        "account": account.account,
+        "user_id": user.id,
+        "login": login,
+        "phone": req.phone,
+    }
+    earlier = await call_requests.begin(svc.store, request_id, {**answer, "by": principal.user.id})
+    if earlier is not None:
+        if earlier.get("state") != "placed":
+            raise ApiError(409, "call_in_progress", f"call request {request_id} is being placed")
+        stored = {k: earlier.get(k) for k in answer}
+        return json_response(
+            {**stored, "provider_call_id": earlier.get("provider_call_id") or None}, status=202
+        )
     try:
-        call_id = await channel.make_call(account, resolve_secret(account), login, req.phone)
+        if getattr(channel, "takes_request_id", False) is True:
+            call_id = await channel.make_call(  # type: ignore[call-arg]
+                account, resolve_secret(account), login, req.phone, request_id=request_id
+            )
+        else:
+            call_id = await channel.make_call(account, resolve_secret(account), login, req.phone)
     except SendError as exc:
+        await call_requests.failed(svc.store, request_id, exc.detail)
         log.warning(
             "calls.click_to_call_failed",
             channel=account.channel,
@@ -107,7 +143,10 @@ async def create_call(request: web.Request, svc: Service, principal: Principal) 
             user_id=user.id,
             code=exc.code,
         )
-        raise ApiError(503 if exc.retryable else 502, exc.code, exc.detail) from None
+        invalid = exc.code.endswith("invalid_parameters")
+        status = 503 if exc.retryable else 422 if invalid else 502
+        raise ApiError(status, exc.code, exc.detail) from None
+    await call_requests.placed(svc.store, request_id, call_id)
     log.info(
         "calls.click_to_call",
         channel=account.channel,
@@ -115,14 +154,4 @@ async def create_call(request: web.Request, svc: Service, principal: Principal) 
         user_id=user.id,
         by=principal.user.id,
     )
-    return json_response(
-        {
-            "channel": account.channel,
-            "account": account.account,
-            "user_id": user.id,
-            "login": login,
-            "phone": req.phone,
-            "provider_call_id": call_id or None,
-        },
-        status=202,
-    )
+    return json_response({**answer, "provider_call_id": call_id or None}, status=202)

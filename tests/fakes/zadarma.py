@@ -103,7 +103,12 @@ class FakeZadarma:
             return _json({"status": "error", "message": "Not authorized"}, 401)
         if not params.get("from") or not params.get("to", "").isdigit():
             return _json({"status": "error", "message": "Wrong parameters"}, 200)
-        body = {"status": "success", "from": params["from"], "to": params["to"], "time": 1732100000}
+        body: dict[str, str | int] = {
+            "status": "success",
+            "from": params["from"],
+            "to": params["to"],
+            "time": 1732100000,
+        }
         return _json(body, 200)
 
 
