@@ -28,6 +28,7 @@ from config.models import AppConfig, ChannelAccount
 from inbox.replies import ReplyError, reply
 from tests.fakes import graph
 from tests.fakes.graph import FakeGraph
+from tests.helpers import wait_for
 from tests.meta_support import (
     ENV,
     SECRET_SETTINGS,
@@ -397,7 +398,11 @@ async def test_receipts_that_overtake_their_send(
         assert await svc.store["pending_updates"].count_documents({"kind": "status"}) == 1
         out = await reply_and_wait(svc, conv["_id"], "Ждём вас в салоне", "delivered")
         assert out["provider_id"] == "m_overtaken"
-        assert await svc.store["pending_updates"].count_documents({"kind": "status"}) == 0
+
+        async def forgotten() -> bool:  # applied first, then removed
+            return await svc.store["pending_updates"].count_documents({"kind": "status"}) == 0
+
+        await wait_for(forgotten, timeout=10, message="the applied receipt is still parked")
 
 
 def outbound(**kw: Any) -> OutboundMessage:
