@@ -21,6 +21,7 @@ ASSETS = {
     "api.js": "text/javascript",
     "dom.js": "text/javascript",
     "i18n.js": "text/javascript",
+    "comments.js": "text/javascript",
     "app.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }

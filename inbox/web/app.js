@@ -3,6 +3,7 @@
 // (dom.js h()/fill()); no HTML strings are ever built from data.
 
 import { ApiProblem, Live, call, enc, get, patch, post, saveToken, savedToken, whenUnauthorized } from "./api.js";
+import { commentReply, renderComments } from "./comments.js";
 import { fill, h } from "./dom.js";
 import { LANGUAGES, lang, setLang, t, when } from "./i18n.js";
 
@@ -691,6 +692,7 @@ function renderMessages(scroll) {
   fill(box, items);
   if (scroll || nearBottom) box.scrollTop = box.scrollHeight;
   renderVisitor(); // "has read" follows the replies' ticks
+  renderComments(S.openId, els, S.messages); // a comment conversation's post and actions
 }
 
 function messageItem(m) {
@@ -860,7 +862,7 @@ async function send() {
   try {
     const msg = asNote
       ? await post(`/api/v1/conversations/${enc(id)}/notes`, { text })
-      : await post(`/api/v1/conversations/${enc(id)}/messages`, { text, attachments });
+      : await post(`/api/v1/conversations/${enc(id)}/messages`, { text, attachments, ...commentReply() });
     if (S.openId === id) {
       els.text.value = "";
       if (!asNote) S.pending = [];
