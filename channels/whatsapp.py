@@ -348,6 +348,8 @@ def _template_status(account: ChannelAccount, value: Json) -> TemplateStatus | N
     name, event = _str(value.get("message_template_name"), 512), _str(value.get("event"), 64)
     if not name or not event:
         return None
+    # A language code nobody writes (over 16 characters): the verdict is the name's.
+    language = _str(value.get("message_template_language"), 64)
     info = _obj(value.get("other_info"))
     said = (lenient.text(value.get("reason")), lenient.text(info.get("title")))
     reason = " — ".join(t for t in (*said, lenient.text(info.get("description"))) if t)
@@ -355,7 +357,7 @@ def _template_status(account: ChannelAccount, value: Json) -> TemplateStatus | N
         channel="whatsapp",
         account=account.account,
         name=name,
-        language=_str(value.get("message_template_language"), 16),
+        language=language if language is None or len(language) <= 16 else None,
         status=event.lower(),
         reason=reason[:1000] or None,
         template_id=_str(value.get("message_template_id")),

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from automation.rules import AutomationFile
-from channels.base import OutboundMessage, SendError, TemplateRef
+from channels.base import OutboundMessage, SendError, TemplateRef, TemplateStatus, WebhookRequest
 from channels.whatsapp import WhatsAppChannel
 from config.loader import check_config
 from config.models import AppConfig
@@ -27,6 +27,7 @@ from crm_store import tokens
 from tests.automation_support import copy_seed, robots
 from tests.fakes.whatsapp import Failure, FakeWhatsApp
 from tests.helpers import wait_for
+from tests.mutations import get, mutations
 from tests.service import InProcess, config_with, in_process
 from tests.test_channel_whatsapp import (
     ENV,
@@ -60,6 +61,7 @@ TEMPLATES: list[dict[str, Any]] = [
     },
 ]
 CHANNEL = WhatsAppChannel()
+OBJECT = "whatsapp_business_account"
 
 
 def config(api_base: str, rules: dict[str, Any] | None = None) -> AppConfig:
@@ -418,3 +420,47 @@ def test_check_outbound_allows_a_template_at_any_time_and_refuses_bad_ones() -> 
     with pytest.raises(SendError) as err:
         CHANNEL.check_outbound(wa_account("http://unused"), outbound(template=ok))
     assert "configured: none" in err.value.detail
+
+
+# --- the status update reader against mutated payloads (tests/mutations.py) -------------
+
+
+def test_template_status_mutations_never_raise_and_keep_what_is_readable() -> None:
+    account = wa_account("http://unused")
+    example = template_update("PAUSED", 1733554800, other_info={"title": "FIRST_PAUSE"})
+    kept = 0
+    for variant in mutations(example, kind_paths=["entry.0.changes.0.field"]):
+        req = WebhookRequest("POST", {}, {}, variant.encode())
+        if not isinstance(variant.payload, dict):
+            continue  # a body that is not an object is kept unparsed by ingest
+        parsed = CHANNEL.read(account, req)
+        for verdict in parsed.templates:
+            TemplateStatus.model_validate(verdict.model_dump())
+        value_ = get(variant.payload, "entry.0.changes.0.value") or {}
+        name = get(value_, "message_template_name") if isinstance(value_, dict) else None
+        event = get(value_, "event") if isinstance(value_, dict) else None
+        field = get(variant.payload, "entry.0.changes.0.field")
+        if (
+            field == "message_template_status_update"
+            and variant.payload.get("object", OBJECT) == OBJECT
+            and isinstance(name, str)
+            and name.strip()
+            and isinstance(event, str)
+            and event.strip()
+            and isinstance(get(variant.payload, "entry"), list)
+        ):
+            assert len(parsed.templates) == 1, variant.description
+            kept += 1
+    assert kept > 50, kept
+
+
+async def test_template_status_mutations_over_http_are_never_5xx(
+    mongo_uri: str, db_name: str, fake: FakeWhatsApp
+) -> None:
+    example = template_update("REJECTED", int(time.time()), reason="INVALID_FORMAT")
+    every = list(mutations(example, kind_paths=["entry.0.changes.0.field"]))
+    async with service(mongo_uri, db_name, fake) as svc:
+        for variant in every[:: max(1, len(every) // 25)]:
+            code, _ = await post(svc, variant.encode())
+            assert code == 200, variant.description
+        assert await svc.store.messages.count_documents({}) == 0
