@@ -18,7 +18,8 @@ prefix             object      its id / owner fields    link
   its link; VK does not send the post's text), ``parent_id`` the comment it answers
   (``reply_to_comment``), ``thread_id`` ``comment:<post id>:<commenter>`` (one
   conversation per post and commenter), ``reply_to`` the commenter's user id (a private
-  reply is a VK message to them).
+  reply is a VK message to them). A phone number written in the comment becomes the
+  sender's phone (:func:`phone_in`): it joins the commenter's contact.
 * ``_edit`` → a :class:`MessageEdit` (VK gives no edit time: applied in arrival order).
 * ``_restore`` (a deleted comment put back) → a :class:`MessageEdit` with the restored
   text: crm_store/updates.py lifts the deletion when an edit arrives after it, so the
@@ -42,6 +43,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import phonenumbers
+
 from channels.base import (
     InboundMessage,
     MessageDeletion,
@@ -51,10 +54,13 @@ from channels.base import (
     PostRef,
     Sender,
 )
+from channels.identity import DEFAULT_REGION
 from channels.vk import OK, _attachments, _dict, _int, _meta_int, _text, _time
 from config.models import ChannelAccount
 
 CHANNEL = "vk"
+# How much of a comment is searched for a phone number.
+PHONE_SCAN_CHARS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,20 @@ def _owner(obj: dict[str, Any], kind: ObjectKind, group: int) -> int:
     return -group
 
 
+def phone_in(text: str) -> str | None:
+    """The first valid phone number written in a comment (people leave one under a post
+    to be called back), E.164; it joins the commenter's contact like a phone shared in a
+    chat. None when there is none."""
+    try:
+        for match in phonenumbers.PhoneNumberMatcher(
+            text[:PHONE_SCAN_CHARS], DEFAULT_REGION, leniency=phonenumbers.Leniency.VALID
+        ):
+            return phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+    except Exception:  # a text the matcher chokes on has no number for us
+        return None
+    return None
+
+
 def _comment(
     account: ChannelAccount, group: int, kind: ObjectKind, obj: dict[str, Any]
 ) -> InboundMessage | None:
@@ -112,6 +132,7 @@ def _comment(
     target = _int(obj.get(kind.id_field))
     post_id = f"{kind.name}{owner}_{target}" if target else f"{kind.name}{owner}"
     parent = _int(obj.get("reply_to_comment"))
+    text = _text(obj)
     meta: dict[str, str | int | bool | None] = {
         "vk_object": kind.name,
         "vk_owner_id": _meta_int(owner),
@@ -126,8 +147,8 @@ def _comment(
         account=account.account,
         provider_id=comment_key(kind, owner, cid),
         thread_id=f"comment:{post_id}:{author}",
-        sender=Sender(external_user_id=str(author)),
-        text=_text(obj),
+        sender=Sender(external_user_id=str(author), phone=phone_in(text)),
+        text=text,
         sent_at=_time(obj.get("date")),
         attachments=_attachments(obj),
         reply_to=str(author),

@@ -28,14 +28,13 @@ Who may: whoever sees the conversation (inbox/access.py, through
 
 from __future__ import annotations
 
-import inspect
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from channels import REGISTRY
-from channels.base import OutboundMessage, SendError, SendingChannel
+from channels.base import CommentModerator, OutboundMessage, SendError, SendingChannel
 from config.loader import resolve_secret
 from crm_store import outbox
 from crm_store.events import append, event
@@ -126,7 +125,7 @@ def moderation_actions(channel_name: str) -> list[ModerationAction]:
     """What the channel's ``moderate`` can do (``moderation_actions`` on the channel;
     all three when it does not say); none without ``moderate``."""
     channel = REGISTRY.get(channel_name)
-    if channel is None or not callable(getattr(channel, "moderate", None)):
+    if not isinstance(channel, CommentModerator):
         return []
     said = getattr(channel, "moderation_actions", ALL_ACTIONS)
     return [a for a in ALL_ACTIONS if a in said]
@@ -287,14 +286,10 @@ async def moderate_comment(call: Call) -> CommentView:
         )
     channel = REGISTRY.get(conv["channel"])
     account = call.svc.config.account(conv["channel"], conv["account"])
-    if account is None:
+    if not isinstance(channel, CommentModerator) or account is None:
         raise ApiError(422, "channel_cannot_send", "the channel account is not configured")
     try:
-        done = getattr(channel, "moderate")(  # noqa: B009 - checked by moderation_actions
-            account, resolve_secret(account), comment["provider_id"], action
-        )
-        if inspect.isawaitable(done):
-            await done
+        await channel.moderate(account, resolve_secret(account), comment["provider_id"], action)
     except SendError as exc:
         raise _refused(exc) from None
     return CommentView.of(await _record(call, comment, action))

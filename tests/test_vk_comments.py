@@ -369,3 +369,12 @@ async def test_send_builds_each_objects_create_and_delete_call() -> None:
             assert result.provider_id.startswith(f"{kind}_comment{OWNER}_")
             await channel.moderate(account, TOKEN, key(90, kind), "delete")
             assert fake.calls(f"{section}.deleteComment")[-1].form["comment_id"] == "90"
+
+
+def test_a_phone_written_in_a_comment_is_the_senders() -> None:
+    from channels.vk_comments import phone_in
+
+    for text in ("Мой номер 8 (900) 123-45-67", "звоните +7 900 123 45 67!", "89001234567"):
+        assert phone_in(text) == "+79001234567", text
+    for text in ("Цена 45 000 ₽ за 2 шт?", "Артикул 2024-05-01", "", "\x00" * 10):
+        assert phone_in(text) is None, text
