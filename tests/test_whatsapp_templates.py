@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from playwright.async_api import expect
 
 from automation.rules import AutomationFile
 from channels.base import OutboundMessage, SendError, TemplateRef, TemplateStatus, WebhookRequest
@@ -41,6 +42,7 @@ from tests.test_channel_whatsapp import (
     wa_account,
     wa_config,
 )
+from tests.test_web_inbox import chromium, needs_chromium, sign_in, watch_errors
 
 ADMIN = "sergey.volkov"
 OLGA = "olga.ivanova"  # wholesale: does not see the sales conversation
@@ -464,3 +466,40 @@ async def test_template_status_mutations_over_http_are_never_5xx(
             code, _ = await post(svc, variant.encode())
             assert code == 200, variant.description
         assert await svc.store.messages.count_documents({}) == 0
+
+
+# --- the web inbox ------------------------------------------------------------------------
+
+
+@needs_chromium
+async def test_the_composer_offers_a_template_when_the_window_is_closed(
+    mongo_uri: str, db_name: str, fake: FakeWhatsApp
+) -> None:
+    expect.set_options(timeout=15_000)
+    async with service(mongo_uri, db_name, fake) as svc, chromium() as browser:
+        conv = await closed_window_conversation(svc)
+        token, _ = await tokens.issue(svc.store, ADMIN)
+        page = await (await browser.new_context(locale="en-US")).new_page()
+        errors = watch_errors(page)
+        await page.goto(f"{svc.client.base}/")
+        await sign_in(page, token)
+        await page.get_by_test_id("filter-all").click()
+        await page.locator(f'[data-testid="conversation-item"][data-id="{conv["_id"]}"]').click()
+        offer = page.get_by_test_id("template-offer")
+        await expect(offer).to_have_text("Send template")
+        await offer.click()
+        await expect(page.get_by_test_id("template-preview")).to_have_text(
+            "Заказ {{1}} готов, забрать можно с {{2}}."
+        )
+        await page.get_by_test_id("template-param-1").fill("A-7")
+        await page.get_by_test_id("template-param-2").fill("понедельника")
+        await expect(page.get_by_test_id("template-preview")).to_have_text(
+            "Заказ A-7 готов, забрать можно с понедельника."
+        )
+        await page.get_by_test_id("template-send").click()
+        sent = page.get_by_test_id("message").filter(has_text="Заказ A-7 готов")
+        await expect(sent).to_have_attribute("data-direction", "out")
+        await expect(sent.get_by_test_id("tick")).to_have_attribute("data-state", "sent")
+        [req] = fake.requests
+        assert req.json()["template"]["components"][0]["parameters"][0]["text"] == "A-7"
+        assert errors == []

@@ -6,6 +6,7 @@ import { ApiProblem, Live, call, enc, get, patch, post, saveToken, savedToken, w
 import { commentReply, renderComments } from "./comments.js";
 import { fill, h } from "./dom.js";
 import { LANGUAGES, lang, setLang, t, when } from "./i18n.js";
+import { renderTemplates } from "./templates.js";
 
 const root = document.getElementById("app");
 const FILTER_KEY = "omniroute.filter";
@@ -693,6 +694,12 @@ function renderMessages(scroll) {
   if (scroll || nearBottom) box.scrollTop = box.scrollHeight;
   renderVisitor(); // "has read" follows the replies' ticks
   renderComments(S.openId, els, S.messages); // a comment conversation's post and actions
+  renderTemplates(S.openId, els, S.messages, templateSent); // WhatsApp, window closed
+}
+
+function templateSent(msg) {
+  S.messages = sortMessages([...S.messages.filter((m) => m.id !== msg.id), msg]);
+  renderMessages(true);
 }
 
 function messageItem(m) {
