@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -25,6 +26,7 @@ from channels.base import (
 )
 from channels.messenger import MessengerChannel
 from config.models import AppConfig, ChannelAccount
+from crm_store import tokens
 from inbox.replies import ReplyError, reply
 from tests.fakes import graph
 from tests.fakes.graph import FakeGraph
@@ -403,6 +405,59 @@ async def test_receipts_that_overtake_their_send(
             return await svc.store["pending_updates"].count_documents({"kind": "status"}) == 0
 
         await wait_for(forgotten, timeout=10, message="the applied receipt is still parked")
+
+
+async def api(svc: InProcess, method: str, path: str, body: Json | None = None) -> tuple[int, Any]:
+    token, _ = await tokens.issue(svc.store, "sergey.volkov")  # the example's admin
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    data = orjson.dumps(body) if body is not None else None
+    async with svc.client.http.request(
+        method, f"{svc.client.base}{path}", data=data, headers=headers
+    ) as resp:
+        return resp.status, orjson.loads(await resp.read())
+
+
+async def test_an_operator_answers_a_comment_publicly_and_privately_and_hides_it(
+    mongo_uri: str, db_name: str, fake: FakeGraph
+) -> None:
+    """End to end through the operator API and the outbox: the comment's provider id
+    reaches the Graph calls."""
+    fake.reset()
+    cid, post_id = "122131676912594941_77", f"{PAGE}_122131676912594941"
+    async with service(mongo_uri, db_name, fake) as svc:
+        assert (await post(svc, PATH, page(entry(changes=[comment(cid, post_id)]))))[0] == 200
+        await svc.routed()
+        stored = await inbound(svc, cid)
+        path = f"/api/v1/conversations/{stored['conversation_id']}/messages"
+        status, body = await api(svc, "POST", path, {"text": "Доставка бесплатно"})
+        assert status == 201, body
+        status, private = await api(
+            svc, "POST", path, {"text": "Напишем в личные", "mode": "private"}
+        )
+        assert status == 201, private
+        assert svc.service.outbox is not None
+        svc.service.outbox.wake.set()
+
+        async def both_sent() -> bool:
+            return len(fake.requests) == 2
+
+        await wait_for(both_sent, timeout=15, message="the answers never reached Graph")
+        by_path = {r.path: r.json() for r in fake.requests}
+        assert by_path[f"/v25.0/{cid}/comments"] == {"message": "Доставка бесплатно"}
+        assert by_path[f"/v25.0/{PAGE}/messages"]["recipient"] == {"comment_id": cid}
+        moderate = (
+            f"/api/v1/conversations/{stored['conversation_id']}/comments/{stored['_id']}/moderate"
+        )
+        status, view = await api(svc, "POST", moderate, {"action": "hide"})
+        assert status == 200, view
+        assert (fake.requests[-1].path, fake.requests[-1].json()) == (
+            f"/v25.0/{cid}",
+            {"is_hidden": True},
+        )
+        fake.fail_next(graph.NO_PERMISSION)
+        status, refused = await api(svc, "POST", moderate, {"action": "delete"})
+        assert (status, refused["code"]) == (409, "provider_refused")
+        assert "pages_messaging" in refused["detail"]
 
 
 def outbound(**kw: Any) -> OutboundMessage:
