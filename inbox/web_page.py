@@ -24,6 +24,8 @@ ASSETS = {
     "comments.js": "text/javascript",
     "templates.js": "text/javascript",
     "app.css": "text/css",
+    "reports.js": "text/javascript",
+    "reports.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }
 
@@ -69,6 +71,20 @@ async def asset(request: web.Request) -> web.Response:
     return _file(name, content_type)
 
 
+# Third-party files, each with its licence beside it (docs/reports.md: uPlot).
+VENDOR = {"uPlot.iife.min.js": "text/javascript"}
+
+
+async def vendor_asset(request: web.Request) -> web.Response:
+    """``GET /static/vendor/{name}``: a vendored library."""
+    name = request.match_info["name"]
+    content_type = VENDOR.get(name)
+    if content_type is None:
+        raise web.HTTPNotFound()
+    return _file(f"vendor/{name}", content_type)
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/", page)
     app.router.add_get("/static/{name}", asset)
+    app.router.add_get("/static/vendor/{name}", vendor_asset)

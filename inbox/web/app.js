@@ -6,6 +6,7 @@ import { ApiProblem, Live, call, enc, get, patch, post, saveToken, savedToken, w
 import { commentReply, renderComments } from "./comments.js";
 import { fill, h } from "./dom.js";
 import { LANGUAGES, lang, setLang, t, when } from "./i18n.js";
+import { reportsTab } from "./reports.js";
 import { renderTemplates } from "./templates.js";
 
 const root = document.getElementById("app");
@@ -184,6 +185,7 @@ function buildShell() {
       buildShell();
       refreshAll();
     }),
+    reportsTab(S.me), // directors and admins only (inbox/web/reports.js)
     h("span", { class: "me", "data-testid": "me" }, S.me.name),
     h("button", { class: "ghost", onclick: () => signOut(), "data-testid": "sign-out" }, t("sign_out")),
   );
