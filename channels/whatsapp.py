@@ -65,7 +65,7 @@ import orjson
 import structlog
 from pydantic import ValidationError
 
-from channels import lenient, meta
+from channels import lenient
 from channels import whatsapp_templates as templates
 from channels.base import (
     Attachment,
@@ -84,11 +84,15 @@ from channels.base import (
     WebhookRequest,
     setting_str,
 )
+
+# Kept importable from here (tests and tools sign WhatsApp bodies with them).
+from channels.meta import SIGNATURE_HEADER as SIGNATURE_HEADER
+from channels.meta import handshake, verify_signature
+from channels.meta import signature as signature
 from config.models import ChannelAccount
 
 log = structlog.get_logger("omniroute.whatsapp")
 
-SIGNATURE_HEADER = meta.SIGNATURE_HEADER
 DEFAULT_API_BASE = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v25.0"
 DEFAULT_TIMEOUT_S = 10.0
@@ -121,9 +125,8 @@ Meta = dict[str, str | int | bool | None]
 
 
 # Meta's handshake and signature are shared with Messenger and Instagram.
-signature = meta.signature
-_verify_signature = meta.verify_signature
-_handshake = meta.handshake
+_verify_signature = verify_signature
+_handshake = handshake
 
 
 def _dicts(value: Any) -> Iterator[Json]:
