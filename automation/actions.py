@@ -238,9 +238,12 @@ class Executor:
 
     async def create_task(self, p: Planned, spec: CreateTask, snap: Snapshot) -> None:
         now = self.clock.now()
-        assignee = people.one(self.config, spec.assignee, snap.responsible_id)
+        found = people.one(self.config, spec.assignee, snap.responsible_id, snap.watchers)
+        assignee = self.config.stand_in(found, now) if found else None  # away: the deputy
         watchers = [
-            w for w in people.many(self.config, spec.watchers, snap.responsible_id) if w != assignee
+            w
+            for w in people.many(self.config, spec.watchers, snap.responsible_id, snap.watchers)
+            if w != assignee
         ]
         deadline = self.calendar.add(now, spec.deadline) if spec.deadline else None
         doc: Document = {
@@ -265,8 +268,8 @@ class Executor:
         await tasks.create(self.store, doc)
 
     async def notify(self, p: Planned, spec: Notify, snap: Snapshot, out: Deferred) -> None:
-        found = people.notified(self.config, spec.to, snap.responsible_id)
-        users = found.users
+        found = people.notified(self.config, spec.to, snap.responsible_id, snap.watchers)
+        users = people.present(self.config, found.users, self.clock.now())
         if not users:
             raise ActionError(
                 "no_recipient", f"nobody to notify for {spec.to!r}, not even a director or admin"

@@ -47,6 +47,8 @@ class Snapshot:
     tasks: Mapping[str, str] = field(default_factory=dict)
     # The channel of the message that created the lead/deal.
     channel: str | None = None
+    # Users watching the lead/deal (``watchers`` on it): the rules' ``watchers``.
+    watchers: tuple[str, ...] = ()
 
     @classmethod
     def of(
@@ -77,10 +79,11 @@ class Snapshot:
             title=doc.get("title") or doc.get("name"),
             contact_id=doc.get("contact_id") if kind != "contact" else str(doc["_id"]),
             contact_name=(contact or {}).get("name"),
-            company_id=(contact or {}).get("company_id"),
+            company_id=doc.get("company_id") or (contact or {}).get("company_id"),
             won_deals=won_deals,
             tasks=dict(tasks or {}),
             channel=channel,
+            watchers=tuple(w for w in doc.get("watchers") or () if isinstance(w, str)),
         )
 
 

@@ -1,5 +1,6 @@
 """Who a rule means (pure, from ``users.yaml``): the responsible, their head, a user, the
-users of a role — and who is told instead when that is nobody.
+users of a role, the entity's watchers — and who is told instead when that is nobody; a
+user away (``absences``) is replaced by their deputy (:func:`present`).
 
 A notification never goes nowhere: when its ``to`` resolves to nobody (the head of sales
 is the lead's own responsible and has no head above; the lead has no responsible; a role
@@ -13,8 +14,9 @@ the rules that lean on the fallback and those that reach nobody even so
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from automation.rules import Notify, RoleRef, UserRef, Who
 from config.models import AppConfig
@@ -56,8 +58,13 @@ def _role_users(config: AppConfig, role: str, near: str | None) -> list[str]:
     return [u.id for u in sorted(users, key=lambda u: rank.get(u.department, len(chain)))]
 
 
-def resolve(config: AppConfig, who: Who, responsible: str | None) -> list[str]:
-    """Every user ``who`` means for an entity whose responsible is ``responsible``."""
+def resolve(
+    config: AppConfig, who: Who, responsible: str | None, watchers: Sequence[str] = ()
+) -> list[str]:
+    """Every user ``who`` means for an entity whose responsible is ``responsible`` and
+    whose watchers are ``watchers``."""
+    if who == "watchers":
+        return [w for w in watchers if (u := config.user(w)) is not None and u.active]
     if isinstance(who, UserRef):
         user = config.user(who.user)
         return [user.id] if user is not None and user.active else []
@@ -69,18 +76,23 @@ def resolve(config: AppConfig, who: Who, responsible: str | None) -> list[str]:
     return [head] if head else []
 
 
-def one(config: AppConfig, who: Who, responsible: str | None) -> str | None:
+def one(
+    config: AppConfig, who: Who, responsible: str | None, watchers: Sequence[str] = ()
+) -> str | None:
     """The one user ``who`` means (a role: its first user nearest the responsible)."""
-    found = resolve(config, who, responsible)
+    found = resolve(config, who, responsible, watchers)
     return found[0] if found else None
 
 
 def many(
-    config: AppConfig, whos: tuple[Who, ...] | list[Who], responsible: str | None
+    config: AppConfig,
+    whos: tuple[Who, ...] | list[Who],
+    responsible: str | None,
+    watchers: Sequence[str] = (),
 ) -> list[str]:
     out: list[str] = []
     for who in whos:
-        for user in resolve(config, who, responsible):
+        for user in resolve(config, who, responsible, watchers):
             if user not in out:
                 out.append(user)
     return out
@@ -113,11 +125,25 @@ def fallback(config: AppConfig, responsible: str | None) -> Recipients:
 
 
 def notified(
-    config: AppConfig, whos: tuple[Who, ...] | list[Who], responsible: str | None
+    config: AppConfig,
+    whos: tuple[Who, ...] | list[Who],
+    responsible: str | None,
+    watchers: Sequence[str] = (),
 ) -> Recipients:
     """The users a notification goes to: ``whos``, or the fallback when that is nobody."""
-    users = many(config, whos, responsible)
+    users = many(config, whos, responsible, watchers)
     return Recipients(users) if users else fallback(config, responsible)
+
+
+def present(config: AppConfig, users: Sequence[str], at: datetime) -> list[str]:
+    """``users`` with each one away at ``at`` replaced by their deputy
+    (:meth:`config.models.AppConfig.stand_in`), each once."""
+    out: list[str] = []
+    for user in users:
+        stand_in = config.stand_in(user, at)
+        if stand_in not in out:
+            out.append(stand_in)
+    return out
 
 
 def _notifies(action: object) -> Iterator[Notify]:

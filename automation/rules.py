@@ -158,8 +158,9 @@ class RoleRef(Strict):
 
 
 # responsible: the entity's responsible; head (or supervisor): the responsible's head —
-# the head of their department, or of the department above if they head it themselves.
-Who = Literal["responsible", "head", "supervisor"] | UserRef | RoleRef
+# the head of their department, or of the department above if they head it themselves;
+# watchers: the users watching the lead/deal (its ``watchers``, set through the API).
+Who = Literal["responsible", "head", "supervisor", "watchers"] | UserRef | RoleRef
 WhoList = Annotated[tuple[Who, ...], BeforeValidator(_listed), Field(min_length=1)]
 
 

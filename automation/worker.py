@@ -48,7 +48,7 @@ from automation.evaluate import (
     plan_timer,
 )
 from config.models import AppConfig
-from crm_store import cursors, feed, tasks, timers
+from crm_store import cursors, entities, feed, tasks, timers, watchers
 from crm_store import routing_store as rs
 from crm_store import subscriptions as subs
 from crm_store.documents import stable_id
@@ -58,6 +58,8 @@ from crm_store.store import Document, Store
 log = structlog.get_logger("omniroute.automation")
 
 CURSOR = "automation"
+# Events after which a deal's responsible carries over (follow_responsible).
+FOLLOW_EVENTS = ("deal.created", "deal.responsible_changed")
 # An event whose handling keeps failing (not the store: a bug) is skipped after this many
 # tries, so one bad event cannot stop the robots.
 MAX_EVENT_TRIES = 5
@@ -194,7 +196,7 @@ class AutomationWorker:
             self.store,
             position,
             limit=self.event_batch,
-            types=self.book.event_types,
+            types=sorted({*self.book.event_types, *FOLLOW_EVENTS}),
             gap_grace_s=self.gap_grace_s,
         )
         if page.next_after == position:
@@ -227,6 +229,8 @@ class AutomationWorker:
     async def handle_event(self, ev: Mapping[str, Any]) -> None:
         if ev["type"] in CLOSING_EVENTS:
             await self.close_tasks(ev)
+        if ev["type"] in FOLLOW_EVENTS:
+            await self.follow_responsible(ev)
         facts = facts_of(ev)
         ref = entity_of(ev)
         if not facts or ref is None:
@@ -280,6 +284,51 @@ class AutomationWorker:
             log.info("automation.tasks_cancelled", entity=entity_id, count=len(cancelled))
 
     # --- timers -------------------------------------------------------------------
+
+    async def follow_responsible(self, ev: Mapping[str, Any]) -> None:
+        """A deal's responsible (new or changed) carries over: to its contact and company
+        when its pipeline says ``cascade_responsible``; and the agent of the responsible's
+        department (users.yaml ``agent``) becomes the deal's ``agent_id`` and a watcher.
+        Every write is keyed by the event: a replay changes nothing."""
+        deal_id = (ev.get("refs") or {}).get("deal_id")
+        deal = await self.store.deals.find_one({"_id": deal_id}) if deal_id else None
+        if deal is None or deal.get("deleted") or not deal.get("responsible_id"):
+            return
+        responsible: str = deal["responsible_id"]
+        at = ev.get("occurred_at") or self.clock.now()
+        by = f"automation:{ev['type']}"
+        pipeline = next(
+            (p for p in self.config.pipelines.pipelines if p.id == deal.get("pipeline_id")), None
+        )
+        if pipeline is not None and pipeline.cascade_responsible:
+            contact = await self.store.contacts.find_one(
+                {"_id": deal.get("contact_id")}, {"company_id": 1}
+            )
+            company = deal.get("company_id") or (contact or {}).get("company_id")
+            targets: list[tuple[entities.Kind, Any]] = [
+                ("contact", deal.get("contact_id")),
+                ("company", company),
+            ]
+            for kind, target in targets:
+                if isinstance(target, str) and await entities.get(self.store, kind, target):
+                    await entities.set_responsible(
+                        self.store,
+                        kind,
+                        target,
+                        responsible,
+                        by=by,
+                        at=at,
+                        key=f"{ev['_id']}:cascade:{kind}",
+                    )
+        user = self.config.user(responsible)
+        dept = next(
+            (d for d in self.config.users.departments if user and d.id == user.department), None
+        )
+        if dept is not None and dept.agent and deal.get("agent_id") != dept.agent:
+            await self.store.deals.update_one(
+                {"_id": deal["_id"]}, {"$set": {"agent_id": dept.agent}}
+            )
+            await watchers.change(self.store, "deal", deal["_id"], dept.agent, add=True, by=by)
 
     async def run_reminders(self) -> int:
         """Tell each assignee of an open task whose ``remind_at`` has come (the rule's

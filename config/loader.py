@@ -502,6 +502,14 @@ class _Checker:
                 self.report(USERS, ("departments", i, "parent"), f"unknown department '{d.parent}'")
             if d.head is not None and d.head not in user_ids:
                 self.report(USERS, ("departments", i, "head"), f"unknown user '{d.head}'")
+            if d.agent is not None and d.agent not in user_ids:
+                self.report(USERS, ("departments", i, "agent"), f"unknown user '{d.agent}'")
+        for i, ab in enumerate(uf.absences):
+            for key, uid in (("user", ab.user), ("deputy", ab.deputy)):
+                if uid is not None and uid not in user_ids:
+                    self.report(USERS, ("absences", i, key), f"unknown user '{uid}'")
+            if ab.deputy == ab.user:
+                self.report(USERS, ("absences", i, "deputy"), "a user cannot deputise for themself")
         self.department_cycles(uf)
 
     def department_cycles(self, uf: UsersFile) -> None:

@@ -9,9 +9,10 @@ rule language of ``automation.yaml`` is modelled in :mod:`automation.rules`.
 from __future__ import annotations
 
 import ipaddress
-from datetime import time
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -145,6 +146,9 @@ class Pipeline(Strict):
     stages: list[Stage] = Field(min_length=1)
     # Forbid moving back to an earlier open stage.
     forbid_backward: bool = False
+    # A new responsible of a deal becomes its contact's and company's too (the forensic
+    # bureau; automation/worker.py follows deal.responsible_changed).
+    cascade_responsible: bool = False
 
     def stage(self, stage_id: str) -> Stage | None:
         return next((s for s in self.stages if s.id == stage_id), None)
@@ -202,6 +206,9 @@ class Department(Strict):
     name: str
     parent: Ident | None = None
     head: Ident | None = None
+    # The department's agent: set as ``agent_id`` and a watcher on every deal whose
+    # responsible works here (the forensic bureau's "agents"; automation/worker.py).
+    agent: Ident | None = None
 
 
 class User(Strict):
@@ -214,9 +221,34 @@ class User(Strict):
     active: bool = True
 
 
+class Absence(Strict):
+    """A user away from ``from`` to ``to`` (dates are whole local days, ``to`` included;
+    date-times are moments): assignment, round robin and notifications reach ``deputy``
+    instead (docs/configuration.md "Absences"). ``id``: set on absences stored by the API."""
+
+    user: Ident
+    from_: date | datetime = Field(alias="from")
+    to: date | datetime
+    deputy: Ident | None = None
+    id: str | None = None
+
+    def window(self, tz: tzinfo) -> tuple[datetime, datetime]:
+        """[start, end) as aware moments in ``tz`` (the calendar's zone)."""
+
+        def moment(value: date | datetime, next_day: bool) -> datetime:
+            if isinstance(value, datetime):
+                return value if value.tzinfo else value.replace(tzinfo=tz)
+            day = value + timedelta(days=1) if next_day else value
+            return datetime.combine(day, time(0, 0), tzinfo=tz)
+
+        return moment(self.from_, False), moment(self.to, True)
+
+
 class UsersFile(Strict):
     departments: list[Department] = Field(default_factory=list)
     users: list[User] = Field(default_factory=list)
+    # The file's absences, and (in place, crm_store/users.Directory) the API's.
+    absences: list[Absence] = Field(default_factory=list)
 
 
 # --- calendar.yaml -------------------------------------------------------------------
@@ -287,8 +319,40 @@ class AppConfig(Strict):
     def pipeline(self, pipeline_id: str) -> Pipeline:
         return next(p for p in self.pipelines.pipelines if p.id == pipeline_id)
 
-    def line_users(self, line: str) -> list[User]:
-        return [u for u in self.users.users if u.active and line in u.lines]
+    def line_users(self, line: str, at: datetime | None = None) -> list[User]:
+        """The line's active users not absent at ``at`` (default: now)."""
+        at = at or datetime.now(UTC)
+        return [
+            u
+            for u in self.users.users
+            if u.active and line in u.lines and self.absence(u.id, at) is None
+        ]
+
+    def absence(self, user_id: str, at: datetime) -> Absence | None:
+        """The absence of ``user_id`` going on at ``at``, if any."""
+        tz = ZoneInfo(self.calendar.timezone)
+        for a in self.users.absences:
+            if a.user == user_id:
+                start, end = a.window(tz)
+                if start <= at < end:
+                    return a
+        return None
+
+    def stand_in(self, user_id: str, at: datetime) -> str:
+        """Who does ``user_id``'s work at ``at``: themself, or while they are absent their
+        deputy (the deputy's deputy if that one is away too, at most 5 steps); an absence
+        without a present deputy leaves the user themself."""
+        current, seen = user_id, {user_id}
+        for _ in range(5):
+            away = self.absence(current, at)
+            if away is None:
+                return current
+            deputy = self.user(away.deputy) if away.deputy else None
+            if deputy is None or not deputy.active or deputy.id in seen:
+                return user_id
+            current = deputy.id
+            seen.add(current)
+        return user_id
 
     def user(self, user_id: str) -> User | None:
         return next((u for u in self.users.users if u.id == user_id), None)

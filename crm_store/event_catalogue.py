@@ -159,6 +159,12 @@ class TaskCancelled(_Data):
     reason: str = Field(description="its lead/deal closed (won, failed), was converted or deleted")
 
 
+class WatchersChanged(_Data):
+    user: str
+    added: bool = Field(description="true: started watching; false: stopped")
+    by: str | None
+
+
 class CompanyCreated(_Data):
     name: str
     inn: str | None
@@ -288,6 +294,8 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "contact.merged": (ContactMerged, "an operator merged another contact into this one"),
     "contact.deleted": (ByWhom, "a contact was deleted (its identities are free again)"),
     "lead.converted": (LeadConverted, "a lead was converted into a deal for its contact"),
+    "lead.watchers_changed": (WatchersChanged, "a user started or stopped watching a lead"),
+    "deal.watchers_changed": (WatchersChanged, "a user started or stopped watching a deal"),
     # --- companies (crm_store/companies.py)
     "company.created": (CompanyCreated, "a company was created (operator or lead conversion)"),
     "company.updated": (CompanyUpdated, "a company's name, INN, KPP, type, address or fields"),

@@ -276,6 +276,197 @@ class Router:
             # A creation lost a race: the batch now holds the winner; decide again.
         raise RuntimeError(f"intake {r.id}: routing did not settle after {MAX_REDECIDE} tries")
 
+    async def _route_first(
+        self,
+        batch: _Batch,
+        plan: _Plan,
+        r: IntakeDoc,
+        msg: InboundMessage,
+        keys: list[str],
+        conv_id: str,
+    ) -> Routed:
+        """The first decision of a record; a new lead/deal (and contact) is planned, not
+        written (:meth:`_plan_creation`)."""
+        ctx = self._context(batch, r, msg, keys, conv_id)
+        decision = _noted(decide(ctx), msg)
+        creates = decision.action in (Action.CREATE_LEAD, Action.CREATE_DEAL)
+        if creates and not (decision.created and ctx.created_here is not None):
+            return self._plan_creation(batch, plan, r, msg, keys, ctx, decision)
+        outcome = await self._execute(batch, r, msg, keys, ctx, decision)
+        if outcome is not None:
+            return outcome
+        return await self._route_one(batch, r, msg, keys, conv_id)
+
+    def _plan_responsible(
+        self, plan: _Plan, source: Source, contact: ContactDoc, docs: list[Document]
+    ) -> str | None:
+        """:meth:`_responsible` without I/O: a turn of the source's line is planned (and
+        shared with the planned contact it belongs to), filled in by :meth:`_settle`."""
+        if contact.responsible_id:  # away: their deputy (config.models.AppConfig.stand_in)
+            return self.config.stand_in(contact.responsible_id, _now())
+        if source.responsible:
+            return source.responsible
+        if not source.line:
+            return None
+        turn = plan.turn_of.get(contact.id)
+        if turn is None:
+            turn = _Turn(source.line)
+            plan.turns.append(turn)
+            if contact.id in plan.contacts:
+                plan.turn_of[contact.id] = turn
+        turn.docs.extend(docs)
+        return None
+
+    def _plan_creation(
+        self,
+        batch: _Batch,
+        plan: _Plan,
+        r: IntakeDoc,
+        msg: InboundMessage,
+        keys: list[str],
+        ctx: Context,
+        d: Decision,
+    ) -> Routed:
+        """Plan what :meth:`_execute` creates for a new lead/deal, as if it were written:
+        the batch's later records see it. Same documents, same ids."""
+        if ctx.contact is not None and ctx.contact.origin_intake_id == r.id:
+            batch.events.append(_contact_created(r.id, ctx.contact.id, keys))
+        source = self._source(r)
+        at = _now()
+        contact = ctx.contact
+        if contact is None:
+            cdoc: Document = {
+                "_id": stable_id("contact", r.id),
+                "identities": keys or [f"intake:{r.id}"],
+                "name": msg.sender.name,
+                "phones": [k[6:] for k in keys if k.startswith("phone:")],
+                "emails": [k[6:] for k in keys if k.startswith("email:")],
+                "responsible_id": None,
+                "origin": "routing",
+                "origin_intake_id": r.id,
+                "spam": False,
+                "created_at": at,
+            }
+            contact = ContactDoc.model_validate(cdoc)
+            plan.contacts[contact.id] = cdoc
+            plan.creator[contact.id] = (r.id, keys)
+            cdoc["responsible_id"] = self._plan_responsible(plan, source, contact, [cdoc])
+            contact = ContactDoc.model_validate(cdoc)
+            batch.remember_contact(contact)
+        pipeline = self.config.pipeline(source.pipeline)
+        doc: Document = {
+            "contact_id": contact.id,
+            "pipeline_id": pipeline.id,
+            "stage_id": source.stage or pipeline.first_stage.id,
+            "open": True,
+            "is_repeat": d.is_repeat,
+            "source_id": source.id,
+            "responsible_id": None,
+            "identities": keys,
+            "title": f"{msg.sender.name or (keys[0] if keys else 'Unknown')} — {source.name}",
+            "fields": {},
+            "meta": msg.meta,
+            "origin_intake_id": r.id,
+            "created_at": at,
+            "stage_entered_at": at,
+            "last_activity_at": at,
+        }
+        doc["responsible_id"] = self._plan_responsible(plan, source, contact, [doc])
+        entity: LeadDoc | DealDoc
+        if d.action is Action.CREATE_LEAD:
+            doc["_id"] = stable_id("lead", r.id)
+            doc["open_contact"] = contact.id
+            plan.leads[doc["_id"]] = doc
+            entity = LeadDoc.model_validate(doc)
+            batch.state.open_lead[contact.id] = entity
+        else:
+            doc["_id"] = stable_id("deal", r.id)
+            doc["auto_open"] = contact.id
+            plan.deals[doc["_id"]] = doc
+            entity = DealDoc.model_validate(doc)
+            batch.state.active_deal[contact.id] = entity
+        plan.made_by[entity.id] = (r, d, keys)
+        batch.state.history.add(contact.id)
+        batch.state.created_by[r.id] = entity
+        return self._created(batch, r, d, entity, at, announce=False)
+
+    async def _settle(self, batch: _Batch, plan: _Plan, routed: list[Routed]) -> set[str]:
+        """Write a batch's planned creations: turns (one ``$inc`` per line), contacts,
+        then leads and deals (one ``insert_many`` each, unique-index races resolved as
+        :func:`routing_store.create_contact` / ``create_lead`` do); announce what was
+        written. Returns what was not — the ids of lost contacts, leads and deals and of
+        the records that planned them — after reading the winners into the batch."""
+        lines: dict[str, list[_Turn]] = {}
+        for turn in plan.turns:
+            lines.setdefault(turn.line, []).append(turn)
+        firsts = await together(
+            *(rs.reserve_turns(self.store, f"round_robin:{ln}", len(t)) for ln, t in lines.items())
+        )
+        for (line, turns), first in zip(lines.items(), firsts, strict=True):
+            users = [u.id for u in self.config.line_users(line)]
+            for n, turn in enumerate(turns):
+                for doc in turn.docs:
+                    doc["responsible_id"] = pick_round_robin(users, first + n)
+        made = await rs.create_contacts(self.store, list(plan.contacts.values()))
+        lost: set[str] = set()
+        winners: list[ContactDoc] = []
+        for cid, (contact, created) in made.items():
+            if created and contact.id == cid:
+                batch.remember_contact(contact)
+                batch.contacts_by_id[cid] = contact
+                rid, keys = plan.creator[cid]
+                batch.events.append(_contact_created(rid, cid, keys))
+            else:
+                lost.add(cid)
+                winners.append(contact)
+        leads = [d for d in plan.leads.values() if d["contact_id"] not in lost]
+        deals = [d for d in plan.deals.values() if d["contact_id"] not in lost]
+        got_leads, got_deals = await together(
+            rs.create_entities(self.store, "leads", "open_contact", leads),
+            rs.create_entities(self.store, "deals", "auto_open", deals),
+        )
+        lost |= {d["_id"] for d in plan.leads.values() if d["_id"] not in got_leads}
+        lost |= {d["_id"] for d in plan.deals.values() if d["_id"] not in got_deals}
+        announced: list[tuple[IntakeDoc, Decision, list[str], LeadDoc | DealDoc]] = []
+        others: set[str] = set()
+        for eid, (doc, _created) in [*got_leads.items(), *got_deals.items()]:
+            r, d, keys = plan.made_by[eid]
+            entity: LeadDoc | DealDoc = (
+                LeadDoc.model_validate(doc) if eid in plan.leads else DealDoc.model_validate(doc)
+            )
+            if entity.origin_intake_id != r.id:  # the contact's open one won
+                lost.add(eid)
+                others.add(entity.contact_id)
+                continue
+            announced.append((r, d, keys, entity))
+        lost |= {r.id for eid, (r, _, _) in plan.made_by.items() if eid in lost}
+        lost |= {rid for cid, (rid, _) in plan.creator.items() if cid in lost}
+        for r, d, _keys, entity in announced:
+            if r.id in lost:
+                continue
+            self._record_created(batch, entity)
+            self._created(batch, r, d, entity, _now())
+        batch.forget(lost)
+        for c in winners:
+            batch.remember_contact(c)
+        if winners or others:
+            batch.state.merge(
+                await rs.load_contact_state(
+                    self.store, {c.id for c in winners} | others, self.service_pipelines
+                )
+            )
+        return lost
+
+    @staticmethod
+    def _record_created(batch: _Batch, entity: LeadDoc | DealDoc) -> None:
+        """The written lead/deal (its responsible filled in) replaces the planned one."""
+        if isinstance(entity, DealDoc):
+            batch.state.active_deal[entity.contact_id] = entity
+        else:
+            batch.state.open_lead[entity.contact_id] = entity
+        if entity.origin_intake_id:
+            batch.state.created_by[entity.origin_intake_id] = entity
+
     async def _ensure_contact(
         self,
         batch: _Batch,
@@ -311,9 +502,10 @@ class Router:
         return contact, created
 
     async def _responsible(self, source: Source, contact: ContactDoc | None) -> str | None:
-        """The contact's responsible; else the source's; else the line's next in turn."""
+        """The contact's responsible (away: their deputy); else the source's; else the
+        line's next in turn (line_users leaves out whoever is away)."""
         if contact is not None and contact.responsible_id:
-            return contact.responsible_id
+            return self.config.stand_in(contact.responsible_id, _now())
         if source.responsible:
             return source.responsible
         if source.line:
