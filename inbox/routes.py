@@ -26,7 +26,6 @@ from inbox import (  # noqa: F401 - imported for their route declarations
     reports_api,
     templates_api,
     users_api,
-    watchers_api,
     web_page,
 )
 
