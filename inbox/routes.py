@@ -26,6 +26,7 @@ from inbox import (  # noqa: F401 - imported for their route declarations
     reports_api,
     templates_api,
     users_api,
+    watchers_api,
     web_page,
 )
 

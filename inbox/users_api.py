@@ -6,6 +6,9 @@
   sees (whom they can assign work to); admins see everyone.
 - ``POST /api/v1/users`` · ``PATCH /api/v1/users/{id}`` — admins: create or change a user
   (crm_store/users.py keeps them over users.yaml). A change applies to the next request.
+- ``POST /api/v1/users/{id}/absences`` ``{"from", "to", "deputy"}`` · ``DELETE
+  /api/v1/users/{id}/absences/{absence_id}`` — admins: a user away with a deputy
+  (config/models.Absence; merged with users.yaml's ``absences``).
 - ``POST /api/v1/users/{id}/tokens`` (the token is in the answer, once) · ``GET
   /api/v1/users/{id}/tokens`` · ``DELETE /api/v1/tokens/{token_id}`` — admins. Tokens are
   stored as SHA-256 hashes only; ``omniroute tokens issue|list|revoke`` does the same.
@@ -13,13 +16,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from config.models import Role, User
+from config.models import Absence, Role, User
 from crm_store import tokens
 from crm_store import users as user_store
 from inbox import access
@@ -271,6 +275,82 @@ async def revoke_token(call: Call) -> Revoked:
     if not await tokens.revoke(call.svc.store, token_id):
         raise ApiError(404, "not_found", f"no active token {token_id}")
     return Revoked(token_id=token_id, revoked=True)
+
+
+class AbsenceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: date | datetime = Field(alias="from", description="a date (whole day) or a moment")
+    to: date | datetime = Field(description="a date (that whole day included) or a moment")
+    deputy: str | None = Field(default=None, pattern=IDENT, description="who stands in")
+
+
+class AbsenceView(BaseModel):
+    id: str
+    user: str
+    from_: date | datetime = Field(serialization_alias="from")
+    to: date | datetime
+    deputy: str | None
+
+
+class AbsenceRemoved(BaseModel):
+    id: str
+    removed: bool
+
+
+@route(
+    "POST",
+    "/api/v1/users/{id}/absences",
+    summary="Record a user's absence with a deputy (admins); merged with users.yaml's",
+    tag=TAG,
+    body=AbsenceBody,
+    response=AbsenceView,
+    status=201,
+    errors=(404,),
+)
+async def add_absence(call: Call) -> AbsenceView:
+    require_admin(call.principal)
+    user = _visible_user(call, call.path("id"))
+    body = call.b(AbsenceBody)
+    config = call.svc.config
+    absence = Absence.model_validate(
+        {"user": user.id, "from": body.from_, "to": body.to, "deputy": body.deputy}
+    )
+    start, end = absence.window(ZoneInfo(config.calendar.timezone))
+    problems: list[dict[str, str]] = []
+    if end <= start:
+        problems.append(
+            {"in": "body", "field": "to", "message": "the absence ends before it starts"}
+        )
+    deputy = config.user(body.deputy) if body.deputy else None
+    if body.deputy is not None and (deputy is None or not deputy.active or deputy.id == user.id):
+        problems.append({"in": "body", "field": "deputy", "message": "not another active user"})
+    if problems:
+        raise ApiError(422, "invalid_request", "the absence does not validate", errors=problems)
+    stored = await user_store.add_absence(call.svc.store, absence, call.principal.user.id)
+    await call.request.app[DIRECTORY].refresh(call.svc.store)
+    assert stored.id is not None
+    return AbsenceView(
+        id=stored.id, user=user.id, from_=stored.from_, to=stored.to, deputy=stored.deputy
+    )
+
+
+@route(
+    "DELETE",
+    "/api/v1/users/{id}/absences/{absence_id}",
+    summary="Remove an absence entered through the API (admins)",
+    tag=TAG,
+    response=AbsenceRemoved,
+    errors=(404,),
+)
+async def remove_absence(call: Call) -> AbsenceRemoved:
+    require_admin(call.principal)
+    user = _visible_user(call, call.path("id"))
+    absence_id = call.path("absence_id")
+    if not await user_store.delete_absence(call.svc.store, user.id, absence_id):
+        raise ApiError(404, "not_found", f"no absence {absence_id} of {user.id}")
+    await call.request.app[DIRECTORY].refresh(call.svc.store)
+    return AbsenceRemoved(id=absence_id, removed=True)
 
 
 DIRECTORY: web.AppKey[user_store.Directory] = web.AppKey("users", user_store.Directory)

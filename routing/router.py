@@ -311,9 +311,10 @@ class Router:
         return contact, created
 
     async def _responsible(self, source: Source, contact: ContactDoc | None) -> str | None:
-        """The contact's responsible; else the source's; else the line's next in turn."""
+        """The contact's responsible (away: their deputy); else the source's; else the
+        line's next in turn (line_users leaves out whoever is away)."""
         if contact is not None and contact.responsible_id:
-            return contact.responsible_id
+            return self.config.stand_in(contact.responsible_id, _now())
         if source.responsible:
             return source.responsible
         if source.line:

@@ -183,6 +183,19 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/contacts/{id}/merge"): Row(
         "sales", "/api/v1/contacts/{contact}/merge", lambda w, _who: {"other_id": w.ids["contact2"]}
     ),
+    # watchers of leads and deals (Anna watches; removing someone not watching is fine)
+    ("POST", "/api/v1/leads/{id}/watchers"): Row(
+        "sales", "/api/v1/leads/{lead}/watchers", _json({"user_id": ANNA})
+    ),
+    ("DELETE", "/api/v1/leads/{id}/watchers/{user_id}"): Row(
+        "sales", f"/api/v1/leads/{{lead}}/watchers/{ANNA}"
+    ),
+    ("POST", "/api/v1/deals/{id}/watchers"): Row(
+        "sales", "/api/v1/deals/{deal}/watchers", _json({"user_id": ANNA})
+    ),
+    ("DELETE", "/api/v1/deals/{id}/watchers/{user_id}"): Row(
+        "sales", f"/api/v1/deals/{{deal}}/watchers/{ANNA}"
+    ),
     # companies (a sales company of Anna's; docs/companies.md)
     ("GET", "/api/v1/companies"): Row("mine", "/api/v1/companies?q=Vec"),
     ("GET", "/api/v1/companies/{id}"): Row("sales", "/api/v1/companies/{company}"),
@@ -215,6 +228,15 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/users/{id}/tokens"): Row("admin", f"/api/v1/users/{ANNA}/tokens", _json({})),
     ("GET", "/api/v1/users/{id}/tokens"): Row("admin", f"/api/v1/users/{ANNA}/tokens"),
     ("DELETE", "/api/v1/tokens/{token_id}"): Row("admin", "/api/v1/tokens/{token}"),
+    # absences: the admin records one for Anna and removes the seeded one
+    ("POST", "/api/v1/users/{id}/absences"): Row(
+        "admin",
+        f"/api/v1/users/{ANNA}/absences",
+        _json({"from": "2099-01-01", "to": "2099-01-02", "deputy": "dmitry.kozlov"}),
+    ),
+    ("DELETE", "/api/v1/users/{id}/absences/{absence_id}"): Row(
+        "admin", f"/api/v1/users/{ANNA}/absences/rbac-absence"
+    ),
     # the event feed and subscriptions
     ("GET", "/api/v1/events"): Row("mine", "/api/v1/events"),
     ("POST", "/api/v1/subscriptions"): Row(
@@ -352,6 +374,9 @@ async def seed(svc: InProcess) -> World:
             "deadline": datetime.now(UTC),
             "created_at": datetime.now(UTC),
         },
+    )
+    await store["absences"].insert_one(
+        {"_id": "rbac-absence", "user": ANNA, "from": "2099-02-01", "to": "2099-02-02"}
     )
     company_id = stable_id("company", "rbac")
     await store["companies"].insert_one(
