@@ -15,6 +15,7 @@ name, a message without a readable ``mid`` is keyed by a hash of the item.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +40,8 @@ Meta = dict[str, str | int | bool | None]
 
 # Attachment types whose payload is media (the rest are links: shares, posts, reels …).
 MEDIA = {"image": "image", "audio": "audio", "video": "video", "file": "file", "sticker": "sticker"}
+# A quick reply's payload that is a phone number (and nothing else: "SIZE_42" is not).
+PHONE_LIKE = re.compile(r"\+?[\d\s\-()]{7,24}")
 # A recipient that is not a page-scoped id: chat-plugin threads (v7.0+) start with one.
 USER_REF = "user_ref:"
 
@@ -91,7 +94,7 @@ def _shared_contact(payload: str | None, sender: dict[str, str | None]) -> None:
         return
     if "@" in payload and (email := normalize_email(payload)):
         sender["email"] = email
-    elif any(c.isdigit() for c in payload) and (phone := normalize_phone(payload)):
+    elif PHONE_LIKE.fullmatch(payload) and (phone := normalize_phone(payload)):
         sender["phone"] = phone
 
 

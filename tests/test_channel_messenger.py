@@ -23,6 +23,7 @@ from channels.base import (
     OutboundMessage,
     SendError,
     SendingChannel,
+    WebhookRequest,
 )
 from channels.messenger import MessengerChannel
 from config.models import AppConfig, ChannelAccount
@@ -587,3 +588,20 @@ async def test_graph_errors_reach_the_operator_in_words(fake: FakeGraph) -> None
     with pytest.raises(SendError) as err:  # nobody listening
         await CHANNEL.send(fb_account("http://127.0.0.1:9"), TOKEN, outbound())
     assert (err.value.code, err.value.retryable) == ("connection_error", True)
+
+
+def test_a_quick_reply_joins_the_contact_only_when_it_is_a_number_or_an_address() -> None:
+    account = fb_account("http://127.0.0.1:9")
+    for payload, phone, email in (
+        ("+7 (900) 123-45-67", "+79001234567", None),
+        ("ivan.petrov@example.ru", None, "ivan.petrov@example.ru"),
+        ("PRODUCT_89001234567", None, None),
+        ("SIZE_42", None, None),
+    ):
+        quick = item(
+            "message", {"mid": "m_q", "text": payload, "quick_reply": {"payload": payload}}
+        )
+        body = orjson.dumps(page(entry([quick])))
+        [msg] = CHANNEL.read(account, WebhookRequest("POST", {}, {}, body)).messages
+        assert (msg.sender.phone, msg.sender.email) == (phone, email), payload
+        assert msg.meta["quick_reply_payload"] == payload

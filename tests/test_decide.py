@@ -476,7 +476,7 @@ def check_decision_shape(c: Context, d: Decision) -> None:
         assert d.target_id == c.contact.id
     if d.action is Action.STORE_ONLY:
         assert c.contact is None
-        assert c.automatic
+        assert c.automatic or c.comment == "attach"
     if d.is_repeat:
         assert d.rule in {Rule.REPEAT_LEAD, Rule.REPEAT_DEAL}
 
@@ -492,7 +492,16 @@ def check_company_deal_only_without_own_work(c: Context, d: Decision) -> None:
         assert d.created  # a company contact with its company's deal open never opens work
 
 
+def check_attach_comments_never_create(c: Context, d: Decision) -> None:
+    if c.comment == "attach" and d.action in CREATE:
+        assert d.created  # only a re-run of what this very record created
+    if d.rule is Rule.COMMENT:
+        assert c.comment == "attach"
+        assert "comments: attach" in d.reason
+
+
 INVARIANTS = [
+    check_attach_comments_never_create,
     check_automatic_never_creates,
     check_company_deal_only_without_own_work,
     check_open_conversation_means_conversation_rule,
@@ -565,6 +574,12 @@ def _all_contexts() -> list[Context]:
         dataclasses.replace(c, company_deal=company_deal)
         for c in out
         if c.contact is not None and c.active_deal is None and c.open_lead is None
+    ]
+    # A comment on an account whose comments never create a lead (comments: attach).
+    out += [
+        dataclasses.replace(c, comment="attach")
+        for c in out
+        if c.active_deal is None and c.open_lead is None and c.company_deal is None
     ]
     return out
 

@@ -187,20 +187,6 @@ def period_label(cal: WorkingCalendar, at: datetime, group: Group) -> str:
     return start.strftime("%Y-%m") if group is Group.MONTH else start.isoformat()
 
 
-def mongo_bucket(group: Group, field_path: str, tz: str) -> Document:
-    """The same bucket computed by the store ($dateTrunc in the company's time zone)."""
-    spec: Document = {"date": field_path, "unit": group.value, "timezone": tz}
-    if group is Group.WEEK:
-        spec["startOfWeek"] = "monday"
-    return {"$dateTrunc": spec}
-
-
-def label_of_truncated(at: datetime, group: Group, tz: Any) -> str:
-    """The label of a bucket start returned by :func:`mongo_bucket` (a UTC instant)."""
-    local = at.astimezone(tz).date()
-    return local.strftime("%Y-%m") if group is Group.MONTH else local.isoformat()
-
-
 # --- statistics -----------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from crm_store.reports.common import (
@@ -20,9 +21,7 @@ from crm_store.reports.common import (
     Ctx,
     Report,
     by_ids,
-    label_of_truncated,
     make_report,
-    mongo_bucket,
 )
 from crm_store.store import Document
 
@@ -35,44 +34,32 @@ METRICS = [
     "calls_answered",
     "calls_missed",
 ]
+BATCH = 5000
 
 
 async def _messages(ctx: Ctx, out: Counter) -> None:
-    tz = ctx.cal.tz
-    pipeline: list[Document] = [
-        {"$match": {"direction": "in", "received_at": ctx.range()}},
-        {
-            "$group": {
-                "_id": {
-                    "c": "$conversation_id",
-                    "b": mongo_bucket(ctx.req.group, "$received_at", str(tz)),
-                    "ch": "$channel",
-                    "s": "$source_id",
-                },
-                "n": {"$sum": 1},
-            }
-        },
-    ]
-    groups = await (await ctx.store.messages.aggregate(pipeline)).to_list()
-    convs = await ctx.conversations(g["_id"]["c"] for g in groups if g["_id"].get("c"))
-    for g in groups:
-        k = g["_id"]
-        conv = convs.get(k.get("c") or "", {})
+    """Counted in the process from a projection: on the embedded store a find of the
+    range is about three times faster than the same $group with $dateTrunc
+    (docs/reports.md)."""
+    proj = {"_id": 0, "conversation_id": 1, "received_at": 1, "channel": 1, "source_id": 1}
+    query = {"direction": "in", "received_at": ctx.range()}
+    counts: dict[tuple[str | None, str, str | None, str | None], int] = defaultdict(int)
+    async for m in ctx.store.messages.find(query, proj, batch_size=BATCH):
+        period = ctx.period(m["received_at"])
+        counts[(m.get("conversation_id"), period, m.get("channel"), m.get("source_id"))] += 1
+    convs = await ctx.conversations(c for c, _, _, _ in counts if c)
+    for (cid, period, channel, source), n in counts.items():
+        conv = convs.get(cid or "", {})
         dept = conv.get("department")
         if not ctx.visible(dept):
             continue
-        key = ctx.key(
-            channel=k.get("ch"),
-            source=k.get("s"),
+        dim = ctx.key(
+            channel=channel,
+            source=source,
             responsible=conv.get("assignee_id"),
             department=dept,
         )
-        out.add(
-            label_of_truncated(k["b"], ctx.req.group, tz),
-            key,
-            "inbound_messages",
-            g["n"],
-        )
+        out.add(period, dim, "inbound_messages", n)
 
 
 async def _conversations(ctx: Ctx, out: Counter) -> None:
