@@ -27,8 +27,10 @@ from automation.calendar import WorkingCalendar
 from config.models import AppConfig
 from crm_store.store import Collection, Document, Store
 
-# $in lists stay short: the embedded store re-checks each hit against the whole list.
+# $in lists stay short: the embedded store re-checks each hit against the whole list, so
+# a query naming k values costs about hits × k (docs/store.md).
 CHUNK = 100
+FIELD_CHUNK = 25  # a non-_id field: several hits per value
 NONE_KEY = "—"  # the dimension value of a fact that has none (no source, no responsible)
 
 Cell = str | int | float | None
@@ -162,8 +164,8 @@ async def by_field(
 ) -> list[Document]:
     out: list[Document] = []
     unique = list(dict.fromkeys(values))
-    for i in range(0, len(unique), CHUNK):
-        query = {name: {"$in": unique[i : i + CHUNK]}, **extra}
+    for i in range(0, len(unique), FIELD_CHUNK):
+        query = {name: {"$in": unique[i : i + FIELD_CHUNK]}, **extra}
         out.extend(await coll.find(query, proj).to_list())
     return out
 

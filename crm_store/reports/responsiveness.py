@@ -113,9 +113,12 @@ async def _episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]]:
         if kind is not None and isinstance(m.get("received_at"), datetime):
             timelines[m["conversation_id"]].append((m["received_at"], kind, m))
     wanted = set(conv_ids)
-    closes = ctx.store.events.find(
-        {"type": "conversation.closed"}, {"refs.conversation_id": 1, "occurred_at": 1}
-    )
+    # Closings since the oldest of these conversations began: none before matters.
+    began = [c["created_at"] for c in map(convs.get, conv_ids) if c and c.get("created_at")]
+    query: Document = {"type": "conversation.closed"}
+    if began and len(began) == len(conv_ids):
+        query["occurred_at"] = {"$gte": min(began)}
+    closes = ctx.store.events.find(query, {"refs.conversation_id": 1, "occurred_at": 1})
     async for ev in closes:
         cid = (ev.get("refs") or {}).get("conversation_id")
         if cid in wanted and isinstance(ev.get("occurred_at"), datetime):
