@@ -312,6 +312,17 @@ async def test_moderation(mongo_uri: str, db_name: str) -> None:
         assert "VK has no hidden comments" in body["detail"]
         assert fake.requests == []
 
+        # The provider refuses (no 'wall' right), then is busy: nothing recorded.
+        fake.fail_next(vk_error=15)
+        status, body = await api(svc, "POST", f"{base}/{doc['_id']}/moderate", {"action": "delete"})
+        assert (status, body["code"]) == (409, "provider_refused")
+        assert "VK denied access" in body["detail"]
+        fake.fail_next(vk_error=6)
+        status, body = await api(svc, "POST", f"{base}/{doc['_id']}/moderate", {"action": "delete"})
+        assert (status, body["code"]) == (503, "provider_unavailable")
+        assert (await stored(svc, key(5821))).get("deleted") is None
+        fake.requests.clear()
+
         status, body = await api(svc, "POST", f"{base}/{doc['_id']}/moderate", {"action": "delete"})
         assert status == 200, body
         assert (body["deleted"], body["moderation"]["action"]) == (True, "delete")
