@@ -10,6 +10,7 @@ from pathlib import Path
 from crm_store import tasks
 from tests.automation_support import msk, robots
 from tests.test_automation_engine import config_with_rules
+from tests.test_cli import run
 
 ADMIN = "sergey.volkov"
 
@@ -131,3 +132,42 @@ async def test_lead_check_reminder_while_stage_and_checked_at(
             quick["_id"],
             checked["_id"],
         }
+
+
+def test_check_config_warns_where_calendar_days_land_work_on_a_day_off(tmp_path: Path) -> None:
+    _, target = config_with_rules(
+        tmp_path,
+        """\
+        rules:
+          - id: control_call
+            on: stage.entered
+            if: {pipeline: orders, stage: approval}
+            after: 3d
+            do:
+              - create_task: {title: "Control call"}
+          - id: measure
+            on: deal.created
+            do:
+              - create_task: {title: "Measure", deadline: 2 days}
+          - id: fine
+            on: deal.created
+            after: 2wd
+            do:
+              - create_task: {title: "Working days", deadline: 1wd}
+          - id: escalate
+            on: deal.created
+            after: 15d
+            do:
+              - notify: {to: head, text: "Forgotten"}
+        """,
+    )
+    r = run("check-config", str(target))
+    assert r.code == 0, r.err
+    warned = [line for line in r.err.splitlines() if "calendar days" in line]
+    assert warned == [
+        "warning: rule control_call: after 3d counts calendar days and can land on a day off"
+        " (a Sunday, a holiday); if working days are meant, write 3wd (3 working days)",
+        "warning: rule measure: do[0].create_task.deadline 2d counts calendar days and can"
+        " land on a day off (a Sunday, a holiday); if working days are meant, write 2wd"
+        " (2 working days)",
+    ]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from automation.day_off_checks import day_off_warnings
 from automation.people import recipient_warnings
 from config.loader import ConfigError, check_config, load_config, missing_secrets
 from config.settings import Settings
@@ -49,7 +50,7 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
             )
         else:
             print(f"warning: environment variable {name} is not set", file=sys.stderr)
-    for level, text in recipient_warnings(cfg):
+    for level, text in [*recipient_warnings(cfg), *day_off_warnings(cfg)]:
         print(f"{level}: {text}", file=sys.stderr)
     print(
         f"{config_dir}: OK — {len(cfg.channels.accounts)} channel accounts, "
