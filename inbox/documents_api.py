@@ -1,6 +1,7 @@
 """Documents of deals for operators: generate, the registry, download, sign, send
 (docs/documents.md).
 
+- ``GET /api/v1/document-types`` — what can be generated (the configured templates).
 - ``POST /api/v1/deals/{id}/documents`` ``{"type", "key"?}`` — fill the type's template
   for the deal: a new version each call; the same ``key`` (or ``Idempotency-Key``
   header) again answers the same document (a retried click numbers nothing twice).
@@ -177,6 +178,32 @@ def _refused(exc: PaperworkError, field: str = "type") -> ApiError:
     if exc.code in ("conflict", "not_generated"):
         return ApiError(409, exc.code, str(exc))
     return ApiError(500, exc.code, str(exc))
+
+
+class DocumentType(BaseModel):
+    type: str
+    title: str
+    version: int
+
+
+class DocumentTypes(BaseModel):
+    items: list[DocumentType]
+
+
+@route(
+    "GET",
+    "/api/v1/document-types",
+    summary="The document types that can be generated (config/templates/templates.yaml)",
+    tag=TAG,
+    response=DocumentTypes,
+)
+async def document_types(call: Call) -> DocumentTypes:
+    return DocumentTypes(
+        items=[
+            DocumentType(type=t.type, title=t.title, version=t.version)
+            for t in call.svc.config.templates.templates
+        ]
+    )
 
 
 @route(

@@ -21,6 +21,7 @@ ASSETS = {
     "api.js": "text/javascript",
     "dom.js": "text/javascript",
     "i18n.js": "text/javascript",
+    "documents.js": "text/javascript",
     "comments.js": "text/javascript",
     "templates.js": "text/javascript",
     "app.css": "text/css",

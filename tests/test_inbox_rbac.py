@@ -269,6 +269,7 @@ MATRIX: dict[tuple[str, str], Row] = {
         "sales", "/api/v1/deals/{deal}/documents", _json({"type": "contract"})
     ),
     ("GET", "/api/v1/documents"): Row("mine", "/api/v1/documents"),
+    ("GET", "/api/v1/document-types"): Row("mine", "/api/v1/document-types"),
     ("GET", "/api/v1/documents/{id}"): Row("sales", "/api/v1/documents/{document}"),
     ("GET", "/api/v1/documents/{id}/file"): Row("sales", "/api/v1/documents/{document}/file"),
     ("POST", "/api/v1/documents/{id}/sent"): Row("sales", "/api/v1/documents/{document}/sent"),

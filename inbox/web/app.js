@@ -4,6 +4,7 @@
 
 import { ApiProblem, Live, call, enc, get, patch, post, saveToken, savedToken, whenUnauthorized } from "./api.js";
 import { commentReply, renderComments } from "./comments.js";
+import { documentsCard, documentsEvent } from "./documents.js";
 import { fill, h } from "./dom.js";
 import { LANGUAGES, lang, setLang, t, when } from "./i18n.js";
 import { reportsTab } from "./reports.js";
@@ -941,6 +942,7 @@ function renderCrm() {
       );
     }
     if (S.entity) parts.push(entityCard(S.entity));
+    if (S.entity?.kind === "deal") parts.push(documentsCard(S.entity.entity.id, renderCrm));
     else parts.push(h("p", { class: "muted" }, t("nothing_linked")));
     if (S.entity) parts.push(taskCard(t("tasks"), S.entity.tasks || [], "entity-tasks"));
   }
@@ -1217,6 +1219,7 @@ function onEvent(ev) {
     if (type === "lead.converted" || type === "deal.created") soon("list", () => refreshList());
   }
   if (type.startsWith("task.")) soon("tasks", () => refreshTasks());
+  if (type.startsWith("document.")) documentsEvent(refs);
   if (type === "notification.created") {
     const data = ev.data || {};
     toast(`${t("notification")}: ${data.text || ""}`);
