@@ -89,3 +89,22 @@ async def test_reports_view_draws_the_apis_figures(mongo_uri: str, db_name: str)
         await sign_in(other, anna)
         await expect(other.get_by_test_id("me")).to_be_visible()
         await expect(other.get_by_test_id("reports-tab")).to_have_count(0)
+
+
+async def test_the_chart_library_is_served_with_its_policy(mongo_uri: str, db_name: str) -> None:
+    async with in_process(mongo_uri, db_name) as svc:
+        http, base = svc.client.http, svc.client.base
+        async with http.get(f"{base}/static/vendor/uPlot.iife.min.js") as resp:
+            assert (resp.status, resp.content_type) == (200, "text/javascript")
+            assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+            assert (await resp.text()).startswith("/*! https://github.com/leeoniya/uPlot (v1.6.32)")
+        for name in ("reports.js", "reports.css"):
+            async with http.get(f"{base}/static/{name}") as resp:
+                assert resp.status == 200, name
+        for path in (
+            "/static/vendor/uPlot.LICENSE",
+            "/static/vendor/..%2Freports.js",
+            "/static/vendor/nope.js",
+        ):
+            async with http.get(f"{base}{path}") as resp:
+                assert resp.status == 404, path
