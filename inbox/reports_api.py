@@ -64,7 +64,7 @@ Moment = Annotated[
 
 
 class ReportQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
     from_: Moment | None = Field(
         default=None, alias="from", description="start (inclusive): an instant or a date"

@@ -710,6 +710,7 @@ BAD = [
     ("from=99999-01-01", "from"),
     ("to=2026-01-01T10:00:00", "to"),
     ("limit=5", "limit"),
+    ("from_=2026-01-01", "from_"),
     ("table=nope&format=csv", "table"),
 ]
 
