@@ -227,16 +227,29 @@ async def apply_reaction(store: Store, reaction: MessageReaction) -> bool:
 
 async def _react(store: Store, reaction: MessageReaction, received: datetime) -> bool:
     """False if the message is not stored; a reaction older than the one kept for the
-    same reactor changes nothing."""
+    same reactor changes nothing. Read, compare, then write guarded by what was read (no
+    ``$or``: the embedded store would scan, docs/store.md); a concurrent reaction of the
+    same reactor makes it read again."""
     at = to_ms(reaction.at or received)
     field = reaction_field(reaction.by)
-    result = await store.messages.update_one(
-        {**_target(reaction), "$or": [{field: {"$exists": False}}, {f"{field}.at": {"$lte": at}}]},
-        {"$set": {field: {"reaction": reaction.reaction, "at": at}}},
-    )
-    if result.matched_count:
-        return True
-    return await store.messages.find_one(_target(reaction), {"_id": 1}) is not None
+    who = field.removeprefix("reactions.")
+    for _ in range(MAX_EDIT_TRIES):
+        msg = await store.messages.find_one(_target(reaction), {"_id": 1, field: 1})
+        if msg is None:
+            return False
+        kept = (msg.get("reactions") or {}).get(who)
+        kept_at = kept.get("at") if isinstance(kept, dict) else None
+        if kept_at is not None and kept_at > at:
+            return True  # a newer reaction of this person is there already
+        guard: Document = {"_id": msg["_id"], f"{field}.at": kept_at}
+        if kept is None:
+            guard = {"_id": msg["_id"], field: {"$exists": False}}
+        result = await store.messages.update_one(
+            guard, {"$set": {field: {"reaction": reaction.reaction, "at": at}}}
+        )
+        if result.matched_count:
+            return True
+    raise RuntimeError(f"message {reaction.provider_id}: {MAX_EDIT_TRIES} concurrent reactions")
 
 
 # --------------------------------------------------------------------------- restores
@@ -337,20 +350,25 @@ async def apply_watermark(store: Store, mark: ReadWatermark) -> int:
     history, never backwards). A message whose send has not returned yet is not covered;
     the next watermark is. Returns how many moved."""
     rank = STATE_RANK[mark.state]
+    # Exactly the fields of ``recipient_sent``, hinted (a partial index); the rest is
+    # filtered here (docs/store.md: what the embedded store answers from an index).
     cursor = store.messages.find(
         {
             "channel": mark.channel,
             "account": mark.account,
-            "direction": "out",
             "recipient": mark.recipient,
             "sent_at": {"$lte": mark.upto},
-            "state_rank": {"$lt": rank},
-            "provider_id": {"$exists": True},
         },
-        {"provider_id": 1},
+        {"provider_id": 1, "direction": 1, "state_rank": 1},
+        hint="recipient_sent",
+        sort=[("sent_at", -1)],
     ).limit(WATERMARK_LIMIT)
     moved = 0
     async for doc in cursor:
+        if doc.get("direction") != "out" or not doc.get("provider_id"):
+            continue
+        if int(doc.get("state_rank") or 0) >= rank:
+            continue
         status = StatusUpdate(
             channel=mark.channel,
             account=mark.account,
