@@ -23,7 +23,8 @@ prefix             object      its id / owner fields    link
 * ``_edit`` → a :class:`MessageEdit` (VK gives no edit time: applied in arrival order).
 * ``_restore`` (a deleted comment put back) → a :class:`MessageEdit` with the restored
   text: crm_store/updates.py lifts the deletion when an edit arrives after it, so the
-  comment is shown as not deleted again (its text, unchanged, adds no edit history).
+  comment is shown as not deleted again (its text, unchanged, adds no edit history); and
+  the comment itself, stored if we never had it (otherwise a duplicate).
 * ``_delete`` (``{owner_id, id, deleter_id | user_id, post_id | photo_id …}``) → a
   :class:`MessageDeletion`; the comment stays stored, marked deleted.
 * The community's own comments (``from_id == -group_id``: our public replies, an admin
@@ -188,7 +189,10 @@ def read(account: ChannelAccount, group: int, event_type: str, obj: dict[str, An
             text=msg.text,
             attachments=msg.attachments,
         )
-        return Parsed(edits=[edit], reply=OK)
+        # A restore carries the whole comment: one we never stored (deleted before the
+        # community was connected, or its _new lost) is stored now; otherwise the message
+        # is a duplicate and only the edit counts.
+        return Parsed(messages=[msg] if verb == "restore" else [], edits=[edit], reply=OK)
     return Parsed(reply=OK)
 
 

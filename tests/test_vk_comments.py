@@ -148,6 +148,13 @@ async def test_new_edit_delete_restore(mongo_uri: str, db_name: str) -> None:
         # The same restore again (VK's redelivery) changes nothing.
         await post(svc, envelope("wall_reply_restore", edited))
         assert (await event_types(svc)).count("message.restored") == 1
+        assert await svc.store.messages.count_documents({}) == 1
+        # A restore of a comment never stored (deleted before we were connected) stores it.
+        await post(svc, envelope("wall_reply_restore", comment(4000, "Старый вопрос")))
+        await svc.routed()
+        old = await stored(svc, key(4000))
+        assert (old["text"], old.get("deleted")) == ("Старый вопрос", None)
+        assert old["conversation_id"] == doc["conversation_id"]
 
 
 async def test_echoes_and_other_communities_are_not_inbound(mongo_uri: str, db_name: str) -> None:
