@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -103,6 +104,44 @@ async def send_sms(ex: Executor, p: Planned, spec: SendSms, snap: Snapshot) -> N
 
 
 async def send_survey(ex: Executor, p: Planned, spec: SendSurvey, snap: Snapshot) -> None:
+    """The deal's survey (one per deal and survey: the same link every time) and a
+    message with its signed link, through the conversation's channel or by SMS."""
+    from automation import templates
     from automation.actions import ActionError
+    from automation.rules import SendMessage
+    from crm_store import entities, outbox, surveys
 
-    raise ActionError("not_available", "surveys are not built yet")
+    ex.deal_or_lead(snap, "send_survey")
+    pipeline = ex.config.pipeline(snap.pipeline_id) if snap.pipeline_id else None
+    survey = pipeline.survey(spec.survey) if pipeline is not None else None
+    if snap.kind != "deal" or survey is None:
+        raise ActionError(
+            "no_survey", f"no survey '{spec.survey}' in the deal's pipeline {snap.pipeline_id}"
+        )
+    deal = await entities.get(ex.store, "deal", snap.id)
+    if deal is None:
+        raise ActionError("not_found", f"no deal {snap.id}")
+    user = ex.config.user(snap.responsible_id) if snap.responsible_id else None
+    doc = await surveys.create(
+        ex.store,
+        deal,
+        survey,
+        department=user.department if user is not None else None,
+        at=ex.clock.now(),
+    )
+    expires: datetime = doc["expires_at"]
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    token = (await surveys.signer(ex.store)).token(doc["_id"], expires)
+    link = f"{survey.base_url.rstrip('/')}/survey/{token}"
+    text = templates.render(survey.text, {**ex.values(p, snap), "survey.link": link})
+    if spec.via == "sms":
+        await queue_sms(ex, p, snap, sms_account(ex, None), text)
+        return
+    conv = await ex.conversation(SendMessage(text=text), snap)
+    if conv is None:
+        raise ActionError("no_conversation", "no conversation with the customer")
+    with contextlib.suppress(DuplicateKeyError):  # queued by an earlier run
+        await outbox.queue(
+            ex.store, conv, text=text, author_id=ex.by(p), message_id=p.key, automatic=True
+        )

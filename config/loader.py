@@ -44,6 +44,7 @@ from config.models import (
     CalendarFile,
     ChannelAccount,
     ChannelsFile,
+    Pipeline,
     PipelineKind,
     PipelinesFile,
     SourceMode,
@@ -463,6 +464,7 @@ class _Checker:
                     ("pipelines", i, "stages"),
                     f"pipeline '{p.id}' has no final stage (outcome: won or failed)",
                 )
+            self.surveys(i, p)
             for j, stage in enumerate(p.stages):
                 at: Path_ = ("pipelines", i, "stages", j)
                 if stage.no_return and stage.final:
@@ -679,6 +681,29 @@ class _Checker:
                 continue  # a literal secret: channel_secrets() reports it
             path: Path_ = ("accounts", i, "settings", *loc)
             self.report(CHANNELS, path, _error_message(err, path))
+
+    def surveys(self, i: int, p: Pipeline) -> None:
+        """A pipeline's surveys (docs/survey.md): ids and question keys unique, the
+        thresholds' stages in the pipeline."""
+        at: Path_ = ("pipelines", i, "surveys")
+        self.unique(
+            PIPELINES, "survey id", [(s.id, (*at, k, "id")) for k, s in enumerate(p.surveys)]
+        )
+        for k, survey in enumerate(p.surveys):
+            self.unique(
+                PIPELINES,
+                "question key",
+                [(q.key, (*at, k, "questions", n, "key")) for n, q in enumerate(survey.questions)],
+                scope=f"in survey '{survey.id}'",
+            )
+            for name in ("all_top_stage", "otherwise_stage"):
+                stage = getattr(survey.thresholds, name)
+                if stage is not None and p.stage(stage) is None:
+                    self.report(
+                        PIPELINES,
+                        (*at, k, "thresholds", name),
+                        f"pipeline '{p.id}' has no stage '{stage}'",
+                    )
 
     def sms_settings(self, i: int, a: ChannelAccount) -> None:
         """The provider, its credentials' variable names, the sender name, the numbers

@@ -136,6 +136,40 @@ class Stage(Strict):
         return self.outcome is not StageOutcome.OPEN
 
 
+class SurveyQuestion(Strict):
+    """One 1–5 question of a quality survey, in both languages of the survey page."""
+
+    key: Ident
+    ru: str = Field(min_length=1, max_length=300)
+    en: str = Field(min_length=1, max_length=300)
+
+
+class SurveyThresholds(Strict):
+    """Where an answered survey moves its deal: every answer ``top`` → ``all_top_stage``,
+    anything less → ``otherwise_stage`` (None: the deal stays)."""
+
+    top: int = Field(default=5, ge=1, le=5)
+    all_top_stage: Ident | None = None
+    otherwise_stage: Ident | None = None
+
+
+class Survey(Strict):
+    """A quality survey of a pipeline's deals (docs/survey.md): ``send_survey`` gives the
+    customer a signed, expiring link to its page, one per deal."""
+
+    id: Ident
+    title_ru: str = Field(default="Оцените нашу работу", max_length=200)
+    title_en: str = Field(default="Rate our work", max_length=200)
+    questions: list[SurveyQuestion] = Field(min_length=1, max_length=20)
+    comment: bool = True
+    link_ttl_days: int = Field(default=30, ge=1, le=365)
+    # Where customers reach the service: the link is ``{base_url}/survey/{token}``.
+    base_url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=300)
+    # The message carrying the link; ``{survey.link}`` and automation's placeholders.
+    text: str = Field(min_length=1, max_length=1000)
+    thresholds: SurveyThresholds = Field(default_factory=SurveyThresholds)
+
+
 class Pipeline(Strict):
     id: Ident
     kind: PipelineKind
@@ -146,6 +180,11 @@ class Pipeline(Strict):
     stages: list[Stage] = Field(min_length=1)
     # Forbid moving back to an earlier open stage.
     forbid_backward: bool = False
+    # Quality surveys of this pipeline's deals (docs/survey.md).
+    surveys: list[Survey] = Field(default_factory=list)
+
+    def survey(self, survey_id: str) -> Survey | None:
+        return next((s for s in self.surveys if s.id == survey_id), None)
     # A new responsible of a deal becomes its contact's and company's too (the forensic
     # bureau; automation/worker.py follows deal.responsible_changed).
     cascade_responsible: bool = False

@@ -199,6 +199,14 @@ class DocumentChanged(_Data):
     by: str | None
 
 
+class SurveyAnswered(_Data):
+    deal_id: str = Field(description="the survey deal")
+    survey: str | None = Field(description="the survey's id in the pipeline's config")
+    answers: dict[str, int] = Field(description="{question key: 1..5}")
+    average: float
+    all_top: bool = Field(description="every answer is the top score")
+
+
 EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "contact.created": (ContactCreated, "routing created a contact for a new sender"),
     "lead.created": (EntityCreated, "a new lead (unknown sender, rule 5)"),
@@ -259,6 +267,10 @@ EVENT_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "task.created": (TaskCreated, "a task was created (by a rule or a person)"),
     "task.completed": (TaskChanged, "a task was marked done"),
     "task.reopened": (TaskChanged, "a done task was opened again"),
+    "survey.answered": (
+        SurveyAnswered,
+        "a customer answered a quality survey (once per survey; docs/survey.md)",
+    ),
     "task.cancelled": (
         TaskCancelled,
         "an open task was cancelled (not done): its lead or deal closed, was converted or deleted",

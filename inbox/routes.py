@@ -24,6 +24,7 @@ from inbox import (  # noqa: F401 - imported for their route declarations
     messages_api,
     openapi,
     reports_api,
+    survey_page,
     templates_api,
     users_api,
     watchers_api,
@@ -42,3 +43,4 @@ def setup(app: web.Application) -> None:
     live_api.setup(app)
     users_api.setup(app)
     web_page.setup(app)
+    survey_page.setup(app)
