@@ -1013,10 +1013,11 @@ def _templates(
     docs: dict[str, _Doc],
     problems: list[ConfigProblem],
     pipelines: PipelinesFile | None,
+    automation: AutomationFile | None = None,
 ) -> TemplatesFile | None:
     """``templates/templates.yaml`` (optional; docs/documents.md): each type once, its
     DOCX file present, its number format usable; every ``requires_documents`` type of
-    pipelines.yaml declared."""
+    pipelines.yaml and every ``document`` action's template declared."""
     if not (config_dir / TEMPLATES).is_file():
         tf: TemplatesFile | None = TemplatesFile()
     else:
@@ -1051,6 +1052,17 @@ def _templates(
                         ("pipelines", i, "stages", j, "requires_documents", k, "type"),
                         f"no document type '{req.type}' in {TEMPLATES}",
                     )
+    # Without templates.yaml documents are not set up: a copied configuration may keep its
+    # document rules, which then fail at run time (automation.failed unknown_type).
+    configured = (config_dir / TEMPLATES).is_file()
+    for i, rule in enumerate(automation.rules if automation and configured else []):
+        for j, action in enumerate(rule.do):
+            if action.document is not None and action.document.template not in declared:
+                check.report(
+                    AUTOMATION,
+                    ("rules", i, "do", j, "document", "template"),
+                    f"no document type '{action.document.template}' in {TEMPLATES}",
+                )
     return tf.model_copy(update={"dir": str((config_dir / "templates").resolve())})
 
 
@@ -1083,7 +1095,7 @@ def _load(config_dir: Path) -> tuple[AppConfig | None, list[ConfigProblem]]:
         check.calendar(calendar)
     if automation is not None:
         check.automation(automation, pipelines, users, channels)
-    templates = _templates(config_dir, docs, problems, pipelines)
+    templates = _templates(config_dir, docs, problems, pipelines, automation)
 
     order = {file: i for i, file in enumerate(CONFIG_FILES)}
     problems.sort(key=lambda p: (order.get(p.file, -1), p.line or 0, p.column or 0))

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +24,7 @@ import orjson
 import pytest
 
 from automation.paperwork import make, render
-from config.loader import load_config
+from config.loader import check_config, load_config
 from config.models import AppConfig, RequiredDocument
 from config.settings import DEFAULT_CONFIG_DIR
 from crm_store import tokens
@@ -454,3 +457,38 @@ async def test_send_by_email_and_refused_where_files_cannot_go(
                 assert await store.messages.count_documents({"direction": "out"}) == before
     finally:
         server.cleanup()
+
+
+def test_check_config_reports_template_problems_at_their_line(tmp_path: Path) -> None:
+    target = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, target, ignore=shutil.ignore_patterns("*.py", "examples"))
+    auto = target / "automation.yaml"
+    auto.write_text(auto.read_text().replace("{template: appendix}", "{template: apendix}"))
+    manifest = target / "templates" / "templates.yaml"
+    text = manifest.read_text().replace("file: invoice.docx", "file: missing.docx")
+    manifest.write_text(text.replace('"{n}"', '"{number}"'))
+    problems = [(p.file, p.key, p.message) for p in check_config(target)]
+    assert ("templates/templates.yaml", "templates[3].file", "no file templates/missing.docx") in (
+        problems
+    )
+    assert any(key == "templates[3].number_format" for _, key, _ in problems)
+    assert any(f == "automation.yaml" and "no document type 'apendix'" in m for f, _, m in problems)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        "items",
+        [None, 1, "x", []],
+        [{"name": None, "quantity": "abc", "price": {"x": 1}}],
+        [{"quantity": 10**30, "price": "1e400"}],
+        [{"name": "x" * 10_000, "quantity": -1, "price": True}],
+        [{"name": "ok"}] * 600,
+    ],
+)
+def test_line_items_take_whatever_a_deal_holds(raw: Any) -> None:
+    items, total = render.line_items(raw)
+    assert len(items) <= render.MAX_ITEMS
+    assert all(isinstance(i["sum"], Decimal) for i in items)
+    assert isinstance(total, Decimal)

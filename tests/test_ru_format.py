@@ -9,6 +9,7 @@ import pytest
 
 from automation.paperwork.numbering import format_number, reaches
 from automation.paperwork.ru_format import (
+    FILTERS,
     FormatError,
     amount_words,
     date_ru,
@@ -86,3 +87,13 @@ def test_numbering_helpers() -> None:
     assert reaches("sent", "sent")
     assert not reaches("generated", "signed")
     assert not reaches("pending", "generated")
+
+
+def test_template_filters_print_what_they_cannot_format() -> None:
+    with pytest.raises(FormatError):
+        money(10**15)
+    assert FILTERS["money"]("abc") == "abc"
+    assert FILTERS["money"](None) == ""
+    assert FILTERS["date_ru"]("soon") == "soon"
+    assert FILTERS["amount_words"]("1e400") == "1e400"
+    assert FILTERS["amount_words"](1, capital=True) == "Один рубль 00 копеек"

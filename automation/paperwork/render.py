@@ -37,6 +37,7 @@ class RenderError(Exception):
 
 
 def _dec(value: object) -> Decimal:
+    """A number of an item; 0 for anything else (text, a bool, 10^15 or more)."""
     try:
         return ru_format.to_decimal(value)
     except ru_format.FormatError:
@@ -57,7 +58,7 @@ def line_items(raw: object) -> tuple[list[dict[str, Any]], Decimal]:
             continue
         qty = _dec(item.get("quantity", 1))
         price = _dec(item.get("price", 0)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-        line = (qty * price).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+        line = _dec(qty * price).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
         total += line
         out.append(
             {

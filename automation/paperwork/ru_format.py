@@ -12,12 +12,19 @@
   NBSP everywhere, it never breaks a number across lines, and it is what a typist types
   (Ctrl+Shift+Space).
 - :func:`money`: "1 234,50 ₽" — always two decimals, NBSP before the sign.
+
+The functions raise :class:`FormatError` for what is not a number (or a date), or a
+magnitude of 10^15 or more; the template filters (:data:`FILTERS`) print such a value as it
+is instead, so one odd deal field does not fail the whole document.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
 
 from num2words import num2words
 
@@ -37,6 +44,10 @@ MONTHS_GENITIVE = (
     "ноября",
     "декабря",
 )
+
+# The largest magnitude formatted (a quadrillion roubles): beyond it is a typo, and
+# Decimal's default precision ends soon after.
+MAX_AMOUNT = Decimal(10) ** 15
 
 RUBLE = ("рубль", "рубля", "рублей")
 KOPECK = ("копейка", "копейки", "копеек")
@@ -78,8 +89,8 @@ def to_decimal(value: object) -> Decimal:
             raise FormatError(f"not a number: {value!r}") from None
     else:
         raise FormatError(f"not a number: {value!r}")
-    if not out.is_finite():
-        raise FormatError(f"not a finite number: {value!r}")
+    if not out.is_finite() or abs(out) >= MAX_AMOUNT:
+        raise FormatError(f"not a number below 10^15: {value!r}")
     return out
 
 
@@ -151,4 +162,23 @@ def date_ru(value: object, *, suffix: bool = True) -> str:
     return f"{out}{NBSP}г." if suffix else out
 
 
-FILTERS = {"amount_words": amount_words, "date_ru": date_ru, "money": money, "num": num}
+def lenient(fn: Callable[..., str]) -> Callable[..., str]:
+    """A template filter that prints a value it cannot format as it is (an empty string
+    for None) instead of failing the whole document over one odd deal field."""
+
+    @functools.wraps(fn)
+    def filtered(value: object, *args: Any, **kwargs: Any) -> str:
+        try:
+            return fn(value, *args, **kwargs)
+        except (FormatError, ArithmeticError, ValueError, TypeError):
+            return "" if value is None else str(value)
+
+    return filtered
+
+
+FILTERS = {
+    "amount_words": lenient(amount_words),
+    "date_ru": lenient(date_ru),
+    "money": lenient(money),
+    "num": lenient(num),
+}
