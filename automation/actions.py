@@ -45,6 +45,7 @@ from automation.rules import (
     Notify,
     SendMessage,
     SetField,
+    StartProcess,
     TemplateSend,
 )
 from channels import whatsapp_templates as wa_templates
@@ -165,6 +166,8 @@ class Executor:
             await sms_actions.send_sms(self, p, a.send_sms, snap)
         elif a.send_survey is not None:
             await sms_actions.send_survey(self, p, a.send_survey, snap)
+        elif a.start_process is not None:
+            await self.start_process(p, a.start_process, snap)
 
     # --- helpers ------------------------------------------------------------------
 
@@ -430,6 +433,38 @@ class Executor:
             key=p.key,
             by=self.by(p),
             at=self.clock.now(),
+        )
+
+    async def start_process(self, p: Planned, spec: StartProcess, snap: Snapshot) -> None:
+        """A linked deal in ``spec.pipeline`` (its id from the action's key: a re-run finds
+        it), ``parent_id`` → this deal, this deal's ``children`` ← it."""
+        if snap.kind != "deal":
+            raise ActionError("not_a_deal", f"start_process needs a deal, not a {snap.kind}")
+        source = await entities.get(self.store, "deal", snap.id)
+        if source is None:
+            raise ActionError("not_found", f"no deal {snap.id}")
+        pipeline = self.config.pipeline(spec.pipeline)
+        stage = spec.stage or pipeline.first_stage.id
+        fields = None if spec.fields == "all" else list(spec.fields)
+        child, _ = await entities.copy_to_pipeline(
+            self.store,
+            source,
+            pipeline,
+            stage,
+            fields,
+            key=p.key,
+            by=self.by(p),
+            at=self.clock.now(),
+        )
+        link: Document = {
+            "parent_id": snap.id,
+            "on_complete": spec.on_complete.model_dump() if spec.on_complete else None,
+        }
+        if source.get("company_id"):
+            link["company_id"] = source["company_id"]
+        await self.store.deals.update_one({"_id": child["_id"]}, {"$set": link})
+        await self.store.deals.update_one(
+            {"_id": snap.id}, {"$addToSet": {"children": child["_id"]}}
         )
 
     async def conversation(self, spec: SendMessage, snap: Snapshot) -> Document | None:

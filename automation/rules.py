@@ -213,6 +213,24 @@ class CopyToPipeline(Strict):
     fields: Literal["all"] | list[Ident] = "all"
 
 
+class OnComplete(Strict):
+    # The parent deal's stage once the process reaches a won stage ("next": the next open
+    # stage after the one it is in).
+    move_to_stage: Ident = "next"
+
+
+class StartProcess(Strict):
+    """A linked process: a new deal in another pipeline (the bureau's laboratory project,
+    the kitchen's production) with the parent's contact, company and ``fields``, linked
+    both ways (``parent_id`` on it, ``children`` on the parent). When it enters a won stage
+    the parent moves as ``on_complete`` says (null: it stays)."""
+
+    pipeline: Ident
+    stage: Ident | None = None
+    fields: Literal["all"] | list[Ident] = "all"
+    on_complete: OnComplete | None = Field(default_factory=OnComplete)
+
+
 class TemplateSend(Strict):
     """A provider message template (WhatsApp, configured on the account): ``params`` are
     text templates rendered like ``text``, one per placeholder ``{{1}}`` … in order."""
@@ -286,6 +304,7 @@ ACTIONS: tuple[str, ...] = (
     "document",
     "send_sms",
     "send_survey",
+    "start_process",
 )
 
 
@@ -306,6 +325,7 @@ class Action(Strict):
     document: MakeDocument | None = None
     send_sms: SendSms | None = None
     send_survey: SendSurvey | None = None
+    start_process: StartProcess | None = None
 
     @property
     def kind(self) -> str:

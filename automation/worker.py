@@ -40,6 +40,7 @@ from automation.clock import SYSTEM_CLOCK, Clock
 from automation.conditions import Snapshot
 from automation.evaluate import (
     CLOSING_EVENTS,
+    Planned,
     RuleBook,
     TimerPlan,
     entity_of,
@@ -47,6 +48,7 @@ from automation.evaluate import (
     plan_event,
     plan_timer,
 )
+from automation.rules import Action, MoveToStage, Rule
 from config.models import AppConfig
 from crm_store import cursors, entities, feed, tasks, timers, watchers
 from crm_store import routing_store as rs
@@ -231,6 +233,8 @@ class AutomationWorker:
             await self.close_tasks(ev)
         if ev["type"] in FOLLOW_EVENTS:
             await self.follow_responsible(ev)
+        if ev["type"] == "deal.stage_changed":
+            await self.complete_process(ev)
         facts = facts_of(ev)
         ref = entity_of(ev)
         if not facts or ref is None:
@@ -329,6 +333,33 @@ class AutomationWorker:
                 {"_id": deal["_id"]}, {"$set": {"agent_id": dept.agent}}
             )
             await watchers.change(self.store, "deal", deal["_id"], dept.agent, add=True, by=by)
+
+    async def complete_process(self, ev: Mapping[str, Any]) -> None:
+        """A linked process (automation start_process) that entered a won stage moves its
+        parent deal as its ``on_complete`` says — through the executor, keyed by the event,
+        so a replay moves nothing twice; a refused move is an ``automation.failed``."""
+        deal_id = (ev.get("refs") or {}).get("deal_id")
+        child = await self.store.deals.find_one({"_id": deal_id}) if deal_id else None
+        if child is None or not child.get("parent_id") or not child.get("on_complete"):
+            return
+        pipeline = next(
+            (p for p in self.config.pipelines.pipelines if p.id == child.get("pipeline_id")), None
+        )
+        stage = pipeline.stage((ev.get("data") or {}).get("to") or "") if pipeline else None
+        if stage is None or stage.outcome.value != "won" or child.get("stage_id") != stage.id:
+            return
+        parent = await snapshot.load(self.store, self.book, "deal", child["parent_id"])
+        if parent is None or not parent.open:
+            return
+        target = str(child["on_complete"].get("move_to_stage") or "next")
+        rule = Rule(
+            id="process_completed",
+            on=("stage.entered",),
+            do=[Action(move_to_stage=MoveToStage(stage=target))],
+        )
+        key = stable_id("process", child["_id"], str(ev["_id"]))
+        deferred = await self.executor.run([Planned(rule, 0, rule.do[0], key)], parent)
+        await deferred.write(self.store, maybe_written=True)
 
     async def run_reminders(self) -> int:
         """Tell each assignee of an open task whose ``remind_at`` has come (the rule's

@@ -915,8 +915,9 @@ class _Checker:
                 (*at, "move_to_stage", "stage"),
                 f"no stage '{mv.stage}' in " + ", ".join(f"'{p}'" for p in scope),
             )
-        if (cp := action.copy_to_pipeline) is not None and refs.pipelines is not None:
-            p = (*at, "copy_to_pipeline")
+        cp = action.copy_to_pipeline or action.start_process
+        if cp is not None and refs.pipelines is not None:
+            p = (*at, "copy_to_pipeline" if action.copy_to_pipeline else "start_process")
             kind = refs.pipelines.get(cp.pipeline)
             if kind is None:
                 self.report(AUTOMATION, (*p, "pipeline"), f"unknown pipeline '{cp.pipeline}'")

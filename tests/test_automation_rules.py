@@ -161,7 +161,8 @@ def test_errors_point_at_file_line_column_and_key(tmp_path: Path) -> None:
         "expression ends too early",
         "automation.yaml:9:9: rules[0].do[3]: an action has exactly one of: create_task, "
         "notify, set_field, move_to_stage, copy_to_pipeline, send_message, next_number, "
-        "cascade_responsible, close_as_junk, delete_duplicate, webhook, document, send_sms, send_survey",
+        "cascade_responsible, close_as_junk, delete_duplicate, webhook, document, send_sms, "
+        "send_survey, start_process",
         "automation.yaml:12:12: rules[1].times: 'times' needs 'every' or 'daily'",
         "automation.yaml:13:12: rules[1].while: 'while' needs a delay: after, every, at or daily",
         "automation.yaml:15:38: rules[1].do[0].copy_to_pipeline.pipeline: copies are deals: "

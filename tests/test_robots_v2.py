@@ -171,3 +171,62 @@ def test_check_config_warns_where_calendar_days_land_work_on_a_day_off(tmp_path:
         " land on a day off (a Sunday, a holiday); if working days are meant, write 2wd"
         " (2 working days)",
     ]
+
+
+PROCESS_RULES = """
+rules:
+  - id: lab
+    on: stage.entered
+    if: {pipeline: orders, stage: approval}
+    do:
+      - start_process: {pipeline: direct, stage: in_progress, fields: [estimate_amount]}
+"""
+
+
+async def test_linked_process_completion_moves_the_parent(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    cfg, _ = config_with_rules(tmp_path, PROCESS_RULES)
+    async with robots(mongo_uri, db_name, config=cfg) as r:
+        lead = await r.lead_from("v2-p1", "+79008880101", "Лаборатория")
+        status, deal = await r.api("POST", f"/api/v1/leads/{lead['_id']}/convert", ADMIN, {})
+        assert status == 201
+        await r.set("deal", deal["id"], estimate_amount=90000)
+        await r.move("deal", deal["id"], "approval")
+        await r.run()
+        parent = await r.get("deal", deal["id"])
+        [child_id] = parent["children"]
+        child = await r.get("deal", child_id)
+        assert (child["pipeline_id"], child["stage_id"], child["parent_id"]) == (
+            "direct",
+            "in_progress",
+            deal["id"],
+        )
+        assert child["fields"] == {"estimate_amount": 90000}
+        assert child["contact_id"] == parent["contact_id"]
+        # The stage move runs the rule again: still one process.
+        await r.run()
+        assert (await r.get("deal", deal["id"]))["children"] == [child_id]
+
+        # The process wins: the parent (its next stage's guards met) moves on.
+        await r.set(
+            "deal",
+            deal["id"],
+            contract_number="K-1",
+            amount=90000,
+            payment_due_date="2025-06-01",
+        )
+        await r.move("deal", child_id, "won")
+        await r.run()
+        parent = await r.get("deal", deal["id"])
+        assert parent["stage_id"] == "awaiting_payment"
+        moves = [
+            e for e in await r.events("deal.stage_changed") if e["refs"]["deal_id"] == deal["id"]
+        ]
+        assert [m["data"]["to"] for m in moves] == ["approval", "awaiting_payment"]
+        # A replay of the completion moves nothing again.
+        [won] = [
+            e for e in await r.events("deal.stage_changed") if e["refs"]["deal_id"] == child_id
+        ]
+        await r.worker.complete_process(won)
+        assert (await r.get("deal", deal["id"]))["stage_id"] == "awaiting_payment"
