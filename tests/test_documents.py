@@ -29,7 +29,9 @@ from config.models import AppConfig, RequiredDocument
 from config.settings import DEFAULT_CONFIG_DIR
 from crm_store import tokens
 from crm_store.documents import stable_id
+from crm_store.stages import StageError
 from crm_store.store import Document, Store
+from tests.automation_support import msk, robots, seed_config
 from tests.helpers import wait_for
 from tests.mail_support import (
     MAIL_PASSWORD,
@@ -492,3 +494,42 @@ def test_line_items_take_whatever_a_deal_holds(raw: Any) -> None:
     assert len(items) <= render.MAX_ITEMS
     assert all(isinstance(i["sum"], Decimal) for i in items)
     assert isinstance(total, Decimal)
+
+
+async def test_kitchen_contract_in_one_click_reminded_until_signed(
+    mongo_uri: str, db_name: str
+) -> None:
+    """The kitchen shop's seed: the contract made from the deal card, the manager reminded
+    every working day at 10:00 while the signed copy is missing, the reminders stop when it
+    is uploaded, and "won" waits for it."""
+    cfg = seed_config("kitchen_shop")
+    async with robots(mongo_uri, db_name, config=cfg, start=msk(2025, 6, 2, 9, 0)) as r:
+        deal = await r.lead_from("k-doc-1", "+79001240011", name="Olga")
+        manager = deal["responsible_id"]
+        await r.move("deal", deal["_id"], "design", by=manager)
+        await r.run()
+        status, doc = await r.api(
+            "POST", f"/api/v1/deals/{deal['_id']}/documents", manager, {"type": "contract"}
+        )
+        assert status == 201, doc
+        assert doc["number"] == f"К-{datetime.now(UTC).year}/001"
+        reminders = {"rule_id": "contract-signed-reminder"}
+        await r.until(msk(2025, 6, 2, 10, 0))  # Monday
+        await r.until(msk(2025, 6, 3, 10, 0))
+        assert [n["user_id"] for n in await r.notes(**reminders)] == [manager, manager]
+        with pytest.raises(StageError) as refused:
+            await r.move("deal", deal["_id"], "won", by=manager)
+        assert refused.value.unmet == ["a signed contract document is required"]
+
+        form = aiohttp.FormData()
+        form.add_field("file", PDF, filename="contract.pdf", content_type="application/pdf")
+        headers = {"Authorization": f"Bearer {await r.token(manager)}"}
+        url = f"{r.svc.client.base}/api/v1/documents/{doc['id']}/signed"
+        async with r.svc.client.http.post(url, data=form, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+        assert (await r.get("deal", deal["_id"]))["fields"]["contract_signed"] is True
+        await r.run()
+        await r.until(msk(2025, 6, 6, 10, 0))  # Wednesday to Friday: no more reminders
+        assert len(await r.notes(**reminders)) == 2
+        await r.move("deal", deal["_id"], "won", by=manager)
+        assert (await r.get("deal", deal["_id"]))["stage_id"] == "won"
