@@ -22,7 +22,7 @@ from channels import REGISTRY
 from channels.base import Attachment, OutboundMessage, SendError, SendingChannel, TemplateRef
 from config.loader import resolve_secret
 from config.models import AppConfig
-from crm_store import outbox, sms_contacts, sms_contacts, wa_templates
+from crm_store import outbox, sms_contacts, wa_templates
 from crm_store.store import Document, Store
 from ingest.tasks import cancel
 

@@ -2,7 +2,8 @@
 tests/test_web_inbox.py): a VK comment arrives over the Callback API; the operator sees the
 post's link above it, answers publicly and then privately with the composer's switch (the
 VK API fake receives wall.createComment, then messages.send), finds no Hide (VK has none)
-and deletes the comment (wall.deleteComment; the comment is marked deleted)."""
+and deletes the comment (wall.deleteComment; the comment is marked deleted); a comment the
+customer deletes in VK is marked deleted live."""
 
 from __future__ import annotations
 
@@ -104,6 +105,15 @@ async def test_operator_answers_and_deletes_a_vk_comment(mongo_uri: str, db_name
             await expect(theirs.get_by_test_id("comment-deleted")).to_be_visible()
             assert [d["comment_id"] for d in fake.deleted_comments] == ["5821"]
             await expect(theirs.get_by_test_id("comment-delete")).to_have_count(0)
+
+            # The customer comments again, then deletes it in VK: marked live.
+            again = comment(5822, "А серый есть?", parents_stack=[])
+            assert (await post(svc, envelope("wall_reply_new", again)))[2] == "ok"
+            second = page.get_by_test_id("message").filter(has_text="А серый есть?")
+            await expect(second.get_by_test_id("comment-delete")).to_be_visible()
+            gone = {"owner_id": -GROUP, "id": 5822, "deleter_id": USER, "post_id": POST}
+            assert (await post(svc, envelope("wall_reply_delete", gone)))[2] == "ok"
+            await expect(second.get_by_test_id("comment-deleted")).to_be_visible()
             await shot(page, "vk-comment")
             assert errors == []
         except BaseException:

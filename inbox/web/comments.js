@@ -56,8 +56,12 @@ export function renderComments(convId, els, messages) {
   if (convId !== C.convId) {
     Object.assign(C, { convId, thread: null, count: -1, mode: "public", error: "" });
   }
+  // Asked again on every redraw of a comment conversation (a live event redraws it: a
+  // comment deleted or restored changes no message count); a direct conversation is
+  // asked once more only when its messages change.
   const count = (messages || []).length;
-  if (convId && count !== C.count) {
+  const isComments = Boolean(C.thread && C.thread.post);
+  if (convId && (isComments || count !== C.count)) {
     C.count = count;
     load();
   }
