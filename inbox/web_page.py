@@ -22,6 +22,7 @@ ASSETS = {
     "dom.js": "text/javascript",
     "i18n.js": "text/javascript",
     "documents.js": "text/javascript",
+    "companies.js": "text/javascript",
     "comments.js": "text/javascript",
     "templates.js": "text/javascript",
     "app.css": "text/css",

@@ -4,6 +4,7 @@
 
 import { ApiProblem, Live, call, enc, get, patch, post, saveToken, savedToken, whenUnauthorized } from "./api.js";
 import { commentReply, renderComments } from "./comments.js";
+import { companyCard } from "./companies.js";
 import { documentsCard, documentsEvent } from "./documents.js";
 import { fill, h } from "./dom.js";
 import { LANGUAGES, lang, setLang, t, when } from "./i18n.js";
@@ -942,6 +943,7 @@ function renderCrm() {
       );
     }
     if (S.entity) parts.push(entityCard(S.entity));
+    if (S.entity || contact) parts.push(companyCard(S.entity?.entity, contact, renderCrm));
     if (S.entity?.kind === "deal") parts.push(documentsCard(S.entity.entity.id, renderCrm));
     else parts.push(h("p", { class: "muted" }, t("nothing_linked")));
     if (S.entity) parts.push(taskCard(t("tasks"), S.entity.tasks || [], "entity-tasks"));
