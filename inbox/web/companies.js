@@ -55,6 +55,8 @@ const FIELDS = ["name", "inn", "kpp", "address"];
 const tr = (key) => (TEXT[lang()] || TEXT.en)[key] ?? TEXT.en[key];
 
 const state = { id: null, company: null, editing: false, draft: {}, errors: {}, error: "", busy: false };
+// Companies added here, by contact id: the panel's contact is the one read before.
+const linked = new Map();
 let redrawPanel = () => {};
 
 async function load(id) {
@@ -140,7 +142,10 @@ function editForm(contact) {
     ? () =>
         act(async () => {
           const made = await post("/api/v1/companies", changes());
-          if (contact) await post(`/api/v1/companies/${enc(made.id)}/contacts`, { contact_id: contact.id });
+          if (contact) {
+            await post(`/api/v1/companies/${enc(made.id)}/contacts`, { contact_id: contact.id });
+            linked.set(contact.id, made.id);
+          }
           state.id = made.id;
         }, () => state.id && load(state.id))
     : () => act(() => patch(`/api/v1/companies/${enc(state.company.id)}`, changes()), () => load(state.company.id));
@@ -173,7 +178,7 @@ function shown(company) {
 /** The company card of the open lead/deal or contact (a fresh element each draw). */
 export function companyCard(entity, contact, redraw) {
   redrawPanel = redraw;
-  const id = entity?.company_id || contact?.company_id || null;
+  const id = entity?.company_id || contact?.company_id || (contact && linked.get(contact.id)) || null;
   if (state.id !== id) {
     Object.assign(state, { id, company: null, editing: false, draft: {}, errors: {}, error: "" });
     if (id) load(id);
