@@ -516,6 +516,9 @@ async def one_run(
             for i in range(0, opts.contacts, opts.insert_batch):
                 docs = contact_docs(i, min(opts.contacts, i + opts.insert_batch))
                 await feeder.contacts.insert_many(docs, ordered=False)
+                # Their numbers in identities too (crm_store/identities.py), as routing has them.
+                keys = [{"_id": d["identities"][0], "contact_id": d["_id"]} for d in docs]
+                await feeder["identities"].insert_many(keys, ordered=False)
             insert_s = time.monotonic() - t
             progress(f"  {opts.contacts:,} contacts inserted in {insert_s:.1f} s")
             async with serving(embedded.uri, config) as s:

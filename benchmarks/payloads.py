@@ -704,9 +704,15 @@ def seed_documents(
     """What routing stores after the first message of persons ``start``..``stop-1``, each
     through :func:`seeded_channel`: a contact (``origin: routing``), an open lead in the
     first stage of its source's pipeline, the conversation pointing at the lead, and (if
-    ``messages``) the message. Same fields, ids and derivations as routing/router.py."""
+    ``messages``) the message; the contact's keys in ``identities`` (crm_store/identities.py).
+    Same fields, ids and derivations as routing/router.py."""
     sources = {ch: config.account(ch, ACCOUNTS[ch]) for ch in CHANNELS}
-    out: dict[str, list[Document]] = {"contacts": [], "leads": [], "conversations": []}
+    out: dict[str, list[Document]] = {
+        "identities": [],
+        "contacts": [],
+        "leads": [],
+        "conversations": [],
+    }
     if messages:
         out["messages"] = []
     base = datetime.now(UTC) - timedelta(days=30)
@@ -735,6 +741,7 @@ def seed_documents(
         conv_id = conversation_id(ch, ACCOUNTS[ch], thread)
         target = {"kind": "lead", "id": lead_id, "open": True}
         text = _text(n)
+        out["identities"] += [{"_id": k, "contact_id": contact_id, "created_at": at} for k in keys]
         out["contacts"].append(
             {
                 "_id": contact_id,

@@ -639,6 +639,23 @@ def targets(m: dict[str, float]) -> list[dict[str, Any]]:
                 "pass": v <= limit,
             }
         )
+    # Issue #23 (docs/scaling.md): new leads in batches.
+    ratio = m["new_lead_routed_per_s"] / raw if raw else 0.0
+    cpu = m["new_lead_service_cpu_ms_per_msg"]
+    out += [
+        {
+            "target": "#23 new lead: routed msgs/s ≥ 0.25 × raw sequential insert rate",
+            "value": round(ratio, 3),
+            "limit": 0.25,
+            "pass": ratio >= 0.25,
+        },
+        {
+            "target": "#23 new lead: service CPU ms / msg ≤ 2",
+            "value": cpu,
+            "limit": 2.0,
+            "pass": cpu <= 2.0,
+        },
+    ]
     return out
 
 

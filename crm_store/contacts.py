@@ -6,17 +6,20 @@ is finished by running it again:
 1. the audit record (``contact_merges``: who, when, both contacts as they were) — written
    once, a re-run keeps the first snapshots;
 2. the identities move: removed from the loser first (``merged_identities`` keeps them),
-   then added to the winner — the unique index on ``contacts.identities`` never sees one
-   identity on two contacts;
+   repointed to the winner in the ``identities`` collection (crm_store/identities.py: a
+   key the loser held but the collection lacks is claimed for the winner), then shown on
+   the winner — only the keys the winner now holds there;
 3. everything of the loser points at the winner: leads, deals, conversations, messages,
    tasks (calls carry no contact: they follow their messages). An open lead of the loser
    is closed as ``merged`` when the winner has an open lead already (one open lead per
    contact), its conversations move to the winner's; likewise an auto-opened deal;
 4. ``contact.merged`` is announced (same id on a re-run).
 
-**Delete** marks the contact deleted and frees its identities (kept as
-``deleted_identities``); its conversations keep their history, but the next message from
-that address — in one of them or anywhere — is routed afresh (a new contact and lead).
+**Delete** marks the contact deleted, then frees its identities (kept as
+``deleted_identities``; their ``identities`` documents are removed — one left behind by
+an interrupted delete is taken over by the next creator); its conversations keep their
+history, but the next message from that address — in one of them or anywhere — is
+routed afresh (a new contact and lead).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from datetime import UTC, datetime
 
 from pymongo.errors import DuplicateKeyError
 
+from crm_store import identities as ident
 from crm_store.documents import stable_id
 from crm_store.events import append, event
 from crm_store.store import Document, Store
@@ -36,12 +40,6 @@ class ContactError(ValueError):
         super().__init__(detail)
         self.code = code
         self.detail = detail
-
-
-def _split(identities: list[str]) -> tuple[list[str], list[str]]:
-    phones = [k.removeprefix("phone:") for k in identities if k.startswith("phone:")]
-    emails = [k.removeprefix("email:") for k in identities if k.startswith("email:")]
-    return phones, emails
 
 
 async def _audit(store: Store, winner: Document, loser: Document, by: str, at: datetime) -> str:
@@ -64,10 +62,10 @@ async def _audit(store: Store, winner: Document, loser: Document, by: str, at: d
 async def _move_guarded(store: Store, coll: str, guard: str, winner: str, loser: str) -> None:
     """The loser's open lead (``open_contact``) / auto deal (``auto_open``): move it to the
     winner, or — when the winner has one — close it as merged into the winner's."""
-    theirs = await store[coll].find_one({guard: loser})
+    theirs = await store[coll].find_one({"contact_id": loser, guard: loser})
     if theirs is None:
         return
-    ours = await store[coll].find_one({guard: winner})
+    ours = await store[coll].find_one({"contact_id": winner, guard: winner})
     if ours is None:
         await store[coll].update_one(
             {"_id": theirs["_id"]}, {"$set": {guard: winner, "contact_id": winner}}
@@ -125,19 +123,14 @@ async def merge(store: Store, winner_id: str, loser_id: str, by: str) -> Documen
             }
         },
     )
-    phones, emails = _split(moved)
     if moved:
-        await store.contacts.update_one(
-            {"_id": winner_id},
-            {
-                "$addToSet": {
-                    "identities": {"$each": moved},
-                    "phones": {"$each": phones},
-                    "emails": {"$each": emails},
-                },
-                "$set": {"updated_at": at},
-            },
-        )
+        await ident.repoint(store, moved, loser_id, winner_id)
+        owned = await ident.claim(store, winner_id, moved)
+        held = [k for k in moved if owned.get(k) == winner_id]
+        if held:
+            await store.contacts.update_one(
+                {"_id": winner_id}, {**ident.add_to_contact(held), "$set": {"updated_at": at}}
+            )
     await _move_guarded(store, "leads", "open_contact", winner_id, loser_id)
     await _move_guarded(store, "deals", "auto_open", winner_id, loser_id)
     for coll in ("leads", "deals", "conversations", "messages", "tasks"):
@@ -163,7 +156,10 @@ async def merge(store: Store, winner_id: str, loser_id: str, by: str) -> Documen
 async def delete(store: Store, contact_id: str, by: str) -> bool:
     """Soft-delete a contact; True if this call deleted it."""
     doc = await store.contacts.find_one({"_id": contact_id})
-    if doc is None or doc.get("deleted"):
+    if doc is None:
+        return False
+    if doc.get("deleted"):  # finish an interrupted delete: its keys are free
+        await ident.release(store, doc.get("deleted_identities") or [], contact_id)
         return False
     at = datetime.now(UTC)
     result = await store.contacts.update_one(
@@ -178,6 +174,7 @@ async def delete(store: Store, contact_id: str, by: str) -> bool:
             }
         },
     )
+    await ident.release(store, doc.get("identities") or [], contact_id)
     if result.modified_count:
         # Its conversations stay as history; the next message in one is routed afresh.
         await store.conversations.update_many(

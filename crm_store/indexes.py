@@ -3,10 +3,12 @@
 Uniqueness and claims rest on these indexes, never on in-process locks:
 - ``intake._id`` is derived from (channel, account, provider message id): a provider retry
   collides on insert;
-- ``contacts.identities`` is unique per array element: one contact per phone / e-mail /
-  messenger id, however many workers see a new sender at once;
-- ``leads.open_contact`` exists only while a lead is open: at most one open lead per
-  contact (a partial unique index);
+- ``identities._id`` is the identity key (phone / e-mail / messenger id): one contact per
+  key, however many workers see a new sender at once (crm_store/identities.py); it holds
+  on a sharded cluster too, which a unique index on ``contacts.identities`` would not
+  (docs/scaling.md, crm_store/sharding.py);
+- ``leads.open_contact`` (= ``contact_id``) exists only while a lead is open: at most one
+  open lead per contact (a partial unique index on (contact_id, open_contact));
 - ``deals.auto_open`` likewise guards the deal that "no leads" mode opens for a contact;
 - ``events.seq`` is unique: the feed order.
 """
@@ -29,14 +31,20 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("raw_since", ASCENDING)], name="raw_retention", sparse=True),
     ],
     "contacts": [
-        IndexModel([("identities", ASCENDING)], name="identities_unique", unique=True),
+        # Display data and a few read paths (the caller lookup); not unique: uniqueness is
+        # the identities collection's (``omniroute db migrate`` drops identities_unique).
+        IndexModel([("identities", ASCENDING)], name="identities"),
         # The operator's lists (inbox/contacts_api.py): by responsible, newest first.
         IndexModel([("responsible_id", ASCENDING), ("created_at", DESCENDING)], name="list"),
         IndexModel([("company_id", ASCENDING)], name="company"),  # a company's contacts
     ],
+    # identity key (_id) → contact_id (crm_store/identities.py); a contact's keys by contact.
+    "identities": [IndexModel([("contact_id", ASCENDING)], name="contact")],
     "leads": [
+        # (contact_id, …): leads are sharded by contact_id, and a unique index holds on a
+        # sharded cluster only when it starts with the shard key (crm_store/sharding.py).
         IndexModel(
-            [("open_contact", ASCENDING)],
+            [("contact_id", ASCENDING), ("open_contact", ASCENDING)],
             name="one_open_lead_per_contact",
             unique=True,
             partialFilterExpression={"open_contact": EXISTS},
@@ -47,7 +55,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "deals": [
         IndexModel(
-            [("auto_open", ASCENDING)],
+            [("contact_id", ASCENDING), ("auto_open", ASCENDING)],
             name="one_auto_deal_per_contact",
             unique=True,
             partialFilterExpression={"auto_open": EXISTS},
@@ -131,6 +139,12 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("message_id", ASCENDING)], name="message"),
         IndexModel([("customer", ASCENDING), ("started_at", DESCENDING)], name="customer"),
         IndexModel([("started_at", DESCENDING)], name="started_at"),  # the call log
+        # Calls whose reports wait for their announcement (ingest/call_announcer.py).
+        IndexModel(
+            [("announce_due", ASCENDING)],
+            name="announce_due",
+            partialFilterExpression={"announce_due": True},
+        ),
     ],
     # Claims of partly signed call reports (Zadarma; crm_store/calls.apply_signed): _id =
     # hash(channel, account, claim), so a replay collides on insert; reports waiting for
@@ -236,6 +250,27 @@ for _name, _models in REPORT_INDEXES.items():
 
 async def ensure_indexes(db: AsyncDatabase[dict[str, object]]) -> dict[str, list[str]]:
     """Create every collection and index that is missing; return the index names."""
+# An index of the same key pattern exists under another name or with other options.
+INDEX_CONFLICT = frozenset({85, 86})
+
+
+async def _create(
+    db: AsyncDatabase[dict[str, object]], name: str, models: list[IndexModel]
+) -> list[str]:
+    """Create a collection's indexes; one whose key pattern an older index holds with other
+    options (a store not yet migrated: ``omniroute db migrate``) is skipped, not fatal."""
+    try:
+        return await db[name].create_indexes(models)
+    except OperationFailure as exc:
+        if exc.code not in INDEX_CONFLICT:
+            raise
+    made: list[str] = []
+    for model in models:
+        with contextlib.suppress(OperationFailure):
+            made += await db[name].create_indexes([model])
+    return made
+
+
     existing = set(await db.list_collection_names())
     created: dict[str, list[str]] = {}
     for name, models in INDEXES.items():
@@ -243,7 +278,7 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, object]]) -> dict[str, list
             # Another process may create it at the same moment; both outcomes are fine.
             with contextlib.suppress(CollectionInvalid, OperationFailure):
                 await db.create_collection(name)
-        created[name] = await db[name].create_indexes(models) if models else []
+        created[name] = await _create(db, name, models) if models else []
     # The event sequence counter exists before the first append: concurrent first
     # upserts of a missing document are where servers differ.
     await db["counters"].update_one({"_id": "events"}, {"$setOnInsert": {"value": 0}}, upsert=True)

@@ -20,6 +20,7 @@ from typing import Any
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from crm_store import identities as ident
 from crm_store.documents import ContactDoc, ConversationDoc, DealDoc, LeadDoc
 from crm_store.intake import DUPLICATE_KEY, id_chunks
 from crm_store.store import Collection, Document, Store, together
@@ -116,13 +117,24 @@ async def mark_failing_addresses(store: Store, addresses: Sequence[str]) -> list
 async def load_contacts(
     store: Store, identities: Iterable[str], ids: Iterable[str] = ()
 ) -> list[ContactDoc]:
-    """The contacts holding any of ``identities`` or having any of ``ids`` (each once)."""
-    found: dict[str, Document] = {}
-    for d in await find_in(store.contacts, "identities", set(identities)):
-        found.setdefault(d["_id"], d)
-    for d in await find_in(store.contacts, "_id", set(ids) - found.keys()):
-        found.setdefault(d["_id"], d)
-    return [ContactDoc.model_validate(d) for d in found.values()]
+    """The contacts owning any of ``identities`` (by the ``identities`` collection) or
+    having any of ``ids``, each once. A merged contact found by a key is replaced by the
+    one it was merged into; a deleted one, or a key whose contact is not written yet (its
+    creator is between its two writes), counts as unknown."""
+    owned = await ident.owners(store, identities)
+    by_key, asked = set(owned.values()), set(ids)
+    found: dict[str, Document] = {
+        d["_id"]: d for d in await find_in(store.contacts, "_id", by_key | asked)
+    }
+    merged = {d["merged_into"] for i, d in found.items() if i in by_key and d.get("merged_into")}
+    for d in await find_in(store.contacts, "_id", merged - found.keys()):
+        found[d["_id"]] = d
+    out: list[ContactDoc] = []
+    for i, d in found.items():
+        if i in by_key and (d.get("deleted") or d.get("merged_into")) and i not in asked:
+            continue
+        out.append(ContactDoc.model_validate(d))
+    return out
 
 
 async def load_contact_state(
@@ -189,18 +201,104 @@ async def _load_company_deals(
             state.company_deal[contact_id] = latest[company_id]
 
 
+# Keys that only stand in for "no identity" (a one-off message): never claimed.
+_PSEUDO = ("intake:", "merged:", "deleted:")
+
+
+def _claimable(doc: Document) -> list[str]:
+    keys = [k for k in doc.get("identities") or [] if not k.startswith(_PSEUDO)]
+    return list(dict.fromkeys(keys))
+
+
+async def _settle_owner(
+    store: Store, keys: list[str], owned: dict[str, str], cid: str
+) -> tuple[str, dict[str, str]]:
+    """The contact a creator ``cid`` with ``keys`` joins (:func:`identities.winner`),
+    after repairing what an interrupted merge or delete left: keys of a merged contact
+    move to the one it was merged into, keys of a deleted one are taken over by ``cid``."""
+    final = ident.winner(keys, owned, cid)
+    for _ in range(3):
+        if final == cid:
+            break
+        owner = await store.contacts.find_one({"_id": final}, {"merged_into": 1, "deleted": 1})
+        if owner is None:  # being created (or its creator died): adopt it
+            break
+        theirs = [k for k in keys if owned.get(k) == final]
+        if owner.get("merged_into"):
+            await ident.repoint(store, theirs, final, owner["merged_into"])
+        elif owner.get("deleted"):
+            await ident.take_over(store, theirs, final, cid)
+        else:
+            break
+        owned = {**owned, **await ident.owners(store, keys)}
+        final = ident.winner(keys, owned, cid)
+    return final, owned
+
+
 async def create_contact(store: Store, doc: Document) -> tuple[ContactDoc, bool]:
-    """Insert a contact; if any of its identities (or its id) is taken, return the owner."""
+    """Get-or-create a contact (crm_store/identities.py): claim its identities first, then
+    write the contact under the id their strongest key points at — ``doc["_id"]`` when
+    this call won that key, else the owner (the keys this call won move to it). True when
+    this call wrote the contact (also when it adopted an owner not written yet)."""
+    cid: str = doc["_id"]
+    keys = _claimable(doc)
+    final, held = cid, keys
+    if keys:
+        owned = await ident.claim(store, cid, keys)
+        final, owned = await _settle_owner(store, keys, owned, cid)
+        mine = [k for k in keys if owned.get(k) == cid]
+        if final != cid and mine:
+            await ident.repoint(store, mine, cid, final)
+        held = [k for k in keys if owned.get(k) in (cid, final)]
+    return await _write_contact(store, doc, final, held)
+
+
+async def _write_contact(
+    store: Store, doc: Document, final: str, held: list[str]
+) -> tuple[ContactDoc, bool]:
+    """Insert the contact as ``final`` showing the keys it ``held``; when it exists, add
+    the keys it does not show yet and answer it."""
+    phones, emails = ident.split(held)
+    new = {**doc, "_id": final}
+    if held or _claimable(doc):
+        new.update(identities=held, phones=phones, emails=emails)
     try:
-        await store.contacts.insert_one(doc)
+        await store.contacts.insert_one(new)
     except DuplicateKeyError:
-        existing = await _first_of(
-            store.contacts, {"_id": doc["_id"]}, {"identities": {"$in": doc["identities"]}}
-        )
-        if existing is None:  # deleted in between: let the caller retry
+        existing = await store.contacts.find_one({"_id": final})
+        if existing is None:
             raise
+        missing = [k for k in held if k not in (existing.get("identities") or [])]
+        if missing:
+            await store.contacts.update_one({"_id": final}, ident.add_to_contact(missing))
+            existing["identities"] = [*(existing.get("identities") or []), *missing]
         return ContactDoc.model_validate(existing), False
-    return ContactDoc.model_validate(doc), True
+    return ContactDoc.model_validate(new), True
+
+
+async def create_contacts(
+    store: Store, docs: Sequence[Document]
+) -> dict[str, tuple[ContactDoc, bool]]:
+    """:func:`create_contact` of a batch, by the given ``_id``: every identity claimed in
+    one ``insert_many``, the contacts that won all their keys in another; a contact that
+    lost a key (another creator, a sender known since the batch was read) takes the
+    one-by-one path."""
+    out: dict[str, tuple[ContactDoc, bool]] = {}
+    if not docs:
+        return out
+    owned = await ident.claim_many(store, {d["_id"]: _claimable(d) for d in docs})
+    clean = [d for d in docs if all(owned.get(k) == d["_id"] for k in _claimable(d))]
+    contested = [d for d in docs if d not in clean]
+    inserted = await insert_new(store, "contacts", clean)
+    for d in clean:
+        if d["_id"] in inserted:
+            out[d["_id"]] = (ContactDoc.model_validate(d), True)
+    for d in clean:  # an earlier run of this batch wrote it
+        if d["_id"] not in inserted:
+            out[d["_id"]] = await _write_contact(store, d, d["_id"], _claimable(d))
+    for d in contested:
+        out[d["_id"]] = await create_contact(store, d)
+    return out
 
 
 async def create_lead(store: Store, doc: Document) -> tuple[LeadDoc, bool]:
@@ -209,7 +307,9 @@ async def create_lead(store: Store, doc: Document) -> tuple[LeadDoc, bool]:
         await store.leads.insert_one(doc)
     except DuplicateKeyError:
         existing = await _first_of(
-            store.leads, {"_id": doc["_id"]}, {"open_contact": doc["open_contact"]}
+            store.leads,
+            {"_id": doc["_id"]},
+            {"contact_id": doc["open_contact"], "open_contact": doc["open_contact"]},
         )
         if existing is None:
             raise
@@ -223,12 +323,48 @@ async def create_deal(store: Store, doc: Document) -> tuple[DealDoc, bool]:
         await store.deals.insert_one(doc)
     except DuplicateKeyError:
         existing = await _first_of(
-            store.deals, {"_id": doc["_id"]}, {"auto_open": doc["auto_open"]}
+            store.deals,
+            {"_id": doc["_id"]},
+            {"contact_id": doc["auto_open"], "auto_open": doc["auto_open"]},
         )
         if existing is None:
             raise
         return DealDoc.model_validate(existing), False
     return DealDoc.model_validate(doc), True
+
+
+async def create_entities(
+    store: Store, collection: str, guard: str, docs: Sequence[Document]
+) -> dict[str, tuple[Document, bool]]:
+    """:func:`create_lead` / :func:`create_deal` of a batch in one ``insert_many``, by the
+    given ``_id``: the document and True where it was inserted; where it collided, the
+    existing one (same id: an earlier run; else the contact's open one, by ``guard``)."""
+    out: dict[str, tuple[Document, bool]] = {}
+    inserted = await insert_new(store, collection, docs)
+    for d in docs:
+        if d["_id"] in inserted:
+            out[d["_id"]] = (d, True)
+            continue
+        existing = await _first_of(
+            store[collection], {"_id": d["_id"]}, {"contact_id": d[guard], guard: d[guard]}
+        )
+        if existing is None:  # closed in between: the caller decides again
+            continue
+        out[d["_id"]] = (existing, False)
+    return out
+
+
+async def reserve_turns(store: Store, counter: str, count: int) -> int:
+    """Reserve ``count`` consecutive round-robin turns of a line with one ``$inc`` (the
+    ``counters`` collection is tiny: find-and-modify is fine); returns the first."""
+    doc = await store.counters.find_one_and_update(
+        {"_id": counter},
+        {"$inc": {"value": count}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    last = int(doc["value"]) if doc else count
+    return last - count + 1
 
 
 async def ensure_counter(store: Store, counter: str) -> None:

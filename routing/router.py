@@ -27,6 +27,7 @@ from channels.base import InboundMessage
 from channels.identity import identity_keys, normalize_email
 from config.models import AppConfig, Source, comments_mode
 from crm_store import events, updates
+from crm_store import identities as ident
 from crm_store import routing_store as rs
 from crm_store.documents import (
     ContactDoc,
@@ -40,7 +41,7 @@ from crm_store.documents import (
     stable_id,
 )
 from crm_store.intake import mark_routed
-from crm_store.store import Document, Store
+from crm_store.store import Document, Store, together
 from routing.decide import Action, Context, Decision, decide, pick_round_robin
 
 MAX_REDECIDE = 3
@@ -70,6 +71,47 @@ class _Batch:
         for k in c.identities:
             self.contacts_by_key.setdefault(k, c)
 
+    def forget(self, ids: set[str]) -> None:
+        """Drop planned contacts, leads and deals that were not written (a lost race)."""
+        for cid in ids & self.contacts_by_id.keys():
+            del self.contacts_by_id[cid]
+        self.contacts_by_key = {k: c for k, c in self.contacts_by_key.items() if c.id not in ids}
+        st = self.state
+        st.open_lead = {c: e for c, e in st.open_lead.items() if e.id not in ids and c not in ids}
+        st.active_deal = {
+            c: e for c, e in st.active_deal.items() if e.id not in ids and c not in ids
+        }
+        st.created_by = {r: e for r, e in st.created_by.items() if e.id not in ids}
+        st.history -= ids
+
+
+# A line's round-robin turn, shared by a planned contact and what it opens.
+@dataclass(slots=True)
+class _Turn:
+    line: str
+    docs: list[Document] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Creations of one batch, written together after every record was decided
+    (Router._settle): new contacts, then leads and deals, each in one insert_many, the
+    round-robin turns reserved with one $inc per line."""
+
+    contacts: dict[str, Document] = field(default_factory=dict)  # by contact id
+    leads: dict[str, Document] = field(default_factory=dict)  # by lead id
+    deals: dict[str, Document] = field(default_factory=dict)
+    turns: list[_Turn] = field(default_factory=list)
+    turn_of: dict[str, _Turn] = field(default_factory=dict)  # a planned contact's turn
+    # (record, decision, sender keys) of each planned lead/deal, by its id: announced
+    # once written.
+    made_by: dict[str, tuple[IntakeDoc, Decision, list[str]]] = field(default_factory=dict)
+    # A planned contact's record and sender keys (for contact.created), by contact id.
+    creator: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.contacts or self.leads or self.deals)
+
 
 def _noted(decision: Decision, msg: InboundMessage) -> Decision:
     """The decision with the channel's note on how it read the message appended to its
@@ -98,17 +140,6 @@ def _event(
     intake_id: str, type_: str, at: datetime, refs: dict[str, str | None], data: dict[str, Any]
 ) -> Document:
     return events.event(type_, refs, data, key=[intake_id], at=at)
-
-
-def _add_identities(keys: list[str]) -> Document:
-    phones = [k.removeprefix("phone:") for k in keys if k.startswith("phone:")]
-    emails = [k.removeprefix("email:") for k in keys if k.startswith("email:")]
-    add: Document = {"identities": {"$each": keys}}
-    if phones:
-        add["phones"] = {"$each": phones}
-    if emails:
-        add["emails"] = {"$each": emails}
-    return {"$addToSet": add}
 
 
 def _contact_created(intake_id: str, contact_id: str, keys: list[str]) -> Document:
@@ -180,9 +211,23 @@ class Router:
                 self.store, batch.contacts_by_id, self.service_pipelines
             )
 
+        # Decide every record against what was read and what earlier records of the batch
+        # plan to create; write the creations together; a record whose plan lost a race
+        # (or that followed one) is decided again, one by one, against the winners.
+        plan = _Plan()
         routed: list[Routed] = []
         for r in records:
-            routed.append(await self._route_one(batch, r, msgs[r.id], keys[r.id], conv_ids[r.id]))
+            routed.append(
+                await self._route_first(batch, plan, r, msgs[r.id], keys[r.id], conv_ids[r.id])
+            )
+        if plan:
+            lost = await self._settle(batch, plan, routed)
+            for n, r in enumerate(records):
+                out = routed[n]
+                if r.id in lost or out.contact_id in lost or out.target.id in lost:
+                    routed[n] = await self._route_one(
+                        batch, r, msgs[r.id], keys[r.id], conv_ids[r.id]
+                    )
         await self._write(batch, records, msgs, keys, routed, at, rerun)
         return routed
 
@@ -275,6 +320,197 @@ class Router:
                 return outcome
             # A creation lost a race: the batch now holds the winner; decide again.
         raise RuntimeError(f"intake {r.id}: routing did not settle after {MAX_REDECIDE} tries")
+
+    async def _route_first(
+        self,
+        batch: _Batch,
+        plan: _Plan,
+        r: IntakeDoc,
+        msg: InboundMessage,
+        keys: list[str],
+        conv_id: str,
+    ) -> Routed:
+        """The first decision of a record; a new lead/deal (and contact) is planned, not
+        written (:meth:`_plan_creation`)."""
+        ctx = self._context(batch, r, msg, keys, conv_id)
+        decision = _noted(decide(ctx), msg)
+        creates = decision.action in (Action.CREATE_LEAD, Action.CREATE_DEAL)
+        if creates and not (decision.created and ctx.created_here is not None):
+            return self._plan_creation(batch, plan, r, msg, keys, ctx, decision)
+        outcome = await self._execute(batch, r, msg, keys, ctx, decision)
+        if outcome is not None:
+            return outcome
+        return await self._route_one(batch, r, msg, keys, conv_id)
+
+    def _plan_responsible(
+        self, plan: _Plan, source: Source, contact: ContactDoc, docs: list[Document]
+    ) -> str | None:
+        """:meth:`_responsible` without I/O: a turn of the source's line is planned (and
+        shared with the planned contact it belongs to), filled in by :meth:`_settle`."""
+        if contact.responsible_id:  # away: their deputy (config.models.AppConfig.stand_in)
+            return self.config.stand_in(contact.responsible_id, _now())
+        if source.responsible:
+            return source.responsible
+        if not source.line:
+            return None
+        turn = plan.turn_of.get(contact.id)
+        if turn is None:
+            turn = _Turn(source.line)
+            plan.turns.append(turn)
+            if contact.id in plan.contacts:
+                plan.turn_of[contact.id] = turn
+        turn.docs.extend(docs)
+        return None
+
+    def _plan_creation(
+        self,
+        batch: _Batch,
+        plan: _Plan,
+        r: IntakeDoc,
+        msg: InboundMessage,
+        keys: list[str],
+        ctx: Context,
+        d: Decision,
+    ) -> Routed:
+        """Plan what :meth:`_execute` creates for a new lead/deal, as if it were written:
+        the batch's later records see it. Same documents, same ids."""
+        if ctx.contact is not None and ctx.contact.origin_intake_id == r.id:
+            batch.events.append(_contact_created(r.id, ctx.contact.id, keys))
+        source = self._source(r)
+        at = _now()
+        contact = ctx.contact
+        if contact is None:
+            cdoc: Document = {
+                "_id": stable_id("contact", r.id),
+                "identities": keys or [f"intake:{r.id}"],
+                "name": msg.sender.name,
+                "phones": [k[6:] for k in keys if k.startswith("phone:")],
+                "emails": [k[6:] for k in keys if k.startswith("email:")],
+                "responsible_id": None,
+                "origin": "routing",
+                "origin_intake_id": r.id,
+                "spam": False,
+                "created_at": at,
+            }
+            contact = ContactDoc.model_validate(cdoc)
+            plan.contacts[contact.id] = cdoc
+            plan.creator[contact.id] = (r.id, keys)
+            cdoc["responsible_id"] = self._plan_responsible(plan, source, contact, [cdoc])
+            contact = ContactDoc.model_validate(cdoc)
+            batch.remember_contact(contact)
+        pipeline = self.config.pipeline(source.pipeline)
+        doc: Document = {
+            "contact_id": contact.id,
+            "pipeline_id": pipeline.id,
+            "stage_id": source.stage or pipeline.first_stage.id,
+            "open": True,
+            "is_repeat": d.is_repeat,
+            "source_id": source.id,
+            "responsible_id": None,
+            "identities": keys,
+            "title": f"{msg.sender.name or (keys[0] if keys else 'Unknown')} — {source.name}",
+            "fields": {},
+            "meta": msg.meta,
+            "origin_intake_id": r.id,
+            "created_at": at,
+            "stage_entered_at": at,
+            "last_activity_at": at,
+        }
+        doc["responsible_id"] = self._plan_responsible(plan, source, contact, [doc])
+        entity: LeadDoc | DealDoc
+        if d.action is Action.CREATE_LEAD:
+            doc["_id"] = stable_id("lead", r.id)
+            doc["open_contact"] = contact.id
+            plan.leads[doc["_id"]] = doc
+            entity = LeadDoc.model_validate(doc)
+            batch.state.open_lead[contact.id] = entity
+        else:
+            doc["_id"] = stable_id("deal", r.id)
+            doc["auto_open"] = contact.id
+            plan.deals[doc["_id"]] = doc
+            entity = DealDoc.model_validate(doc)
+            batch.state.active_deal[contact.id] = entity
+        plan.made_by[entity.id] = (r, d, keys)
+        batch.state.history.add(contact.id)
+        batch.state.created_by[r.id] = entity
+        return self._created(batch, r, d, entity, at, announce=False)
+
+    async def _settle(self, batch: _Batch, plan: _Plan, routed: list[Routed]) -> set[str]:
+        """Write a batch's planned creations: turns (one ``$inc`` per line), contacts,
+        then leads and deals (one ``insert_many`` each, unique-index races resolved as
+        :func:`routing_store.create_contact` / ``create_lead`` do); announce what was
+        written. Returns what was not — the ids of lost contacts, leads and deals and of
+        the records that planned them — after reading the winners into the batch."""
+        lines: dict[str, list[_Turn]] = {}
+        for turn in plan.turns:
+            lines.setdefault(turn.line, []).append(turn)
+        firsts = await together(
+            *(rs.reserve_turns(self.store, f"round_robin:{ln}", len(t)) for ln, t in lines.items())
+        )
+        for (line, turns), first in zip(lines.items(), firsts, strict=True):
+            users = [u.id for u in self.config.line_users(line)]
+            for n, turn in enumerate(turns):
+                for doc in turn.docs:
+                    doc["responsible_id"] = pick_round_robin(users, first + n)
+        made = await rs.create_contacts(self.store, list(plan.contacts.values()))
+        lost: set[str] = set()
+        winners: list[ContactDoc] = []
+        for cid, (contact, created) in made.items():
+            if created and contact.id == cid:
+                batch.remember_contact(contact)
+                batch.contacts_by_id[cid] = contact
+                rid, keys = plan.creator[cid]
+                batch.events.append(_contact_created(rid, cid, keys))
+            else:
+                lost.add(cid)
+                winners.append(contact)
+        leads = [d for d in plan.leads.values() if d["contact_id"] not in lost]
+        deals = [d for d in plan.deals.values() if d["contact_id"] not in lost]
+        got_leads, got_deals = await together(
+            rs.create_entities(self.store, "leads", "open_contact", leads),
+            rs.create_entities(self.store, "deals", "auto_open", deals),
+        )
+        lost |= {d["_id"] for d in plan.leads.values() if d["_id"] not in got_leads}
+        lost |= {d["_id"] for d in plan.deals.values() if d["_id"] not in got_deals}
+        announced: list[tuple[IntakeDoc, Decision, list[str], LeadDoc | DealDoc]] = []
+        others: set[str] = set()
+        for eid, (doc, _created) in [*got_leads.items(), *got_deals.items()]:
+            r, d, keys = plan.made_by[eid]
+            entity: LeadDoc | DealDoc = (
+                LeadDoc.model_validate(doc) if eid in plan.leads else DealDoc.model_validate(doc)
+            )
+            if entity.origin_intake_id != r.id:  # the contact's open one won
+                lost.add(eid)
+                others.add(entity.contact_id)
+                continue
+            announced.append((r, d, keys, entity))
+        lost |= {r.id for eid, (r, _, _) in plan.made_by.items() if eid in lost}
+        lost |= {rid for cid, (rid, _) in plan.creator.items() if cid in lost}
+        for r, d, _keys, entity in announced:
+            if r.id in lost:
+                continue
+            self._record_created(batch, entity)
+            self._created(batch, r, d, entity, _now())
+        batch.forget(lost)
+        for c in winners:
+            batch.remember_contact(c)
+        if winners or others:
+            batch.state.merge(
+                await rs.load_contact_state(
+                    self.store, {c.id for c in winners} | others, self.service_pipelines
+                )
+            )
+        return lost
+
+    @staticmethod
+    def _record_created(batch: _Batch, entity: LeadDoc | DealDoc) -> None:
+        """The written lead/deal (its responsible filled in) replaces the planned one."""
+        if isinstance(entity, DealDoc):
+            batch.state.active_deal[entity.contact_id] = entity
+        else:
+            batch.state.open_lead[entity.contact_id] = entity
+        if entity.origin_intake_id:
+            batch.state.created_by[entity.origin_intake_id] = entity
 
     async def _ensure_contact(
         self,
@@ -413,8 +649,10 @@ class Router:
         d: Decision,
         entity: LeadDoc | DealDoc,
         at: datetime,
+        *,
+        announce: bool = True,
     ) -> Routed:
-        """The outcome of a lead/deal creation, with its event."""
+        """The outcome of a lead/deal creation, with its event (``announce``)."""
         is_deal = isinstance(entity, DealDoc)
         refs: dict[str, str | None] = {"contact_id": entity.contact_id, "message_id": r.id}
         if is_deal:
@@ -428,7 +666,8 @@ class Router:
             "responsible_id": entity.responsible_id,
             "is_repeat": entity.is_repeat,
         }
-        batch.events.append(_event(r.id, etype, at, {**refs, ref: entity.id}, data))
+        if announce:
+            batch.events.append(_event(r.id, etype, at, {**refs, ref: entity.id}, data))
         final = Decision(d.rule, d.action, d.reason, entity.id, entity.is_repeat, created=True)
         kind = TargetKind.DEAL if is_deal else TargetKind.LEAD
         target = Target(kind=kind, id=entity.id, open=entity.open)
@@ -543,7 +782,7 @@ class Router:
         inserted = await rs.insert_new(self.store, "messages", message_docs)
 
         conv_ops: list[UpdateOne] = []
-        contact_ops: list[UpdateOne] = []
+        new_keys: dict[str, list[str]] = {}  # contact id → identities it does not hold yet
         deal_ids: list[str] = []
         for out in routed:
             r = by_id[out.intake_id]
@@ -616,7 +855,7 @@ class Router:
                 del update["$set"]
             conv_ops.append(UpdateOne({"_id": out.conversation_id}, update, upsert=True))
             if out.contact_id and (extra := self._new_identities(batch, out, conv, keys[r.id])):
-                contact_ops.append(UpdateOne({"_id": out.contact_id}, _add_identities(extra)))
+                new_keys.setdefault(out.contact_id, []).extend(extra)
             batch.events.append(
                 _event(
                     r.id,
@@ -631,6 +870,14 @@ class Router:
                     },
                 )
             )
+        # Keys a contact gains are claimed first (crm_store/identities.py): one owned by
+        # another contact stays there (merging contacts is an operator's decision).
+        owned = await ident.claim_many(self.store, new_keys)
+        contact_ops = [
+            UpdateOne({"_id": cid}, ident.add_to_contact(held))
+            for cid, ks in new_keys.items()
+            if (held := [k for k in dict.fromkeys(ks) if owned.get(k) == cid])
+        ]
         await rs.bulk_updates(
             self.store,
             ("conversations", conv_ops),

@@ -359,7 +359,7 @@ async def test_db_indexes(mongo_uri: str, db_name: str) -> None:
     assert first.code == 0, first.err
     listed = dict(line.split(": ", 1) for line in first.out.splitlines())
     assert set(listed) == set(INDEXES)
-    assert "identities_unique" in listed["contacts"]
+    assert "identities" in listed["contacts"]
     assert "one_open_lead_per_contact" in listed["leads"]
     assert listed["counters"] == "(_id only)"
     again = await arun("db", "indexes", env=env)  # idempotent

@@ -499,15 +499,17 @@ async def test_contact_created_is_announced_when_another_record_wins_the_lead(
     drill met this interleaving by chance (contact.created 14 for 15 contacts)."""
     x_id = intake_id("api", "site", "race-x")
     x_paused, release = asyncio.Event(), asyncio.Event()
-    real_create_lead = routing_store.create_lead
+    real_create = routing_store.create_entities
 
-    async def create_lead(store: Store, doc: dict[str, Any]) -> Any:
-        if doc.get("origin_intake_id") == x_id and not release.is_set():
+    async def create_entities(
+        store: Store, collection: str, guard: str, docs: list[dict[str, Any]]
+    ) -> Any:
+        if any(d.get("origin_intake_id") == x_id for d in docs) and not release.is_set():
             x_paused.set()  # X has its contact and is about to insert its lead
             await release.wait()
-        return await real_create_lead(store, doc)
+        return await real_create(store, collection, guard, docs)
 
-    monkeypatch.setattr(routing_store, "create_lead", create_lead)
+    monkeypatch.setattr(routing_store, "create_entities", create_entities)
     async with in_process(mongo_uri, db_name) as svc:
         status, _ = await svc.client.post_api(api_body("race-x", phone=phone(7, 0)))
         assert status == 200

@@ -99,6 +99,9 @@ async def test_contacts_by_identity_or_id_each_once(store: Store) -> None:
         for n in range(MORE_THAN_A_CHUNK)
     ]
     await store.contacts.insert_many(contacts)
+    await store["identities"].insert_many(
+        [{"_id": k, "contact_id": c["_id"]} for c in contacts for k in c["identities"]]
+    )
     keys = [f"email:c{n}@example.test" for n in range(0, MORE_THAN_A_CHUNK, 2)]
     ids = [f"contact-{n}" for n in range(0, MORE_THAN_A_CHUNK, 3)]
     got = await rs.load_contacts(store, [*keys, "email:nobody@example.test"], ids)

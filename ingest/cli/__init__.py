@@ -10,6 +10,7 @@ from config.settings import Settings, get_settings
 from ingest.cli import (
     access_cmds,
     config_cmds,
+    db_cmds,
     feed_cmds,
     inspect_cmds,
     intake_cmds,
@@ -25,7 +26,7 @@ a repeat lead or the customer's active deal, and stores everything in MongoDB.
 Settings come from OMNIROUTE_* environment variables (see docs/configuration.md);
 routing setup from the YAML files in OMNIROUTE_CONFIG_DIR."""
 
-AREAS = (config_cmds, inspect_cmds, access_cmds, feed_cmds, intake_cmds, scenario_cmds)
+AREAS = (config_cmds, db_cmds, inspect_cmds, access_cmds, feed_cmds, intake_cmds, scenario_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:
