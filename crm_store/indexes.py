@@ -166,6 +166,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("watchers", ASCENDING), ("status", ASCENDING)], name="watchers"),
         IndexModel([("entity_id", ASCENDING), ("created_at", ASCENDING)], name="entity"),
         IndexModel([("contact_id", ASCENDING)], name="contact"),  # a contact merge moves them
+        # Reminders before a deadline (automation/worker.py): open ones by remind_at.
+        IndexModel([("status", ASCENDING), ("remind_at", ASCENDING)], name="reminders"),
     ],
     "notifications": [
         IndexModel([("user_id", ASCENDING), ("created_at", DESCENDING)], name="user"),
