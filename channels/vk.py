@@ -25,8 +25,8 @@ Inbound: VK POSTs one JSON event per request to ``/webhooks/vk/{account}``::
   customer read our message ``read_message_id``) → a ``read`` :class:`StatusUpdate`.
 * Comments (channels/vk_comments.py): ``wall_reply_*``, ``photo_comment_*``,
   ``video_comment_*``, ``market_comment_*`` (``_new`` / ``_edit`` / ``_restore`` /
-  ``_delete``) → comment messages, edits (a restore is an edit restoring the text, which
-  also lifts the deletion: crm_store/updates.py) and deletions. The community's own
+  ``_delete``) → comment messages, edits and deletions (a restore is the comment plus an
+  edit restoring its text, which lifts the deletion: crm_store/updates.py). The community's own
   comments are echoes. Public replies go out with ``wall.createComment`` (or
   ``photos``/``video``/``market.createComment``), private ones with ``messages.send`` to
   the commenter; :meth:`VkChannel.moderate` deletes a comment (VK cannot hide one).
