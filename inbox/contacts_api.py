@@ -3,7 +3,8 @@
 - ``GET /api/v1/contacts?q=&responsible=&cursor=&limit=`` — newest first; ``q`` matches the
   name, a phone (any spelling) or an e-mail address.
 - ``GET /api/v1/contacts/{id}`` — with its leads, deals and conversations.
-- ``PATCH /api/v1/contacts/{id}`` ``{"name", "responsible_id"}``.
+- ``PATCH /api/v1/contacts/{id}`` ``{"name", "responsible_id", "sms_opt_out",
+  "sms_opt_out_reason"}`` (an opted-out contact is never texted: docs/channels/sms.md).
 - ``POST /api/v1/contacts/{id}/merge`` ``{"other_id"}`` — ``other`` merges into ``id``
   (crm_store/contacts.py: identities, leads, deals, conversations move; an audit record).
 - ``DELETE /api/v1/contacts/{id}`` — directors and admins.
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from channels.identity import normalize_email, normalize_phone
-from crm_store import contacts
+from crm_store import contacts, sms_contacts
 from crm_store.contacts import ContactError
 from crm_store.store import Document
 from inbox import access
@@ -59,6 +60,10 @@ class ContactPatch(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=300)
     responsible_id: str | None = Field(default=None, min_length=1, max_length=128)
+    sms_opt_out: bool | None = Field(
+        default=None, description="true: never text this customer again; false: lift it"
+    )
+    sms_opt_out_reason: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class MergeBody(BaseModel):
@@ -162,7 +167,7 @@ async def get_contact(call: Call) -> ContactDetail:
 @route(
     "PATCH",
     "/api/v1/contacts/{id}",
-    summary="Edit a contact: name, responsible",
+    summary="Edit a contact: name, responsible, SMS opt-out",
     tag=TAG,
     body=ContactPatch,
     response=ContactView,
@@ -177,9 +182,20 @@ async def patch_contact(call: Call) -> ContactView:
     if body.responsible_id is not None:
         access.require_assignable(call.svc.config, call.principal, body.responsible_id)
         changes["responsible_id"] = body.responsible_id
+    if body.sms_opt_out is not None:
+        await sms_contacts.set_opt_out(
+            call.svc.store,
+            doc["_id"],
+            body.sms_opt_out,
+            reason=body.sms_opt_out_reason,
+            by=call.principal.user.id,
+        )
     if changes:
         changes["updated_at"] = datetime.now(UTC)
         await call.svc.store.contacts.update_one({"_id": doc["_id"]}, {"$set": changes})
+    if body.sms_opt_out is not None:
+        fresh = await call.svc.store.contacts.find_one({"_id": doc["_id"]})
+        return ContactView.of(fresh or {**doc, **changes})
     return ContactView.of({**doc, **changes})
 
 

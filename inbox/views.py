@@ -28,6 +28,14 @@ class TargetView(BaseModel):
     open: bool = False
 
 
+class SmsOptOut(BaseModel):
+    """The customer asked not to be texted (docs/channels/sms.md#opt-out)."""
+
+    at: datetime | None = None
+    reason: str | None = None
+    by: str | None = None
+
+
 class ContactView(View):
     name: str | None = None
     phones: list[str] = Field(default_factory=list)
@@ -39,6 +47,7 @@ class ContactView(View):
     spam: bool = False
     merged_into: str | None = Field(default=None, description="set on a contact merged away")
     company_id: str | None = Field(default=None, description="its company, if any")
+    sms_opt_out: SmsOptOut | None = Field(default=None, description="set: never texted")
     created_at: datetime | None = None
 
 

@@ -19,7 +19,7 @@ from channels.base import DeliveryState, WebhookRequest
 from channels.sms import SmsChannel
 from channels.sms_segments import segments
 from config.models import ChannelAccount
-from crm_store import outbox, sms_contacts
+from crm_store import outbox, sms_contacts, tokens
 from inbox.views import MessageView
 from ingest.sms_status import poll_account
 from tests.fakes.sms import FakeSmsc, FakeSmsRu
@@ -291,6 +291,37 @@ async def test_opted_out_contact_is_never_texted(mongo_uri: str, db_name: str) -
         assert (doc["error_code"], doc["error"]) == ("sms_opted_out", "opted out of SMS: STOP")
         assert fake.requests == []
         assert await sms_contacts.set_opt_out(svc.store, contact, False)
+        await text(svc, contact, "Hello", mid="m2")
+        await settled(svc, "m2", "sent")
+
+
+async def test_operator_records_an_opt_out_through_the_api(mongo_uri: str, db_name: str) -> None:
+    """PATCH /api/v1/contacts/{id} sms_opt_out: the contact shows it, the next SMS is refused
+    without a gateway call; lifting it lets SMS through again."""
+    async with running(mongo_uri, db_name) as (svc, fake):
+        contact = await customer(svc)
+        token, _ = await tokens.issue(svc.store, "ivan.petrov")
+        headers = {"Authorization": f"Bearer {token}"}
+        url = f"{svc.client.base}/api/v1/contacts/{contact}"
+
+        async def patch(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            async with svc.client.http.patch(url, json=body, headers=headers) as resp:
+                return resp.status, await resp.json()
+
+        status, view = await patch({"sms_opt_out": True, "sms_opt_out_reason": "asked by phone"})
+        assert status == 200, view
+        assert (view["sms_opt_out"]["reason"], view["sms_opt_out"]["by"]) == (
+            "asked by phone",
+            "ivan.petrov",
+        )
+        await text(svc, contact, "Hello")
+        doc = await settled(svc, "m1", "failed")
+        assert doc["error"] == "opted out of SMS: asked by phone"
+        assert fake.requests == []
+        status, bad = await patch({"sms_opt_out": "maybe"})
+        assert status == 422, bad
+        status, view = await patch({"sms_opt_out": False})
+        assert (status, view["sms_opt_out"]) == (200, None)
         await text(svc, contact, "Hello", mid="m2")
         await settled(svc, "m2", "sent")
 
