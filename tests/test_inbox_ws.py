@@ -193,7 +193,11 @@ def test_visibility_rules() -> None:
     lead_event = {"_id": "e-lead", "type": "lead.stage_changed", "refs": {"lead_id": "l"}}
     task = {"_id": "t", "type": "task.created", "data": {"assignee_id": ANNA, "watchers": [OLGA]}}
     timer = {"_id": "x", "type": "timer.fired", "refs": {}}
+    moderated = {"_id": "e3", "type": "comment.moderated", "refs": {"conversation_id": "c-sales"}}
+    document = {"_id": "e-lead", "type": "document.signed", "refs": {"deal_id": "d"}}
     table = [
+        (moderated, {ANNA: True, OLGA: False, IVAN: True, ADMIN: True}),
+        (document, {ANNA: False, OLGA: True, IVAN: True, ADMIN: True}),
         (conv_event, {ANNA: True, OLGA: False, IVAN: True, ADMIN: True}),
         (orphan, {ANNA: False, OLGA: False, IVAN: False, ADMIN: True}),
         (lead_event, {ANNA: False, OLGA: True, IVAN: True, ADMIN: True}),

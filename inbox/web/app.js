@@ -1208,7 +1208,7 @@ function soon(key, fn, ms = 120) {
 function onEvent(ev) {
   const type = String(ev.type || "");
   const refs = ev.refs || {};
-  if (type.startsWith("message.") || type.startsWith("conversation.")) {
+  if (type.startsWith("message.") || type.startsWith("conversation.") || type === "comment.moderated") {
     soon("list", () => refreshList());
     if (refs.conversation_id && refs.conversation_id === S.openId) {
       soon("conv", () => refreshConv());
