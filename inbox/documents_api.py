@@ -437,6 +437,8 @@ async def send_document(call: Call) -> Sent:
     attachment = {
         "kind": "file",
         "url": await signed_url(call.request, meta["_id"], REPLY_LINK_TTL),
+        # E-mail attaches the file itself (ingest/outbox.py); messengers fetch the url.
+        "stored_file_id": meta["_id"],
         "name": meta.get("name"),
         "mime_type": meta.get("mime_type"),
         "size": meta.get("size"),

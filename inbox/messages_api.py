@@ -189,6 +189,8 @@ async def _attachments(call: Call, refs: list[AttachmentRef]) -> list[dict[str, 
                 "kind": kind,
                 # No file_id: to a channel that is the provider's own file id.
                 "url": await signed_url(call.request, meta["_id"], REPLY_LINK_TTL),
+                # Ours: e-mail attaches the file itself (ingest/outbox.py).
+                "stored_file_id": meta["_id"],
                 "name": meta.get("name"),
                 "mime_type": mime,
                 "size": meta.get("size"),

@@ -20,10 +20,12 @@ from pymongo.errors import PyMongoError
 
 from channels import REGISTRY
 from channels.base import Attachment, OutboundMessage, SendError, SendingChannel, TemplateRef
+from channels.email.channel import EmailChannel
 from config.loader import resolve_secret
 from config.models import AppConfig
 from crm_store import outbox, sms_contacts, wa_templates
 from crm_store.store import Document, Store
+from ingest.mail_files import stored_attachments
 from ingest.tasks import cancel
 
 log = structlog.get_logger("omniroute.outbox")
@@ -50,7 +52,7 @@ def outbound_of(doc: Document, conversation: Document | None = None) -> Outbound
         # The provider's own thread id, when the conversation is one (routing/router.py).
         thread_id=thread[7:] if isinstance(thread, str) and thread.startswith("thread:") else None,
         text=doc.get("text", ""),
-        attachments=[Attachment.model_validate(a) for a in doc.get("attachments", [])],
+        attachments=[_attachment(a, doc["channel"]) for a in doc.get("attachments", [])],
         last_inbound_at=conv.get("last_inbound_at"),
         answers=answered if isinstance(answered, str) else None,
         references=refs,
@@ -63,6 +65,18 @@ def outbound_of(doc: Document, conversation: Document | None = None) -> Outbound
         # A provider template (WhatsApp) sent instead of the text (the text is its preview).
         template=_template(doc),
     )
+
+
+def _attachment(stored: Document, channel: str) -> Attachment:
+    """A stored outbound attachment as the channel sees it. ``stored_file_id`` names our
+    own file (an upload, a generated document): a channel that attaches stored files
+    (e-mail) gets it as ``file_id``; to any other a ``file_id`` is the provider's own file
+    id, so it goes by ``url`` only."""
+    values = dict(stored)
+    ours = values.pop("stored_file_id", None)
+    if ours is not None and getattr(REGISTRY.get(channel), "attaches_stored_files", False):
+        values["file_id"] = ours
+    return Attachment.model_validate(values)
 
 
 def _template(doc: Document) -> TemplateRef | None:
@@ -165,7 +179,11 @@ class OutboxWorker:
                 )
             ):
                 raise SendError(why, retryable=False, code="template_not_approved")
-            result = await channel.send(account, resolve_secret(account), msg)
+            if isinstance(channel, EmailChannel):
+                attached = await stored_attachments(self.store, account, msg)
+                result = await channel.send(account, resolve_secret(account), msg, attached)
+            else:
+                result = await channel.send(account, resolve_secret(account), msg)
         except SendError as exc:
             attempts = int(doc.get("attempts", 0)) + 1
             if exc.unknown:

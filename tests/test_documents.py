@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import docx
@@ -428,14 +427,18 @@ async def test_send_by_email_and_refused_where_files_cannot_go(
                 await wait_for(arrived, timeout=30, message="no mail reached the SMTP server")
                 [out] = sink.messages()
                 assert out["To"] == "ivan@customer.test"
-                text = out.get_content()
+                # The DOCX itself is attached (RFC 2231 name), not linked.
+                body = out.get_body(("plain",))
+                assert body is not None
+                text = body.get_content()
                 assert text.startswith("Ваш договор")
-                [link] = [w for w in text.split() if "/files/" in w]
+                assert "/files/" not in text
+                [part] = list(out.iter_attachments())
                 _, raw = await a.call("GET", f"/documents/{doc['id']}/file", ANNA)
-                async with a.svc.client.http.get(link) as resp:
-                    assert (resp.status, await resp.read()) == (200, raw)
-                    name = quote(f"Договор {doc['number']} v1.docx", safe="")
-                    assert f"filename*=UTF-8''{name}" in resp.headers["Content-Disposition"]
+                assert part.get_content_type() == make.DOCX_MIME
+                assert part.get_filename() == f"Договор {doc['number']} v1.docx"
+                assert b"filename*0*=utf-8''%D0%94%D0%BE%D0%B3" in sink.received[0][2]
+                assert part.get_content() == raw
 
                 # A channel that sends text only refuses the file at once, nothing queued.
                 conv = stable_id("conversation", "wa-doc")

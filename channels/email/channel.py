@@ -29,6 +29,8 @@ from __future__ import annotations
 import email.utils
 import fnmatch
 import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Literal
@@ -54,7 +56,7 @@ from channels.email.imap import ImapSession
 from channels.email.mime import AutoKind, ParsedMail, strip_subject_prefixes
 from channels.identity import normalize_email
 from config.models import ChannelAccount
-from crm_store.files import StoredFile
+from crm_store.files import StoredFile, clean_name
 
 log = structlog.get_logger("omniroute.email")
 
@@ -94,6 +96,13 @@ class MailboxSettings(BaseModel):
     smtp_user: str | None = None  # default: user
     smtp_password_env: str | None = None  # default: the account's secret
     sent_folder: str | None = None  # APPEND a copy of every reply there
+    # Stored files named on a reply are attached (MIME) up to this many bytes per mail;
+    # the rest go as signed links, under ``oversize_note``.
+    max_send_attachments_bytes: int = Field(default=20 * MB, ge=0)
+    oversize_note: str = Field(
+        default="Файлы слишком велики для письма, их можно скачать по ссылкам:",
+        max_length=500,
+    )
 
     @property
     def from_address(self) -> str:
@@ -265,8 +274,14 @@ def reply_subject(subject: str | None) -> str:
     return f"Re: {base}" if base else "Re:"
 
 
-def compose(settings: MailboxSettings, msg: OutboundMessage, at: datetime) -> EmailMessage:
-    """The reply as it goes out (also the copy APPENDed to the Sent folder)."""
+def compose(
+    settings: MailboxSettings,
+    msg: OutboundMessage,
+    at: datetime,
+    files: Sequence[MailFile] = (),
+) -> EmailMessage:
+    """The reply as it goes out (also the copy APPENDed to the Sent folder): ``files``
+    attached, every other attachment as a link in the text."""
     frm = settings.from_address
     domain = frm.rpartition("@")[2] or "localhost"
     mail = EmailMessage()
@@ -282,12 +297,55 @@ def compose(settings: MailboxSettings, msg: OutboundMessage, at: datetime) -> Em
         mail["References"] = " ".join(f"<{r}>" for r in [*chain, parent])
     if msg.automatic:
         mail["Auto-Submitted"] = "auto-replied"
+    attached = {f.file_id for f in files}
     text = msg.text
-    links = [f"{a.name or a.kind}: {a.url}" for a in msg.attachments if a.url]
+    links = [
+        f"{a.name or a.kind}: {a.url}"
+        for a in msg.attachments
+        if a.url and not (a.file_id and a.file_id in attached)
+    ]
     if links:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(links)
+        # A stored file left out (over the size cap, or gone) is said to be one.
+        note = [settings.oversize_note] if any(a.file_id for a in msg.attachments) else []
+        text = text.rstrip("\n") + "\n\n" + "\n".join([*note, *links])
     mail.set_content(text)
+    for f in files:
+        maintype, _, subtype = f.mime_type.partition("/")
+        if not (maintype and subtype) or maintype in ("multipart", "message", "text"):
+            # text/* would be re-encoded by the library; multipart/message need objects.
+            maintype, subtype = "application", "octet-stream"
+        # Non-ASCII names go as RFC 2231 ``filename*=utf-8''…``; no CR/LF reaches a header.
+        name = clean_name(f.name) or "file"
+        mail.add_attachment(f.data, maintype=maintype, subtype=subtype, filename=name)
     return mail
+
+
+@dataclass(frozen=True, slots=True)
+class MailFile:
+    """A stored file (crm_store/files.py) attached to a reply."""
+
+    file_id: str
+    name: str
+    mime_type: str
+    data: bytes
+
+
+def pick_attachments(
+    settings: MailboxSettings, msg: OutboundMessage, sizes: Mapping[str, int]
+) -> list[str]:
+    """The stored files of ``msg`` (attachments with ``file_id``; ``sizes``: the stored
+    ones) to attach, in order, while the total stays within
+    ``max_send_attachments_bytes``; the others go as links."""
+    chosen: list[str] = []
+    total = 0
+    for a in msg.attachments:
+        size = sizes.get(a.file_id) if a.file_id else None
+        if a.file_id is None or size is None or a.file_id in chosen:
+            continue
+        if total + size <= settings.max_send_attachments_bytes:
+            chosen.append(a.file_id)
+            total += size
+    return chosen
 
 
 def provider_id_of(mail: EmailMessage) -> str:
@@ -296,6 +354,9 @@ def provider_id_of(mail: EmailMessage) -> str:
 
 class EmailChannel(WebhookChannel):
     name = "email"
+    # An outbound attachment's ``file_id`` is a stored file of ours (crm_store/files.py),
+    # attached to the mail — not a provider's file id (ingest/outbox.py).
+    attaches_stored_files = True
 
     def authenticate(
         self, account: ChannelAccount, secret: str | None, req: WebhookRequest
@@ -333,10 +394,16 @@ class EmailChannel(WebhookChannel):
             )
 
     async def send(
-        self, account: ChannelAccount, secret: str | None, msg: OutboundMessage
+        self,
+        account: ChannelAccount,
+        secret: str | None,
+        msg: OutboundMessage,
+        files: Sequence[MailFile] = (),
     ) -> SendResult:
+        """Send ``msg``; ``files``: the stored attachments to attach (ingest/outbox.py
+        reads them; see :func:`pick_attachments`)."""
         settings = mailbox_settings(account)
-        mail = compose(settings, msg, datetime.now(UTC))
+        mail = compose(settings, msg, datetime.now(UTC), files)
         password = setting_env(account, "smtp_password_env") or secret
         try:
             await aiosmtplib.send(
