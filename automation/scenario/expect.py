@@ -9,6 +9,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from automation.scenario.model import (
+    CompanyCheck,
+    ContactCheck,
+    DocumentCheck,
     EntityCheck,
     Expectation,
     NotificationCheck,
@@ -118,6 +121,57 @@ def _sent(c: SentCheck, w: World) -> tuple[bool, str, str]:
     return bool(found), what, "found" if found else f"sent to {c.to}: {got}"
 
 
+def _contact(c: ContactCheck, w: World) -> tuple[bool, str, str]:
+    doc = w.contact_of(c.of)
+    what = f"{c.of}'s contact" + "".join(
+        f" {k}={v}" for k, v in (("responsible", c.responsible), ("company", c.company)) if v
+    )
+    if doc is None:
+        return False, what, "no contact"
+    company = w.companies.get(str(doc.get("company_id")), {})
+    name = str(company.get("name", ""))
+    ok = (c.responsible is None or doc.get("responsible_id") == c.responsible) and (
+        c.company is None or c.company.lower() in name.lower()
+    )
+    return ok, what, f"responsible={doc.get('responsible_id')} company={name or None}"
+
+
+def _company(c: CompanyCheck, w: World) -> tuple[bool, str, str]:
+    doc = w.contact_of(c.of)
+    company = w.companies.get(str((doc or {}).get("company_id")))
+    want: dict[str, Any] = {
+        k: v for k, v in (("name", c.name), ("inn", c.inn), ("responsible", c.responsible)) if v
+    }
+    what = f"{c.of}'s company: {want | dict(c.fields)}"
+    if company is None:
+        return False, what, "no company"
+    got: dict[str, Any] = {
+        "name": company.get("name"),
+        "inn": company.get("inn"),
+        "responsible": company.get("responsible_id"),
+    }
+    ok = all(_same(v, got[k]) for k, v in want.items())
+    have = company.get("fields") or {}
+    ok = ok and all(_same(v, have.get(k)) for k, v in c.fields.items())
+    return ok, what, f"{got | dict(have)}"
+
+
+def _documents(c: DocumentCheck, w: World) -> tuple[bool, str, str]:
+    deals = {d["_id"] for d in w.of(c.of, "deal", c.pipeline)}
+    mine = [d for d in w.documents if d.get("deal_id") in deals]
+    found = [
+        d
+        for d in mine
+        if d.get("type") == c.type and (c.status is None or d.get("status") == c.status)
+    ]
+    where = f" in {c.pipeline}" if c.pipeline else ""
+    what = f"document {c.type}{' ' + c.status if c.status else ''} of {c.of}'s deal{where}"
+    if c.count is not None:
+        return len(found) == c.count, f"{c.count} × {what}", f"{len(found)}"
+    got = [f"{d.get('type')} {d.get('number')} {d.get('status')}" for d in mine]
+    return bool(found), what, "found" if found else f"documents: {got}"
+
+
 def check(e: Expectation, w: World, tz: ZoneInfo) -> Outcome:
     if e.lead is not None:
         ok, what, found = _entity("lead", e.lead, w)
@@ -129,6 +183,12 @@ def check(e: Expectation, w: World, tz: ZoneInfo) -> Outcome:
         ok, what, found = _notified(e.notification, w)
     elif e.sent is not None:
         ok, what, found = _sent(e.sent, w)
+    elif e.contact is not None:
+        ok, what, found = _contact(e.contact, w)
+    elif e.company is not None:
+        ok, what, found = _company(e.company, w)
+    elif e.document is not None:
+        ok, what, found = _documents(e.document, w)
     else:
         ok = w.contact_count == e.contacts
         what, found = f"{e.contacts} contact(s) in all", str(w.contact_count)

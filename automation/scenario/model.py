@@ -104,10 +104,38 @@ class Complete(Strict):
     by: Name | None = None
 
 
+class NewCompany(Strict):
+    """The company a lead converts into (with the contact): created, or the one already
+    holding the INN (docs/companies.md)."""
+
+    name: str = Field(min_length=1, max_length=300)
+    inn: str | None = None
+    kpp: str | None = None
+    fields: dict[str, Scalar] = Field(default_factory=dict)
+
+
 class Convert(Strict):
     lead: Name
     pipeline: Name
     stage: Name | None = None
+    # Converting into contact + company (the oil distributor's check).
+    company: NewCompany | None = None
+    by: Name | None = None
+
+
+class CompanyFor(NewCompany):
+    """An operator makes the person's contact one of a company's (created, or the one
+    holding the INN) — the company card in the inbox."""
+
+    of: Name
+    by: Name | None = None
+
+
+class Watch(Strict):
+    """A user starts watching a lead or deal (the inbox's watchers)."""
+
+    entity: Ref
+    user: Name
     by: Name | None = None
 
 
@@ -153,6 +181,35 @@ class TaskCheck(Strict):
     count: int | None = Field(default=None, ge=0)
 
 
+class ContactCheck(Strict):
+    """The person's contact: its responsible, its company (a name's substring)."""
+
+    of: Name
+    responsible: Name | None = None
+    company: str | None = None
+
+
+class CompanyCheck(Strict):
+    """The company of the person's contact."""
+
+    of: Name
+    name: str | None = None
+    inn: str | None = None
+    responsible: Name | None = None
+    fields: dict[str, Scalar] = Field(default_factory=dict)
+
+
+class DocumentCheck(Strict):
+    """Documents of the person's deals (the registry, docs/documents.md): of a type, in a
+    status (generated, sent, signed), of a deal in ``pipeline``."""
+
+    of: Name
+    type: Name
+    pipeline: Name | None = None
+    status: Literal["generated", "sent", "signed"] | None = None
+    count: int | None = Field(default=None, ge=0)
+
+
 class NotificationCheck(Strict):
     to: Name
     text: str = ""
@@ -176,23 +233,46 @@ class Expectation(Strict):
     notification: NotificationCheck | None = None
     sent: SentCheck | None = None
     contacts: int | None = Field(default=None, ge=0, description="contacts in the store")
+    contact: ContactCheck | None = None
+    company: CompanyCheck | None = None
+    document: DocumentCheck | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Expectation:
-        keys = [
-            k
-            for k in ("lead", "deal", "task", "notification", "sent", "contacts")
-            if getattr(self, k) is not None
-        ]
+        keys = [k for k in CHECKS if getattr(self, k) is not None]
         if len(keys) != 1:
             raise ValueError(
-                "an expectation has exactly one of: lead, deal, task, notification, sent, "
-                "contacts (and an optional quote)"
+                f"an expectation has exactly one of: {', '.join(CHECKS)} (and an optional quote)"
             )
         return self
 
 
-ACTIONS = ("write", "call", "move", "set", "assign", "complete", "convert", "reply", "wait")
+CHECKS = (
+    "lead",
+    "deal",
+    "task",
+    "notification",
+    "sent",
+    "contacts",
+    "contact",
+    "company",
+    "document",
+)
+
+
+ACTIONS = (
+    "write",
+    "call",
+    "move",
+    "set",
+    "assign",
+    "watch",
+    "company",
+    "complete",
+    "convert",
+    "reply",
+    "wait",
+)
 
 
 class Step(Strict):
@@ -204,6 +284,8 @@ class Step(Strict):
     move: Move | None = None
     set: SetFields | None = None
     assign: Assign | None = None
+    watch: Watch | None = None
+    company: CompanyFor | None = None
     complete: Complete | None = None
     convert: Convert | None = None
     reply: Reply | None = None
@@ -251,16 +333,19 @@ def _people_of(step: Step) -> list[str]:
         step.move.entity if step.move else None,
         step.set.entity if step.set else None,
         step.assign.entity if step.assign else None,
+        step.watch.entity if step.watch else None,
         step.complete.entity if step.complete else None,
     ):
         if ref is not None:
             out.append(ref.person)
     if step.convert is not None:
         out.append(step.convert.lead)
+    if step.company is not None:
+        out.append(step.company.of)
     if step.reply is not None:
         out.append(step.reply.to)
     for e in step.expect:
-        for check in (e.lead, e.deal):
+        for check in (e.lead, e.deal, e.contact, e.company, e.document):
             if check is not None:
                 out.append(check.of)
         if e.sent is not None:

@@ -26,10 +26,10 @@ from pydantic import ValidationError
 from automation.calendar import WorkingCalendar
 from automation.clock import FakeClock
 from automation.scenario import expect, inbound, timeline, world
-from automation.scenario.model import Ref, Scenario, Step, Wait
+from automation.scenario.model import NewCompany, Ref, Scenario, Step, Wait
 from automation.worker import AutomationWorker
 from config.models import AppConfig
-from crm_store import conversion, entities, outbox, tasks
+from crm_store import companies, conversion, entities, outbox, tasks, watchers
 from crm_store import routing_store as rs
 from crm_store.embedded import EmbeddedStore
 from crm_store.stages import StageError, move_stage
@@ -186,6 +186,15 @@ class Player:
             await entities.set_responsible(
                 self.store, a.entity.kind, doc["_id"], a.to, by=self.by(a.by), at=now
             )
+        elif step.watch is not None:
+            wt = step.watch
+            doc = await self.find(wt.entity)
+            self.say(f"{self.by(wt.by)} adds {wt.user} to the watchers of {wt.entity}")
+            await watchers.change(
+                self.store, wt.entity.kind, doc["_id"], wt.user, add=True, by=self.by(wt.by), at=now
+            )
+        elif step.company is not None:
+            await self.company(step)
         elif step.complete is not None:
             await self.complete(step)
         elif step.convert is not None:
@@ -262,7 +271,7 @@ class Player:
         query: Document = {"status": tasks.OPEN}
         if c.entity is not None:
             doc = await self.find(c.entity)
-            query[f"{c.entity.kind}_id"] = doc["_id"]
+            query["entity_id"] = doc["_id"]
         found = [
             t
             async for t in self.store["tasks"].find(query, sort=[("created_at", 1)])
@@ -274,6 +283,30 @@ class Player:
         self.say(f"{who} completes the task «{found[0]['title']}»")
         await tasks.complete(self.store, found[0]["_id"], by=who, at=self.clock.now())
 
+    async def new_company(self, given: NewCompany, responsible: object, who: str) -> Document:
+        """The company created (or the one already holding the INN)."""
+        data = given.model_dump(exclude_none=True, exclude={"of", "by"})
+        try:
+            parsed = companies.CompanyData.model_validate({**data, "responsible_id": responsible})
+        except ValidationError as exc:
+            raise inbound.StepError(f"not a company: {exc.errors()[0]['msg']}") from None
+        company, _ = await companies.create(self.store, parsed, by=who, at=self.clock.now())
+        return company
+
+    async def company(self, step: Step) -> None:
+        c = step.company
+        assert c is not None
+        ids = (await world.read(self.store, self.keys)).contacts.get(c.of, [])
+        if not ids:
+            raise LookupError(f"{c.of} has no contact")
+        who = self.by(c.by)
+        contact = await self.store.contacts.find_one({"_id": ids[-1]})
+        company = await self.new_company(c, (contact or {}).get("responsible_id"), who)
+        self.say(f"{who} makes {c.of} a contact of the company «{company['name']}»")
+        await companies.link_contact(
+            self.store, company["_id"], ids[-1], by=who, at=self.clock.now()
+        )
+
     async def convert(self, step: Step) -> None:
         c = step.convert
         assert c is not None
@@ -281,7 +314,14 @@ class Player:
         pipeline = self.config.pipeline(c.pipeline)
         stage = c.stage or pipeline.stages[0].id
         who = self.by(c.by)
-        self.say(f"{who} converts {c.lead}'s lead into a deal in {c.pipeline}/{stage}")
+        company_id = None
+        if c.company is not None:
+            company = await self.new_company(c.company, lead.get("responsible_id"), who)
+            company_id = company["_id"]
+        with_company = f" with the company «{c.company.name}»" if c.company else ""
+        self.say(
+            f"{who} converts {c.lead}'s lead into a deal in {c.pipeline}/{stage}{with_company}"
+        )
         await conversion.convert(
             self.store,
             lead,
@@ -291,6 +331,7 @@ class Player:
             who,
             lead_pipeline=self.config.pipeline(lead["pipeline_id"]),
             at=self.clock.now(),
+            company_id=company_id,
         )
 
     async def reply(self, step: Step) -> None:

@@ -25,6 +25,15 @@ class World:
     tasks: list[Document] = field(default_factory=list)
     notifications: list[Document] = field(default_factory=list)
     outbound: list[Document] = field(default_factory=list)
+    # contact id → {responsible_id, company_id}; company id → company; the deals' documents
+    contact_docs: dict[str, Document] = field(default_factory=dict)
+    companies: dict[str, Document] = field(default_factory=dict)
+    documents: list[Document] = field(default_factory=list)
+
+    def contact_of(self, person: str) -> Document | None:
+        """The person's (newest) contact."""
+        ids = self.contacts.get(person, [])
+        return self.contact_docs.get(ids[-1]) if ids else None
 
     def of(self, person: str, kind: str, pipeline: str | None = None) -> list[Document]:
         """The person's leads or deals, oldest first."""
@@ -50,9 +59,11 @@ def identity_keys(person: Person, messenger_ids: list[tuple[str, str, str]]) -> 
 async def read(store: Store, keys: dict[str, list[str]]) -> World:
     w = World()
     by_key: dict[str, str] = {k: person for person, ks in keys.items() for k in ks}
-    async for c in store.contacts.find({}, {"identities": 1, "merged_into": 1}):
+    shown = {"identities": 1, "merged_into": 1, "responsible_id": 1, "company_id": 1}
+    async for c in store.contacts.find({}, shown):
         if c.get("merged_into"):
             continue
+        w.contact_docs[c["_id"]] = c
         w.contact_count += 1
         owners = {by_key[k] for k in c.get("identities") or [] if k in by_key}
         for person in owners:
@@ -62,6 +73,13 @@ async def read(store: Store, keys: dict[str, list[str]]) -> World:
     w.tasks = [d async for d in store["tasks"].find({}, sort=[("created_at", 1), ("_id", 1)])]
     w.notifications = [
         d async for d in store["notifications"].find({}, sort=[("created_at", 1), ("_id", 1)])
+    ]
+    w.companies = {c["_id"]: c async for c in store["companies"].find({})}
+    w.documents = [
+        d
+        async for d in store["deal_documents"].find(
+            {"status": {"$ne": "pending"}}, {"file": 0}, sort=[("created_at", 1), ("_id", 1)]
+        )
     ]
     w.outbound = [
         d
