@@ -4,10 +4,14 @@ reports, and the ring-path "who is calling" lookup.
 A report (:class:`~channels.base.CallEvent`) is applied with one upsert whose operators
 are all order-independent (``$setOnInsert`` of constants, ``$min``, ``$max``,
 ``$addToSet``; see channels/calls.py), so concurrent and repeated reports need no read
-before the write and no lock. The document is then read back by ``_id`` to announce what
-the call has reached — ``call.started``, ``call.ended`` and, for an inbound call nobody
+before the write and no lock. That upsert is all the webhook waits for (:func:`apply`):
+it also sets ``announce_due: true``, and the call announcer (ingest/call_announcer.py)
+reads due calls back by ``_id`` (the partial index ``announce_due``) to announce what the
+call has reached — ``call.started``, ``call.ended`` and, for an inbound call nobody
 answered from a known contact, ``call.missed`` — each once (event ids derive from the
-call; ``announced`` remembers what was considered).
+call; ``announced`` remembers what was considered), then clears the flag unless another
+report arrived meanwhile (:func:`announce_call`). A process killed between the upsert and
+the announcement leaves the flag set: any process's announcer announces it later.
 
 Document: ``_id`` = hash(channel, account, provider call id); ``channel``, ``account``,
 ``call_id`` (the provider's), ``source_id``, ``message_id`` (the intake/message id of the
@@ -17,7 +21,8 @@ call's message, which routing attaches to a contact, lead or deal), the merged c
 ``ended_at``, ``duration_s``, ``talk_s``, ``hangup_cause``, ``recording_url``,
 ``recording_id``, ``rating``, ``seq``), ``announced``, and the bookkeeping
 ``first_seen_at`` / ``last_seen_at`` / ``reports`` (count of reports applied, repeats
-included), and for a call of a partly signed provider (Zadarma) its signed ``identity``.
+included), ``announce_due`` (only while reports wait for their announcement), and for a
+call of a partly signed provider (Zadarma) its signed ``identity``.
 
 Reports a provider signs only in part (:class:`~channels.calls.SignedCallEvent`) go
 through :func:`apply_signed`: each claims its (event, signed string) once in
@@ -53,8 +58,14 @@ from crm_store import events
 from crm_store import routing_store as rs
 from crm_store.documents import ContactDoc, intake_id, stable_id
 from crm_store.store import Collection, Document, Store, together
+from crm_store.wake import CALLS_DUE, notify
 
 COLLECTION = "calls"
+# Set by every report's upsert, cleared once what the call reached is announced; the
+# partial index of that name holds only the due calls (the embedded store never picks a
+# partial index itself: always hinted).
+DUE = "announce_due"
+DUE_INDEX = "announce_due"
 
 log = structlog.get_logger("omniroute.calls")
 
@@ -86,6 +97,7 @@ def update_of(ev: CallEvent, source_id: str, at: datetime) -> Document:
         "$min": {"first_seen_at": at},
         "$max": {"last_seen_at": at},
         "$inc": {"reports": 1},
+        "$set": {DUE: True},
     }
     for op, name, value in contributions(ev):
         update.setdefault(op.value, {})[name] = value
@@ -94,30 +106,71 @@ def update_of(ev: CallEvent, source_id: str, at: datetime) -> Document:
 
 async def apply(
     store: Store, ev: CallEvent, source_id: str, service_pipelines: Container[str] = ()
+) -> bool:
+    """Apply one report, the webhook's part: the upsert alone (one round trip), which flags
+    the call as due for its announcement; this process's announcer is woken. A partly
+    signed report (:func:`apply_signed`) also claims its report first. False when such a
+    report was not applied (a replay, or a report waiting for the report that opens its
+    call)."""
+    applied: bool
+    if isinstance(ev, SignedCallEvent):
+        rec = await apply_signed(store, ev, source_id, service_pipelines, announce=False)
+        applied = rec is not None
+    else:
+        doc_id = call_doc_id(ev.channel, ev.account, ev.call_id)
+        update = update_of(ev, source_id, datetime.now(UTC))
+        try:
+            await calls(store).update_one({"_id": doc_id}, update, upsert=True)
+        except DuplicateKeyError:
+            # Two first reports of one call upserted at once; ours now updates the winner's.
+            await calls(store).update_one({"_id": doc_id}, update, upsert=True)
+        applied = True
+    if applied:
+        notify(CALLS_DUE)
+    return applied
+
+
+async def apply_and_announce(
+    store: Store, ev: CallEvent, source_id: str, service_pipelines: Container[str] = ()
 ) -> CallRecord | None:
-    """Apply one report; announce what the call reached. Returns the call as stored, or
-    None when a partly signed report was not applied (a replay, or a report waiting for
-    the report that opens its call; see :func:`apply_signed`)."""
+    """Apply one report and announce at once what its call reached (what the announcer
+    would do next): the call as stored, or None when the report was not applied."""
     if isinstance(ev, SignedCallEvent):
         return await apply_signed(store, ev, source_id, service_pipelines)
+    await apply(store, ev, source_id, service_pipelines)
     doc_id = call_doc_id(ev.channel, ev.account, ev.call_id)
-    update = update_of(ev, source_id, datetime.now(UTC))
-    try:
-        doc = await _upsert(store, {"_id": doc_id}, update)
-    except DuplicateKeyError:
-        # Two first reports of one call upserted at once; ours now updates the winner's.
-        doc = await _upsert(store, {"_id": doc_id}, update)
+    return await announce_call(store, doc_id, service_pipelines)
+
+
+async def due_calls(store: Store, limit: int) -> list[str]:
+    """Ids of calls whose reports wait for their announcement (the partial index)."""
+    found = calls(store).find({DUE: True}, {"_id": 1}, hint=DUE_INDEX, limit=limit)
+    return [str(d["_id"]) async for d in found]
+
+
+async def announce_call(
+    store: Store, doc_id: str, service_pipelines: Container[str] = ()
+) -> CallRecord | None:
+    """Announce what the call reached and clear its ``announce_due`` flag — unless a
+    report arrived meanwhile (``reports`` moved): then it stays due for the next round.
+    Safe to run twice, in two processes at once, or again after a crash: the events'
+    ids derive from the call (crm_store/events.append keeps one of each)."""
+    doc = await calls(store).find_one({"_id": doc_id})
     if doc is None:
-        raise LookupError(f"call {doc_id} vanished after its update")
-    return await _announced(store, doc, service_pipelines)
+        return None
+    return await announce_read(store, doc, service_pipelines)
 
 
-async def _announced(
+async def announce_read(
     store: Store, doc: Document, service_pipelines: Container[str] = ()
 ) -> CallRecord:
     rec = CallRecord.model_validate(doc)
     if due := due_announcements(rec):
         await announce(store, rec, due, service_pipelines)
+    if doc.get(DUE):
+        await calls(store).update_one(
+            {"_id": doc["_id"], "reports": doc.get("reports"), DUE: True}, {"$unset": {DUE: ""}}
+        )
     return rec
 
 
@@ -149,7 +202,12 @@ def claim_doc_id(ev: SignedCallEvent) -> str:
 
 
 async def apply_signed(
-    store: Store, ev: SignedCallEvent, source_id: str, service_pipelines: Container[str] = ()
+    store: Store,
+    ev: SignedCallEvent,
+    source_id: str,
+    service_pipelines: Container[str] = (),
+    *,
+    announce: bool = True,
 ) -> CallRecord | None:
     """Apply a report whose provider signs only part of it (channels.calls.SignedCallEvent).
 
@@ -161,6 +219,9 @@ async def apply_signed(
        then applies the reports of this call that arrived before it and waited.
     3. Any other report updates the call only if it was opened with the same identity;
        otherwise its claim waits for the opening report (step 2), and nothing is created.
+
+    With ``announce=False`` (the webhook's path) the call is left flagged as due for the
+    announcer instead of announced here.
     """
     now = datetime.now(UTC)
     claim_id = claim_doc_id(ev)
@@ -197,9 +258,9 @@ async def apply_signed(
                 {"_id": call_doc_id(ev.channel, ev.account, ev.call_id)}
             )
             return CallRecord.model_validate(found) if found else None
-    rec = await _apply_claimed(store, ev, source_id, now, service_pipelines)
+    rec = await _apply_claimed(store, ev, source_id, now, service_pipelines, announce)
     if rec is not None and ev.opens:
-        rec = await _apply_waiting(store, ev, source_id, service_pipelines) or rec
+        rec = await _apply_waiting(store, ev, source_id, service_pipelines, announce) or rec
     return rec
 
 
@@ -209,6 +270,7 @@ async def _apply_claimed(
     source_id: str,
     now: datetime,
     service_pipelines: Container[str] = (),
+    announce: bool = True,
 ) -> CallRecord | None:
     doc_id = call_doc_id(ev.channel, ev.account, ev.call_id)
     update = update_of(ev, source_id, now)
@@ -237,11 +299,17 @@ async def _apply_claimed(
             )
         return None  # not opened yet: the claim waits for the opening report
     await claims(store).update_one({"_id": claim_doc_id(ev)}, {"$set": {"applied": True}})
-    return await _announced(store, doc, service_pipelines)
+    if not announce:
+        return CallRecord.model_validate(doc)
+    return await announce_read(store, doc, service_pipelines)
 
 
 async def _apply_waiting(
-    store: Store, opening: SignedCallEvent, source_id: str, service_pipelines: Container[str] = ()
+    store: Store,
+    opening: SignedCallEvent,
+    source_id: str,
+    service_pipelines: Container[str] = (),
+    announce: bool = True,
 ) -> CallRecord | None:
     """The reports of the just-opened call that arrived before it, applied in turn."""
     rec: CallRecord | None = None
@@ -258,7 +326,9 @@ async def _apply_waiting(
     async for held in waiting:
         ev = SignedCallEvent.model_validate(held["report"])
         source = held.get("source_id", source_id)
-        rec = await _apply_claimed(store, ev, source, datetime.now(UTC), service_pipelines)
+        rec = await _apply_claimed(
+            store, ev, source, datetime.now(UTC), service_pipelines, announce
+        )
     return rec
 
 

@@ -12,6 +12,7 @@ from crm_store.documents import stable_id
 from crm_store.intake import DUPLICATE_KEY
 from crm_store.routing_store import existing_ids, reserve_sequence
 from crm_store.store import Document, Store
+from crm_store.wake import EVENTS, notify
 
 MAX_RENUMBER = 5
 # Stands in for a sequence number whose event turned out to be written already (a
@@ -70,8 +71,10 @@ async def append(store: Store, events: list[Document], *, maybe_written: bool = 
             e["written_at"] = written
         try:
             await store.events.insert_many(events, ordered=False)
+            notify(EVENTS)  # this process's live hubs look at once (crm_store/wake.py)
             return
         except BulkWriteError as exc:
+            notify(EVENTS)  # some may be new
             errors: list[dict[str, Any]] = exc.details.get("writeErrors", [])
             if any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise

@@ -174,7 +174,10 @@ async def running_service(
     from ingest.sms_status import SmsStatusPoller
 
     background.append(SmsStatusPoller(store, config))
-    # --- telephony
+    # --- telephony: call events announced after the 2xx (docs/channels/telephony.md)
+    from ingest.call_announcer import CallAnnouncer
+
+    background.append(CallAnnouncer(store, config.service_pipelines()))
     # --- automation
     if settings.automation_enabled:
         from automation.worker import AutomationWorker

@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from channels.calls import CallRecord
+from crm_store import calls as call_store
 from crm_store import tokens
 from crm_store.calls import call_doc_id
 from crm_store.event_catalogue import EVENT_TYPES, Envelope
 from crm_store.feed import envelope
+from tests.helpers import wait_for
 from tests.service import InProcess, api_body
 
 # Fields of a call document that depend on when reports arrived, not on what they said.
@@ -23,6 +25,7 @@ async def one(coll: Any, query: dict[str, Any]) -> dict[str, Any]:
 
 
 async def call_of(svc: InProcess, channel: str, account: str, call_id: str) -> CallRecord:
+    await announced(svc)
     doc = await svc.store["calls"].find_one({"_id": call_doc_id(channel, account, call_id)})
     assert doc is not None, f"no call {channel}/{account}/{call_id}"
     return CallRecord.model_validate(doc)
@@ -34,7 +37,18 @@ def converged(rec: CallRecord) -> dict[str, Any]:
     return rec.model_dump(exclude={"id", "call_id", "message_id"})
 
 
+async def announced(svc: InProcess) -> None:
+    """Wait until the call announcer has announced every call report applied so far (the
+    webhook answers before: crm_store/calls.py)."""
+
+    async def none_due() -> bool:
+        return not await call_store.due_calls(svc.store, 1)
+
+    await wait_for(none_due, timeout=20, message="call reports still waiting for announcement")
+
+
 async def events_of(svc: InProcess, type_: str) -> list[dict[str, Any]]:
+    await announced(svc)
     return [e async for e in svc.store.events.find({"type": type_}).sort("seq", 1)]
 
 

@@ -243,7 +243,7 @@ async def test_store_converges_like_the_pure_merge(store: Store) -> None:
         rng.shuffle(events)
         last = None
         for ev in events:
-            last = await call_store.apply(store, ev, "phone")
+            last = await call_store.apply_and_announce(store, ev, "phone")
         assert last is not None
         assert stored_call(last) == expected
         doc = await store["calls"].find_one({"_id": last.id})
@@ -257,7 +257,7 @@ async def test_concurrent_reports_of_a_new_call(store: Store) -> None:
     """Every report of one new call at once (the first upserts race): one document, the
     merged state, each event announced once."""
     events = lifecycle("concurrent") * 3
-    await asyncio.gather(*(call_store.apply(store, ev, "phone") for ev in events))
+    await asyncio.gather(*(call_store.apply_and_announce(store, ev, "phone") for ev in events))
     assert await store["calls"].count_documents({}) == 1
     doc = await store["calls"].find_one({})
     assert doc is not None
@@ -331,7 +331,7 @@ async def test_signed_reports_converge_in_any_order_at_once(store: Store) -> Non
     for n in range(3):
         events = signed_lifecycle(f"z-{n}", f"identity-{n}") * 2
         rng.shuffle(events)
-        await asyncio.gather(*(call_store.apply(store, ev, "phone") for ev in events))
+        await asyncio.gather(*(call_store.apply_and_announce(store, ev, "phone") for ev in events))
         doc = await store["calls"].find_one({"call_id": f"z-{n}"})
         assert doc is not None
         assert stored_call(CallRecord.model_validate(doc)) == merged_call(list[CallEvent](events))
@@ -345,18 +345,19 @@ async def test_a_replayed_claim_creates_nothing_and_a_retry_changes_nothing(
 ) -> None:
     events = signed_lifecycle("z-genuine", "identity-r")
     for ev in events:
-        await call_store.apply(store, ev, "phone")
+        await call_store.apply_and_announce(store, ev, "phone")
     before = await store["calls"].find_one({"call_id": "z-genuine"})
     # The same claims under another call id (a new "call"), or with another outcome.
     start, end = events[0], events[5]
     forged_end = end.model_copy(update={"disposition": Disposition.MISSED, "fingerprint": "forged"})
-    assert await call_store.apply(store, start.model_copy(update={"call_id": "z-x"}), "p") is None
-    assert await call_store.apply(store, forged_end, "phone") is None
+    replayed = start.model_copy(update={"call_id": "z-x"})
+    assert await call_store.apply_and_announce(store, replayed, "p") is None
+    assert await call_store.apply_and_announce(store, forged_end, "phone") is None
     # Reports that never meet an opening report of their identity create nothing.
     stray = signed("z-stray", end, "identity-unopened")
-    assert await call_store.apply(store, stray, "phone") is None
+    assert await call_store.apply_and_announce(store, stray, "phone") is None
     # The provider's retry of a report already applied: nothing is written.
-    assert await call_store.apply(store, end, "phone") is not None
+    assert await call_store.apply_and_announce(store, end, "phone") is not None
     assert await store["calls"].find_one({"call_id": "z-genuine"}) == before
     assert await store["calls"].count_documents({"call_id": {"$in": ["z-x", "z-stray"]}}) == 0
 
@@ -382,7 +383,7 @@ async def test_a_service_pipeline_deal_is_not_the_callers_deal(store: Store, ser
     )
     pipelines = {"nps"} if service else set()
     for ev in lifecycle(f"nps-{service}")[:1]:
-        await call_store.apply(store, ev, "phone", pipelines)
+        await call_store.apply_and_announce(store, ev, "phone", pipelines)
     started = await store.events.find_one(
         {"type": CALL_STARTED, "data.provider_call_id": f"nps-{service}"}
     )
