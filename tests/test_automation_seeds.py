@@ -284,26 +284,32 @@ async def test_furniture_missed_call(mongo_uri: str, db_name: str) -> None:
 
 
 async def test_kitchen_shop(mongo_uri: str, db_name: str) -> None:
+    """The deal starts with the contract; each closed task sets the next; the prepayment
+    guard; the remaining amount; the control call the day before, on a working day."""
     cfg = seed_config("kitchen_shop")
     async with robots(mongo_uri, db_name, config=cfg, start=msk(2025, 6, 2, 10, 0)) as r:
         deal = await r.lead_from("k-1", "+79001240001", name="Olga")
-        assert (deal["pipeline_id"], deal["stage_id"]) == ("kitchens", "measurement")
+        assert (deal["pipeline_id"], deal["stage_id"]) == ("kitchens", "contract")
         manager = deal["responsible_id"]
         assert manager == "pavel.sokolov"
         await r.run()
-        [measure] = await r.tasks()
-        assert (measure["title"], local(measure, "deadline")) == (
-            "Measure the kitchen of Olga",
+        [contract] = await r.tasks()
+        assert (contract["title"], local(contract, "deadline")) == (
+            "Подготовить договор и подписать его у клиента",
             "06-04 10:00",
         )
-        # Each stage's task in sequence: done measuring → the design stage and its task.
-        await r.api("POST", f"/api/v1/tasks/{measure['_id']}/complete", manager)
+        assert (await r.get("deal", deal["_id"]))["fields"]["deal_number"] == "КП-00001"
+        # Each closed task sets the next: the invoice, then the prepayment.
+        await r.api("POST", f"/api/v1/tasks/{contract['_id']}/complete", manager)
         await r.run()
-        assert (await r.get("deal", deal["_id"]))["stage_id"] == "design"
-        [design] = await r.tasks(template="design")
-        await r.api("POST", f"/api/v1/tasks/{design['_id']}/complete", manager)
+        [invoice] = await r.tasks(template="send_invoice")
+        await r.api("POST", f"/api/v1/tasks/{invoice['_id']}/complete", manager)
         await r.run()
-        assert [t["template"] for t in await r.tasks()] == ["measure", "design", "take_prepayment"]
+        assert [t["template"] for t in await r.tasks()] == [
+            "sign_contract",
+            "send_invoice",
+            "take_prepayment",
+        ]
         # The remaining amount follows the amount and the prepayment.
         await r.set("deal", deal["_id"], amount=300000)
         await r.run()
@@ -318,26 +324,27 @@ async def test_kitchen_shop(mongo_uri: str, db_name: str) -> None:
         with pytest.raises(StageError) as refused:
             await r.move("deal", deal["_id"], "prepayment")
         assert refused.value.missing_fields == ["desired_date"]
-        await r.set("deal", deal["_id"], desired_date="2025-06-20")
+        await r.set("deal", deal["_id"], desired_date="2025-06-23")
         await r.move("deal", deal["_id"], "prepayment")
-        await r.move("deal", deal["_id"], "production")
-        await r.set("deal", deal["_id"], installation_date="2025-06-20")
         await r.run()
-        # The day before the installation: a control call task and a reminder message.
-        await r.until(msk(2025, 6, 19, 9, 59))
-        assert len(await r.tasks()) == 4
-        assert await r.outbound() == []
-        await r.until(msk(2025, 6, 19, 10, 0))
-        assert [t["template"] for t in await r.tasks()] == [
-            "measure",
-            "design",
-            "take_prepayment",
-            "order_production",
-            "control_call",
-        ]
-        [reminder] = await r.outbound()
-        assert "we install your kitchen tomorrow, 2025-06-20" in reminder["text"]
-        assert "The remaining amount is 230000." in reminder["text"]
+        [tech] = await r.tasks(template="technologist")
+        assert len(tech["checklist"]) == 3
+        await r.set("deal", deal["_id"], ready_date="2025-06-16")
+        await r.move("deal", deal["_id"], "production")
+        await r.move("deal", deal["_id"], "ready")
+        await r.set("deal", deal["_id"], paid_in_full=True)
+        await r.move("deal", deal["_id"], "paid")
+        # The assembly on Monday 2025-06-23: the control call on Friday, not on Sunday.
+        await r.set(
+            "deal", deal["_id"], installation_date="2025-06-23", master="Igor", address="Moscow"
+        )
+        await r.move("deal", deal["_id"], "scheduled")
+        await r.run()
+        await r.until(msk(2025, 6, 20, 9, 59))
+        assert await r.tasks(template="control_call") == []
+        await r.until(msk(2025, 6, 20, 10, 0))
+        [call] = await r.tasks(template="control_call")
+        assert (call["assignee_id"], local(call, "deadline")) == (manager, "06-20 14:00")
 
 
 # --- the forensic lab --------------------------------------------------------------------

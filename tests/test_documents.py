@@ -509,7 +509,6 @@ async def test_kitchen_contract_in_one_click_reminded_until_signed(
     async with robots(mongo_uri, db_name, config=cfg, start=msk(2025, 6, 2, 9, 0)) as r:
         deal = await r.lead_from("k-doc-1", "+79001240011", name="Olga")
         manager = deal["responsible_id"]
-        await r.move("deal", deal["_id"], "design", by=manager)
         await r.run()
         status, doc = await r.api(
             "POST", f"/api/v1/deals/{deal['_id']}/documents", manager, {"type": "contract"}
@@ -522,7 +521,10 @@ async def test_kitchen_contract_in_one_click_reminded_until_signed(
         assert [n["user_id"] for n in await r.notes(**reminders)] == [manager, manager]
         with pytest.raises(StageError) as refused:
             await r.move("deal", deal["_id"], "won", by=manager)
-        assert refused.value.unmet == ["a signed contract document is required"]
+        assert refused.value.unmet == [
+            "акт приёмки подписан",
+            "a signed contract document is required",
+        ]
 
         form = aiohttp.FormData()
         form.add_field("file", PDF, filename="contract.pdf", content_type="application/pdf")
@@ -534,5 +536,6 @@ async def test_kitchen_contract_in_one_click_reminded_until_signed(
         await r.run()
         await r.until(msk(2025, 6, 6, 10, 0))  # Wednesday to Friday: no more reminders
         assert len(await r.notes(**reminders)) == 2
+        await r.set("deal", deal["_id"], act_signed=True)
         await r.move("deal", deal["_id"], "won", by=manager)
         assert (await r.get("deal", deal["_id"]))["stage_id"] == "won"

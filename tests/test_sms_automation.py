@@ -1,6 +1,7 @@
-"""The kitchen shop's "tomorrow our crew comes" SMS (config/examples/kitchen_shop): the
-robots on a moved clock queue exactly one SMS at noon the day before the installation, and
-the service's outbox sends it to the SMS.ru fake once."""
+"""The kitchen shop's "tomorrow our master comes" SMS (config/examples/kitchen_shop): the
+day before the assembly the manager gets the control call; closing it (the customer is
+ready) queues exactly one SMS with the date, the time and the master's contacts, and the
+service's outbox sends it to the SMS.ru fake once."""
 
 from __future__ import annotations
 
@@ -32,15 +33,37 @@ def kitchen_config(base: str) -> Any:
     return config_with(ChannelAccount(**{**shipped.model_dump(), "settings": settings}), base=cfg)
 
 
-async def to_production(r: Robots, phone: str) -> str:
+async def to_scheduled(r: Robots, phone: str) -> str:
+    """A kitchen deal paid in full with its assembly on Friday 2025-06-20 at 10:00."""
     deal = await r.lead_from("k-sms-1", phone, name="Ольга")
     await r.run()
     await r.set("deal", deal["_id"], prepayment_amount=90000, desired_date="2025-06-20")
     await r.move("deal", deal["_id"], "prepayment")
+    await r.set("deal", deal["_id"], ready_date="2025-06-16")
     await r.move("deal", deal["_id"], "production")
-    await r.set("deal", deal["_id"], installation_date="2025-06-20")
+    await r.move("deal", deal["_id"], "ready")
+    await r.set("deal", deal["_id"], paid_in_full=True)
+    await r.move("deal", deal["_id"], "paid")
+    await r.set(
+        "deal",
+        deal["_id"],
+        installation_date="2025-06-20",
+        installation_time="10:00",
+        master="Игорь",
+        master_phone="+79160000001",
+        address="Москва, Лесная 5",
+    )
+    await r.move("deal", deal["_id"], "scheduled")
     await r.run()
     return str(deal["_id"])
+
+
+async def customer_ready(r: Robots) -> None:
+    """The day before, at 10:00, the control call; the manager closes it."""
+    await r.until(msk(2025, 6, 19, 10, 0))
+    [call] = await r.tasks(template="control_call", status="open")
+    await r.api("POST", f"/api/v1/tasks/{call['_id']}/complete", call["assignee_id"])
+    await r.run()
 
 
 async def sms_out(r: Robots) -> list[dict[str, Any]]:
@@ -51,13 +74,14 @@ async def test_crew_tomorrow_sms_once_the_day_before(mongo_uri: str, db_name: st
     async with FakeSmsRu(api_id=API_ID, senders=("KuhniPro",)) as fake:
         cfg = kitchen_config(fake.base)
         async with robots(mongo_uri, db_name, config=cfg, start=msk(2025, 6, 2, 10, 0)) as r:
-            deal = await to_production(r, "+79001240077")
-            await r.until(msk(2025, 6, 19, 11, 59))
+            deal = await to_scheduled(r, "+79001240077")
+            await r.until(msk(2025, 6, 19, 9, 59))
             assert await sms_out(r) == []
-            await r.until(msk(2025, 6, 19, 12, 0))
+            await customer_ready(r)
             [sms] = await sms_out(r)
             assert sms["text"] == (
-                "Ольга, завтра, 2025-06-20, к вам приедет бригада сборщиков кухни. Кухни Про"
+                "Ольга, завтра, 2025-06-20 в 10:00, к вам приедет мастер Игорь "
+                "(тел. +79160000001) для сборки кухни. Кухни Про"
             )
             assert (sms["recipient"], sms["automatic"]) == ("+79001240077", True)
             assert sms["sms"]["encoding"] == "ucs2"
@@ -85,10 +109,10 @@ async def test_opted_out_customer_gets_no_sms(mongo_uri: str, db_name: str) -> N
     async with FakeSmsRu(api_id=API_ID, senders=("KuhniPro",)) as fake:
         cfg = kitchen_config(fake.base)
         async with robots(mongo_uri, db_name, config=cfg, start=msk(2025, 6, 2, 10, 0)) as r:
-            deal = await to_production(r, "+79001240078")
+            deal = await to_scheduled(r, "+79001240078")
             doc = await r.get("deal", deal)
             await sms_contacts.set_opt_out(r.store, doc["contact_id"], True, reason="by phone")
-            await r.until(msk(2025, 6, 19, 12, 0))
+            await customer_ready(r)
             assert await sms_out(r) == []
             [failed] = [
                 e for e in await r.events("automation.failed") if e["data"]["action"] == "send_sms"

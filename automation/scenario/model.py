@@ -139,6 +139,27 @@ class Watch(Strict):
     by: Name | None = None
 
 
+class MakeDocumentStep(Strict):
+    """An operator makes a document of the person's newest deal (in ``pipeline``) from its
+    template — the deal card's one click; ``signed: true`` attaches the signed scan of the
+    newest one of that type instead (automation/scenario/paper_steps.py)."""
+
+    of: Name
+    type: Name
+    pipeline: Name | None = None
+    signed: bool = False
+    by: Name | None = None
+
+
+class AnswerSurvey(Strict):
+    """The customer answers the survey page of their newest survey deal."""
+
+    who: Name
+    answers: dict[Name, int]
+    comment: str | None = Field(default=None, max_length=2000)
+    pipeline: Name | None = None
+
+
 class Reply(Strict):
     to: Name
     text: str = Field(min_length=1, max_length=4000)
@@ -271,6 +292,8 @@ ACTIONS = (
     "complete",
     "convert",
     "reply",
+    "document",
+    "answer_survey",
     "wait",
 )
 
@@ -289,6 +312,8 @@ class Step(Strict):
     complete: Complete | None = None
     convert: Convert | None = None
     reply: Reply | None = None
+    document: MakeDocumentStep | None = None
+    answer_survey: AnswerSurvey | None = None
     wait: Wait | None = None
     expect: list[Expectation] = Field(default_factory=list)
 
@@ -344,6 +369,10 @@ def _people_of(step: Step) -> list[str]:
         out.append(step.company.of)
     if step.reply is not None:
         out.append(step.reply.to)
+    if step.document is not None:
+        out.append(step.document.of)
+    if step.answer_survey is not None:
+        out.append(step.answer_survey.who)
     for e in step.expect:
         for check in (e.lead, e.deal, e.contact, e.company, e.document):
             if check is not None:

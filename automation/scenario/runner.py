@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from automation.calendar import WorkingCalendar
 from automation.clock import FakeClock
-from automation.scenario import expect, inbound, timeline, world
+from automation.scenario import expect, inbound, paper_steps, timeline, world
 from automation.scenario.model import NewCompany, Ref, Scenario, Step, Wait
 from automation.worker import AutomationWorker
 from config.models import AppConfig
@@ -201,6 +201,10 @@ class Player:
             await self.convert(step)
         elif step.reply is not None:
             await self.reply(step)
+        elif step.document is not None:
+            await paper_steps.document(self, step.document)
+        elif step.answer_survey is not None:
+            await paper_steps.answer_survey(self, step.answer_survey)
         elif step.wait is not None:
             await self.wait_until(self.target(step.wait, now))
 
