@@ -10,8 +10,10 @@ date (the company's local midnight; a date ``to`` includes that whole day). Defa
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import weakref
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Literal
 
@@ -27,6 +29,20 @@ from inbox.auth import ApiError
 from inbox.bounds import EARLIEST, LATEST, storable_instant
 
 MAX_SPAN = timedelta(days=366)
+# One report computed at a time per event loop (process); more wait their turn.
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def slots() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    found = _SLOTS.get(loop)
+    if found is None:
+        found = _SLOTS[loop] = asyncio.Semaphore(1)
+    return found
+
+
 DEFAULT_SPAN = timedelta(days=30)
 BOM = "\ufeff"
 # Cells an spreadsheet would read as a formula (OWASP "CSV injection").
@@ -167,7 +183,8 @@ async def report(call: Call) -> web.StreamResponse | Report:
         raise ApiError(404, "not_found", f"no report {name!r}: {', '.join(REPORTS)}")
     cal = WorkingCalendar.from_config(call.svc.config.calendar)
     req = build_request(call, q, cal)
-    result = await compute(Ctx(call.svc.store, call.svc.config, cal, req))
+    async with slots():  # one report at a time per process: the webhooks keep their share
+        result = await compute(Ctx(call.svc.store, call.svc.config, cal, req))
     if fmt == "json":
         if q.table is not None:
             raise _invalid("table", "table applies to CSV only")

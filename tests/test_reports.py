@@ -11,6 +11,7 @@ Bad parameters get 422 problem+json; CSV is UTF-8 with a BOM, RFC 4180, formula-
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import math
@@ -26,6 +27,7 @@ from automation.calendar import WorkingCalendar
 from config.loader import load_config
 from config.settings import DEFAULT_CONFIG_DIR
 from crm_store import tokens
+from crm_store.reports import REPORTS as REPORT_NAMES
 from inbox.reports_api import safe_cell
 from tests.fakes.integration import FakeIntegration
 from tests.service import InProcess, api_body, config_with, in_process
@@ -723,6 +725,12 @@ async def test_bad_parameters_are_422(mongo_uri: str, db_name: str) -> None:
             assert status == 422, (query, body)
             assert headers["Content-Type"].startswith("application/problem+json")
             assert [e["field"] for e in body["errors"]] == [field], (query, body)
+        # Reports asked at once take turns (one at a time per process) and all answer.
+        answers = await asyncio.gather(
+            *(get(svc, tok, f"/api/v1/reports/{name}?by=channel") for name in REPORT_NAMES)
+        )
+        assert [a[0] for a in answers] == [200] * len(REPORT_NAMES)
+        assert [a[1]["report"] for a in answers] == list(REPORT_NAMES)
         status, body, _ = await get(svc, tok, "/api/v1/reports/nothing")
         assert status == 404
         assert body["code"] == "not_found"

@@ -30,6 +30,7 @@ started, when no end is known).
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,6 +49,7 @@ from crm_store.reports.volume import inbound_calls, is_missed
 from crm_store.reports.working_time import calendar_seconds, working_seconds
 from crm_store.store import Document
 
+YIELD_EVERY = 500
 # Ties at one instant: the customer's message, then the reply, then the closing.
 _ORDER = {"in": 0, "reply": 1, "close": 2}
 
@@ -174,7 +176,9 @@ async def responsiveness(ctx: Ctx) -> Report:
     per_user: dict[str, _Cell] = defaultdict(_Cell)
     total = _Cell()
     over = timedelta(minutes=ctx.req.wait_over_min)
-    for e in found:
+    for i, e in enumerate(found):
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            await asyncio.sleep(0)  # let the process's webhooks in between
         conv = convs.get(e.conversation_id, {})
         responsible = e.answered_by or conv.get("assignee_id")
         key = ctx.key(
