@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import automation, calls, mail, mime, mix, webchat, webhooks
+from benchmarks import automation, calls, mail, mime, mix, reports, webchat, webhooks
 from benchmarks.report import table, write_json
 from benchmarks.run import Options, quiet_logging, run_all
 
@@ -63,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "webchat",
             "the website chat benchmark: the widget's gzipped size, 50 concurrent visitors' "
             "p50/p99 both ways (python -m benchmarks.webchat --visitors 50)",
+        ),
+        (
+            "reports",
+            "the reports benchmark at a tenth of full scale: 100k messages, each report's "
+            "latency and the webhook p99 beside it (python -m benchmarks.reports --scale 0.1)",
         ),
         (
             "mix",
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.mail, mail.main, ["--quick"]),
         (args.mime, mime.main, ["--repeat", "20"]),
         (args.webchat, webchat.main, ["--visitors", "50"]),
+        (args.reports, reports.main, ["--scale", "0.1"]),
         (args.mix, mix.main, ["--quick"]),
     ]
     for enabled, run, argv_ in later:

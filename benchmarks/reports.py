@@ -1,0 +1,433 @@
+"""Reports: ``python -m benchmarks.reports [--scale 1.0]`` — see docs/reports.md.
+
+1. start a file-backed embedded store (as ``omniroute serve`` does, ``--sync-on-commit``)
+   in a temp dir, bulk-load a year of generated history with ``insert_many`` (10,000
+   documents a batch), then create every index (both timed): at ``--scale 1`` 1M
+   messages in 100k conversations, 100k leads, 30k deals, 20k calls, 20k tasks, ~100k
+   events (closings, stage changes, timer firings) and 5k survey answers;
+2. start the service in this process on that store (its automation cursor and the
+   event counter set past the loaded events, so nothing replays them);
+3. ask each report over HTTP as an admin for the last ``--period-days`` days (grouped by
+   day and by channel) ``--repeat`` times: the median and worst latency (target ≤ 2 s);
+4. post ``--webhooks`` signed site-form webhooks from a separate load generator process
+   (benchmarks/loadgen.py, ``--concurrency`` at once) twice: alone, then while this
+   process asks the reports one after another without pause; compare the
+   acknowledgement p99 (target: at most +20 %).
+
+Prints PASS/MISS per target and writes benchmarks/results/reports.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from automation.worker import CURSOR
+from benchmarks import loadgen
+from benchmarks.loadgen import Job, JobResult
+from benchmarks.report import num, write_json
+from benchmarks.run import percentile, quiet_logging, recv, serving
+from benchmarks.workload import SECRET, SECRET_ENV, body
+from config.loader import load_config
+from config.settings import DEFAULT_CONFIG_DIR
+from crm_store import cursors, tokens
+from crm_store.embedded import EmbeddedStore
+from crm_store.indexes import ensure_indexes
+from crm_store.reports import REPORTS
+from crm_store.store import Document, Store
+
+DEFAULT_OUT = Path("benchmarks/results/reports.json")
+BATCH = 10_000
+LATENCY_TARGET_S = 2.0
+ACK_TARGET = 1.20
+USERS = ["anna.smirnova", "dmitry.kozlov", "olga.ivanova", "ivan.petrov", None]
+DEPT = {"anna.smirnova": "sales", "dmitry.kozlov": "sales", "olga.ivanova": "wholesale"}
+CHANNELS = ["telegram", "whatsapp", "email", "vk", "avito", "webchat"]
+SOURCES = ["site", "messengers", "mail_sales", "mail_wholesale", "avito", "phone"]
+SEQ0 = 1_000
+
+
+class Gen:
+    """A year of history ending now, ``scale`` × the full size."""
+
+    def __init__(self, scale: float, now: datetime) -> None:
+        self.rng = random.Random(22)
+        self.scale = scale
+        self.now = now
+        self.start = now - timedelta(days=365)
+        self.seq = SEQ0
+
+    def n(self, full: int) -> int:
+        return max(1, int(full * self.scale))
+
+    def at(self) -> datetime:
+        return self.start + timedelta(seconds=self.rng.randrange(365 * 86400))
+
+    def event(self, type_: str, at: datetime, refs: Document, data: Document) -> Document:
+        self.seq += 1
+        return {
+            "_id": f"bench-ev-{self.seq}",
+            "seq": self.seq,
+            "type": type_,
+            "occurred_at": at,
+            "refs": refs,
+            "data": data,
+        }
+
+    def conversations(self) -> tuple[list[Document], list[Document], list[Document]]:
+        """Conversations with ~10 messages each (in, replies, automatic, notes), and
+        some closings."""
+        convs: list[Document] = []
+        msgs: list[Document] = []
+        events: list[Document] = []
+        n_conv = self.n(100_000)
+        per = max(1, self.n(1_000_000) // n_conv)
+        for i in range(n_conv):
+            owner = self.rng.choice(USERS)
+            at = self.at()
+            cid = f"bench-conv-{i}"
+            channel = self.rng.choice(CHANNELS)
+            convs.append(
+                {
+                    "_id": cid,
+                    "channel": channel,
+                    "account": "bench",
+                    "department": DEPT.get(owner or ""),
+                    "assignee_id": owner,
+                    "status": "open",
+                    "created_at": at,
+                    "last_message_at": at,
+                }
+            )
+            source = self.rng.choice(SOURCES)
+            for j in range(per):
+                r = self.rng.random()
+                doc: Document = {
+                    "_id": f"bench-msg-{i}-{j}",
+                    "conversation_id": cid,
+                    "channel": channel,
+                    "source_id": source,
+                    "received_at": at,
+                    "text": "Good afternoon! A quote for a kitchen, please.",
+                }
+                if r < 0.6:
+                    doc |= {"direction": "in", "automatic": False}
+                elif r < 0.9:
+                    doc |= {"direction": "out", "author_id": owner or "anna.smirnova"}
+                elif r < 0.95:
+                    doc |= {"direction": "out", "automatic": True}
+                else:
+                    doc |= {"direction": "note", "author_id": owner}
+                msgs.append(doc)
+                at += timedelta(minutes=self.rng.choice([1, 5, 30, 120, 600]))
+            if self.rng.random() < 0.3:
+                events.append(self.event("conversation.closed", at, {"conversation_id": cid}, {}))
+        return convs, msgs, events
+
+    def entities(self) -> tuple[list[Document], list[Document], list[Document]]:
+        leads: list[Document] = []
+        deals: list[Document] = []
+        events: list[Document] = []
+        for i in range(self.n(100_000)):
+            owner = self.rng.choice(USERS)
+            at = self.at()
+            stage = self.rng.choice(["new", "in_work", "qualified", "not_interested"])
+            leads.append(
+                {
+                    "_id": f"bench-lead-{i}",
+                    "pipeline_id": "leads",
+                    "stage_id": stage,
+                    "source_id": self.rng.choice(SOURCES),
+                    "responsible_id": owner,
+                    "is_repeat": self.rng.random() < 0.2,
+                    "origin_intake_id": f"bench-msg-{i}-0",
+                    "created_at": at,
+                    "open": stage in ("new", "in_work"),
+                    "fields": {},
+                }
+            )
+            if stage != "new":
+                moved = at + timedelta(hours=self.rng.randint(1, 200))
+                data = {"from": "new", "to": stage, "pipeline_id": "leads"}
+                events.append(
+                    self.event("lead.stage_changed", moved, {"lead_id": f"bench-lead-{i}"}, data)
+                )
+            if stage == "qualified" and len(deals) < self.n(30_000):
+                deals.append(
+                    {
+                        "_id": f"bench-deal-{i}",
+                        "pipeline_id": "orders",
+                        "stage_id": self.rng.choice(["estimate", "production", "won", "lost"]),
+                        "source_id": leads[-1]["source_id"],
+                        "responsible_id": owner,
+                        "converted_from": f"bench-lead-{i}",
+                        "created_at": at + timedelta(days=1),
+                        "open": True,
+                        "last_activity_at": at + timedelta(days=self.rng.randint(1, 60)),
+                        "fields": {},
+                    }
+                )
+        for _ in range(self.n(10_000)):
+            lead = self.rng.choice(leads)
+            rule = self.rng.choice(["lead-untouched", "payment-reminder"])
+            events.append(
+                self.event(
+                    "timer.fired", self.at(), {"lead_id": lead["_id"]}, {"rule_id": rule, "n": 1}
+                )
+            )
+        return leads, deals, events
+
+    def calls_tasks_surveys(self) -> tuple[list[Document], list[Document], list[Document]]:
+        calls: list[Document] = []
+        for i in range(self.n(20_000)):
+            at = self.at()
+            disp = self.rng.choice(["answered", "answered", "missed", "busy"])
+            calls.append(
+                {
+                    "_id": f"bench-call-{i}",
+                    "channel": "pbx",
+                    "direction": self.rng.choice(["in", "in", "in", "out"]),
+                    "customer": f"+7900{i % 5000:07d}",
+                    "message_id": f"bench-msg-{i}-0",
+                    "status": {"rank": 4, "value": "ended"},
+                    "disposition": {"rank": 1, "value": disp},
+                    "started_at": at,
+                    "ended_at": at + timedelta(minutes=3),
+                }
+            )
+        tasks: list[Document] = []
+        for i in range(self.n(20_000)):
+            deadline = self.at()
+            done = self.rng.random() < 0.7
+            tasks.append(
+                {
+                    "_id": f"bench-task-{i}",
+                    "title": "Call back",
+                    "assignee_id": self.rng.choice(USERS[:3]),
+                    "deadline": deadline,
+                    "status": "done" if done else "open",
+                    "entity": {"kind": "lead", "id": f"bench-lead-{i}"},
+                    **({"completed_at": deadline + timedelta(hours=2)} if done else {}),
+                }
+            )
+        surveys: list[Document] = []
+        for i in range(self.n(5_000)):
+            sent = self.at()
+            owner = self.rng.choice(USERS)
+            surveys.append(
+                {
+                    "_id": f"bench-survey-{i}",
+                    "deal_id": f"bench-deal-{i}",
+                    "pipeline": "orders",
+                    "responsible_id": owner,
+                    "department": DEPT.get(owner or ""),
+                    "questions": ["quality", "speed"],
+                    "answers": {"quality": self.rng.randint(1, 5), "speed": self.rng.randint(1, 5)},
+                    "sent_at": sent,
+                    "answered_at": sent + timedelta(hours=5),
+                    "expires_at": sent + timedelta(days=7),
+                }
+            )
+        return calls, tasks, surveys
+
+
+async def load(store: Store, scale: float, now: datetime) -> dict[str, Any]:
+    """Generate and insert; returns counts and the time the inserts took."""
+    gen = Gen(scale, now)
+    convs, msgs, ev1 = gen.conversations()
+    leads, deals, ev2 = gen.entities()
+    calls, tasks, surveys = gen.calls_tasks_surveys()
+    collections = {
+        "conversations": convs,
+        "messages": msgs,
+        "leads": leads,
+        "deals": deals,
+        "events": ev1 + ev2,
+        "calls": calls,
+        "tasks": tasks,
+        "survey_answers": surveys,
+    }
+    t0 = time.monotonic()
+    for name, docs in collections.items():
+        for i in range(0, len(docs), BATCH):
+            await store[name].insert_many(docs[i : i + BATCH], ordered=False)
+    load_s = time.monotonic() - t0
+    # Live events continue after the loaded ones; automation starts past them.
+    await store.counters.update_one({"_id": "events"}, {"$max": {"value": gen.seq}}, upsert=True)
+    await cursors.ensure(store, CURSOR, gen.seq)
+    total = sum(len(d) for d in collections.values())
+    return {
+        "documents": {k: len(v) for k, v in collections.items()},
+        "load_s": round(load_s, 1),
+        "docs_per_s": round(total / load_s),
+    }
+
+
+async def ask(http: aiohttp.ClientSession, url: str) -> float:
+    t0 = time.monotonic()
+    async with http.get(url) as resp:
+        await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: {resp.status}")
+    return time.monotonic() - t0
+
+
+def ack_stats(res: JobResult) -> dict[str, float]:
+    lat = sorted(res.latencies)
+    return {
+        "n": len(lat),
+        "p50_ms": round(percentile(lat, 50) * 1000, 1),
+        "p99_ms": round(percentile(lat, 99) * 1000, 1),
+        "ok": sum(n for s, n in res.statuses.items() if 200 <= s < 300),
+    }
+
+
+async def run(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    os.environ[SECRET_ENV] = SECRET
+    config = load_config(DEFAULT_CONFIG_DIR)
+    now = datetime.now(UTC)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    gen_proc = ctx.Process(target=loadgen.main, args=(child, None), daemon=True)
+    gen_proc.start()
+    with tempfile.TemporaryDirectory(prefix="omniroute-bench-reports-") as tmp:
+        embedded = EmbeddedStore(storage_path=Path(tmp) / "mongo")
+        await embedded.start()
+        try:
+            loader = Store.open(embedded.uri, "omniroute")
+            progress(f"loading scale {args.scale} …")
+            loaded = await load(loader, args.scale, now)
+            # The indexes after the load: the embedded server maintains them per document
+            # far slower than it builds them in one pass.
+            t0 = time.monotonic()
+            await ensure_indexes(loader.db)
+            loaded["index_build_s"] = round(time.monotonic() - t0, 1)
+            await loader.close()
+            progress(f"loaded in {loaded['load_s']} s, indexed in {loaded['index_build_s']} s")
+            async with serving(embedded.uri, "omniroute", config, None) as served:
+                await recv(parent)  # the load generator is ready
+                token, _ = await tokens.issue(served.store, "sergey.volkov")
+                base = served.url.split("/webhooks/")[0]
+                frm = (now - timedelta(days=args.period_days)).isoformat()
+                query = f"from={frm.replace('+00:00', 'Z')}&group=day&by=channel"
+                latencies: dict[str, list[float]] = {}
+                headers = {"Authorization": f"Bearer {token}"}
+                async with aiohttp.ClientSession(headers=headers) as http:
+                    for name in REPORTS:
+                        url = f"{base}/api/v1/reports/{name}?{query}"
+                        latencies[name] = [await ask(http, url) for _ in range(args.repeat)]
+                        progress(f"{name}: {num(statistics.median(latencies[name]))} s")
+
+                    async def acks(tag: str) -> JobResult:
+                        bodies = [body(f"{tag}-{i}", 500_000 + i) for i in range(args.webhooks)]
+                        parent.send(Job(served.url, SECRET, bodies, args.concurrency))
+                        result: JobResult = await recv(parent)
+                        return result
+
+                    alone = await acks("alone")
+                    stop = asyncio.Event()
+                    asked = 0
+
+                    async def reports_loop() -> None:
+                        nonlocal asked
+                        while not stop.is_set():
+                            for name in REPORTS:
+                                await ask(http, f"{base}/api/v1/reports/{name}?{query}")
+                                asked += 1
+
+                    loop_task = asyncio.create_task(reports_loop())
+                    busy = await acks("busy")
+                    stop.set()
+                    await loop_task
+        finally:
+            loadgen.stop(parent, gen_proc)
+            await embedded.stop()
+    a, b = ack_stats(alone), ack_stats(busy)
+    lat = {
+        k: {"median_s": round(statistics.median(v), 3), "max_s": round(max(v), 3)}
+        for k, v in latencies.items()
+    }
+    ratio = b["p99_ms"] / a["p99_ms"] if a["p99_ms"] else float("inf")
+    targets = [
+        {
+            "what": f"{k} latency (median)",
+            "value": v["median_s"],
+            "target": f"≤ {LATENCY_TARGET_S} s",
+            "pass": v["median_s"] <= LATENCY_TARGET_S,
+        }
+        for k, v in lat.items()
+    ]
+    targets.append(
+        {
+            "what": "webhook ack p99 with reports running / alone",
+            "value": round(ratio, 2),
+            "target": f"≤ {ACK_TARGET}",
+            "pass": ratio <= ACK_TARGET,
+        }
+    )
+    return {
+        "schema": 1,
+        "generated_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
+        "options": vars(args) | {"out": str(args.out)},
+        "load": loaded,
+        "report_latency": lat,
+        "acks": {"alone": a, "with_reports": b, "reports_asked_meanwhile": asked},
+        "targets": targets,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"reports benchmark — scale {result['options']['scale']}, "
+        f"load {result['load']['load_s']} s ({result['load']['docs_per_s']:,} docs/s) "
+        f"+ indexes {result['load']['index_build_s']} s, "
+        f"loadavg {result['machine']['loadavg'][0]:.1f}"
+    ]
+    for t in result["targets"]:
+        verdict = "PASS" if t["pass"] else "MISS"
+        lines.append(f"  {verdict}  {t['what']}: {t['value']} (target {t['target']})")
+    a, b = result["acks"]["alone"], result["acks"]["with_reports"]
+    lines.append(
+        f"  acks alone p50/p99 {a['p50_ms']}/{a['p99_ms']} ms; with reports "
+        f"{b['p50_ms']}/{b['p99_ms']} ms ({result['acks']['reports_asked_meanwhile']} reports)"
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reports", description=__doc__)
+    p.add_argument("--scale", type=float, default=1.0, help="1.0: 1M messages, 100k leads")
+    p.add_argument("--period-days", type=int, default=30, help="the period each report covers")
+    p.add_argument("--repeat", type=int, default=3, help="times each report is asked")
+    p.add_argument("--webhooks", type=int, default=400, help="webhooks per ack phase")
+    p.add_argument("--concurrency", type=int, default=8, help="webhooks in flight")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = Path(tempfile.gettempdir()) / "omniroute-bench-reports.log"
+    quiet_logging(log)
+    result = asyncio.run(run(args, lambda s: print(s, file=sys.stderr, flush=True)))
+    write_json(result, args.out)
+    print(table(result))
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
