@@ -103,6 +103,7 @@ class Facts:
     timer: str | None = None
     channel: str | None = None
     automatic: bool | None = None
+    document: str | None = None  # the type of a document.* event's document
 
 
 def filled(value: object) -> bool:
@@ -216,6 +217,8 @@ def matches(cond: Condition, snap: Snapshot, facts: Facts | None = None) -> bool
     if cond.task is not None and not _one_of(cond.task, f.task if f else None):
         return False
     if cond.timer is not None and not _one_of(cond.timer, f.timer if f else None):
+        return False
+    if cond.document is not None and not _one_of(cond.document, f.document if f else None):
         return False
     for name, test in (cond.fields or {}).items():
         if not field_matches(test, snap.fields.get(name), snap.fields):

@@ -39,6 +39,9 @@ SOURCE_EVENTS: dict[str, tuple[str, ...]] = {
     "field.changed": FIELD_EVENTS,
     "responsible.changed": RESPONSIBLE_EVENTS,
     "message.received": ("message.attached",),
+    "document.generated": ("document.generated",),
+    "document.sent": ("document.sent",),
+    "document.signed": ("document.signed",),
 }
 
 
@@ -76,10 +79,14 @@ class Plan:
     # (rule id, timer id to keep, or None): a date field changed, the rule's other timers
     # on the entity are void.
     replaced: list[tuple[str, str | None]] = field(default_factory=list)
+    # (rule id, why): an ``until`` event happened, the rule's timers on the entity stop.
+    stopped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.actions or self.timers or self.stage_changed or self.replaced)
+        return not (
+            self.actions or self.timers or self.stage_changed or self.replaced or self.stopped
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +108,11 @@ class RuleBook:
         for rule in self.rules:
             for trigger in rule.on:
                 self.by_trigger[trigger].append(rule)
+        # Rules whose timers an event stops (``until``), by trigger.
+        self.stopped_by: dict[str, list[Rule]] = {t: [] for t in TRIGGERS}
+        for rule in self.rules:
+            for trigger in rule.until.on if rule.until is not None else ():
+                self.stopped_by[trigger].append(rule)
         used = {
             key
             for r in self.rules
@@ -114,7 +126,8 @@ class RuleBook:
         self.event_types = sorted(
             {
                 etype
-                for trigger, rules in self.by_trigger.items()
+                for index in (self.by_trigger, self.stopped_by)
+                for trigger, rules in index.items()
                 if rules
                 for etype in SOURCE_EVENTS[trigger]
             }
@@ -174,6 +187,9 @@ def facts_of(ev: Mapping[str, Any]) -> list[Facts]:
         return [Facts("task.completed", task=data.get("template"), **base)]
     if etype == "timer.fired":
         return [Facts("timer.due", timer=data.get("rule_id"), **base)]
+    if etype in ("document.generated", "document.sent", "document.signed"):
+        kind = data.get("type")
+        return [Facts(etype, document=kind if isinstance(kind, str) else None, **base)]
     return []
 
 
@@ -316,6 +332,10 @@ def plan_event(
             for rule in book.rules:
                 if rule.at is not None and rule.at.field in f.changed:
                     plan.replaced.append((rule.id, None))
+        for rule in book.stopped_by.get(f.trigger, []):
+            until = rule.until
+            if until is not None and (until.if_ is None or matches(until.if_, snap, f)):
+                plan.stopped.append((rule.id, f"until {f.trigger}"))
         for rule in book.rules_for(f.trigger):
             if rule.if_ is not None and not matches(rule.if_, snap, f):
                 continue

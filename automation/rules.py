@@ -46,6 +46,9 @@ TRIGGERS: tuple[str, ...] = (
     "call.missed",
     "task.completed",
     "timer.due",
+    "document.generated",
+    "document.sent",
+    "document.signed",
 )
 Trigger = Literal[
     "lead.created",
@@ -59,6 +62,9 @@ Trigger = Literal[
     "call.missed",
     "task.completed",
     "timer.due",
+    "document.generated",
+    "document.sent",
+    "document.signed",
 ]
 TriggerList = Annotated[tuple[Trigger, ...], BeforeValidator(_listed), Field(min_length=1)]
 
@@ -119,6 +125,8 @@ class Condition(Strict):
     changed: IdList | None = None
     task: IdList | None = None
     timer: IdList | None = None
+    # The document type of a document.* event (templates.yaml ``type``).
+    document: IdList | None = None
     fields: dict[Ident, FieldTest] | None = None
     tasks: dict[Ident, TaskState] | None = None
     won_deals: Compare | int | None = None
@@ -361,6 +369,14 @@ class Daily(Strict):
 DailyField = Annotated[Daily, BeforeValidator(_daily)]
 
 
+class Until(Strict):
+    """Stop a timed rule on an entity when an event happens there: its live timers on the
+    entity are cancelled (``until: {on: document.signed, if: {document: contract}}``)."""
+
+    on: TriggerList
+    if_: Condition | None = Field(default=None, alias="if")
+
+
 class Rule(Strict):
     id: Ident
     name: str | None = None
@@ -376,6 +392,7 @@ class Rule(Strict):
     # (default: true for after/every, false for at/daily).
     in_stage: bool | None = None
     while_: Condition | None = Field(default=None, alias="while")
+    until: Until | None = None
     do: list[Action] = Field(min_length=1)
 
     @property
@@ -409,6 +426,7 @@ TRIGGER_KEYS: dict[str, frozenset[str]] = {
     "from_stage": frozenset({"stage.entered", "stage.left"}),
     "to_stage": frozenset({"stage.entered", "stage.left"}),
     "automatic": frozenset({"message.received"}),
+    "document": frozenset({"document.generated", "document.sent", "document.signed"}),
 }
 
 
@@ -463,6 +481,8 @@ def rule_problems(rule: Rule) -> Iterator[tuple[Path, str]]:
         yield ("times",), "'times' needs 'every' or 'daily'"
     if rule.while_ is not None and not rule.timed:
         yield ("while",), "'while' needs a delay: after, every, at or daily"
+    if rule.until is not None and not rule.timed:
+        yield ("until",), "'until' needs a delay: after, every, at or daily"
     if rule.in_stage is not None and not rule.timed:
         yield ("in_stage",), "'in_stage' needs a delay: after, every, at or daily"
     if "timer.due" in rule.on and rule.timed:

@@ -255,6 +255,8 @@ class AutomationWorker:
             await timers.cancel_others(
                 self.store, rule_id, snap.id, keep or "", "the date changed", now
             )
+        for rule_id, why in plan.stopped:  # the rule's ``until`` event
+            await timers.cancel_others(self.store, rule_id, snap.id, "", why, now)
         for t in plan.timers:
             await timers.schedule(self.store, timer_doc(t, snap.kind, snap.id, snap.contact_id))
         # An event may be handled again after a crash: what was done is looked up.

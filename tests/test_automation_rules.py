@@ -187,7 +187,8 @@ def test_errors_point_at_file_line_column_and_key(tmp_path: Path) -> None:
             "automation.yaml:3:9: rules[0].on: Input should be 'lead.created', "
             "'lead.repeat_created', 'deal.created', 'stage.entered', 'stage.left', "
             "'field.changed', 'responsible.changed', 'message.received', 'call.missed', "
-            "'task.completed' or 'timer.due', got 'stage.entred'",
+            "'task.completed', 'timer.due', 'document.generated', 'document.sent' or "
+            "'document.signed', got 'stage.entred'",
         ),
         (
             "after: 5 fortnights",
