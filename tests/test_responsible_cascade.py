@@ -33,18 +33,21 @@ def bureau(tmp_path: Path) -> AppConfig:
     """The example with the bureau's settings: orders cascade; sales has an agent."""
     target = copy_seed("furniture", tmp_path / "config")
     (target / "automation.yaml").write_text(RULES, encoding="utf-8")
-    pipelines = (target / "pipelines.yaml").read_text(encoding="utf-8")
-    marker = "  - id: orders\n    name: Orders\n    kind: deal\n"
-    assert marker in pipelines
-    (target / "pipelines.yaml").write_text(
-        pipelines.replace(marker, marker + "    cascade_responsible: true\n"), encoding="utf-8"
+    cfg = load_config(target)
+    pipelines = [
+        p.model_copy(update={"cascade_responsible": True}) if p.id == "orders" else p
+        for p in cfg.pipelines.pipelines
+    ]
+    departments = [
+        d.model_copy(update={"agent": OLGA}) if d.id == "sales" else d
+        for d in cfg.users.departments
+    ]
+    return cfg.model_copy(
+        update={
+            "pipelines": cfg.pipelines.model_copy(update={"pipelines": pipelines}),
+            "users": cfg.users.model_copy(update={"departments": departments}),
+        }
     )
-    users = (target / "users.yaml").read_text(encoding="utf-8")
-    marker = "    head: ivan.petrov\n"
-    (target / "users.yaml").write_text(
-        users.replace(marker, marker + "    agent: olga.ivanova\n", 1), encoding="utf-8"
-    )
-    return load_config(target)
 
 
 async def test_cascade_agent_and_watchers(mongo_uri: str, db_name: str, tmp_path: Path) -> None:
