@@ -353,9 +353,14 @@ async def test_an_automation_rule_sends_a_template_with_rendered_params(
 
 def test_check_config_reports_bad_templates_at_their_line(tmp_path: Path) -> None:
     cfg_dir = copy_seed("furniture", tmp_path / "cfg")
-    channels = (cfg_dir / "channels.yaml").read_text()
+    shipped = (cfg_dir / "channels.yaml").read_text()
     anchor = '      phone_number_id: "106540352242922"\n'
-    assert anchor in channels
+    assert anchor in shipped
+    # The shipped example's own templates (checked clean below) are replaced by bad ones.
+    start = shipped.index(anchor) + len(anchor)
+    end = shipped.index("\n  - channel:", start) + 1
+    channels = shipped[:start] + "\n" + shipped[end:]
+    assert "templates:" in shipped[start:end]
     at = channels[: channels.index(anchor)].count("\n") + 2  # the line of "templates:"
 
     def problems_with(templates: str) -> list[str]:
