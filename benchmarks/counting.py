@@ -10,7 +10,9 @@ command is attributed to its origin:
 
 - ``http``: an aiohttp request handler, or the group-commit task that writes the intake
   of the waiting requests (the intake insert before the 2xx);
-- ``routing``: the routing work loop (tasks ``route-N``);
+- ``routing``: the routing work loop (tasks ``route-N``), and the tasks it starts to
+  overlap store calls (``crm_store.store.together`` of crm_store/routing_store.py calls:
+  their coroutines are defined there);
 - anything else — the recovery sweep, the outbox poller, future background loops — by its
   task name. Those run whether messages arrive or not and are reported apart; the
   per-message round trips are ``http`` + ``routing``, plus whatever the recovery sweep
@@ -54,7 +56,7 @@ def origin() -> str:
     if task is None:
         return "no-task"
     name = task.get_name()
-    if name.startswith("route-"):
+    if name.startswith("route-") or _routing_store_call(task):
         return "routing"
     if name == COMMIT_TASK:  # the shared intake write the webhook requests wait for
         return "http"
@@ -62,6 +64,11 @@ def origin() -> str:
     if coro.startswith("RequestHandler."):
         return "http"
     return name if not name.startswith("Task-") else coro or name
+
+
+def _routing_store_call(task: asyncio.Task[Any]) -> bool:
+    frame = getattr(task.get_coro(), "cr_frame", None)
+    return frame is not None and frame.f_globals.get("__name__") == "crm_store.routing_store"
 
 
 WRITE_COMMANDS = frozenset({"insert", "update", "delete", "findAndModify"})

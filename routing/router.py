@@ -456,9 +456,10 @@ class Router:
         lost: set[str] = set()
         winners: list[ContactDoc] = []
         for cid, (contact, created) in made.items():
-            if created and contact.id == cid:
-                batch.remember_contact(contact)
+            if created and contact.id == cid:  # the written one (responsible filled in)
                 batch.contacts_by_id[cid] = contact
+                for k in contact.identities:
+                    batch.contacts_by_key[k] = contact
                 rid, keys = plan.creator[cid]
                 batch.events.append(_contact_created(rid, cid, keys))
             else:

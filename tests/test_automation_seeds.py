@@ -418,17 +418,25 @@ async def test_oil_distributor(mongo_uri: str, db_name: str) -> None:
         await r.api(
             "POST", f"/api/v1/tasks/{tasks[quick['_id']]['_id']}/complete", quick["responsible_id"]
         )
-        # Not checked in 24 hours → the supervisor is told, about that lead only.
+        # Not checked in 24 hours → the supervisor is told, about that lead only; two hours
+        # before the 22-hour deadline its manager is reminded.
         await r.until(msk(2025, 6, 3, 8, 59))
-        assert await r.notes() == []
+        [reminder] = await r.notes()
+        assert reminder["user_id"] == slow["responsible_id"]
+        assert reminder["text"].endswith("is due 03.06 07:00")
+        assert await r.notes(user_id="viktor.belov") == []
         await r.until(msk(2025, 6, 3, 9, 0))
-        [note] = await r.notes()
+        [note] = await r.notes(user_id="viktor.belov")
         assert (note["user_id"], note["entity"]["id"]) == ("viktor.belov", slow["_id"])
-        # Marked junk → closed as junk.
-        await r.set("lead", slow["_id"], quality="junk")
+        # Marked not valid → closed as «Некачественный лид».
+        await r.set("lead", slow["_id"], quality="not_valid")
         await r.run()
         junk = await r.get("lead", slow["_id"])
-        assert (junk["stage_id"], junk["open"], junk["outcome"]) == ("junk", False, "failed")
+        assert (junk["stage_id"], junk["open"], junk["outcome"]) == (
+            "low_quality",
+            False,
+            "failed",
+        )
         # "Already in work" → the duplicate is removed.
         dup = await r.lead_from("oil-3", "+79001260003", name="Copy Ltd")
         await r.run()
@@ -437,7 +445,7 @@ async def test_oil_distributor(mongo_uri: str, db_name: str) -> None:
         removed = await r.get("lead", dup["_id"])
         assert (removed["deleted"], removed["open"]) == (True, False)
         [deleted] = await r.events("lead.deleted")
-        assert deleted["data"] == {"by": "automation:duplicate", "reason": "duplicate"}
+        assert deleted["data"] == {"by": "automation:already-in-work", "reason": "duplicate"}
         assert (
             await r.store["timers"].count_documents({"entity_id": dup["_id"], "state": "pending"})
             == 0

@@ -39,7 +39,7 @@ def _local(value: object, tz: ZoneInfo) -> str | None:
     return value.astimezone(tz).strftime("%Y-%m-%d %H:%M")
 
 
-def _entity(kind: str, c: EntityCheck, w: World) -> tuple[bool, str, str]:
+def _entity(kind: str, c: EntityCheck, w: World, tz: ZoneInfo) -> tuple[bool, str, str]:
     docs = w.of(c.of, kind, c.pipeline)
     where = f" in {c.pipeline}" if c.pipeline else ""
     if c.count is not None:
@@ -58,7 +58,9 @@ def _entity(kind: str, c: EntityCheck, w: World) -> tuple[bool, str, str]:
         if value is not None:
             want[key], got[key] = value, d.get(field)
     for name, value in c.fields.items():
-        want[name], got[name] = value, (d.get("fields") or {}).get(name, d.get(name))
+        have = (d.get("fields") or {}).get(name, d.get(name))
+        # A time (set_field now) reads as its local "YYYY-MM-DD HH:MM".
+        want[name], got[name] = value, _local(have, tz) or have
     ok = all(_same(want[k], got[k]) for k in want)
     return ok, f"{c.of}'s {kind}{where}: {want}", f"{got}"
 
@@ -174,9 +176,9 @@ def _documents(c: DocumentCheck, w: World) -> tuple[bool, str, str]:
 
 def check(e: Expectation, w: World, tz: ZoneInfo) -> Outcome:
     if e.lead is not None:
-        ok, what, found = _entity("lead", e.lead, w)
+        ok, what, found = _entity("lead", e.lead, w, tz)
     elif e.deal is not None:
-        ok, what, found = _entity("deal", e.deal, w)
+        ok, what, found = _entity("deal", e.deal, w, tz)
     elif e.task is not None:
         ok, what, found = _tasks(e.task, w, tz)
     elif e.notification is not None:

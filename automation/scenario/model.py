@@ -101,6 +101,9 @@ class Complete(Strict):
     # The open task whose title contains this text (of the entity, if named).
     task: str = Field(min_length=1)
     entity: Ref | None = None
+    # What the task asks for, entered on its lead/deal as it is completed (the oil
+    # distributor's check: quality valid / not_valid / already_in_work).
+    fields: dict[str, Any] = Field(default_factory=dict)
     by: Name | None = None
 
 

@@ -284,8 +284,15 @@ class Player:
         if not found:
             raise LookupError(f"no open task «{c.task}»")
         who = self.by(c.by)
-        self.say(f"{who} completes the task «{found[0]['title']}»")
-        await tasks.complete(self.store, found[0]["_id"], by=who, at=self.clock.now())
+        task = found[0]
+        entity = task.get("entity") or {}
+        if c.fields and entity.get("kind") in ("lead", "deal"):
+            self.say(f"{who} answers the task «{task['title']}»: {c.fields}")
+            await entities.set_fields(
+                self.store, entity["kind"], entity["id"], c.fields, by=who, at=self.clock.now()
+            )
+        self.say(f"{who} completes the task «{task['title']}»")
+        await tasks.complete(self.store, task["_id"], by=who, at=self.clock.now())
 
     async def new_company(self, given: NewCompany, responsible: object, who: str) -> Document:
         """The company created (or the one already holding the INN)."""
