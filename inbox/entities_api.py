@@ -3,7 +3,9 @@
 - ``GET /api/v1/leads`` · ``GET /api/v1/deals`` — filters pipeline, stage, responsible,
   open; newest first; cursor pages.
 - ``GET /api/v1/leads/{id}`` · ``/deals/{id}`` — with the contact and the tasks.
-- ``PATCH …/{id}`` ``{"title", "fields": {name: value | null}, "responsible_id"}``.
+- ``PATCH …/{id}`` ``{"title", "fields": {name: value | null}, "responsible_id"}``; a
+  deal also ``"items": [{name, quantity, unit, price}]`` — its line items (the field
+  ``items`` documents fill their table from; ``[]`` empties it).
 - ``POST …/{id}/stage`` ``{"stage_id"}`` — through the stage guards (crm_store/stages.py):
   a refusal is 422 ``stage_refused``; ``errors`` holds one ``{field, message}`` per reason,
   ``field`` being ``fields.<name>`` for a missing required field ("required to enter …")
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -73,6 +76,30 @@ class EntityDetail(BaseModel):
     tasks: list[TaskItem]
 
 
+class LineItem(BaseModel):
+    """One line of a deal's items (docs/documents.md): what a template's table lists."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=1000)
+    quantity: Decimal = Field(default=Decimal(1), gt=0, le=10**9, decimal_places=3)
+    unit: str = Field(default="шт.", min_length=1, max_length=32)
+    price: Decimal = Field(ge=0, lt=10**13, decimal_places=2, description="per unit, roubles")
+
+    def stored(self) -> dict[str, Any]:
+        """As the deal field holds it: numbers as JSON numbers (whole ones as ints)."""
+
+        def num(d: Decimal) -> int | float:
+            return int(d) if d == d.to_integral_value() else float(d)
+
+        return {
+            "name": self.name,
+            "quantity": num(self.quantity),
+            "unit": self.unit,
+            "price": num(self.price),
+        }
+
+
 class EntityPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,6 +108,9 @@ class EntityPatch(BaseModel):
         default=None, description="values to set; null clears a field"
     )
     responsible_id: str | None = Field(default=None, min_length=1, max_length=128)
+    items: list[LineItem] | None = Field(
+        default=None, max_length=500, description="deals: the line items (replaced whole)"
+    )
 
     @field_validator("fields")
     @classmethod
@@ -202,9 +232,19 @@ async def _patch(call: Call, kind: Kind) -> EntityView:
     store, by = call.svc.store, call.principal.user.id
     if body.responsible_id is not None:
         access.require_assignable(call.svc.config, call.principal, body.responsible_id)
+    values: dict[str, Any] = dict(body.fields or {})
+    if body.items is not None:
+        if kind != "deal":
+            raise ApiError(
+                422,
+                "invalid_request",
+                "line items belong to deals",
+                errors=[{"in": "body", "field": "items", "message": "deals only"}],
+            )
+        values["items"] = [item.stored() for item in body.items]
     try:
-        if body.fields:
-            await entities.set_fields(store, kind, doc["_id"], body.fields, by=by)
+        if values:
+            await entities.set_fields(store, kind, doc["_id"], values, by=by)
         if body.responsible_id is not None:
             await entities.set_responsible(store, kind, doc["_id"], body.responsible_id, by=by)
     except EntityError:
