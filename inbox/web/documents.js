@@ -1,7 +1,8 @@
 // The documents of the open deal, on its card (docs/documents.md): the registry of the
 // deal's documents (type, number, date, version, status), "Create document" from a
 // configured template, download (DOCX, PDF, signed scan), upload the signed scan, mark
-// sent. app.js calls documentsCard(dealId, redraw) while drawing the CRM panel and
+// sent, send to the customer through the deal's conversation (its refusal — a channel
+// that cannot carry files — is shown as the card's error). app.js calls documentsCard(dealId, redraw) while drawing the CRM panel and
 // documentsEvent(refs) on a document.* event of the live feed.
 
 import { call, enc, get, post } from "./api.js";
@@ -18,6 +19,8 @@ const TEXT = {
     signed_copy: "Signed copy",
     upload_signed: "Upload signed",
     mark_sent: "Mark sent",
+    send: "Send to customer",
+    sent_via: "Sent via",
     version: "v",
     generated: "generated",
     sent: "sent",
@@ -33,6 +36,8 @@ const TEXT = {
     signed_copy: "Подписанный",
     upload_signed: "Загрузить подписанный",
     mark_sent: "Отправлен",
+    send: "Отправить клиенту",
+    sent_via: "Отправлено через",
     version: "в.",
     generated: "создан",
     sent: "отправлен",
@@ -43,7 +48,7 @@ const TEXT = {
 
 const tr = (key) => (TEXT[lang()] || TEXT.en)[key] ?? TEXT.en[key];
 
-const state = { dealId: null, docs: [], types: null, pick: "", error: "", busy: false };
+const state = { dealId: null, docs: [], types: null, pick: "", error: "", loadFailed: false, note: "", busy: false };
 let redrawPanel = () => {};
 
 async function load(dealId) {
@@ -52,19 +57,23 @@ async function load(dealId) {
     const page = await get("/api/v1/documents", { deal_id: dealId, limit: 100 });
     if (state.dealId !== dealId) return;
     state.docs = page.items || [];
-    state.error = "";
+    // Only a failed load's error is cleared by a good one: an action's refusal stays.
+    if (state.loadFailed) state.error = "";
+    state.loadFailed = false;
   } catch (err) {
     state.error = err.message;
+    state.loadFailed = true;
   }
   redrawPanel();
 }
 
 async function act(work) {
   state.busy = true;
+  state.note = "";
+  state.error = "";
   redrawPanel();
   try {
     await work();
-    state.error = "";
   } catch (err) {
     state.error = err.message;
   } finally {
@@ -101,6 +110,15 @@ function uploadSigned(doc) {
   return input;
 }
 
+/** Send through the deal's conversation (the API picks it); a refusal says why. */
+function sendToCustomer(doc) {
+  return act(async () => {
+    const sent = await post(`/api/v1/documents/${enc(doc.id)}/send`, { format: doc.pdf_file_id ? "pdf" : "docx" });
+    const via = sent.document?.history?.at(-1)?.via;
+    state.note = via ? `${tr("sent_via")} ${via}` : tr("sent");
+  });
+}
+
 function row(doc) {
   const title = state.types?.find((x) => x.type === doc.type)?.title || doc.title || doc.type;
   const upload = uploadSigned(doc);
@@ -118,6 +136,9 @@ function row(doc) {
       doc.signed_file_id
         ? h("button", { type: "button", "data-testid": "doc-signed", onclick: () => download(doc, "signed") }, tr("signed_copy"))
         : null,
+      doc.status !== "pending"
+        ? h("button", { type: "button", "data-testid": "doc-send", disabled: state.busy, onclick: () => sendToCustomer(doc) }, tr("send"))
+        : null,
       doc.status === "generated"
         ? h("button", { type: "button", "data-testid": "doc-mark-sent", disabled: state.busy, onclick: () => act(() => post(`/api/v1/documents/${enc(doc.id)}/sent`)) }, tr("mark_sent"))
         : null,
@@ -133,7 +154,7 @@ function row(doc) {
 export function documentsCard(dealId, redraw) {
   redrawPanel = redraw;
   if (state.dealId !== dealId) {
-    Object.assign(state, { dealId, docs: [], error: "", pick: "" });
+    Object.assign(state, { dealId, docs: [], error: "", note: "", pick: "" });
     load(dealId);
   }
   const types = state.types || [];
@@ -156,6 +177,7 @@ export function documentsCard(dealId, redraw) {
         )
       : null,
     state.error ? h("p", { class: "error", role: "alert", "data-testid": "doc-error" }, state.error) : null,
+    state.note ? h("p", { class: "muted", role: "status", "data-testid": "doc-note" }, state.note) : null,
     state.docs.length ? h("ul", { class: "tasks documents" }, state.docs.map(row)) : h("p", { class: "muted" }, tr("none")),
   );
 }
