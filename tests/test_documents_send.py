@@ -11,14 +11,16 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from channels.base import Attachment, OutboundMessage
 from channels.email.channel import MailFile, compose, mailbox_settings, pick_attachments
 from config.models import ChannelAccount
+from crm_store import tokens
 from crm_store.documents import stable_id
 from tests.helpers import free_port, wait_for
 from tests.mail_support import SmtpSink, mail_config, smtp_sink
-from tests.test_documents import ANNA, Api, api, seed_deal
+from tests.test_documents import ADMIN, ANNA, Api, api, seed_deal
 
 CUSTOMER = "ivan@customer.test"
 
@@ -169,3 +171,41 @@ def test_compose_attaches_what_it_is_given_and_links_the_rest() -> None:
         "big.zip: https://crm/files/b",
         "linked: https://crm/files/c",
     ]
+
+
+async def test_a_document_reaches_telegram_as_a_file_by_its_link(
+    mongo_uri: str, db_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Telegram takes files: sendDocument with the signed link; our stored file id never
+    reaches it as a Telegram file_id."""
+    from tests import test_channel_telegram as tg
+
+    monkeypatch.setenv(tg.TOKEN_ENV, tg.TOKEN)
+    monkeypatch.setenv(tg.WEBHOOK_ENV, tg.WEBHOOK_SECRET)
+    async with tg.service(mongo_uri, db_name) as (svc, fake):
+        token, _ = await tokens.issue(svc.store, ADMIN)
+        assert (await tg.post(svc, tg.update(body=tg.message("Пришлите договор"))))[0] == 200
+        await svc.routed()
+        conv = await svc.store.conversations.find_one({"channel": "telegram"})
+        assert conv is not None
+        deal = await seed_deal(svc.store, "Телеграм")
+        await svc.store.deals.update_one(
+            {"_id": deal}, {"$set": {"contact_id": conv["contact_id"]}}
+        )
+        a = Api(svc, {ADMIN: token})
+        status, doc = await a.call("POST", f"/deals/{deal}/documents", ADMIN, {"type": "contract"})
+        assert status == 201, doc
+        status, sent = await a.call("POST", f"/documents/{doc['id']}/send", ADMIN, {})
+        assert status == 200, sent
+        assert sent["conversation_id"] == conv["_id"]
+
+        async def provider_got_it() -> list[Any]:
+            return [r for r in fake.requests if r.api_method == "sendDocument"]
+
+        await wait_for(provider_got_it, timeout=15, message="no sendDocument reached Telegram")
+        [req] = await provider_got_it()
+        link = str(req.params.get("document"))
+        assert link.startswith(f"{svc.client.base}/files/{doc['file_id']}?exp="), link
+        _, raw = await a.call("GET", f"/documents/{doc['id']}/file", ADMIN)
+        async with svc.client.http.get(link) as resp:
+            assert (resp.status, await resp.read()) == (200, raw)
