@@ -18,10 +18,12 @@ Resume: reconnect with ``after`` = the last cursor you got (or send
 arrives, none twice. Without ``after`` the stream starts now; the first frame is then a
 ``cursor`` frame saying where.
 
-One reader per process (:class:`Hub`) polls the feed (crm_store/feed.py: ordered and
+One reader per process (:class:`Hub`) reads the feed (crm_store/feed.py: ordered and
 gap-safe) and fans each page out to the process's sockets, filtered per user by
 inbox/live.py; a socket that cannot keep up (``QUEUE_LIMIT`` frames behind) is closed with
-4008 and reconnects with its cursor.
+4008 and reconnects with its cursor. The reader looks as soon as this process appends
+events (crm_store/wake.py) or the change stream on ``events`` shows another process's
+(ingest/event_watch.py, where the store offers change streams), and every ``POLL_S``.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-import orjson
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -41,13 +43,14 @@ from pymongo import DESCENDING
 from pymongo.errors import PyMongoError
 
 from config.settings import get_settings
-from crm_store import feed, presence
+from crm_store import feed, presence, wake
 from crm_store.routing_store import find_in
 from crm_store.store import Document
 from inbox.api import Call, route
 from inbox.auth import ApiError, Principal, authenticate, principal_for_token
 from inbox.bounds import INT64_MAX
 from inbox.live import Facts, visible
+from inbox.socket_writer import write_frames
 from ingest.context import SERVICE, Service
 from ingest.tasks import cancel
 
@@ -126,11 +129,16 @@ class Hub:
         self.lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.presence_ttl_s = 60.0  # setup() reads OMNIROUTE_PRESENCE_TTL_S
+        self._woken = asyncio.Event()
+        self._unsubscribe: Callable[[], None] | None = None
 
     async def start(self) -> None:
+        self._unsubscribe = wake.subscribe(wake.EVENTS, self._woken.set)
         self._task = asyncio.create_task(self._run(), name="live-hub")
 
     async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         await cancel(self._task)
         for sub in list(self.sockets):
             with contextlib.suppress(Exception):
@@ -150,6 +158,7 @@ class Hub:
 
     async def _run(self) -> None:
         while True:
+            self._woken.clear()  # an append from here on wakes the next round
             try:
                 async with self.lock:
                     if self.cursor is None:
@@ -159,7 +168,8 @@ class Hub:
                 log.warning("live.store_unavailable", error=type(exc).__name__)
             except Exception:  # keep serving the other sockets; the cursor did not move
                 log.exception("live.step_failed")
-            await asyncio.sleep(POLL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), POLL_S)
 
     async def _step(self) -> None:
         """Read what is new (even with nobody listening, so the cursor stays at the end
@@ -269,20 +279,6 @@ async def _principal(request: web.Request, svc: Service, token: str | None) -> P
     return await authenticate(request, svc.store, svc.config)
 
 
-async def _writer(sub: Subscriber) -> None:
-    """Send the socket's frames in order; once the client is gone, discard them (so a
-    catch-up waiting for queue space never blocks)."""
-    while True:
-        frame = await sub.queue.get()
-        if sub.closed or sub.ws.closed:
-            sub.closed = True
-            continue
-        try:
-            await sub.ws.send_str(orjson.dumps(frame).decode())
-        except (ConnectionError, RuntimeError):
-            sub.closed = True
-
-
 @route(
     "GET",
     "/api/v1/ws",
@@ -303,7 +299,7 @@ async def live(call: Call) -> web.StreamResponse:
     await ws.prepare(request)
     hub = request.app[HUB]
     sub = Subscriber(principal, ws, cursor=0)
-    writer = asyncio.create_task(_writer(sub))
+    writer = asyncio.create_task(write_frames(sub))
     socket_id = uuid.uuid4().hex
     await _alive(hub, socket_id, principal.user.id)
     beat = asyncio.create_task(_heartbeat(hub, socket_id, principal.user.id))

@@ -42,11 +42,12 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import PyMongoError
 
 from channels.base import DeliveryState, StatusUpdate
-from crm_store import feed, presence, updates
+from crm_store import feed, presence, updates, wake
 from crm_store.documents import conversation_id, intake_id
 from crm_store.routing_store import find_in
 from crm_store.store import Document, Store
 from inbox.file_links import LinkKeys
+from inbox.socket_writer import write_frames
 from ingest.tasks import cancel
 
 log = structlog.get_logger("omniroute.webchat")
@@ -174,6 +175,10 @@ class WebchatHub:
         self.sockets: dict[str, set[VisitorSocket]] = {}
         self.waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
+        # Set when this process appends events (crm_store/wake.py) or the change stream
+        # shows another's (ingest/event_watch.py): the reader looks at once; else it polls.
+        self._woken = asyncio.Event()
+        self._unsubscribe: Callable[[], None] | None = None
 
     async def linker(self) -> LinkMaker:
         """Signed file paths valid for :data:`LINK_TTL` (the key is read once)."""
@@ -183,9 +188,12 @@ class WebchatHub:
     # --- the reader -----------------------------------------------------------------
 
     async def start(self) -> None:
+        self._unsubscribe = wake.subscribe(wake.EVENTS, self._woken.set)
         self._task = asyncio.create_task(self._run(), name="webchat-hub")
 
     async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         await cancel(self._task)
         for subs in list(self.sockets.values()):
             for sub in list(subs):
@@ -215,6 +223,7 @@ class WebchatHub:
 
     async def _run(self) -> None:
         while True:
+            self._woken.clear()  # an append from here on wakes the next round
             try:
                 async with self.lock:
                     await self._ensure()
@@ -225,7 +234,9 @@ class WebchatHub:
                 log.warning("webchat.store_unavailable", error=type(exc).__name__)
             except Exception:
                 log.exception("webchat.hub_step_failed")
-            await asyncio.sleep(POLL_S if self.sockets or self.waiters else IDLE_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                wait_s = POLL_S if self.sockets or self.waiters else IDLE_POLL_S
+                await asyncio.wait_for(self._woken.wait(), wait_s)
 
     async def _step(self) -> None:
         assert self.cursor is not None
@@ -400,18 +411,12 @@ class WebchatHub:
 async def writer(store: Store, sub: VisitorSocket) -> None:
     """Send the socket's frames in order; an operator reply that reached the socket is
     ``delivered``."""
-    while True:
-        data = await sub.queue.get()
-        if sub.closed or sub.ws.closed:
-            sub.closed = True
-            continue
-        try:
-            await sub.ws.send_str(orjson.dumps(data).decode())
-        except (ConnectionError, RuntimeError):
-            sub.closed = True
-            continue
+
+    async def sent(data: Document) -> None:
         if data.get("type") == "message" and data.get("direction") == "out" and data.get("id"):
             await _mark(store, sub.account, [str(data["id"])], DeliveryState.DELIVERED)
+
+    await write_frames(sub, sent)
 
 
 async def mark_read(store: Store, account: str, conv_id: str, up_to: str) -> int:

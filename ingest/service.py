@@ -178,6 +178,10 @@ async def running_service(
     from ingest.call_announcer import CallAnnouncer
 
     background.append(CallAnnouncer(store, config.service_pipelines()))
+    # --- the live hubs: woken by any process's events where the store has change streams
+    from ingest.event_watch import EventWatch
+
+    background.append(EventWatch(store))
     # --- automation
     if settings.automation_enabled:
         from automation.worker import AutomationWorker
