@@ -250,8 +250,6 @@ for _name, _models in REPORT_INDEXES.items():
     INDEXES.setdefault(_name, []).extend(_models)
 
 
-async def ensure_indexes(db: AsyncDatabase[dict[str, object]]) -> dict[str, list[str]]:
-    """Create every collection and index that is missing; return the index names."""
 # An index of the same key pattern exists under another name or with other options.
 INDEX_CONFLICT = frozenset({85, 86})
 
@@ -273,6 +271,8 @@ async def _create(
     return made
 
 
+async def ensure_indexes(db: AsyncDatabase[dict[str, object]]) -> dict[str, list[str]]:
+    """Create every collection and index that is missing; return the index names."""
     existing = set(await db.list_collection_names())
     created: dict[str, list[str]] = {}
     for name, models in INDEXES.items():
