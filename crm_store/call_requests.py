@@ -9,7 +9,9 @@ call's ``request_id`` — channels/mango.py, crm_store/calls.py); ``channel``, `
 
 A request already ``placed`` is answered from here and never sent to the PBX again; one
 that ``failed`` may be tried again with the same id; one still ``placing`` (a concurrent
-duplicate, or a process that died mid-request) is refused as in progress.
+duplicate, or a process that died mid-request) is refused as in progress. A request id is
+its author's: another user naming it learns nothing of the request (the API refuses it
+the same way whatever the state).
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ async def begin(store: Store, request_id: str, fields: Document) -> Document | N
         return None
     except DuplicateKeyError:
         pass
-    # A failed request may be tried again: take it over.
+    # A failed request may be tried again by its author: take it over.
     retried: Document | None = await collection(store).find_one_and_update(
-        {"_id": request_id, "state": "failed"},
+        {"_id": request_id, "state": "failed", "by": fields.get("by")},
         {"$set": {**fields, "state": "placing", "requested_at": now}, "$unset": {"error": ""}},
         return_document=ReturnDocument.AFTER,
     )

@@ -14,8 +14,8 @@ Answers: ``202`` the PBX took the request (``provider_call_id`` if it gave one);
 ``403`` (inbox/auth.py); ``404`` no such telephony account; ``422`` a bad body, an
 unknown user, no PBX login for the user, or the PBX found the request invalid (Mango's
 3100: its reason in ``detail``); ``409`` the same ``request_id`` is being placed right
-now; ``502`` the PBX refused (its reason in ``detail``, a stable ``code``); ``503`` the
-PBX is unreachable or busy (try again).
+now, or is another user's; ``502`` the PBX refused (its reason in ``detail``, a stable
+``code``); ``503`` the PBX is unreachable or busy (try again).
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ async def create_call(request: web.Request, svc: Service, principal: Principal) 
     }
     earlier = await call_requests.begin(svc.store, request_id, {**answer, "by": principal.user.id})
     if earlier is not None:
+        if earlier.get("by") != principal.user.id:  # someone else's id: nothing of it shown
+            raise ApiError(409, "request_id_taken", "this request_id is already used; pick another")
         if earlier.get("state") != "placed":
             raise ApiError(409, "call_in_progress", f"call request {request_id} is being placed")
         stored = {k: earlier.get(k) for k in answer}

@@ -24,20 +24,28 @@ from tests.test_channel_mango import ACCOUNT, API_KEY, LINE, SALT, base, mango_a
 from tests.test_channel_mango import mango_env as mango_env  # autouse: the salt's variable
 
 ANNA = "anna.smirnova"
+ADMIN = "sergey.volkov"
 
 
 @asynccontextmanager
 async def running(mongo_uri: str, db_name: str) -> AsyncIterator[tuple[InProcess, FakeMango]]:
     async with FakeMango(API_KEY, SALT) as fake:
         account = mango_account()
-        settings = {**account.settings, "api_base": fake.api_base, f"login.{ANNA}": "101"}
+        settings = {
+            **account.settings,
+            "api_base": fake.api_base,
+            f"login.{ANNA}": "101",
+            f"login.{ADMIN}": "102",
+        }
         account = account.model_copy(update={"settings": {**settings, "timeout_s": 5}})
         async with in_process(mongo_uri, db_name, config=config_with(account)) as svc:
             yield svc, fake
 
 
-async def place(svc: InProcess, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    headers = await bearer(svc, ANNA)
+async def place(
+    svc: InProcess, body: dict[str, Any], user: str = ANNA
+) -> tuple[int, dict[str, Any]]:
+    headers = await bearer(svc, user)
     async with svc.client.http.post(
         f"{svc.client.base}/api/v1/calls", data=orjson.dumps(body), headers=headers
     ) as resp:
@@ -72,6 +80,11 @@ async def test_click_to_call_sends_a_signed_callback_once_and_links_the_call(
         # The same request again (a double click, a retry): answered, not placed again.
         status, again = await place(svc, request)
         assert (status, again) == (202, answer)
+        assert len(fake.commands) == 1
+        # Another user naming the same id learns nothing of it and places nothing.
+        status, refused = await place(svc, {**request, "user_id": ADMIN}, ADMIN)
+        assert (status, refused["code"]) == (409, "request_id_taken"), refused
+        assert "79001234567" not in orjson.dumps(refused).decode()
         assert len(fake.commands) == 1
         stored = await call_requests.collection(svc.store).find_one({"_id": "req-1"})
         assert stored is not None
