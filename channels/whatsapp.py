@@ -457,12 +457,8 @@ class WhatsAppChannel(WebhookChannel):
             templates.check(account, msg.template)  # allowed outside the window
             return
         if msg.attachments:
-            raise SendError(
-                "the WhatsApp channel sends text only; attachments are not supported",
-                retryable=False,
-                code="attachments_unsupported",
-            )
-        if not msg.text.strip():
+            _check_media(msg)
+        elif not msg.text.strip():
             raise SendError("the message has no text", retryable=False, code="empty_message")
         if len(msg.text) > MAX_TEXT:
             raise SendError(
@@ -503,6 +499,10 @@ class WhatsAppChannel(WebhookChannel):
         if msg.template is not None:
             del payload["text"]
             payload.update(type="template", template=templates.payload(msg.template))
+        elif msg.attachments:
+            del payload["text"]
+            kind, media = _media_payload(msg)
+            payload.update({"type": kind, kind: media})
         if msg.in_reply_to:
             payload["context"] = {"message_id": msg.in_reply_to}
         timeout_s = _timeout_s(account)
@@ -542,6 +542,48 @@ class WhatsAppChannel(WebhookChannel):
                 code="bad_response",
             )
         raise _send_error(resp, _obj(data.get("error")))
+
+
+# One file per message, fetched by WhatsApp from its link (our signed file link); the text
+# goes as its caption. attachment kind → WhatsApp message type.
+MEDIA_TYPES = {"file": "document", "image": "image"}
+MAX_CAPTION = 1024
+
+
+def _check_media(msg: OutboundMessage) -> None:
+    if len(msg.attachments) > 1:
+        raise SendError(
+            "WhatsApp sends one file per message; send the files one by one",
+            retryable=False,
+            code="too_many_attachments",
+        )
+    [a] = msg.attachments
+    if a.kind not in MEDIA_TYPES or not a.url:
+        raise SendError(
+            "WhatsApp sends a document or an image by its link; "
+            f"a {a.kind!r} attachment{'' if a.url else ' without a link'} cannot be sent",
+            retryable=False,
+            code="attachments_unsupported",
+        )
+    if len(msg.text) > MAX_CAPTION:
+        raise SendError(
+            f"a WhatsApp file's caption is limited to {MAX_CAPTION} characters "
+            f"({len(msg.text)} given)",
+            retryable=False,
+            code="text_too_long",
+        )
+
+
+def _media_payload(msg: OutboundMessage) -> tuple[str, Json]:
+    """The document or image object of a message with one attachment (checked)."""
+    [a] = msg.attachments
+    kind = MEDIA_TYPES[a.kind]
+    media: Json = {"link": a.url}
+    if msg.text.strip():
+        media["caption"] = msg.text
+    if kind == "document" and a.name:
+        media["filename"] = a.name
+    return kind, media
 
 
 def _timeout_s(account: ChannelAccount) -> float:

@@ -1074,7 +1074,11 @@ def test_check_outbound_refuses_what_whatsapp_would() -> None:
         "text_too_long": [outbound("x" * 4097)],
         "empty_message": [outbound("  ")],
         "attachments_unsupported": [
-            outbound(attachments=[Attachment(kind="image", url="https://x/y.jpg")])
+            outbound(attachments=[Attachment(kind="video", url="https://x/y.mp4")]),
+            outbound(attachments=[Attachment(kind="file", file_id="ours")]),
+        ],
+        "too_many_attachments": [
+            outbound(attachments=[Attachment(kind="image", url="https://x/y.jpg")] * 2)
         ],
         "no_recipient": [outbound(recipient="")],
     }
@@ -1084,6 +1088,12 @@ def test_check_outbound_refuses_what_whatsapp_would() -> None:
                 CHANNEL.check_outbound(account, msg)
             assert (err.value.code, err.value.retryable) == (code, False)
     CHANNEL.check_outbound(account, outbound("x" * 4096))
+    # One document or image by its link, the text its caption (at most 1024 characters).
+    doc = [Attachment(kind="file", url="https://x/d.pdf", name="d.pdf")]
+    CHANNEL.check_outbound(account, outbound("", attachments=doc))
+    with pytest.raises(SendError) as err:
+        CHANNEL.check_outbound(account, outbound("x" * 1025, attachments=doc))
+    assert err.value.code == "text_too_long"
     no_number = account.model_copy(update={"settings": {}})
     with pytest.raises(SendError) as err:
         CHANNEL.check_outbound(no_number, outbound(recipient=WA))

@@ -441,14 +441,14 @@ async def test_send_by_email_and_refused_where_files_cannot_go(
                 assert part.get_content() == raw
 
                 # A channel that sends text only refuses the file at once, nothing queued.
-                conv = stable_id("conversation", "wa-doc")
+                conv = stable_id("conversation", "avito-doc")
                 await store.conversations.insert_one(
                     {
                         "_id": conv,
-                        "channel": "whatsapp",
-                        "account": "main",
+                        "channel": "avito",
+                        "account": "shop",
                         "contact_id": first["contact_id"],
-                        "reply_to": "79001234567",
+                        "reply_to": "avito-chat-7",
                         "department": "sales",
                         "target": {"kind": "deal", "id": deal, "open": True},
                     }
@@ -458,7 +458,8 @@ async def test_send_by_email_and_refused_where_files_cannot_go(
                     "POST", f"/documents/{doc['id']}/send", ANNA, {"conversation_id": conv}
                 )
                 assert status == 422, err
-                assert "whatsapp cannot carry this document" in err["detail"]
+                assert err["code"] == "avito_attachments_unsupported"
+                assert "avito cannot carry this document" in err["detail"]
                 assert await store.messages.count_documents({"direction": "out"}) == before
     finally:
         server.cleanup()

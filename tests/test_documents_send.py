@@ -20,6 +20,7 @@ from crm_store import tokens
 from crm_store.documents import stable_id
 from tests.helpers import free_port, wait_for
 from tests.mail_support import SmtpSink, mail_config, smtp_sink
+from tests.service import in_process
 from tests.test_documents import ADMIN, ANNA, Api, api, seed_deal
 
 CUSTOMER = "ivan@customer.test"
@@ -209,3 +210,52 @@ async def test_a_document_reaches_telegram_as_a_file_by_its_link(
         _, raw = await a.call("GET", f"/documents/{doc['id']}/file", ADMIN)
         async with svc.client.http.get(link) as resp:
             assert (resp.status, await resp.read()) == (200, raw)
+
+
+async def test_a_document_reaches_whatsapp_as_a_document_message(
+    mongo_uri: str, db_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WhatsApp takes files: one document message with the signed link, the file name and
+    the text as its caption."""
+    from tests import test_channel_whatsapp as wa
+    from tests.fakes.whatsapp import FakeWhatsApp
+
+    for name, value in wa.ENV.items():
+        monkeypatch.setenv(name, value)
+    async with (
+        FakeWhatsApp(wa.TOKEN) as fake,
+        in_process(mongo_uri, db_name, config=wa.wa_config(fake.base)) as svc,
+    ):
+        token, _ = await tokens.issue(svc.store, ADMIN)
+        conv = await wa.conversation_with(svc, "Пришлите договор")
+        deal = await seed_deal(svc.store, "Ватсап")
+        await svc.store.deals.update_one(
+            {"_id": deal}, {"$set": {"contact_id": conv["contact_id"]}}
+        )
+        a = Api(svc, {ADMIN: token})
+        status, doc = await a.call("POST", f"/deals/{deal}/documents", ADMIN, {"type": "contract"})
+        assert status == 201, doc
+        status, sent = await a.call(
+            "POST", f"/documents/{doc['id']}/send", ADMIN, {"text": "Ваш договор"}
+        )
+        assert status == 200, sent
+
+        async def provider_took_it() -> bool:
+            found = await svc.store.messages.find_one({"_id": sent["message_id"]})
+            return found is not None and found.get("provider_id") is not None
+
+        await wait_for(provider_took_it, timeout=15, message="no document reached WhatsApp")
+        [req] = [r.json() for r in fake.requests if r.method == "POST"]
+        assert req["type"] == "document"
+        media = req["document"]
+        assert (media["filename"], media["caption"]) == (
+            f"Договор {doc['number']} v1.docx",
+            "Ваш договор",
+        )
+        assert media["link"].startswith(f"{svc.client.base}/files/{doc['file_id']}?exp=")
+        _, raw = await a.call("GET", f"/documents/{doc['id']}/file", ADMIN)
+        async with svc.client.http.get(media["link"]) as resp:
+            assert (resp.status, await resp.read()) == (200, raw)
+        message = await svc.store.messages.find_one({"_id": sent["message_id"]})
+        assert message is not None
+        assert message["provider_id"] == fake.sent[0]

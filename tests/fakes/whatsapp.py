@@ -1,7 +1,8 @@
 """A local fake of the WhatsApp Cloud API send endpoint (Meta Graph API).
 
 ``POST /{version}/{phone_number_id}/messages`` with ``Authorization: Bearer <token>``
-takes a text or a template message (``type: template``, ``template: {name, language:
+takes a text, a document or image by link (``type: document``, ``document: {link,
+filename?, caption?}``), or a template message (``type: template``, ``template: {name, language:
 {code}, components}``; :attr:`FakeWhatsApp.template_refusals` makes Graph refuse a
 template by name) and answers like Graph does: ``{"messaging_product", "contacts": [{input, wa_id}],
 "messages": [{"id": "wamid…"}]}`` on success, ``{"error": {message, type, code,
@@ -150,6 +151,10 @@ class FakeWhatsApp:
             ok = data["messaging_product"] == "whatsapp" and (
                 (data["type"] == "text" and isinstance(data["text"]["body"], str))
                 or (data["type"] == "template" and _template_ok(data["template"]))
+                or (
+                    data["type"] in ("document", "image")
+                    and str(data[data["type"]]["link"]).startswith(("http://", "https://"))
+                )
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             ok = False
