@@ -14,6 +14,7 @@ from crm_store import entities
 from crm_store.events import append, event
 from crm_store.stages import StageError
 from tests.automation_support import MSK, Robots, msk, robots, seed_config
+from tests.service import api_body
 
 ANNA, IVAN = "anna.smirnova", "ivan.petrov"
 
@@ -459,59 +460,68 @@ async def test_oil_distributor(mongo_uri: str, db_name: str) -> None:
 # --- the eco-goods wholesaler ------------------------------------------------------------
 
 
-async def win(r: Robots, deal_id: str) -> None:
-    await r.set("deal", deal_id, order_amount=50000)
-    await r.move("deal", deal_id, "first_order")
-    await r.move("deal", deal_id, "won")
+async def shop_order(r: Robots, external_id: str, phone: str, name: str) -> dict[str, Any]:
+    """An order of the wholesale site (the shop API account): its deal in PRO.Сделки."""
+    body = api_body(external_id, phone=phone, name=name, text="Заказ с оптового сайта")
+    status, answer = await r.svc.client.post_api(body, account="shop")
+    assert status == 200, answer
+    await r.svc.routed()
+    await r.run()
+    [mid] = answer["accepted"]
+    msg = await r.store.messages.find_one({"_id": mid})
+    assert msg is not None
+    return await r.get("deal", msg["target"]["id"])
+
+
+async def complete_task(r: Robots, deal: dict[str, Any], template: str) -> None:
+    [task] = await r.tasks(entity_id=deal["_id"], template=template, status="open")
+    status, _ = await r.api("POST", f"/api/v1/tasks/{task['_id']}/complete", deal["responsible_id"])
+    assert status == 200
+    await r.run()
+
+
+async def deliver(r: Robots, deal: dict[str, Any]) -> None:
+    """The order through the site's statuses: invoiced, paid 100 %, shipped, delivered,
+    the questionnaire filled — won."""
+    await complete_task(r, deal, "issue_invoice")
+    for fields in (
+        {"payment_percent": 100},
+        {"order_status": "ready_to_ship"},
+        {"order_status": "delivered"},
+        {"questionnaire": "ok"},
+    ):
+        await r.set("deal", deal["_id"], **fields)
+        await r.run()
+    await complete_task(r, deal, "questionnaire")
+    assert (await r.get("deal", deal["_id"]))["stage_id"] == "won"
 
 
 async def test_eco_goods(mongo_uri: str, db_name: str) -> None:
     cfg = seed_config("eco_goods")
     async with robots(mongo_uri, db_name, config=cfg, start=msk(2025, 7, 1, 10, 0)) as r:
-        stalled = await r.lead_from("eco-1", "+79001270001", name="Green Shop")
-        moving = await r.lead_from("eco-2", "+79001270002", name="Eco Market")
-        await r.move("deal", stalled["_id"], "ready_for_first_order")
-        await r.move("deal", moving["_id"], "ready_for_first_order")
-        await r.run()
-        await r.until(msk(2025, 7, 6, 10, 0))
-        await r.set("deal", moving["_id"], order_amount=10000)
-        await r.move("deal", moving["_id"], "first_order")
-        # Ready for the first order for over 14 days → a task to the responsible.
+        once = await shop_order(r, "eco-1", "+79001270001", "Green Shop")
+        twice = await shop_order(r, "eco-2", "+79001270002", "Eco Market")
+        assert (once["pipeline_id"], once["stage_id"]) == ("pro_deals", "new")
+        await deliver(r, once)
+        await deliver(r, twice)
+        # The second customer orders again within the 14 days.
+        await r.until(msk(2025, 7, 8, 10, 0))
+        again = await shop_order(r, "eco-3", "+79001270002", "Eco Market")
+        assert again["_id"] != twice["_id"]
+        assert again["is_repeat"] is True
+        await deliver(r, again)
+        # A customer with exactly one won order → a repeat-sale call 14 days later.
         await r.until(msk(2025, 7, 15, 9, 59))
-        assert await r.tasks() == []
+        assert await r.tasks(template="repeat_sale") == []
         await r.until(msk(2025, 7, 15, 10, 0))
-        [task] = await r.tasks()
-        assert (task["entity_id"], task["assignee_id"]) == (stalled["_id"], "svetlana.frolova")
-        assert task["title"] == "Green Shop is ready for the first order for 14 days: call"
-        # Exactly one won deal → a repeat-sale call a month later.
-        await r.until(msk(2025, 7, 20, 10, 0))
-        await win(r, stalled["_id"])
-        await r.move("deal", moving["_id"], "won")
-        await r.run()
-        # … the second customer buys again within the month: two won deals, no call.
-        status, _ = await r.svc.client.post_api(
-            {"external_id": "eco-3", "sender": {"phone": "+79001270002"}, "text": "Again"}
-        )
-        assert status == 200
-        await r.svc.routed()
-        repeat = await r.store.deals.find_one({"contact_id": moving["contact_id"], "open": True})
-        assert repeat is not None
-        assert repeat["is_repeat"] is True
-        await r.until(msk(2025, 8, 1, 10, 0))
-        await r.move("deal", repeat["_id"], "ready_for_first_order")
-        await win(r, repeat["_id"])
-        await r.run()
-        await r.until(msk(2025, 8, 19, 9, 59))
-        assert len(await r.tasks(template="repeat_sale")) == 0
-        await r.until(msk(2025, 8, 19, 10, 0))
         await r.until(msk(2025, 9, 30, 10, 0))
         [call] = await r.tasks(template="repeat_sale")
         assert (call["entity_id"], call["title"]) == (
-            stalled["_id"],
-            "Repeat sale: call Green Shop",
+            once["_id"],
+            "Повторная продажа: позвонить Green Shop",
         )
         gone = await r.store["timers"].find_one(
-            {"rule_id": "repeat-sale", "entity_id": moving["_id"]}
+            {"rule_id": "repeat-sale", "entity_id": twice["_id"]}
         )
         assert gone is not None
         assert (gone["state"], gone["end_reason"]) == ("cancelled", "its condition no longer holds")

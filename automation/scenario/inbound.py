@@ -12,6 +12,7 @@ import hashlib
 from datetime import datetime, timedelta
 
 from automation.scenario.model import Call, Person, Write
+from channels import calls
 from channels.base import (
     CallDirection,
     CallEvent,
@@ -19,6 +20,7 @@ from channels.base import (
     Disposition,
     InboundMessage,
     Parsed,
+    PostRef,
     Sender,
 )
 from config.models import ChannelAccount
@@ -27,6 +29,8 @@ from config.models import ChannelAccount
 PHONE_NATIVE = frozenset({"whatsapp", "sms"})
 # Channels that only report calls.
 TELEPHONY = frozenset({"megafon", "mango", "zadarma", "pbx"})
+# Channels with public comments under posts.
+COMMENTS = frozenset({"vk", "messenger", "instagram"})
 # Channels a customer cannot write in.
 OUTBOUND_ONLY = frozenset({"sms"})
 
@@ -71,7 +75,17 @@ def message(
     if channel == "email" and not email:
         raise StepError(f"{person_key} has no e-mail to write from")
     sender = Sender(phone=phone, email=email, name=person.name, external_user_id=ext)
+    comment: dict[str, object] = {}
+    if step.comment_on is not None:
+        if channel not in COMMENTS:
+            raise StepError(f"there are no comments under posts on {channel}")
+        comment = {
+            "kind": "comment",
+            "post": PostRef(id=step.comment_on),
+            "thread_id": f"comment:{step.comment_on}:{ext}",
+        }
     msg = InboundMessage(
+        **comment,
         channel=channel,
         account=account.account,
         provider_id=f"scenario-{seq}",
@@ -119,4 +133,5 @@ def call(
         duration_s=20 + talk,
         talk_s=talk,
     )
-    return Parsed(calls=[ring, end])
+    # The reports and the call's message (the one routing takes), as a channel returns them.
+    return calls.parsed(ring, end)

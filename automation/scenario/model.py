@@ -67,6 +67,9 @@ class Write(Strict):
     # customer typed them).
     shares_phone: bool = False
     shares_email: bool = False
+    # A public comment under this post (VK, Facebook, Instagram) instead of a direct
+    # message: one conversation per post and commenter (docs/channels/comments.md).
+    comment_on: str | None = Field(default=None, min_length=1, max_length=256)
 
 
 class Call(Strict):

@@ -35,6 +35,7 @@ from crm_store.embedded import EmbeddedStore
 from crm_store.stages import StageError, move_stage
 from crm_store.store import Store
 from ingest.accept import IntakeWriter, store_parsed
+from ingest.call_announcer import CallAnnouncer
 from ingest.metrics import Metrics
 from ingest.service import ensure_indexes_with_retry
 from ingest.worker import RoutingWorker
@@ -112,6 +113,7 @@ class Player:
             store, self.router, Metrics(), owner=owner, lease_s=30.0, recovery_interval_s=0.5
         )
         self.writer = IntakeWriter(store, owner, 30.0, None, config.service_pipelines())
+        self.calls = CallAnnouncer(store, config.service_pipelines())
         self.robots = AutomationWorker(
             store, config, owner=owner, clock=self.clock, start_at_end=False
         )
@@ -394,6 +396,8 @@ class Player:
         """Routing has taken every message in, and the robots have handled everything."""
         for _ in range(5):
             await self.routed()
+            # The calls' events (call.missed …), announced as the service's announcer does.
+            await self.calls.sweep()
             n = await self.robots.drain()
             pending = await self.store.intake.count_documents({"status": "pending"})
             if n == 0 and pending == 0:
