@@ -327,7 +327,9 @@ async def test_an_automation_rule_sends_a_template_with_rendered_params(
                         "send_message": {
                             "template": {"name": "follow_up", "params": ["{contact.name}"]}
                         }
-                    }
+                    },
+                    # Not configured (check-config would say so): the action fails, visibly.
+                    {"send_message": {"template": {"name": "spring_sale", "params": []}}},
                 ],
             }
         ]
@@ -346,6 +348,12 @@ async def test_an_automation_rule_sends_a_template_with_rendered_params(
         [req] = fake.requests
         parameters = req.json()["template"]["components"][0]["parameters"]
         assert parameters == [{"type": "text", "text": "Ivan Petrov"}]
+        [failed] = await r.events("automation.failed")
+        assert (failed["data"]["action"], failed["data"]["code"]) == (
+            "send_message",
+            "template_unknown",
+        )
+        assert "spring_sale" in failed["data"]["error"]
 
 
 # --- configuration and the channel's own checks ---------------------------------------
@@ -396,6 +404,36 @@ def test_check_config_reports_bad_templates_at_their_line(tmp_path: Path) -> Non
         f"'order_ready (ru)' (first on line {at + 1})"
     ], problems
     assert check_config(copy_seed("furniture", tmp_path / "clean")) == []
+
+
+def test_check_config_checks_templates_in_rules(tmp_path: Path) -> None:
+    cfg_dir = copy_seed("furniture", tmp_path / "cfg")
+    rules = (cfg_dir / "automation.yaml").read_text().rstrip("\n") + textwrap.indent(
+        textwrap.dedent(
+            """
+            - id: wa-templates
+              on: lead.created
+              do:
+                - send_message: {channel: whatsapp, template: {name: order_ready, params: [x]}}
+                - send_message: {channel: whatsapp, template: {name: spring_sale}}
+                - send_message: {channel: api, template: {name: order_ready, params: [a, b]}}
+                - send_message: {template: {name: order_ready, params: ["{contact.nme", b]}}
+            """
+        ),
+        "  ",
+    )
+    (cfg_dir / "automation.yaml").write_text(rules + "\n")
+    found = [str(p) for p in check_config(cfg_dir) if p.file == "automation.yaml"]
+    expected = [
+        "do[0].send_message.template.params: template 'order_ready' takes 2 params, 1 given",
+        "do[1].send_message.template.name: template 'spring_sale' is not configured on "
+        "whatsapp account 'main'",
+        "do[2].send_message.template: templates are WhatsApp's: use channel whatsapp",
+        "do[3].send_message.template.params[0]: an unclosed",
+    ]
+    for words in expected:
+        assert any(words in p for p in found), (words, found)
+    assert len(found) == len(expected), found
 
 
 def outbound(**kw: Any) -> OutboundMessage:
