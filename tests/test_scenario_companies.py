@@ -70,6 +70,16 @@ def test_checks(check: dict[str, object], ok: bool) -> None:
         assert outcome.found  # says what it found instead
 
 
+def test_who_sees_a_deal() -> None:
+    w = world()
+    w.sees = lambda user, doc: user == "anna"
+    seen = {"deal": {"of": "olga", "seen_by": ["anna"], "hidden_from": ["boris"]}}
+    assert expect.check(Expectation.model_validate(seen), w, TZ).ok
+    wrong = {"deal": {"of": "olga", "seen_by": ["boris"]}}
+    outcome = expect.check(Expectation.model_validate(wrong), w, TZ)
+    assert (outcome.ok, outcome.found) == (False, "{'seen_by': []}")
+
+
 def test_an_expectation_has_one_check_and_no_company_is_a_failure() -> None:
     with pytest.raises(ValidationError, match="exactly one of"):
         Expectation.model_validate({"contact": {"of": "olga"}, "company": {"of": "olga"}})

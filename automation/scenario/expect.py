@@ -61,6 +61,11 @@ def _entity(kind: str, c: EntityCheck, w: World, tz: ZoneInfo) -> tuple[bool, st
         have = (d.get("fields") or {}).get(name, d.get(name))
         # A time (set_field now) reads as its local "YYYY-MM-DD HH:MM".
         want[name], got[name] = value, _local(have, tz) or have
+    if (c.seen_by or c.hidden_from) and w.sees is not None:
+        sees = w.sees
+        users = [*c.seen_by, *c.hidden_from]
+        want["seen_by"] = sorted(c.seen_by)
+        got["seen_by"] = sorted(u for u in users if sees(u, d))
     ok = all(_same(want[k], got[k]) for k in want)
     return ok, f"{c.of}'s {kind}{where}: {want}", f"{got}"
 

@@ -197,6 +197,10 @@ class EntityCheck(Strict):
     fields: dict[str, Scalar] = Field(default_factory=dict)
     # How many leads/deals the person has (in ``pipeline`` if given).
     count: int | None = Field(default=None, ge=0)
+    # Users who see it in the inbox / who do not (the role and department rules of
+    # inbox/access.py, e.g. the bureau's laboratory directions).
+    seen_by: list[Name] = Field(default_factory=list)
+    hidden_from: list[Name] = Field(default_factory=list)
 
 
 class TaskCheck(Strict):

@@ -34,6 +34,8 @@ from crm_store import routing_store as rs
 from crm_store.embedded import EmbeddedStore
 from crm_store.stages import StageError, move_stage
 from crm_store.store import Store
+from inbox import access
+from inbox.auth import Principal, visible_departments
 from ingest.accept import IntakeWriter, store_parsed
 from ingest.call_announcer import CallAnnouncer
 from ingest.metrics import Metrics
@@ -441,8 +443,16 @@ class Player:
         if o.quote:
             self.out(f"{'':22}  «{o.quote}»")
 
+    def sees(self, user_id: str, doc: Document) -> bool:
+        user = self.config.user(user_id)
+        if user is None:
+            return False
+        principal = Principal(user, visible_departments(self.config, user))
+        return access.sees_entity(self.config, principal, doc)
+
     async def check(self, i: int, step: Step) -> None:
         w = await world.read(self.store, self.keys)
+        w.sees = self.sees
         results = [expect.check(e, w, self.tz) for e in step.expect]
         self.result.outcomes[1000 + i] = results
         for o in results:

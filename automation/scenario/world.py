@@ -3,6 +3,7 @@ scenario's people, read back after a step (a scenario's store is small and throw
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ class World:
     contact_docs: dict[str, Document] = field(default_factory=dict)
     companies: dict[str, Document] = field(default_factory=dict)
     documents: list[Document] = field(default_factory=list)
+    # Whether a user sees a lead/deal in the inbox (inbox/access.py; set by the runner).
+    sees: Callable[[str, Document], bool] | None = None
 
     def contact_of(self, person: str) -> Document | None:
         """The person's (newest) contact."""
