@@ -462,6 +462,12 @@ async def call_events(
         await asyncio.sleep(0.05)
     routed_at = time.monotonic()
     calls = feeder["calls"]
+    # The call events are announced after the 2xx (ingest/call_announcer.py).
+    while await calls.count_documents({"announce_due": True}):
+        if time.monotonic() > deadline:
+            raise RuntimeError("call events not announced in time")
+        await asyncio.sleep(0.05)
+    announced_at = time.monotonic()
     ended = await calls.count_documents({"status.value": "ended", "disposition.value": "answered"})
     checks = {
         "calls": await calls.count_documents({}),
@@ -488,6 +494,7 @@ async def call_events(
         "ack_ms": stats(result.latencies),
         "calls_routed_per_s": round(opts.calls / (routed_at - result.first_start), 1),
         "routing_lag_ms": ms(routed_at - result.last_end),
+        "announce_lag_ms": ms(max(announced_at, routed_at) - result.last_end),
         "checks": {**checks, "ok": ok},
         **out,
     }

@@ -26,6 +26,12 @@ EXISTS = {"$exists": True}
 INDEXES: dict[str, list[IndexModel]] = {
     "intake": [
         IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="status_lease"),
+        # A dead process's pending records (crm_store/process_leases.orphan; hinted).
+        IndexModel(
+            [("owner", ASCENDING)],
+            name="pending_owner",
+            partialFilterExpression={"status": "pending"},
+        ),
         IndexModel([("received_at", ASCENDING)], name="received_at"),
         # Raw bodies due for dropping (ingest/retention.py): only records still holding one.
         IndexModel([("raw_since", ASCENDING)], name="raw_retention", sparse=True),

@@ -2,8 +2,10 @@
 
 Records accepted by this process are routed from memory right after the 2xx, in batches
 (whatever has queued up while the previous batch was written, up to ``batch_size``).
-Records whose lease ran out — their process died, or gave up after store errors — are
-claimed by the recovery sweep of any process and routed again (idempotently).
+While it lives, the process renews one lease of its own, not one per queued record
+(crm_store/process_leases.py). Records whose owner is gone — its process died, or it gave
+up after store errors — are claimed by the recovery sweep of any process and routed again
+(idempotently).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 import structlog
 from pymongo.errors import PyMongoError
 
-from crm_store import intake
+from crm_store import intake, process_leases
 from crm_store.documents import IntakeDoc
 from crm_store.store import Store
 from ingest.metrics import Metrics
@@ -65,6 +67,8 @@ class RoutingWorker:
             self.idle.clear()
 
     async def start(self) -> None:
+        with contextlib.suppress(PyMongoError):  # else the sweep's first round renews it
+            await process_leases.heartbeat(self.store, self.owner, self.lease_s)
         for i in range(self.workers):
             self._tasks.append(asyncio.create_task(self._work(), name=f"route-{i}"))
         self._tasks.append(asyncio.create_task(self._recover(), name="recovery"))
@@ -142,12 +146,20 @@ class RoutingWorker:
         while True:
             try:
                 if time.monotonic() - last_renewal > self.lease_s / 3:
-                    await intake.renew(
-                        self.store, list(self._accepted_at), self.owner, self.lease_s
-                    )
+                    # One lease for everything this process holds (not per record).
+                    await process_leases.heartbeat(self.store, self.owner, self.lease_s)
                     last_renewal = time.monotonic()
-                claimed = await intake.claim_expired(
-                    self.store, self.owner, self.lease_s, self.batch_size, self._accepted_at
+                live, dead = await process_leases.owners(self.store)
+                for gone in dead:
+                    if gone != self.owner and (n := await process_leases.orphan(self.store, gone)):
+                        log.info("routing.owner_gone", owner=gone, records=n)
+                claimed = await process_leases.claim_orphaned(
+                    self.store,
+                    self.owner,
+                    self.lease_s,
+                    self.batch_size,
+                    self._accepted_at,
+                    live | {self.owner},
                 )
                 if claimed:
                     log.info("routing.recovered", count=len(claimed))
