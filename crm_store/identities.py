@@ -12,14 +12,18 @@ The rules, every write idempotent:
 - **claim** before use: a contact's keys are inserted here (``insert_many``, unordered)
   before the contact document is written, under the contact's id. A key that exists
   already belongs to its owner: the first writer of a key wins, on any number of
-  processes, and nobody ever reads a contact that lost.
-- **the strongest key decides** (:func:`winner`): a creator whose first (strongest) key
-  is owned by another contact joins that contact and moves the keys it claimed to it; a
-  key owned by a third contact stays there (merging contacts is an operator's decision).
+  processes.
+- **only a creator holding all its keys writes its contact** (routing_store.
+  create_contact), so two contacts never share a key whatever the creators' key sets. One
+  that finds a key owned by a written contact joins it (strongest key first) and claims
+  its other keys for it; a key owned by a third contact stays there (merging contacts is
+  an operator's decision). One that finds only owners still being created gives its keys
+  back and tries again a little later.
 - a key may point at a contact that is not written yet (its creator is between the two
-  writes, or died there): readers treat it as unknown and a creator *adopts* it — writes
-  the contact under that id (routing_store.create_contact); the creator's own insert then
-  collides on ``_id`` and it uses the contact as it is.
+  writes, or died there): readers treat it as unknown; a creator that still finds it so
+  after its tries *adopts* it (:func:`winner`: the owner of its strongest key) — writes
+  the contact under that id; the first creator's insert then collides on ``_id`` and it
+  uses the contact as it is.
 - a contact **merge** repoints the loser's keys to the winner; a **delete** removes the
   contact's keys (crm_store/contacts.py). A key still pointing at a deleted contact (a
   delete interrupted between its two writes) is free: the next creator takes it over.

@@ -12,6 +12,8 @@ lists of at most ``ID_CHUNK`` values (it re-checks each hit against the whole li
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -235,22 +237,49 @@ async def _settle_owner(
     return final, owned
 
 
+# Backing off while the owners of a sender's keys are being created: then an owner still
+# not written is adopted (its creator died between its two writes).
+CLAIM_ATTEMPTS = 6
+CLAIM_BACKOFF_S = 0.02
+
+
 async def create_contact(store: Store, doc: Document) -> tuple[ContactDoc, bool]:
-    """Get-or-create a contact (crm_store/identities.py): claim its identities first, then
-    write the contact under the id their strongest key points at — ``doc["_id"]`` when
-    this call won that key, else the owner (the keys this call won move to it). True when
-    this call wrote the contact (also when it adopted an owner not written yet)."""
+    """Get-or-create a contact (crm_store/identities.py). Its identities are claimed first;
+    only a creator that holds every one of its keys writes its contact, so two contacts
+    never share a key however the creators' key sets overlap. One that finds a key owned
+    by a written contact joins it (the first such key, strongest first; a key owned by a
+    third contact stays there); one that finds only owners still being created gives its
+    keys back and tries again a little later — after a few tries it adopts the owner of
+    its strongest key (writes that contact itself). True when this call wrote the contact."""
     cid: str = doc["_id"]
     keys = _claimable(doc)
-    final, held = cid, keys
-    if keys:
+    if not keys:
+        return await _write_contact(store, doc, cid, [])
+    owned: dict[str, str] = {}
+    for attempt in range(CLAIM_ATTEMPTS):
         owned = await ident.claim(store, cid, keys)
-        final, owned = await _settle_owner(store, keys, owned, cid)
+        _, owned = await _settle_owner(store, keys, owned, cid)
+        others = [o for k in keys if (o := owned.get(k, cid)) != cid]
+        if not others:
+            return await _write_contact(store, doc, cid, [k for k in keys if k in owned])
+        live = {d["_id"] for d in await find_in(store.contacts, "_id", set(others), {"_id": 1})}
         mine = [k for k in keys if owned.get(k) == cid]
-        if final != cid and mine:
-            await ident.repoint(store, mine, cid, final)
-        held = [k for k in keys if owned.get(k) in (cid, final)]
-    return await _write_contact(store, doc, final, held)
+        if joined := next((o for o in others if o in live), None):
+            await ident.repoint(store, mine, cid, joined)
+            now = await ident.claim(store, joined, keys)
+            return await _write_contact(
+                store, doc, joined, [k for k in keys if now.get(k) == joined]
+            )
+        if attempt + 1 < CLAIM_ATTEMPTS:
+            await ident.release(store, mine, cid)
+            await asyncio.sleep(CLAIM_BACKOFF_S * (attempt + 1) * (0.5 + random.random()))
+    final = ident.winner(keys, owned, cid)
+    mine = [k for k in keys if owned.get(k) == cid]
+    if final != cid and mine:
+        await ident.repoint(store, mine, cid, final)
+    return await _write_contact(
+        store, doc, final, [k for k in keys if owned.get(k) in (cid, final)]
+    )
 
 
 async def _write_contact(
