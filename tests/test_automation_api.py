@@ -32,14 +32,14 @@ async def test_tasks_per_user_and_their_visibility(mongo_uri: str, db_name: str)
         [task] = body["tasks"]
         assert task["id"] == task_id
         assert (task["title"], task["status"], task["assignee_id"]) == (
-            "Specify order type",
+            "Указать тип заказа",
             "open",
             ANNA,
         )
         assert task["entity"] == {"kind": "lead", "id": lead_id}
         assert task["checklist"] == [
-            {"text": "Call the customer", "done": False},
-            {"text": "Fill in the order type", "done": False},
+            {"text": "Связаться с клиентом", "done": False},
+            {"text": "Заполнить тип заказа", "done": False},
         ]
         # 19 May 2025 10:00 + 4 working hours.
         assert task["deadline"].startswith("2025-05-19T11:00:00")  # UTC
@@ -98,7 +98,9 @@ async def test_notifications_of_the_current_user(mongo_uri: str, db_name: str) -
         assert status == 200
         [note] = body["notifications"]
         assert note["user_id"] == IVAN
-        assert note["text"].endswith("has waited 2 hours in New (responsible: Dmitry Kozlov)")
+        assert note["text"].endswith(
+            "2 часа не обработан (стадия «Новый лид», ответственный: Dmitry Kozlov)"
+        )
         assert note["read_at"] is None
         assert (await r.api("GET", "/api/v1/notifications", DMITRY))[1] == {"notifications": []}
         status, _ = await r.api("POST", f"/api/v1/notifications/{note['id']}/read", DMITRY)

@@ -362,7 +362,7 @@ async def test_the_service_runs_the_robots(mongo_uri: str, db_name: str) -> None
         await wait_for(task_created, timeout=15, message="the service's robots made no task")
         task = await svc.store["tasks"].find_one({})
         assert task is not None
-        assert (task["title"], task["assignee_id"]) == ("Specify order type", "anna.smirnova")
+        assert (task["title"], task["assignee_id"]) == ("Указать тип заказа", "anna.smirnova")
         # Working hours: the deadline is 4 working hours from now.
         from automation.calendar import WorkingCalendar
 

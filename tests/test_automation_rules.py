@@ -238,7 +238,7 @@ def test_a_broken_pipelines_file_does_not_flood_automation(tmp_path: Path) -> No
     target = copy_seed("furniture", tmp_path / "config")
     path = target / "pipelines.yaml"
     text = path.read_text(encoding="utf-8")
-    path.write_text(text.replace("forbid_backward: true", "forbid_backward: sometimes"))
+    path.write_text(text.replace("no_return: true", "no_return: sometimes"))
     assert [p.file for p in check_config(target)] == ["pipelines.yaml"]
 
 
@@ -312,7 +312,13 @@ def test_people() -> None:
     assert resolve(FURNITURE, UserRef(user="dmitry.kozlov"), None) == ["dmitry.kozlov"]
     managers = resolve(FURNITURE, RoleRef(role="manager"), "olga.ivanova")
     assert managers[0] == "olga.ivanova"  # her own department first
-    assert set(managers) == {"anna.smirnova", "dmitry.kozlov", "olga.ivanova"}
+    assert set(managers) == {
+        "anna.smirnova",
+        "dmitry.kozlov",
+        "olga.ivanova",
+        "nikolai.sidorov",
+        "pavel.kuznetsov",
+    }
     assert resolve(FURNITURE, "responsible", None) == []
 
 
@@ -557,13 +563,13 @@ def test_a_changed_date_replaces_its_timer() -> None:
         "data": {"fields": {"shipping_date": {"old": None, "new": "2025-05-28"}}, "by": None},
     }
     plan = plan_event(rules, facts_of(ev), snap, CAL, at)
-    [timer] = plan.timers
+    [timer] = [t for t in plan.timers if t.rule_id == "ship-on-date"]
     assert timer.due_at == msk(2025, 5, 28, 9, 0)
-    assert plan.replaced == [("ship-on-date", timer.id)]
+    assert ("ship-on-date", timer.id) in plan.replaced
     # Cleared: no timer, and the old ones are void.
     cleared = plan_event(rules, facts_of(ev), dataclasses.replace(snap, fields={}), CAL, at)
     assert cleared.timers == []
-    assert cleared.replaced == [("ship-on-date", None)]
+    assert ("ship-on-date", None) in cleared.replaced
 
 
 def test_rules_keyed_by_trigger_and_event_types() -> None:

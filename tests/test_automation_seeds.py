@@ -16,7 +16,7 @@ from crm_store.stages import StageError
 from tests.automation_support import MSK, Robots, msk, robots, seed_config
 from tests.service import api_body
 
-ANNA, IVAN = "anna.smirnova", "ivan.petrov"
+ANNA, IVAN, NIKOLAI = "anna.smirnova", "ivan.petrov", "nikolai.sidorov"
 
 
 def local(doc: dict[str, Any], key: str = "created_at") -> str:
@@ -59,14 +59,15 @@ async def test_furniture_leads(mongo_uri: str, db_name: str) -> None:
         [note] = await r.notes()
         assert (note["user_id"], local(note)) == (IVAN, "04-29 12:00")
         assert note["text"] == (
-            "Lead «Ivan — Site request form» has waited 2 hours in New (responsible: Anna Smirnova)"
+            "Лид «Ivan — Site request form» 2 часа не обработан "
+            "(стадия «Новый лид», ответственный: Anna Smirnova)"
         )
-        # Into work → the task "Specify order type", due in 4 working hours.
+        # Into work → the task "Указать тип заказа", due in 4 working hours.
         await r.move("lead", lead["_id"], "in_work")
         await r.run()
         [task] = await r.tasks()
         assert (task["title"], task["assignee_id"], local(task, "deadline")) == (
-            "Specify order type",
+            "Указать тип заказа",
             ANNA,
             "04-29 16:00",
         )
@@ -120,7 +121,10 @@ async def test_furniture_payment(mongo_uri: str, db_name: str) -> None:
         await r.until(msk(2025, 5, 6, 11, 0))
         notes = await r.notes(**{"entity.id": paid})
         assert {n["user_id"] for n in notes} == {ANNA, IVAN}
-        assert notes[0]["text"].endswith("is still not paid (due 2025-05-15); reminder 1 of 3")
+        assert notes[0]["text"].endswith(
+            "(срок 2025-05-15): проверьте, оплачен ли счёт, и свяжитесь с клиентом; "
+            "напоминание 1 из 3"
+        )
         await r.until(msk(2025, 5, 12, 11, 0))
         assert len(await r.notes(**{"entity.id": paid})) == 4
         # The payment arrives: the order gets its number, once.
@@ -137,7 +141,7 @@ async def test_furniture_payment(mongo_uri: str, db_name: str) -> None:
         assert len(await r.notes(**{"entity.id": paid})) == 4
         unpaid_notes = await r.notes(**{"entity.id": unpaid, "user_id": ANNA})
         assert [local(n) for n in unpaid_notes] == ["05-06 11:00", "05-12 11:00", "05-14 11:00"]
-        assert unpaid_notes[-1]["text"].endswith("reminder 3 of 3")
+        assert unpaid_notes[-1]["text"].endswith("напоминание 3 из 3")
         states = {
             t["entity_id"]: t async for t in r.store["timers"].find({"rule_id": "payment-reminder"})
         }
@@ -155,7 +159,8 @@ async def test_furniture_production_to_survey(mongo_uri: str, db_name: str) -> N
     async with robots(mongo_uri, db_name, start=msk(2025, 5, 14, 9, 0)) as r:
         lead_id, deal = await order_from_lead(r, "fw-1", "+79001230004")
         await to_awaiting_payment(r, deal)
-        await r.set("deal", deal, prepayment_amount=45000)
+        await r.set("deal", deal, prepayment_amount=45000, delivery_deadline="2025-06-10")
+        await r.run()  # the payment entered: the order number
         await r.move("deal", deal, "design")
         await r.set("deal", deal, design_file="kitchen.pdf")
         await r.move("deal", deal, "production_task")
@@ -163,8 +168,16 @@ async def test_furniture_production_to_survey(mongo_uri: str, db_name: str) -> N
         await r.move("deal", deal, "production")
         await r.run()
         # Custom furniture: over 7 working days in production → told 3 times a day.
+        overdue = {"rule_id": "production-overdue-custom"}
+        [told] = await r.notes(rule_id="production-task")
+        assert (told["user_id"], told["text"]) == (
+            NIKOLAI,
+            "Новый проект на производство: «Ivan — Site request form»",
+        )
+        [made] = await r.tasks(template="production")
+        assert (made["assignee_id"], sorted(made["watchers"])) == (NIKOLAI, [ANNA, IVAN])
         await r.until(msk(2025, 5, 23, 11, 59))
-        assert await r.notes() == []
+        assert await r.notes(**overdue) == []
         for when in (
             msk(2025, 5, 23, 12, 0),
             msk(2025, 5, 23, 15, 0),
@@ -172,21 +185,21 @@ async def test_furniture_production_to_survey(mongo_uri: str, db_name: str) -> N
             msk(2025, 5, 26, 12, 0),
         ):
             await r.until(when)
-        notes = await r.notes(user_id=IVAN)
+        notes = await r.notes(user_id=NIKOLAI, **overdue)
         assert [local(n) for n in notes] == [
             "05-23 12:00",
             "05-23 15:00",
             "05-23 18:00",
             "05-26 12:00",
         ]
-        assert "(custom) is in production for more than 7 working days" in notes[0]["text"]
+        assert "(нетиповое изделие) в производстве дольше 7 рабочих дней" in notes[0]["text"]
         # The shipping date is set; the order is ready; the production reminders stop.
         await r.until(msk(2025, 5, 26, 13, 0))
         await r.set("deal", deal, shipping_date="2025-05-28", delivery_address="Tverskaya 1")
         await r.move("deal", deal, "order_ready")
         await r.run()
         await r.until(msk(2025, 5, 28, 8, 59))
-        assert len(await r.notes(user_id=IVAN)) == 4
+        assert len(await r.notes(user_id=NIKOLAI, **overdue)) == 4
         assert (await r.get("deal", deal))["stage_id"] == "order_ready"
         # On the shipping date it moves to Shipping by itself, and cannot go back.
         await r.until(msk(2025, 5, 28, 9, 0))
@@ -209,7 +222,7 @@ async def test_furniture_production_to_survey(mongo_uri: str, db_name: str) -> N
         assert status == 200
         await r.run()
         [docs] = await r.tasks(template="closing_documents")
-        assert docs["title"] == "Closing documents for «Ivan — Site request form»"
+        assert docs["title"] == "Получить закрывающие документы по «Ivan — Site request form»"
         # Won only with the signed documents and the full payment.
         with pytest.raises(StageError) as refused:
             await r.move("deal", deal, "won")
@@ -258,8 +271,8 @@ async def test_furniture_all_fives(mongo_uri: str, db_name: str) -> None:
         await r.run()
         assert (await r.get("deal", nps["_id"]))["stage_id"] == "promoter"
         survey, review = await r.outbound()
-        assert "rate the quality" in survey["text"]
-        assert review["text"].startswith("Thank you for the fives!")
+        assert "Оцените, пожалуйста" in survey["text"]
+        assert review["text"].startswith("Спасибо за высокие оценки!")
         assert "sentiment" not in (await r.get("deal", nps["_id"]))["fields"]
 
 
@@ -275,7 +288,7 @@ async def test_furniture_missed_call(mongo_uri: str, db_name: str) -> None:
         [task] = await r.tasks(template="call_back")
         # 17:30 + 1 working hour = 9:30 the next working day.
         assert (task["title"], task["assignee_id"], local(task, "deadline")) == (
-            "Call back Pyotr",
+            "Перезвонить: Pyotr",
             ANNA,
             "06-03 09:30",
         )

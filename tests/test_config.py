@@ -81,7 +81,9 @@ def test_example_loads() -> None:
     cfg = load_config(DEFAULT_CONFIG_DIR)
     orders = cfg.pipeline("orders")
     assert orders.kind is PipelineKind.DEAL
-    assert orders.forbid_backward
+    # The technologist may return an order to «Расчет проекта»; from shipping on, never back.
+    assert not orders.forbid_backward
+    assert orders.stage("shipping").no_return  # type: ignore[union-attr]
     assert [s.id for s in orders.stages if s.id != "lost"] == ORDER_STAGES
     assert orders.stage("won") is not None
     assert orders.stage("won").outcome is StageOutcome.WON  # type: ignore[union-attr]
@@ -95,7 +97,7 @@ def test_example_required_fields() -> None:
     assert required == {
         "approval": ["estimate_amount"],
         "awaiting_payment": ["contract_number", "amount"],
-        "design": ["prepayment_amount"],
+        "design": ["prepayment_amount", "delivery_deadline", "order_number"],
         "production_task": ["design_file"],
         "shipping": ["shipping_date", "delivery_address"],
         "installation": ["installation_date"],
@@ -184,17 +186,17 @@ def test_unquoted_times_are_times(cfg_dir: Path) -> None:
 
 def test_yaml_syntax_error(cfg_dir: Path) -> None:
     path = cfg_dir / "pipelines.yaml"
-    edit(path, "    name: Orders\n", "    name: Orders: the big ones\n")
+    edit(path, "    name: Сделки\n", "    name: Сделки: the big ones\n")
     problem = only_problem(cfg_dir)
     assert problem.file == "pipelines.yaml"
-    assert problem.line == line_of(path, "name: Orders:")
-    assert problem.column == len("    name: Orders:")
+    assert problem.line == line_of(path, "name: Сделки:")
+    assert problem.column == len("    name: Сделки:")
     assert problem.message.startswith("YAML syntax error: mapping values are not allowed")
 
 
 def test_unknown_key(cfg_dir: Path) -> None:
     path = cfg_dir / "pipelines.yaml"
-    edit(path, "    name: Orders\n", "    name: Orders\n    colour: red\n")
+    edit(path, "    name: Сделки\n", "    name: Сделки\n    colour: red\n")
     problem = only_problem(cfg_dir)
     assert (problem.file, problem.line, problem.column) == (
         "pipelines.yaml",
@@ -207,10 +209,10 @@ def test_unknown_key(cfg_dir: Path) -> None:
 
 def test_wrong_type(cfg_dir: Path) -> None:
     path = cfg_dir / "pipelines.yaml"
-    edit(path, "forbid_backward: true", "forbid_backward: sometimes")
+    edit(path, "no_return: true", "no_return: sometimes")
     problem = only_problem(cfg_dir)
     assert (problem.file, problem.line) == ("pipelines.yaml", line_of(path, "sometimes"))
-    assert problem.key == "pipelines[1].forbid_backward"
+    assert problem.key == "pipelines[1].stages[7].no_return"
     assert "boolean" in problem.message
     assert "'sometimes'" in problem.message
 
@@ -278,13 +280,13 @@ def test_source_line_without_users(cfg_dir: Path) -> None:
 
 def test_duplicate_stage_id(cfg_dir: Path) -> None:
     path = cfg_dir / "pipelines.yaml"
-    edit(path, "      - id: order_ready\n", "      - id: production\n")
+    edit(path, "      - id: not_our_product\n", "      - id: competitor\n")
     problem = only_problem(cfg_dir)
-    first, second = line_of(path, "id: production\n"), line_of(path, "id: production\n", 1)
+    first, second = line_of(path, "id: competitor\n"), line_of(path, "id: competitor\n", 1)
     assert (problem.file, problem.line) == ("pipelines.yaml", second)
-    assert problem.key == "pipelines[1].stages[6].id"
+    assert problem.key == "pipelines[0].stages[4].id"
     assert problem.message == (
-        f"duplicate stage id 'production' in pipeline 'orders' (first on line {first})"
+        f"duplicate stage id 'competitor' in pipeline 'leads' (first on line {first})"
     )
 
 
@@ -387,7 +389,7 @@ def test_duplicate_yaml_key(cfg_dir: Path) -> None:
 
 
 def test_all_problems_are_collected(cfg_dir: Path) -> None:
-    edit(cfg_dir / "pipelines.yaml", "    name: Orders\n", "    name: Orders\n    colour: red\n")
+    edit(cfg_dir / "pipelines.yaml", "    name: Сделки\n", "    name: Сделки\n    colour: red\n")
     edit(cfg_dir / "users.yaml", "    department: wholesale\n", "    department: opt\n")
     edit(cfg_dir / "calendar.yaml", "timezone: Europe/Moscow", "timezone: Mars/Olympus")
     edit(cfg_dir / "channels.yaml", "    source: shop\n", "    source: webshop\n")

@@ -46,8 +46,8 @@ async def test_timeline_and_expectations() -> None:
     assert result.passed == 4
     text = "\n".join(lines)
     # The robot's notification fires at its due time, not when the clock stops.
-    assert "2025-04-29 Tue 12:00    notify Ivan Petrov: «Lead «Ivan — Site request form»" in text
-    assert "task «Specify order type» for Anna Smirnova, due 2025-04-29 Tue 16:00" in text
+    assert "2025-04-29 Tue 12:00    notify Ivan Petrov: «Лид «Ivan — Site request form»" in text
+    assert "task «Указать тип заказа» for Anna Smirnova, due 2025-04-29 Tue 16:00" in text
     assert "new deal for ivan in orders/estimate" in text
 
 

@@ -468,8 +468,9 @@ async def test_move_stage_with_the_required_field_succeeds(store: Store, config:
 async def test_move_stage_refuses_a_backward_move(
     store: Store, config: AppConfig, current: str, target: str
 ) -> None:
-    orders = config.pipeline("orders")
-    assert orders.forbid_backward
+    # The furniture maker's orders may go back (the technologist's return) until shipped;
+    # the same pipeline with forbid_backward set refuses every backward move.
+    orders = config.pipeline("orders").model_copy(update={"forbid_backward": True})
     everything = {
         f: "x" for s in orders.stages for f in s.required_fields
     }  # no field is missing: only the direction is wrong
@@ -487,7 +488,7 @@ async def test_move_stage_refuses_a_backward_move(
 async def test_forward_and_final_moves_are_allowed_in_forbid_backward(
     store: Store, config: AppConfig
 ) -> None:
-    orders = config.pipeline("orders")
+    orders = config.pipeline("orders").model_copy(update={"forbid_backward": True})
     deal_id = await insert_deal(store, "production", {})
     await move_stage(store, "deal", deal_id, orders, "order_ready")
     # A final stage is always reachable (an order can be lost at any point).

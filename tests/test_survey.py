@@ -165,7 +165,8 @@ async def test_all_fives_invites_a_review(mongo_uri: str, db_name: str) -> None:
         survey_msg, review = await r.outbound()
         assert "/survey/" in survey_msg["text"]
         assert review["text"] == (
-            "Thank you for the fives! We would be glad of a review: https://mebel-lux.example/review"
+            "Спасибо за высокие оценки! Будем рады вашему отзыву о компании на Яндексе: "
+            "https://yandex.ru/maps/org/otilos/reviews"
         )
         assert await r.tasks(template="nps_negative") == []
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from automation.paperwork import make
+from automation.scenario import world
 from automation.scenario.inbound import StepError
 from automation.scenario.model import AnswerSurvey, MakeDocumentStep, Ref
 from crm_store import files, paperwork, surveys
@@ -74,8 +75,13 @@ async def document(player: Player, d: MakeDocumentStep) -> None:
 async def answer_survey(player: Player, a: AnswerSurvey) -> None:
     from inbox.survey_page import follow_up
 
-    deal = await player.find(Ref(deal=a.who, pipeline=a.pipeline))
-    found = await player.store[surveys.COLLECTION].find_one({"deal_id": deal["_id"]})
+    # The newest of the person's deals (in ``pipeline``) that was sent a survey.
+    deals = (await world.read(player.store, player.keys)).of(a.who, "deal", a.pipeline)
+    found = None
+    for deal in reversed(deals):
+        found = await player.store[surveys.COLLECTION].find_one({"deal_id": deal["_id"]})
+        if found is not None:
+            break
     if found is None:
         raise StepError(f"{a.who} was sent no survey")
     pipeline = player.config.pipeline(str(found.get("pipeline") or ""))
