@@ -65,6 +65,15 @@ class MigrationReport:
         return bool(self.keys_written or self.dropped or self.created_indexes)
 
 
+async def old_layout(store: Store) -> bool:
+    """Is the store still in the layout before ``identities`` (the contacts' unique
+    ``identities_unique`` index exists)? One cheap index listing; the service migrates
+    such a store when it starts (ingest/service.py)."""
+    if "contacts" not in set(await store.db.list_collection_names()):
+        return False
+    return OLD_UNIQUE_INDEX in await store.contacts.index_information()
+
+
 async def migrate_identities(store: Store, *, dry_run: bool = False) -> MigrationReport:
     """Run the identities migration (module doc); ``dry_run`` writes nothing."""
     report = MigrationReport()

@@ -107,11 +107,30 @@ async def ensure_indexes_with_retry(store: Store, attempts: int = 30) -> None:
             await asyncio.sleep(1.0)
 
 
+async def migrate_old_layout(store: Store) -> None:
+    """A store written before the ``identities`` collection is migrated before this process
+    routes anything (``omniroute db migrate``, idempotent and safe beside running
+    processes: docs/scaling.md), so an upgrade needs no manual step."""
+    from crm_store import migrations
+
+    if not await migrations.old_layout(store):
+        return
+    log.info("store.migrating_identities")
+    report = await migrations.migrate_identities(store)
+    log.info(
+        "store.migrated_identities",
+        contacts=report.contacts,
+        keys_written=report.keys_written,
+        conflicts=len(report.conflicts),
+    )
+
+
 @asynccontextmanager
 async def running_service(
     settings: Settings, config: AppConfig, store: Store
 ) -> AsyncIterator[Service]:
     await ensure_indexes_with_retry(store)
+    await migrate_old_layout(store)
     # Round-robin counters exist before the first lead (see docs/store.md).
     for line in sorted({s.line for s in config.sources.sources if s.line}):
         await rs.ensure_counter(store, f"round_robin:{line}")

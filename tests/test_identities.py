@@ -377,6 +377,32 @@ async def test_migrate_builds_identities_once_and_reports_conflicts(store: Store
     assert [d async for d in store["identities"].find({}, sort=[("_id", 1)])] == snapshot
 
 
+async def test_the_service_migrates_an_old_store_when_it_starts(
+    store: Store, mongo_uri: str, db_name: str
+) -> None:
+    """An upgrade needs no manual step: a store with only the old layout is migrated before
+    the service routes anything, so a known customer's next message finds their contact."""
+    await store.contacts.drop_indexes()
+    await store.contacts.create_indexes(
+        [IndexModel([("identities", ASCENDING)], name="identities_unique", unique=True)]
+    )
+    await store["identities"].drop()
+    await store.contacts.insert_one(
+        {"_id": "c-old", "identities": [PHONE], "phones": ["+79005550101"], "name": "Anna"}
+    )
+    async with in_process(mongo_uri, db_name) as svc:
+        assert "identities_unique" not in await svc.store.contacts.index_information()
+        status, body = await svc.client.post_api(api_body("old-1", phone="+7 900 555-01-01"))
+        assert status == 200, body
+        await svc.routed()
+        [mid] = body["accepted"]
+        msg = await svc.store.messages.find_one({"_id": mid})
+        assert msg is not None
+        assert msg["contact_id"] == "c-old"
+        assert await svc.store.contacts.count_documents({}) == 1
+        assert await owners(svc.store) == {PHONE: "c-old"}
+
+
 def test_the_cli_has_db_migrate() -> None:
     args = build_parser().parse_args(["db", "migrate", "--dry-run"])
     assert args.func is cmd_db_migrate
