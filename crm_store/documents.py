@@ -76,6 +76,9 @@ class ContactDoc(Doc):
     origin: str = "routing"
     origin_intake_id: str | None = None
     spam: bool = False
+    # The company the contact works for (docs/companies.md): a lead or deal routing
+    # creates for the contact is the company's too.
+    company_id: str | None = None
 
 
 class LeadDoc(Doc):

@@ -416,6 +416,8 @@ class Router:
             "stage_entered_at": at,
             "last_activity_at": at,
         }
+        if contact.company_id is not None:
+            doc["company_id"] = contact.company_id
         doc["responsible_id"] = self._plan_responsible(plan, source, contact, [doc])
         entity: LeadDoc | DealDoc
         if d.action is Action.CREATE_LEAD:
@@ -626,6 +628,8 @@ class Router:
             "stage_entered_at": at,
             "last_activity_at": at,
         }
+        if contact.company_id is not None:
+            doc["company_id"] = contact.company_id
         entity: LeadDoc | DealDoc
         if d.action is Action.CREATE_LEAD:
             doc["_id"] = stable_id("lead", r.id)

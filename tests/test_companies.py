@@ -209,3 +209,7 @@ async def test_company_contact_writes_into_company_deal(mongo_uri: str, db_name:
         msg = await c.svc.store.messages.find_one({"_id": body["accepted"][0]})
         assert msg is not None
         assert msg["decision"]["rule"] == "repeat_lead"
+        # The lead routing opens for a company's contact is the company's too.
+        lead = await c.svc.store.leads.find_one({"_id": msg["target"]["id"]})
+        assert lead is not None
+        assert lead["company_id"] == cid
