@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     automation_timer_batch: int = Field(default=50, gt=0)
     automation_retry_s: float = Field(default=30.0, gt=0)
 
+    # Report rollups (docs/reports.md): keep volume's inbound messages and
+    # responsiveness's episodes per conversation from the event log in this process
+    # (one process at a time holds the cursor); off: reports read the collections.
+    report_rollups_enabled: bool = True
+    report_rollups_poll_s: float = Field(default=1.0, gt=0)
+
     # Webchat presence (crm_store/presence.py): an operator's or visitor's WebSocket
     # counts as connected for presence_ttl_s after its last heartbeat (sent every third
     # of it), so a process that died stops counting at most this much later.

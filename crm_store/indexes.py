@@ -251,6 +251,16 @@ REPORT_INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("answered_at", ASCENDING), ("department", ASCENDING)], name="report_answered"),
         IndexModel([("sent_at", ASCENDING), ("department", ASCENDING)], name="report_sent"),
     ],
+    # The rollups (crm_store/reports/rollup.py): read by day / episode start, rewritten
+    # per conversation.
+    "report_conv_days": [
+        IndexModel([("day", ASCENDING)], name="day"),
+        IndexModel([("conversation_id", ASCENDING)], name="conversation"),
+    ],
+    "report_episodes": [
+        IndexModel([("start", ASCENDING)], name="start"),
+        IndexModel([("conversation_id", ASCENDING)], name="conversation"),
+    ],
 }
 for _name, _models in REPORT_INDEXES.items():
     INDEXES.setdefault(_name, []).extend(_models)

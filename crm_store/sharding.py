@@ -136,6 +136,9 @@ SHARD_KEYS: dict[str, ShardKey] = {
         "determine deal_id"
     ),
     "survey_answers": _unsharded("one per survey sent: small"),
+    "report_conv_days": _by_id("_id = conversation|local day: rewritten by _id"),
+    "report_episodes": _by_id("_id = conversation|episode number: rewritten by _id"),
+    "report_rollup_state": _unsharded("one document: whether the report rollups are ready"),
 }
 
 

@@ -216,6 +216,19 @@ async def running_service(
                 retry_s=settings.automation_retry_s,
             )
         )
+    # --- report rollups (crm_store/reports/rollup.py)
+    if settings.report_rollups_enabled:
+        from automation.calendar import WorkingCalendar
+        from crm_store.reports.rollup import RollupWorker
+
+        background.append(
+            RollupWorker(
+                store,
+                WorkingCalendar.from_config(config.calendar),
+                owner=owner,
+                poll_s=settings.report_rollups_poll_s,
+            )
+        )
     await worker.start()
     await sender.start()
     await deliveries.start()

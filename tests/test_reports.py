@@ -28,6 +28,7 @@ from config.loader import load_config
 from config.settings import DEFAULT_CONFIG_DIR
 from crm_store import tokens
 from crm_store.reports import REPORTS as REPORT_NAMES
+from crm_store.reports import rollup
 from inbox.reports_api import safe_cell
 from tests.fakes.integration import FakeIntegration
 from tests.service import InProcess, api_body, config_with, in_process
@@ -343,13 +344,17 @@ async def raw(svc: InProcess, name: str) -> list[dict[str, Any]]:
     return await svc.store[name].find({}).to_list()
 
 
-async def brute_volume(svc: InProcess, who: str) -> dict[str, Any]:
+async def brute_volume(svc: InProcess, who: str, *, routed_only: bool = False) -> dict[str, Any]:
+    """``routed_only``: as the rollups count — messages of a conversation only (every
+    routed message has one; docs/reports.md)."""
     convs = {c["_id"]: c for c in await raw(svc, "conversations")}
     msgs = {m["_id"]: m for m in await raw(svc, "messages")}
     totals: dict[str, int] = defaultdict(int)
     rows: dict[tuple[str, str], int] = defaultdict(int)
     for m in msgs.values():
         conv = convs.get(m.get("conversation_id") or "", {})
+        if routed_only and not conv:
+            continue
         if (
             m["direction"] == "in"
             and in_period(m["received_at"])
@@ -587,10 +592,88 @@ def table(report: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return [dict(zip(t_["columns"], row, strict=True)) for row in t_["rows"]]
 
 
+async def caught_up(svc: InProcess) -> None:
+    """Wait until the service's rollup worker has applied every event."""
+    for _ in range(1200):
+        st = await rollup.status(svc.store)
+        if st.ready and st.lag == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"report rollups did not catch up: {st}")
+
+
+async def check_roles(svc: InProcess, tok: dict[str, str], *, rollup_basis: bool) -> None:
+    """Every report for every role against brute force; ``rollup_basis``: volume and
+    responsiveness must have been read from the rollups (else from the collections)."""
+    seen_totals = set()
+    for who in (ADMIN, IVAN, ANNA, OLGA):
+        status, v, _ = await get(
+            svc, tok[who], f"/api/v1/reports/volume?{PERIOD}&group=week&by=department"
+        )
+        assert status == 200, v
+        assert (v["rollup_lag"] is not None) == rollup_basis, v["rollup_lag"]
+        want = await brute_volume(svc, who, routed_only=rollup_basis)
+        for metric, value in v["totals"].items():
+            assert value == want["totals"].get(metric, 0), (who, metric)
+        got_rows = {
+            (r["period"], r["department"]): r["inbound_messages"]
+            for r in table(v, "volume")
+            if r["inbound_messages"]
+        }
+        assert got_rows == want["inbound_by_week_department"], who
+        seen_totals.add(v["totals"]["inbound_messages"])
+
+        status, r, _ = await get(
+            svc, tok[who], f"/api/v1/reports/responsiveness?{PERIOD}&by=channel"
+        )
+        assert status == 200, r
+        assert (r["rollup_lag"] is not None) == rollup_basis, r["rollup_lag"]
+        now = datetime.fromisoformat(r["generated_at"])
+        want_r = await brute_responsiveness(svc, who, now)
+        for key in (
+            "episodes", "answered", "closed_unanswered", "waiting", "waiting_over",
+            "frt_work_p50_s", "frt_work_p90_s", "frt_calendar_p50_s", "frt_calendar_p90_s",
+        ):  # fmt: skip
+            assert r["totals"][key] == want_r[key], (who, key)
+        per_user = {x["responsible"]: x["frt_work_p50_s"] for x in table(r, "by_responsible")}
+        for user, p50 in want_r["per_user_p50"].items():
+            assert per_user[user] == p50, (who, user)
+        assert (r["totals"]["missed_calls"], r["totals"]["called_back"]) == await brute_missed(
+            svc, who
+        )
+
+        status, o, _ = await get(svc, tok[who], f"/api/v1/reports/overdue?{PERIOD}")
+        want_o = await brute_overdue(svc, who, datetime.fromisoformat(o["generated_at"]))
+        for key, value in o["totals"].items():
+            assert value == want_o.get(key, 0), (who, key)
+
+        status, f, _ = await get(svc, tok[who], f"/api/v1/reports/funnel?{PERIOD}&by=source")
+        want_f = await brute_funnel(svc, who)
+        for key in ("leads", "converted", "deals", "won", "lost"):
+            assert f["totals"][key] == want_f[key], (who, key)
+        reasons = {(x["pipeline"], x["reason"]): x["count"] for x in table(f, "lost_reasons")}
+        assert reasons == want_f["reasons"], who
+        medians = {(x["pipeline"], x["stage"]): x["median_s"] for x in table(f, "time_in_stage")}
+        assert medians == want_f["stage_medians"], who
+
+        status, s, _ = await get(svc, tok[who], f"/api/v1/reports/survey?{PERIOD}&by=responsible")
+        want_s = await brute_survey(svc, who)
+        assert s["totals"]["answered"] == want_s["answered"]
+        got_q = {x["question"]: (x["answers"], x["average"]) for x in table(s, "by_question")}
+        assert got_q == {q: (n, round(a, 4)) for q, (n, a) in want_s["per_q"].items()}
+    # The roles see different figures (the admin also sees conversations of no department).
+    assert len(seen_totals) == 4
+
+
 async def test_reports_match_brute_force(mongo_uri: str, db_name: str) -> None:
     async with (
         FakeIntegration("site-secret") as integration,
-        in_process(mongo_uri, db_name, config=config_with(site(integration.url))) as svc,
+        in_process(
+            mongo_uri,
+            db_name,
+            config=config_with(site(integration.url)),
+            report_rollups_poll_s=0.05,
+        ) as svc,
     ):
         tok = {w: (await tokens.issue(svc.store, w))[0] for w in (ADMIN, IVAN, ANNA, OLGA)}
         # The real path: a site form routed into a lead and conversation, then Anna replies.
@@ -605,10 +688,13 @@ async def test_reports_match_brute_force(mongo_uri: str, db_name: str) -> None:
             data=orjson.dumps({"text": "Добрый день!"}),
         ) as resp:
             assert resp.status < 300, await resp.text()
+        # The service's rollup worker (a fresh store: ready) follows the events.
+        await caught_up(svc)
         status, live, _ = await get(
             svc, tok[ADMIN], "/api/v1/reports/responsiveness?by=responsible"
         )
         assert status == 200, live
+        assert live["rollup_lag"] == 0
         assert live["totals"]["episodes"] >= 1
         assert live["totals"]["answered"] >= 1
         assert ADMIN in [r["responsible"] for r in table(live, "by_responsible")]
@@ -617,66 +703,11 @@ async def test_reports_match_brute_force(mongo_uri: str, db_name: str) -> None:
         assert vol["totals"]["new_leads"] + vol["totals"]["repeat_leads"] >= 1
 
         await generate(svc)
-        seen_totals = set()
-        for who in (ADMIN, IVAN, ANNA, OLGA):
-            status, v, _ = await get(
-                svc, tok[who], f"/api/v1/reports/volume?{PERIOD}&group=week&by=department"
-            )
-            assert status == 200, v
-            want = await brute_volume(svc, who)
-            for metric, value in v["totals"].items():
-                assert value == want["totals"].get(metric, 0), (who, metric)
-            got_rows = {
-                (r["period"], r["department"]): r["inbound_messages"]
-                for r in table(v, "volume")
-                if r["inbound_messages"]
-            }
-            assert got_rows == want["inbound_by_week_department"], who
-            seen_totals.add(v["totals"]["inbound_messages"])
-
-            status, r, _ = await get(
-                svc, tok[who], f"/api/v1/reports/responsiveness?{PERIOD}&by=channel"
-            )
-            assert status == 200, r
-            now = datetime.fromisoformat(r["generated_at"])
-            want_r = await brute_responsiveness(svc, who, now)
-            for key in (
-                "episodes", "answered", "closed_unanswered", "waiting", "waiting_over",
-                "frt_work_p50_s", "frt_work_p90_s", "frt_calendar_p50_s", "frt_calendar_p90_s",
-            ):  # fmt: skip
-                assert r["totals"][key] == want_r[key], (who, key)
-            per_user = {x["responsible"]: x["frt_work_p50_s"] for x in table(r, "by_responsible")}
-            for user, p50 in want_r["per_user_p50"].items():
-                assert per_user[user] == p50, (who, user)
-            assert (r["totals"]["missed_calls"], r["totals"]["called_back"]) == await brute_missed(
-                svc, who
-            )
-
-            status, o, _ = await get(svc, tok[who], f"/api/v1/reports/overdue?{PERIOD}")
-            want_o = await brute_overdue(svc, who, datetime.fromisoformat(o["generated_at"]))
-            for key, value in o["totals"].items():
-                assert value == want_o.get(key, 0), (who, key)
-
-            status, f, _ = await get(svc, tok[who], f"/api/v1/reports/funnel?{PERIOD}&by=source")
-            want_f = await brute_funnel(svc, who)
-            for key in ("leads", "converted", "deals", "won", "lost"):
-                assert f["totals"][key] == want_f[key], (who, key)
-            reasons = {(x["pipeline"], x["reason"]): x["count"] for x in table(f, "lost_reasons")}
-            assert reasons == want_f["reasons"], who
-            medians = {
-                (x["pipeline"], x["stage"]): x["median_s"] for x in table(f, "time_in_stage")
-            }
-            assert medians == want_f["stage_medians"], who
-
-            status, s, _ = await get(
-                svc, tok[who], f"/api/v1/reports/survey?{PERIOD}&by=responsible"
-            )
-            want_s = await brute_survey(svc, who)
-            assert s["totals"]["answered"] == want_s["answered"]
-            got_q = {x["question"]: (x["answers"], x["average"]) for x in table(s, "by_question")}
-            assert got_q == {q: (n, round(a, 4)) for q, (n, a) in want_s["per_q"].items()}
-        # The roles see different figures (the admin also sees conversations of no department).
-        assert len(seen_totals) == 4
+        await rollup.set_ready(svc.store, False)  # history written behind the rollups
+        await check_roles(svc, tok, rollup_basis=False)
+        # `omniroute reports rebuild`: the same figures from the rollups.
+        assert await rollup.rebuild(svc.store, CAL) >= 70
+        await check_roles(svc, tok, rollup_basis=True)
 
         # CSV: BOM, CRLF, formula-safe cells; the table's rows equal the JSON's.
         status, body, headers = await get(

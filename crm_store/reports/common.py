@@ -70,6 +70,11 @@ class Report(BaseModel):
     generated_at: datetime
     totals: dict[str, Cell] = Field(description="the whole period, every visible fact")
     tables: list[Table]
+    rollup_lag: int | None = Field(
+        default=None,
+        description="read from the rollups: events the rollup worker had still to apply "
+        "(None: computed from the collections)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,7 @@ class Ctx:
     cal: WorkingCalendar
     req: Request
     _convs: dict[str, Document] = field(default_factory=dict)
+    rollup_lag: int | None = None  # set when a figure was read from the rollups
 
     # --- scope and dimensions ----------------------------------------------------------
 
@@ -243,4 +249,5 @@ def make_report(ctx: Ctx, name: str, totals: dict[str, Any], tables: list[Table]
         generated_at=ctx.req.now,
         totals=totals,
         tables=tables,
+        rollup_lag=ctx.rollup_lag,
     )

@@ -62,6 +62,8 @@ class Episode:
     answered_at: datetime | None = None
     answered_by: str | None = None
     closed: bool = False
+    work_s: float | None = None  # precomputed by the rollups
+    calendar_s: float | None = None
 
 
 def episodes(conversation_id: str, timeline: list[tuple[datetime, str, Document]]) -> list[Episode]:
@@ -94,8 +96,42 @@ def kind_of(doc: Document) -> str | None:
     return None  # a note, an automatic send
 
 
+async def _rollup_episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]] | None:
+    """The episodes from ``report_episodes`` (crm_store/reports/rollup.py) when the
+    rollups are ready; None otherwise."""
+    from crm_store.reports import rollup
+
+    st = await rollup.status(ctx.store)
+    if not st.ready:
+        return None
+    ctx.rollup_lag = st.lag
+    found: list[Episode] = []
+    convs: dict[str, Document] = {}
+    async for d in ctx.store[rollup.EPISODES].find({"start": ctx.range()}, batch_size=5000):
+        if not ctx.visible(d.get("department")):
+            continue
+        cid = d["conversation_id"]
+        convs[cid] = {k: d.get(k) for k in ("channel", "department", "assignee_id")}
+        found.append(
+            Episode(
+                cid,
+                d["start"],
+                d.get("source_id"),
+                d.get("answered_at"),
+                d.get("answered_by"),
+                bool(d.get("closed")),
+                d.get("work_s"),
+                d.get("calendar_s"),
+            )
+        )
+    return found, convs
+
+
 async def _episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]]:
     """Every episode that started in the period, of conversations the caller sees."""
+    from_rollup = await _rollup_episodes(ctx)
+    if from_rollup is not None:
+        return from_rollup
     started = await (
         await ctx.store.messages.aggregate(
             [
@@ -191,8 +227,11 @@ async def responsiveness(ctx: Ctx) -> Report:
         for cell in targets:
             cell.episodes += 1
             if e.answered_at is not None:
-                cell.work.append(working_seconds(ctx.cal, e.start, e.answered_at))
-                cell.calendar.append(calendar_seconds(e.start, e.answered_at))
+                if e.work_s is None:
+                    e.work_s = working_seconds(ctx.cal, e.start, e.answered_at)
+                    e.calendar_s = calendar_seconds(e.start, e.answered_at)
+                cell.work.append(e.work_s)
+                cell.calendar.append(e.calendar_s or 0.0)
             elif e.closed:
                 cell.closed += 1
             else:

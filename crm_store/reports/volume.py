@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import date, datetime, time
 from typing import Any
 
 from crm_store.reports.common import (
@@ -60,6 +61,40 @@ async def _messages(ctx: Ctx, out: Counter) -> None:
             department=dept,
         )
         out.add(period, dim, "inbound_messages", n)
+
+
+async def _messages_rollup(ctx: Ctx, out: Counter) -> bool:
+    """``inbound_messages`` from the per-conversation-day rollups (crm_store/reports/
+    rollup.py), when they are ready and the period is whole local days; False otherwise."""
+    from crm_store.reports import rollup
+
+    lo, hi = ctx.cal.local(ctx.req.start), ctx.cal.local(ctx.req.end)
+    if lo.time() != time(0) or hi.time() != time(0):
+        return False
+    st = await rollup.status(ctx.store)
+    if not st.ready:
+        return False
+    ctx.rollup_lag = st.lag
+    query = {"day": {"$gte": lo.date().isoformat(), "$lt": hi.date().isoformat()}}
+    proj = {"_id": 0, "day": 1, "department": 1, "assignee_id": 1, "counts": 1}
+    labels: dict[str, str] = {}
+    async for d in ctx.store[rollup.CONV_DAYS].find(query, proj, batch_size=BATCH):
+        dept = d.get("department")
+        if not ctx.visible(dept):
+            continue
+        day = d["day"]
+        if day not in labels:
+            noon = datetime.combine(date.fromisoformat(day), time(12), ctx.cal.tz)
+            labels[day] = ctx.period(noon)
+        for c in d.get("counts") or []:
+            dim = ctx.key(
+                channel=c.get("channel"),
+                source=c.get("source"),
+                responsible=d.get("assignee_id"),
+                department=dept,
+            )
+            out.add(labels[day], dim, "inbound_messages", int(c.get("n") or 0))
+    return True
 
 
 async def _conversations(ctx: Ctx, out: Counter) -> None:
@@ -177,7 +212,8 @@ async def _calls(ctx: Ctx, out: Counter) -> None:
 
 async def volume(ctx: Ctx) -> Report:
     out = Counter(METRICS)
-    await _messages(ctx, out)
+    if not await _messages_rollup(ctx, out):
+        await _messages(ctx, out)
     await _conversations(ctx, out)
     await _leads(ctx, out)
     await _calls(ctx, out)

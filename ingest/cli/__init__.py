@@ -14,6 +14,7 @@ from ingest.cli import (
     feed_cmds,
     inspect_cmds,
     intake_cmds,
+    reports_cmds,
     scenario_cmds,
 )
 from ingest.cli.feed_cmds import cmd_events_schema
@@ -26,7 +27,16 @@ a repeat lead or the customer's active deal, and stores everything in MongoDB.
 Settings come from OMNIROUTE_* environment variables (see docs/configuration.md);
 routing setup from the YAML files in OMNIROUTE_CONFIG_DIR."""
 
-AREAS = (config_cmds, db_cmds, inspect_cmds, access_cmds, feed_cmds, intake_cmds, scenario_cmds)
+AREAS = (
+    config_cmds,
+    db_cmds,
+    inspect_cmds,
+    access_cmds,
+    feed_cmds,
+    intake_cmds,
+    scenario_cmds,
+    reports_cmds,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

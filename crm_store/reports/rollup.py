@@ -1,0 +1,345 @@
+"""Report rollups: the message-based figures kept per conversation, so volume and
+responsiveness read a few documents per conversation instead of every message.
+
+Two collections, both written only here:
+
+- ``report_conv_days``: one document per conversation and **local day** (the company's
+  time zone): the inbound messages of that day counted per (channel, source), with the
+  conversation's department and assignee. Volume's ``inbound_messages`` for any period of
+  whole local days, grouped by day/week/month and by any ``by=``, is a sum over them.
+- ``report_episodes``: one document per conversation **episode**
+  (crm_store/reports/responsiveness.py defines them): start, first reply, who answered,
+  closed unanswered, working and calendar seconds of the first response, and the
+  conversation's channel, department and assignee. Responsiveness reads the episodes
+  that started in the period.
+
+**Maintained by recomputation, not increments.** The worker (:class:`RollupWorker`) reads
+the event log from its cursor (``report_rollups`` in ``automation_cursors``, one process
+at a time by lease, as the automation worker does); every event naming a conversation
+marks it dirty, and each dirty conversation's documents are **recomputed from the
+collections** (its messages and closings) and written whole (replace by a stable ``_id``
+= conversation + day / episode number; documents that no longer exist are deleted). The
+result is a pure function of the stored facts, so writing it twice changes nothing: a
+crash (kill -9) after writing and before moving the cursor re-reads the page and writes
+the same documents again — nothing lost, nothing counted twice, no transaction needed
+(the embedded store has none). A rebuild may run while the worker runs, for the same
+reason. A conversation's department or assignee changing emits
+``conversation.assigned``, which recomputes it: the rollups count by the conversation's
+**current** department and assignee, like the request-time path.
+
+The reports use the rollups only when :func:`status` says they are **ready** (a fresh
+store, or after ``omniroute reports rebuild``) and report how far behind the log the
+cursor is (``rollup_lag``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from pymongo import DeleteOne, ReplaceOne
+from pymongo.errors import PyMongoError
+
+from automation.calendar import WorkingCalendar
+from crm_store import cursors, feed
+from crm_store import subscriptions as subs
+from crm_store.reports.common import CHUNK, by_field, by_ids
+from crm_store.reports.responsiveness import episodes, kind_of
+from crm_store.reports.working_time import calendar_seconds, working_seconds
+from crm_store.store import Collection, Document, Store
+
+log = structlog.get_logger("omniroute.reports.rollup")
+
+CURSOR = "report_rollups"
+STATE_ID = "report_rollups"
+CONV_DAYS = "report_conv_days"
+EPISODES = "report_episodes"
+# Bump when what the rollups hold changes: the reports ignore rollups of another
+# version until `omniroute reports rebuild` has run.
+VERSION = 1
+# Test drills only: kill this process with SIGKILL after writing a page's rollups and
+# before moving the cursor (tests/test_reports_rollup.py).
+CRASH_ENV = "OMNIROUTE_ROLLUP_CRASH_BEFORE_ADVANCE"
+
+
+def state(store: Store) -> Collection:
+    return store["report_rollup_state"]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    ready: bool
+    cursor: int
+    head: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.head - self.cursor)
+
+
+async def status(store: Store) -> Status:
+    doc = await state(store).find_one({"_id": STATE_ID})
+    cur = await cursors.cursors(store).find_one({"_id": CURSOR}, {"seq": 1})
+    ready = bool(doc and doc.get("ready") and doc.get("version") == VERSION and cur)
+    head = await subs.current_seq(store)
+    return Status(ready, int(cur["seq"]) if cur else 0, head)
+
+
+async def set_ready(store: Store, ready: bool) -> None:
+    await state(store).update_one(
+        {"_id": STATE_ID},
+        {"$set": {"ready": ready, "version": VERSION, "changed_at": datetime.now(UTC)}},
+        upsert=True,
+    )
+
+
+# --- recomputation ----------------------------------------------------------------------
+
+
+def _conv_docs(
+    cal: WorkingCalendar, conv: Document, msgs: list[Document], closes: list[Document]
+) -> tuple[list[Document], list[Document]]:
+    """The conversation's day documents and episode documents (pure)."""
+    cid = conv["_id"]
+    common = {
+        "conversation_id": cid,
+        "department": conv.get("department"),
+        "assignee_id": conv.get("assignee_id"),
+    }
+    counts: dict[str, dict[tuple[str | None, str | None], int]] = defaultdict(
+        lambda: defaultdict(int)
+    )
+    timeline: list[tuple[datetime, str, Document]] = []
+    for m in msgs:
+        at = m.get("received_at")
+        if not isinstance(at, datetime):
+            continue
+        if m.get("direction") == "in":
+            day = cal.local(at).date().isoformat()
+            counts[day][(m.get("channel"), m.get("source_id"))] += 1
+        kind = kind_of(m)
+        if kind is not None:
+            timeline.append((at, kind, m))
+    for ev in closes:
+        if isinstance(ev.get("occurred_at"), datetime):
+            timeline.append((ev["occurred_at"], "close", ev))
+    days = [
+        {
+            "_id": f"{cid}|{day}",
+            "day": day,
+            **common,
+            "inbound": sum(per.values()),
+            "counts": [
+                {"channel": ch, "source": src, "n": n}
+                for (ch, src), n in sorted(per.items(), key=lambda x: (str(x[0][0]), str(x[0][1])))
+            ],
+        }
+        for day, per in sorted(counts.items())
+    ]
+    eps = []
+    for n, e in enumerate(episodes(cid, timeline), 1):
+        doc: Document = {
+            "_id": f"{cid}|{n}",
+            "n": n,
+            "start": e.start,
+            "source_id": e.source_id,
+            "channel": conv.get("channel"),
+            **common,
+            "answered_at": e.answered_at,
+            "answered_by": e.answered_by,
+            "closed": e.closed,
+        }
+        if e.answered_at is not None:
+            doc["work_s"] = working_seconds(cal, e.start, e.answered_at)
+            doc["calendar_s"] = calendar_seconds(e.start, e.answered_at)
+        eps.append(doc)
+    return days, eps
+
+
+async def _write(coll: Collection, cids: Sequence[str], docs: list[Document]) -> None:
+    """Replace the conversations' documents in ``coll`` by ``docs``; delete the rest."""
+    keep = {d["_id"] for d in docs}
+    old = await by_field(coll, "conversation_id", list(cids), {"_id": 1}, {})
+    ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
+    ops += [DeleteOne({"_id": d["_id"]}) for d in old if d["_id"] not in keep]
+    for i in range(0, len(ops), 1000):
+        await coll.bulk_write(ops[i : i + 1000], ordered=False)
+
+
+async def recompute(
+    store: Store, cal: WorkingCalendar, conversation_ids: Iterable[str | None]
+) -> int:
+    """Recompute the rollups of these conversations from the collections; returns how
+    many conversations were written. Idempotent."""
+    ids = list(dict.fromkeys(c for c in conversation_ids if isinstance(c, str)))
+    proj_c = {"channel": 1, "department": 1, "assignee_id": 1}
+    proj_m = {"conversation_id": 1, "direction": 1, "automatic": 1, "author_id": 1}
+    proj_m |= {"received_at": 1, "source_id": 1, "channel": 1}
+    done = 0
+    for i in range(0, len(ids), CHUNK):
+        chunk = ids[i : i + CHUNK]
+        convs = await by_ids(store.conversations, chunk, proj_c)
+        found = [c["_id"] for c in convs]
+        msgs: dict[str, list[Document]] = defaultdict(list)
+        for m in await by_field(store.messages, "conversation_id", found, proj_m, {}):
+            msgs[m["conversation_id"]].append(m)
+        closes: dict[str, list[Document]] = defaultdict(list)
+        closing = {"type": "conversation.closed"}
+        proj_e = {"refs.conversation_id": 1, "occurred_at": 1}
+        for ev in await by_field(store.events, "refs.conversation_id", found, proj_e, closing):
+            closes[ev["refs"]["conversation_id"]].append(ev)
+        all_days: list[Document] = []
+        all_eps: list[Document] = []
+        for conv in convs:
+            days, eps = _conv_docs(cal, conv, msgs[conv["_id"]], closes[conv["_id"]])
+            all_days += days
+            all_eps += eps
+        # A conversation that is gone keeps no rollups either.
+        await _write(store[CONV_DAYS], chunk, all_days)
+        await _write(store[EPISODES], chunk, all_eps)
+        done += len(convs)
+        await asyncio.sleep(0)
+    return done
+
+
+async def rebuild(
+    store: Store, cal: WorkingCalendar, *, since: datetime | None = None, batch: int = 500
+) -> int:
+    """Recompute every conversation with a message at or after ``since`` (all of them
+    without), then mark the rollups ready. Safe while the worker runs (recomputation is
+    idempotent). The cursor is first moved to the current end of the log: events after
+    it are the worker's, everything before is covered here. Returns the conversations
+    recomputed."""
+    head = await subs.current_seq(store)
+    await cursors.ensure(store, CURSOR, head)
+    await cursors.cursors(store).update_one(
+        {"_id": CURSOR, "seq": {"$lt": head}}, {"$set": {"seq": head}}
+    )
+    if since is None:
+        ids = [c["_id"] async for c in store.conversations.find({}, {"_id": 1}, batch_size=5000)]
+    else:
+        ids = await _conversations_since(store, since)
+    total = 0
+    for i in range(0, len(ids), batch):
+        total += await recompute(store, cal, ids[i : i + batch])
+    await set_ready(store, True)
+    log.info("reports.rollup_rebuilt", conversations=total, since=str(since) if since else None)
+    return total
+
+
+async def _conversations_since(store: Store, since: datetime) -> list[str]:
+    ids = await (
+        await store.messages.aggregate(
+            [
+                {"$match": {"direction": "in", "received_at": {"$gte": since}}},
+                {"$group": {"_id": "$conversation_id"}},
+            ]
+        )
+    ).to_list()
+    return [g["_id"] for g in ids if isinstance(g["_id"], str)]
+
+
+# --- the worker -------------------------------------------------------------------------
+
+
+class RollupWorker:
+    """Follows the event log and recomputes the conversations its events name."""
+
+    def __init__(
+        self,
+        store: Store,
+        cal: WorkingCalendar,
+        *,
+        owner: str,
+        poll_s: float = 1.0,
+        lease_s: float = 30.0,
+        event_batch: int = 500,
+        gap_grace_s: float = feed.GAP_GRACE_S,
+    ) -> None:
+        self.store = store
+        self.cal = cal
+        self.owner = owner
+        self.poll_s = poll_s
+        self.lease_s = lease_s
+        self.event_batch = event_batch
+        self.gap_grace_s = gap_grace_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def prepare(self) -> None:
+        """Create the cursor at the end of the log. On an empty log the rollups are
+        complete from the start (ready); on a store with history they are ready only
+        after ``omniroute reports rebuild``."""
+        if await cursors.cursors(self.store).find_one({"_id": CURSOR}) is not None:
+            return
+        head = await subs.current_seq(self.store)
+        await cursors.ensure(self.store, CURSOR, head)
+        has_messages = await self.store.messages.find_one({}, {"_id": 1}) is not None
+        if head == 0 and not has_messages:
+            await set_ready(self.store, True)
+
+    async def start(self) -> None:
+        await self.prepare()
+        self._task = asyncio.create_task(self._loop(), name="report-rollups")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(PyMongoError):
+            await cursors.release(self.store, CURSOR, self.owner)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                worked = await self.run_events()
+            except PyMongoError as exc:
+                log.warning("reports.rollup_store_unavailable", error=type(exc).__name__)
+                worked = 0
+            except Exception as exc:  # keep the loop alive; the cause is logged
+                log.exception("reports.rollup_failed", error=repr(exc))
+                worked = 0
+            if not worked:
+                await asyncio.sleep(self.poll_s)
+
+    async def drain(self, rounds: int = 10_000) -> int:
+        """Apply every event up to the end of the log (tests, benchmarks)."""
+        total = 0
+        for _ in range(rounds):
+            n = await self.run_events()
+            total += n
+            if n == 0:
+                return total
+        raise RuntimeError(f"report rollups did not settle in {rounds} rounds")
+
+    async def run_events(self) -> int:
+        """Recompute the conversations named by the next page of events, then move the
+        cursor; returns how many events were read (0: nothing new, or not our cursor)."""
+        held = await cursors.hold(self.store, CURSOR, self.owner, self.lease_s)
+        if held is None:
+            return 0
+        position = int(held["seq"])
+        page = await feed.read(
+            self.store, position, limit=self.event_batch, gap_grace_s=self.gap_grace_s
+        )
+        if page.next_after == position:
+            return 0
+        dirty = [
+            (ev.get("refs") or {}).get("conversation_id")
+            for ev in page.events
+            if (ev.get("refs") or {}).get("conversation_id")
+        ]
+        await recompute(self.store, self.cal, dirty)
+        if os.environ.get(CRASH_ENV):
+            os.kill(os.getpid(), signal.SIGKILL)
+        await cursors.advance(self.store, CURSOR, self.owner, page.next_after)
+        return max(1, len(page.events))
