@@ -1,0 +1,183 @@
+"""Report rollups (crm_store/reports/rollup.py): crash safety with a really killed
+process, and the rebuild command.
+
+Messages go in through the real path (signed site-form webhooks routed by the service,
+an operator's reply and a closing through the API). A child process follows the event
+log and is killed with SIGKILL after writing a page's rollups and before moving the
+cursor; a second process (another owner, after the dead one's lease ran out) goes on
+from the stored cursor. The reports read from the rollups must then equal the same
+reports computed from the collections — nothing lost, nothing counted twice — and so
+must they after ``omniroute reports rebuild`` run as a command over emptied rollups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+import orjson
+
+from automation.calendar import WorkingCalendar
+from crm_store import tokens
+from crm_store.reports import rollup
+from tests.fakes.integration import FakeIntegration
+from tests.service import InProcess, api_body, config_with, in_process
+from tests.test_api_channel_replies import site
+
+ADMIN = "sergey.volkov"
+ANNA = "anna.smirnova"
+PERIOD = "from=2026-06-01&to=2027-05-31"
+
+CHILD = """
+import asyncio, sys
+from automation.calendar import WorkingCalendar
+from config.settings import Settings
+from crm_store import cursors
+from crm_store.reports.rollup import CURSOR, RollupWorker
+from ingest.service import store_for
+
+async def main() -> None:
+    settings = Settings(mongodb_uri=sys.argv[1], db_name=sys.argv[2])
+    async with store_for(settings) as store:
+        worker = RollupWorker(
+            store, WorkingCalendar(), owner=sys.argv[3], lease_s=1.0, event_batch=4,
+            gap_grace_s=0.0,
+        )
+        for _ in range(200):  # the dead process's lease runs out within a second
+            if await cursors.hold(store, CURSOR, sys.argv[3], 1.0) is not None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise SystemExit("cursor never free")
+        print(await worker.drain(), flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def child(
+    mongo_uri: str, db: str, owner: str, *, crash: bool
+) -> tuple[int | None, bytes, bytes]:
+    env = {k: v for k, v in os.environ.items() if k != rollup.CRASH_ENV}
+    if crash:
+        env[rollup.CRASH_ENV] = "1"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD,
+        mongo_uri,
+        db,
+        owner,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    return proc.returncode, out, err
+
+
+async def get(svc: InProcess, token: str, path: str) -> Any:
+    async with svc.client.http.get(
+        f"{svc.client.base}{path}", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        return orjson.loads(await resp.read())
+
+
+async def figures(svc: InProcess, token: str) -> list[Any]:
+    """Volume and responsiveness as the API answers them, without the rollup marker."""
+    out = []
+    for path in (
+        f"/api/v1/reports/volume?{PERIOD}&by=channel",
+        f"/api/v1/reports/volume?{PERIOD}&group=month&by=responsible",
+        f"/api/v1/reports/responsiveness?{PERIOD}&by=department",
+    ):
+        body = await get(svc, token, path)
+        out.append((body["totals"], body["tables"], body["rollup_lag"] is not None))
+    return out
+
+
+async def test_killed_worker_neither_loses_nor_double_counts(mongo_uri: str, db_name: str) -> None:
+    async with (
+        FakeIntegration("site-secret") as integration,
+        in_process(
+            mongo_uri,
+            db_name,
+            config=config_with(site(integration.url)),
+            report_rollups_enabled=False,  # this test's child processes hold the cursor
+        ) as svc,
+    ):
+        store = svc.store
+        # A fresh store: the rollups follow the log from its start.
+        await rollup.RollupWorker(store, WorkingCalendar(), owner="prep").prepare()
+        assert (await rollup.status(store)).ready
+        admin = (await tokens.issue(store, ADMIN))[0]
+        for i in range(6):
+            phone = f"+7900555000{i % 4}"  # repeat senders: several messages a conversation
+            status, _ = await svc.client.post_api(api_body(f"rb-{i}", phone=phone, name="Ivan"))
+            assert status == 200
+        await svc.routed()
+        conv = await store.conversations.find_one({"sender_keys": "phone:+79005550001"})
+        assert conv is not None
+        base = f"{svc.client.base}/api/v1/conversations/{conv['_id']}"
+        auth = {"Authorization": f"Bearer {admin}"}
+        async with svc.client.http.post(
+            f"{base}/messages", headers=auth, data=orjson.dumps({"text": "Здравствуйте!"})
+        ) as resp:
+            assert resp.status < 300, await resp.text()
+        head = (await rollup.status(store)).head
+        assert head > 8  # several pages of 4 events
+
+        # SIGKILL after the first page's rollups are written, before the cursor moves.
+        code, out, err = await child(mongo_uri, db_name, "drill-1", crash=True)
+        assert code == -signal.SIGKILL, (code, out, err[-2000:])
+        assert (await rollup.status(store)).cursor == 0
+        written = await store[rollup.CONV_DAYS].count_documents({})
+        assert written >= 1  # the page's conversations were written, then the kill
+
+        # Another process takes over once the lease has run out and finishes the log.
+        code, out, err = await child(mongo_uri, db_name, "drill-2", crash=False)
+        assert code == 0, err[-2000:]
+        st = await rollup.status(store)
+        assert st.cursor >= head
+        assert st.lag == 0
+
+        # Nothing lost, nothing twice: the rollups sum to the stored inbound messages...
+        days = await store[rollup.CONV_DAYS].find({}).to_list()
+        inbound = await store.messages.count_documents(
+            {"direction": "in", "conversation_id": {"$ne": None}}
+        )
+        assert sum(d["inbound"] for d in days) == inbound == 6
+        # ...and the reports from the rollups equal the reports from the collections.
+        from_rollups = await figures(svc, admin)
+        assert all(basis for _, _, basis in from_rollups)
+        episodes = from_rollups[2][0]
+        assert (episodes["episodes"], episodes["answered"]) == (4, 1)
+        await rollup.set_ready(store, False)
+        from_collections = await figures(svc, admin)
+        assert not any(basis for _, _, basis in from_collections)
+        assert [(t, tb) for t, tb, _ in from_rollups] == [(t, tb) for t, tb, _ in from_collections]
+
+        # `omniroute reports rebuild` over emptied rollups gives them back.
+        await store[rollup.CONV_DAYS].delete_many({})
+        await store[rollup.EPISODES].delete_many({})
+        env = os.environ | {"OMNIROUTE_MONGODB_URI": mongo_uri, "OMNIROUTE_DB_NAME": db_name}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "reports",
+            "rebuild",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 300)
+        assert proc.returncode == 0, err[-2000:]
+        assert b"4 conversations" in out, out
+        rebuilt = await figures(svc, admin)
+        assert all(basis for _, _, basis in rebuilt)
+        assert [(t, tb) for t, tb, _ in rebuilt] == [(t, tb) for t, tb, _ in from_collections]
