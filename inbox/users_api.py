@@ -286,6 +286,10 @@ class AbsenceBody(BaseModel):
 
 
 class AbsenceView(BaseModel):
+    # Answered as "from" (the documented name): the response is dumped by field name
+    # otherwise.
+    model_config = ConfigDict(serialize_by_alias=True)
+
     id: str
     user: str
     from_: date | datetime = Field(serialization_alias="from")
