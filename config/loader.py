@@ -642,6 +642,9 @@ class _Checker:
             if a.channel == "sms":
                 self.sms_settings(i, a)
                 continue
+            if a.channel in ("messenger", "instagram"):
+                self.meta_settings(i, a)
+                continue
             if a.channel != "email":
                 continue
             try:
@@ -704,6 +707,15 @@ class _Checker:
                         (*at, k, "thresholds", name),
                         f"pipeline '{p.id}' has no stage '{stage}'",
                     )
+
+    def meta_settings(self, i: int, a: ChannelAccount) -> None:
+        """Messenger's and Instagram's keys (channels/meta_settings.py), each checked."""
+        from channels.meta_settings import MetaSettings  # channels/ imports config.models
+
+        try:
+            MetaSettings.model_validate(a.settings)
+        except ValidationError as exc:
+            self.settings_errors(i, exc, show_input=True)
 
     def sms_settings(self, i: int, a: ChannelAccount) -> None:
         """The provider, its credentials' variable names, the sender name, the numbers
