@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -605,3 +606,26 @@ def test_a_quick_reply_joins_the_contact_only_when_it_is_a_number_or_an_address(
         [msg] = CHANNEL.read(account, WebhookRequest("POST", {}, {}, body)).messages
         assert (msg.sender.phone, msg.sender.email) == (phone, email), payload
         assert msg.meta["quick_reply_payload"] == payload
+
+
+def test_check_config_reports_meta_settings(tmp_path: Path) -> None:
+    """check-config reads a Messenger/Instagram account's settings key by key, at its line."""
+    from config.loader import check_config
+    from tests.automation_support import copy_seed
+
+    target = copy_seed("furniture", tmp_path / "furniture")
+    channels = target / "channels.yaml"
+    text = channels.read_text(encoding="utf-8")
+    assert check_config(target) == []
+    broken = text.replace('page_id: "104918273645501"', "page_id: my-page", 1).replace(
+        "human_agent: false", "human_agent: sometimes", 1
+    )
+    assert broken != text
+    channels.write_text(broken, encoding="utf-8")
+    problems = {(p.file, p.message) for p in check_config(target)}
+    messages = [m for f, m in problems if f == "channels.yaml"]
+    assert any("my-page" in m for m in messages), problems
+    assert any("sometimes" in m for m in messages), problems
+    lines = {p.line for p in check_config(target) if p.file == "channels.yaml"}
+    want = {n for n, line in enumerate(broken.splitlines(), 1) if "my-page" in line}
+    assert want <= lines
