@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from config.loader import load_config
 from crm_store import entities, surveys
-from tests.automation_support import Robots, robots
+from tests.automation_support import Robots, copy_seed, robots
 
 LINK = re.compile(r"(https://crm\.mebel-lux\.example)(/survey/\S+)")
 HEAD_OF_SALES = "ivan.petrov"
@@ -196,3 +198,43 @@ async def test_one_three_is_a_task_for_the_head_of_sales(mongo_uri: str, db_name
         [task] = await r.tasks(template="nps_negative")
         assert task["assignee_id"] == HEAD_OF_SALES
         assert len(await r.outbound()) == 1  # the survey link only: no review invitation
+
+
+async def test_the_link_goes_by_sms_when_the_rule_says_so(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    """``send_survey: {via: sms}``: the link is texted to the contact's phone on the SMS
+    account (one message, queued on channel sms in the contact's SMS conversation)."""
+    target = copy_seed("furniture", tmp_path / "furniture")
+    rules = target / "automation.yaml"
+    text = rules.read_text(encoding="utf-8")
+    assert "send_survey: {survey: nps}" in text
+    rules.write_text(
+        text.replace("send_survey: {survey: nps}", "send_survey: {survey: nps, via: sms}")
+    )
+    channels = target / "channels.yaml"
+    channels.write_text(
+        channels.read_text(encoding="utf-8")
+        + """
+  - channel: sms
+    account: texts
+    source: site
+    secret_env: OMNIROUTE_SECRET_SMS_CALLBACK
+    settings: {provider: smsru, sender: MebelLux, api_id_env: OMNIROUTE_SMSRU_API_ID}
+""",
+        encoding="utf-8",
+    )
+    config = load_config(target)
+    async with robots(
+        mongo_uri, db_name, config=config, start=datetime(2026, 3, 2, 9, tzinfo=UTC)
+    ) as r:
+        lead = await r.lead_from("sms-survey-1", "+79005550707", name="Пётр")
+        await entities.copy_to_pipeline(
+            r.store, lead, r.config.pipeline("nps"), "survey", [], key="won-sms-survey-1"
+        )
+        await r.run()
+        [message] = [m for m in await r.outbound() if m["channel"] == "sms"]
+        assert message["account"] == "texts"
+        assert message["recipient"] == "+79005550707"
+        assert LINK.search(message["text"]) is not None, message["text"]
+        assert [m for m in await r.outbound() if m["channel"] != "sms"] == []
