@@ -30,6 +30,10 @@ from crm_store.store import Collection, Document, Store
 # $in lists stay short: the embedded store re-checks each hit against the whole list, so
 # a query naming k values costs about hits × k (docs/store.md).
 CHUNK = 100
+# Report reads come in small batches: the embedded server answers one operation at a
+# time, so a batch of thousands of documents would hold webhook acknowledgements behind
+# it (docs/reports.md, the benchmark).
+READ_BATCH = 200
 FIELD_CHUNK = 25  # a non-_id field: several hits per value
 NONE_KEY = "—"  # the dimension value of a fact that has none (no source, no responsible)
 
@@ -161,7 +165,11 @@ async def by_ids(coll: Collection, ids: Sequence[str], proj: Document) -> list[D
     out: list[Document] = []
     unique = list(dict.fromkeys(ids))
     for i in range(0, len(unique), CHUNK):
-        out.extend(await coll.find({"_id": {"$in": unique[i : i + CHUNK]}}, proj).to_list())
+        out.extend(
+            await coll.find(
+                {"_id": {"$in": unique[i : i + CHUNK]}}, proj, batch_size=READ_BATCH
+            ).to_list()
+        )
     return out
 
 
@@ -172,7 +180,7 @@ async def by_field(
     unique = list(dict.fromkeys(values))
     for i in range(0, len(unique), FIELD_CHUNK):
         query = {name: {"$in": unique[i : i + FIELD_CHUNK]}, **extra}
-        out.extend(await coll.find(query, proj).to_list())
+        out.extend(await coll.find(query, proj, batch_size=READ_BATCH).to_list())
     return out
 
 

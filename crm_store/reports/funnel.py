@@ -23,6 +23,7 @@ from datetime import datetime
 
 from config.models import StageOutcome
 from crm_store.reports.common import (
+    READ_BATCH,
     Cell,
     Counter,
     Ctx,
@@ -57,8 +58,12 @@ def outcome(ctx: Ctx, doc: Document) -> StageOutcome | None:
 
 async def funnel(ctx: Ctx) -> Report:
     service = ctx.config.service_pipelines()
-    leads = await ctx.store.leads.find({"created_at": ctx.range()}, PROJ).to_list()
-    deals = await ctx.store.deals.find({"created_at": ctx.range()}, PROJ).to_list()
+    leads = await ctx.store.leads.find(
+        {"created_at": ctx.range()}, PROJ, batch_size=READ_BATCH
+    ).to_list()
+    deals = await ctx.store.deals.find(
+        {"created_at": ctx.range()}, PROJ, batch_size=READ_BATCH
+    ).to_list()
     deals = [d for d in deals if d.get("pipeline_id") not in service]
 
     def seen(d: Document) -> bool:
@@ -136,7 +141,7 @@ async def _stage_times(ctx: Ctx, leads: list[Document], deals: list[Document]) -
         "occurred_at": {"$gte": ctx.req.start},
     }
     proj = {"refs": 1, "occurred_at": 1, "data.from": 1, "data.to": 1}
-    async for ev in ctx.store.events.find(query, proj):
+    async for ev in ctx.store.events.find(query, proj, batch_size=READ_BATCH):
         refs = ev.get("refs") or {}
         data = ev.get("data") or {}
         eid = refs.get("deal_id") if ev.get("type", "").startswith("deal") else refs.get("lead_id")

@@ -20,6 +20,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from crm_store.reports.common import (
+    READ_BATCH,
     Cell,
     Counter,
     Ctx,
@@ -45,7 +46,11 @@ async def _entities(ctx: Ctx, lead_ids: list[str], deal_ids: list[str]) -> dict[
 async def _tasks(ctx: Ctx) -> Counter:
     out = Counter(TASK_METRICS)
     proj = {"deadline": 1, "status": 1, "completed_at": 1, "assignee_id": 1, "entity": 1}
-    docs = await ctx.store["tasks"].find({"deadline": ctx.range()}, proj).to_list()
+    docs = (
+        await ctx.store["tasks"]
+        .find({"deadline": ctx.range()}, proj, batch_size=READ_BATCH)
+        .to_list()
+    )
     docs = [d for d in docs if ctx.visible(ctx.department_of_user(d.get("assignee_id")))]
     ents: dict[str, Document] = {}
     if ctx.req.by is not None and ctx.req.by.value in ("pipeline", "source"):
@@ -72,7 +77,7 @@ async def _tasks(ctx: Ctx) -> Counter:
 async def _reminders(ctx: Ctx) -> tuple[Table, dict[str, int]]:
     query = {"type": "timer.fired", "occurred_at": ctx.range()}
     proj = {"refs": 1, "data.rule_id": 1, "occurred_at": 1}
-    events = await ctx.store.events.find(query, proj).to_list()
+    events = await ctx.store.events.find(query, proj, batch_size=READ_BATCH).to_list()
     lead_ids = [i for e in events if (i := (e.get("refs") or {}).get("lead_id"))]
     deal_ids = [i for e in events if (i := (e.get("refs") or {}).get("deal_id"))]
     ents = await _entities(ctx, lead_ids, deal_ids)
@@ -108,7 +113,7 @@ async def _forgotten(ctx: Ctx) -> tuple[Table, dict[str, int]]:
     service = ctx.config.service_pipelines()
     proj = {"pipeline_id": 1, "source_id": 1, "responsible_id": 1, "last_activity_at": 1}
     docs = await ctx.store.deals.find(
-        {"open": True, "last_activity_at": {"$lt": first}}, proj
+        {"open": True, "last_activity_at": {"$lt": first}}, proj, batch_size=READ_BATCH
     ).to_list()
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     total = [0, 0]

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from crm_store.reports.common import (
+    READ_BATCH,
     Cell,
     Ctx,
     Report,
@@ -107,7 +108,7 @@ async def _rollup_episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]
     ctx.rollup_lag = st.lag
     found: list[Episode] = []
     convs: dict[str, Document] = {}
-    async for d in ctx.store[rollup.EPISODES].find({"start": ctx.range()}, batch_size=5000):
+    async for d in ctx.store[rollup.EPISODES].find({"start": ctx.range()}, batch_size=READ_BATCH):
         if not ctx.visible(d.get("department")):
             continue
         cid = d["conversation_id"]
@@ -156,7 +157,9 @@ async def _episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]]:
     query: Document = {"type": "conversation.closed"}
     if began and len(began) == len(conv_ids):
         query["occurred_at"] = {"$gte": min(began)}
-    closes = ctx.store.events.find(query, {"refs.conversation_id": 1, "occurred_at": 1})
+    closes = ctx.store.events.find(
+        query, {"refs.conversation_id": 1, "occurred_at": 1}, batch_size=READ_BATCH
+    )
     async for ev in closes:
         cid = (ev.get("refs") or {}).get("conversation_id")
         if cid in wanted and isinstance(ev.get("occurred_at"), datetime):

@@ -18,6 +18,7 @@ from datetime import date, datetime, time
 from typing import Any
 
 from crm_store.reports.common import (
+    READ_BATCH,
     Counter,
     Ctx,
     Report,
@@ -35,7 +36,6 @@ METRICS = [
     "calls_answered",
     "calls_missed",
 ]
-BATCH = 5000
 
 
 async def _messages(ctx: Ctx, out: Counter) -> None:
@@ -45,7 +45,7 @@ async def _messages(ctx: Ctx, out: Counter) -> None:
     proj = {"_id": 0, "conversation_id": 1, "received_at": 1, "channel": 1, "source_id": 1}
     query = {"direction": "in", "received_at": ctx.range()}
     counts: dict[tuple[str | None, str, str | None, str | None], int] = defaultdict(int)
-    async for m in ctx.store.messages.find(query, proj, batch_size=BATCH):
+    async for m in ctx.store.messages.find(query, proj, batch_size=READ_BATCH):
         period = ctx.period(m["received_at"])
         counts[(m.get("conversation_id"), period, m.get("channel"), m.get("source_id"))] += 1
     convs = await ctx.conversations(c for c, _, _, _ in counts if c)
@@ -78,7 +78,7 @@ async def _messages_rollup(ctx: Ctx, out: Counter) -> bool:
     query = {"day": {"$gte": lo.date().isoformat(), "$lt": hi.date().isoformat()}}
     proj = {"_id": 0, "day": 1, "department": 1, "assignee_id": 1, "counts": 1}
     labels: dict[str, str] = {}
-    async for d in ctx.store[rollup.CONV_DAYS].find(query, proj, batch_size=BATCH):
+    async for d in ctx.store[rollup.CONV_DAYS].find(query, proj, batch_size=READ_BATCH):
         dept = d.get("department")
         if not ctx.visible(dept):
             continue
@@ -99,7 +99,9 @@ async def _messages_rollup(ctx: Ctx, out: Counter) -> bool:
 
 async def _conversations(ctx: Ctx, out: Counter) -> None:
     proj = {"channel": 1, "department": 1, "assignee_id": 1, "created_at": 1, "origin_intake_id": 1}
-    docs = await ctx.store.conversations.find({"created_at": ctx.range()}, proj).to_list()
+    docs = await ctx.store.conversations.find(
+        {"created_at": ctx.range()}, proj, batch_size=READ_BATCH
+    ).to_list()
     docs = [d for d in docs if ctx.visible(d.get("department"))]
     sources: dict[str, str | None] = {}
     if ctx.req.by is not None and ctx.req.by.value in ("source", "pipeline"):
@@ -133,7 +135,9 @@ async def _leads(ctx: Ctx, out: Counter) -> None:
         "responsible_id": 1,
         "origin_intake_id": 1,
     }
-    docs = await ctx.store.leads.find({"created_at": ctx.range()}, proj).to_list()
+    docs = await ctx.store.leads.find(
+        {"created_at": ctx.range()}, proj, batch_size=READ_BATCH
+    ).to_list()
     docs = [d for d in docs if ctx.visible(ctx.department_of_user(d.get("responsible_id")))]
     channels = await lead_channels(ctx, docs) if ctx.req.by is not None else {}
     for d in docs:
@@ -167,7 +171,11 @@ async def inbound_calls(ctx: Ctx) -> list[Document]:
         "ended_at": 1,
         "answered_by": 1,
     }
-    docs = await ctx.store["calls"].find({"started_at": ctx.range()}, proj).to_list()
+    docs = (
+        await ctx.store["calls"]
+        .find({"started_at": ctx.range()}, proj, batch_size=READ_BATCH)
+        .to_list()
+    )
     docs = [d for d in docs if d.get("direction") == "in"]
     msg_ids = [d["message_id"] for d in docs if d.get("message_id")]
     msgs = {m["_id"]: m for m in await by_ids(ctx.store.messages, msg_ids, {"conversation_id": 1})}
