@@ -181,3 +181,15 @@ async def test_killed_worker_neither_loses_nor_double_counts(mongo_uri: str, db_
         rebuilt = await figures(svc, admin)
         assert all(basis for _, _, basis in rebuilt)
         assert [(t, tb) for t, tb, _ in rebuilt] == [(t, tb) for t, tb, _ in from_collections]
+
+        # Rollups nobody keeps up (no worker holds the cursor) are not read once behind.
+        await asyncio.sleep(1.1)  # the last child's lease (1 s) runs out
+        status, _ = await svc.client.post_api(api_body("rb-late", phone="+79005559999"))
+        assert status == 200
+        await svc.routed()
+        st = await rollup.status(store)
+        assert st.lag > 0
+        assert not st.maintained
+        late = await figures(svc, admin)
+        assert not any(basis for _, _, basis in late)
+        assert late[0][0]["inbound_messages"] == 7

@@ -103,7 +103,7 @@ async def _rollup_episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]
     from crm_store.reports import rollup
 
     st = await rollup.status(ctx.store)
-    if not st.ready:
+    if not st.usable:
         return None
     ctx.rollup_lag = st.lag
     found: list[Episode] = []

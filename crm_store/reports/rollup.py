@@ -27,9 +27,9 @@ reason. A conversation's department or assignee changing emits
 ``conversation.assigned``, which recomputes it: the rollups count by the conversation's
 **current** department and assignee, like the request-time path.
 
-The reports use the rollups only when :func:`status` says they are **ready** (a fresh
-store, or after ``omniroute reports rebuild``) and report how far behind the log the
-cursor is (``rollup_lag``).
+The reports use the rollups only when :func:`status` says they are **usable**: ready (a
+fresh store, or after ``omniroute reports rebuild``) and either caught up or held by a
+live worker; they report how far behind the log the cursor is (``rollup_lag``).
 """
 
 from __future__ import annotations
@@ -76,7 +76,11 @@ def state(store: Store) -> Collection:
 
 @dataclass(frozen=True, slots=True)
 class Status:
+    """``ready``: built (fresh store or rebuilt) at this definition's version;
+    ``maintained``: a process holds the cursor's lease now."""
+
     ready: bool
+    maintained: bool
     cursor: int
     head: int
 
@@ -84,13 +88,24 @@ class Status:
     def lag(self) -> int:
         return max(0, self.head - self.cursor)
 
+    @property
+    def usable(self) -> bool:
+        """The reports read the rollups: ready, and caught up or being kept up (rollups
+        nobody maintains, e.g. the worker switched off everywhere, are not read once
+        they fall behind)."""
+        return self.ready and (self.lag == 0 or self.maintained)
+
 
 async def status(store: Store) -> Status:
     doc = await state(store).find_one({"_id": STATE_ID})
-    cur = await cursors.cursors(store).find_one({"_id": CURSOR}, {"seq": 1})
+    cur = await cursors.cursors(store).find_one({"_id": CURSOR}, {"seq": 1, "lease_until": 1})
     ready = bool(doc and doc.get("ready") and doc.get("version") == VERSION and cur)
+    until = cur.get("lease_until") if cur else None
+    if isinstance(until, datetime) and until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    maintained = isinstance(until, datetime) and until > datetime.now(UTC)
     head = await subs.current_seq(store)
-    return Status(ready, int(cur["seq"]) if cur else 0, head)
+    return Status(ready, maintained, int(cur["seq"]) if cur else 0, head)
 
 
 async def set_ready(store: Store, ready: bool) -> None:

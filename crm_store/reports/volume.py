@@ -72,7 +72,7 @@ async def _messages_rollup(ctx: Ctx, out: Counter) -> bool:
     if lo.time() != time(0) or hi.time() != time(0):
         return False
     st = await rollup.status(ctx.store)
-    if not st.ready:
+    if not st.usable:
         return False
     ctx.rollup_lag = st.lag
     query = {"day": {"$gte": lo.date().isoformat(), "$lt": hi.date().isoformat()}}
