@@ -19,7 +19,7 @@ from typing import Any
 
 from channels.base import STATE_RANK, DeliveryState
 from channels.sms_segments import segments
-from crm_store import pending, updates
+from crm_store import pending, updates, wake
 from crm_store.events import append, event
 from crm_store.store import Document, Store, claim
 
@@ -85,6 +85,7 @@ async def queue(
         {"_id": conversation["_id"]},
         {"$max": {"last_message_at": at, "last_outbound_at": at}, "$inc": {"message_count": 1}},
     )
+    wake.notify(wake.OUTBOX)  # this process's outbox sends it now, not at its next poll
     return doc
 
 

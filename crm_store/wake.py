@@ -7,7 +7,9 @@ the notifier's task and must be cheap and never raise (setting an ``asyncio.Even
 
 Topics: :data:`EVENTS` (crm_store/events.append wrote events: the live hubs of
 inbox/live_api.py and inbox/webchat_hub.py) and :data:`CALLS_DUE` (a call report was
-applied: the call announcer, ingest/call_announcer.py).
+applied: the call announcer, ingest/call_announcer.py) and :data:`OUTBOX` (a message was
+queued for sending — an operator's reply, a robot's message: the outbox worker,
+ingest/outbox.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ log = structlog.get_logger("omniroute.wake")
 
 EVENTS = "events"
 CALLS_DUE = "calls_due"
+OUTBOX = "outbox"
 
 _listeners: dict[str, list[Callable[[], None]]] = {}
 

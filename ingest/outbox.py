@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from channels.base import Attachment, OutboundMessage, SendError, SendingChannel
 from channels.email.channel import EmailChannel
 from config.loader import resolve_secret
 from config.models import AppConfig
-from crm_store import outbox, sms_contacts, wa_templates
+from crm_store import outbox, sms_contacts, wa_templates, wake
 from crm_store.store import Document, Store
 from ingest.mail_files import stored_attachments
 from ingest.tasks import cancel
@@ -112,16 +113,21 @@ class OutboxWorker:
         self.wake = asyncio.Event()
         self._sem = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
+        self._unsubscribe = wake.subscribe(wake.OUTBOX, self.wake.set)
         self._task = asyncio.create_task(self._run(), name="outbox")
 
     async def stop(self) -> None:
+        self._unsubscribe()
         await cancel(self._task)
         self._task = None
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the claim: a message queued while it runs wakes the next round.
+            self.wake.clear()
             try:
                 claimed = await outbox.claim_due(
                     self.store, self.owner, self.lease_s, self.concurrency * 4
@@ -131,7 +137,6 @@ class OutboxWorker:
                     continue
             except PyMongoError as exc:
                 log.warning("outbox.store_unavailable", error=type(exc).__name__)
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.poll_s)
 

@@ -4,6 +4,7 @@ or failed as the answer says."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from channels.api import ApiChannel
 from channels.base import Attachment, OutboundMessage, SendError
 from config.models import ChannelAccount
+from crm_store import outbox
 from inbox.replies import ReplyError, reply
 from tests.fakes.integration import FakeIntegration
 from tests.helpers import wait_for
@@ -118,3 +120,36 @@ async def test_unreachable_url_is_retryable() -> None:
     with pytest.raises(SendError) as err:
         await channel.send(site("http://127.0.0.1:9/replies"), "s", msg)
     assert (err.value.retryable, err.value.code) == (True, "unreachable")
+
+
+async def test_a_queued_message_wakes_the_outbox_at_once(mongo_uri: str, db_name: str) -> None:
+    """A message queued in this process (a robot's, an operator's) is sent without waiting
+    for the outbox's next poll: with the poll an hour away it still goes out."""
+    from ingest.outbox import OutboxWorker
+
+    async with (
+        FakeIntegration("site-secret") as fake,
+        in_process(mongo_uri, db_name, config=config_with(site(fake.url))) as svc,
+    ):
+        body = api_body("wake-1", phone="8 (900) 555-02-02", name="Oleg")
+        assert (await svc.client.post_api(body))[0] == 200
+        await svc.routed()
+        conv = await svc.store.conversations.find_one({})
+        assert conv is not None
+        running = svc.service.outbox
+        assert running is not None
+        await running.stop()  # only the hour-polling worker below may send
+        slow = OutboxWorker(svc.store, svc.service.config, owner="slow", poll_s=3600.0)
+        await slow.start()
+        try:
+            await asyncio.sleep(0.2)  # it has polled once and now waits for an hour
+            doc = await outbox.queue(svc.store, conv, text="On our way", message_id="w-1")
+
+            async def sent() -> bool:
+                found = await svc.store.messages.find_one({"_id": doc["_id"]})
+                return found is not None and found["state"] == "sent"
+
+            await wait_for(sent, timeout=15, interval=0.05, message="the outbox slept on")
+            assert [r.body["text"] for r in fake.received] == ["On our way"]
+        finally:
+            await slow.stop()
