@@ -32,7 +32,7 @@ from automation.calendar import WorkingCalendar
 from automation.clock import Clock
 from automation.conditions import Snapshot
 from automation.durations import Duration
-from automation.evaluate import Planned
+from automation.evaluate import Planned, field_moment
 from automation.rules import (
     CallWebhook,
     CascadeResponsible,
@@ -241,14 +241,27 @@ class Executor:
 
     async def create_task(self, p: Planned, spec: CreateTask, snap: Snapshot) -> None:
         now = self.clock.now()
-        found = people.one(self.config, spec.assignee, snap.responsible_id, snap.watchers)
+        chosen = people.assignee(
+            self.config, spec.assignee, snap.fields, snap.responsible_id, snap.watchers
+        )
+        found = chosen.user
         assignee = self.config.stand_in(found, now) if found else None  # away: the deputy
         watchers = [
             w
             for w in people.many(self.config, spec.watchers, snap.responsible_id, snap.watchers)
             if w != assignee
         ]
+        problems = [chosen.problem] if chosen.problem else []
         deadline = self.calendar.add(now, spec.deadline) if spec.deadline else None
+        if spec.deadline_at is not None:
+            value = snap.fields.get(spec.deadline_at.field)
+            deadline = field_moment(spec.deadline_at, value, self.calendar)
+            if deadline is None:
+                shown = "empty" if value in (None, "") else f"{str(value)[:100]!r}, not a date"
+                problems.append(
+                    f"deadline_at: the field {spec.deadline_at.field} is {shown}; "
+                    "the task has no deadline"
+                )
         doc: Document = {
             "_id": p.key,
             "title": self.text(p, snap, spec.title),
@@ -269,6 +282,9 @@ class Executor:
             back = Duration(-spec.remind_before.amount, spec.remind_before.unit)
             doc["remind_at"] = self.calendar.add(deadline, back)
         await tasks.create(self.store, doc)
+        if problems:
+            # Made all the same (to the fallback / without a deadline); the failure says why.
+            raise ActionError("bad_task_field", " ".join(problems))
 
     async def notify(self, p: Planned, spec: Notify, snap: Snapshot, out: Deferred) -> None:
         found = people.notified(self.config, spec.to, snap.responsible_id, snap.watchers)

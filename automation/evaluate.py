@@ -238,6 +238,17 @@ def as_moment(value: Any, cal: WorkingCalendar) -> tuple[date, time | None] | No
     return None
 
 
+def field_moment(at: AtField, value: Any, cal: WorkingCalendar) -> datetime | None:
+    """The moment ``at`` names for a field value — the date at ``at.time`` (else the
+    value's own time, else 00:00) plus the offset (working time included) — past or not;
+    None when the value is no date (a task's ``deadline_at``)."""
+    moment = as_moment(value, cal)
+    if moment is None:
+        return None
+    day, clock = moment
+    return cal.add(cal.at(day, at.time or clock or time(0, 0)), at.offset)
+
+
 def at_field_due(at: AtField, value: Any, cal: WorkingCalendar, now: datetime) -> datetime | None:
     """When an ``at`` timer is due for a field value: the date (at ``at.time``, else the
     value's own time, else 00:00) plus the offset. A moment already past still fires —

@@ -14,11 +14,12 @@ the rules that lean on the fallback and those that reach nobody even so
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from automation.rules import Notify, RoleRef, UserRef, Who
+from automation.rules import FieldWho, Notify, RoleRef, UserRef, Who
 from config.models import AppConfig
 
 # The fallback after "head": the first role with an active user other than the responsible.
@@ -96,6 +97,41 @@ def many(
             if user not in out:
                 out.append(user)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Assignee:
+    """Who a task goes to, and why not to whom the rule said (None: as it said)."""
+
+    user: str | None
+    problem: str | None = None
+
+
+def assignee(
+    config: AppConfig,
+    who: Who | FieldWho,
+    fields: Mapping[str, Any],
+    responsible: str | None,
+    watchers: Sequence[str] = (),
+) -> Assignee:
+    """The one user a task's ``assignee`` means. ``{field: f}``: the user id held in the
+    entity's field ``f`` — when that is empty, not a user or an inactive one, the
+    notification fallback (head → director → admin, :func:`fallback`) with the reason."""
+    if not isinstance(who, FieldWho):
+        return Assignee(one(config, who, responsible, watchers))
+    value = fields.get(who.field)
+    user = config.user(value) if isinstance(value, str) and value else None
+    if user is not None and user.active:
+        return Assignee(user.id)
+    if value in (None, "", [], {}):
+        why = f"the field {who.field} is empty"
+    elif user is None:
+        why = f"the field {who.field} holds {str(value)[:100]!r}, not a user"
+    else:
+        why = f"the field {who.field} names {user.id}, who is inactive"
+    got = fallback(config, responsible)
+    then = f"; the task goes to the {got.fallback} {got.users[0]}" if got.users else ""
+    return Assignee(got.users[0] if got.users else None, f"assignee: {why}{then}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,14 +175,34 @@ WhoList = Annotated[tuple[Who, ...], BeforeValidator(_listed), Field(min_length=
 # --- actions ---------------------------------------------------------------------------
 
 
+class FieldWho(Strict):
+    """A task's assignee held in a field of the lead/deal (``{field: master}``: the user id
+    chosen on the deal). Not a user, or inactive, when the task is made: the task goes to
+    the notification fallback (head → director → admin) and ``automation.failed`` says why."""
+
+    field: Ident
+
+
+class AtField(Strict):
+    """Due at the date (or date and time) held in ``field``, plus ``offset`` (negative:
+    before), at local ``time`` of that day if given (a date alone means 00:00)."""
+
+    field: Ident
+    offset: DurationField = Duration(0, Unit.DAYS)
+    time: TimeOfDay | None = None
+
+
 class CreateTask(Strict):
     title: str = Field(min_length=1, max_length=500)
     description: str | None = Field(default=None, max_length=5000)
     # The task's kind, for conditions (task.completed ``task:``, ``tasks:``); default: the
     # rule's id.
     template: Ident | None = None
-    assignee: Who = "responsible"
+    assignee: Who | FieldWho = "responsible"
     deadline: DurationField | None = None
+    # The deadline from a date field of the lead/deal, as a rule's ``at:`` (offset in
+    # calendar or working time, optional local time of day); not with ``deadline``.
+    deadline_at: AtField | None = None
     checklist: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
         default_factory=list
     )
@@ -348,15 +368,6 @@ class Action(Strict):
 # --- delays ----------------------------------------------------------------------------
 
 
-class AtField(Strict):
-    """Due at the date (or date and time) held in ``field``, plus ``offset`` (negative:
-    before), at local ``time`` of that day if given (a date alone means 00:00)."""
-
-    field: Ident
-    offset: DurationField = Duration(0, Unit.DAYS)
-    time: TimeOfDay | None = None
-
-
 def _daily(value: Any) -> Any:
     return {"at": value} if isinstance(value, str) else value
 
@@ -466,6 +477,13 @@ def rule_problems(rule: Rule) -> Iterator[tuple[Path, str]]:
                 yield (
                     ("do", i, "set_field"),
                     "set_field needs exactly one of value, compute, copy, now",
+                )
+        elif action.create_task is not None:
+            ct = action.create_task
+            if ct.deadline is not None and ct.deadline_at is not None:
+                yield (
+                    ("do", i, "create_task", "deadline_at"),
+                    "a task has either deadline or deadline_at, not both",
                 )
     for name in ("after", "every"):
         d: Duration | None = getattr(rule, name)

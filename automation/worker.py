@@ -353,6 +353,18 @@ class AutomationWorker:
         parent = await snapshot.load(self.store, self.book, "deal", child["parent_id"])
         if parent is None or not parent.open:
             return
+        # Parallel processes (start_process twice): the parent moves when all are won.
+        siblings = [
+            d
+            async for d in self.store.deals.find(
+                {"parent_id": child["parent_id"], "on_complete": {"$ne": None}},
+                {"pipeline_id": 1, "stage_id": 1, "deleted": 1},
+            )
+            if not d.get("deleted")
+        ]
+        if any(not self.won(d) for d in siblings):
+            log.info("automation.process_waits", parent=child["parent_id"], child=child["_id"])
+            return
         target = str(child["on_complete"].get("move_to_stage") or "next")
         rule = Rule(
             id="process_completed",
@@ -360,8 +372,18 @@ class AutomationWorker:
             do=[Action(move_to_stage=MoveToStage(stage=target))],
         )
         key = stable_id("process", child["_id"], str(ev["_id"]))
+        if len(siblings) > 1:  # once for the group, whichever event is replayed
+            key = stable_id("process", child["parent_id"], *sorted(d["_id"] for d in siblings))
         deferred = await self.executor.run([Planned(rule, 0, rule.do[0], key)], parent)
         await deferred.write(self.store, maybe_written=True)
+
+    def won(self, deal: Mapping[str, Any]) -> bool:
+        """The deal stands in a won stage of its pipeline."""
+        pipeline = next(
+            (p for p in self.config.pipelines.pipelines if p.id == deal.get("pipeline_id")), None
+        )
+        stage = pipeline.stage(str(deal.get("stage_id") or "")) if pipeline else None
+        return stage is not None and stage.outcome.value == "won"
 
     async def run_reminders(self) -> int:
         """Tell each assignee of an open task whose ``remind_at`` has come (the rule's

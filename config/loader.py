@@ -34,7 +34,6 @@ from automation.rules import (
     RoleRef,
     SendMessage,
     UserRef,
-    Who,
     conditions,
     rule_problems,
 )
@@ -858,7 +857,7 @@ class _Checker:
                 if uid not in refs.users:
                     self.report(AUTOMATION, (*at, "responsible", k), f"unknown user '{uid}'")
 
-    def rule_who(self, who: Who, at: Path_, refs: _Refs) -> None:
+    def rule_who(self, who: object, at: Path_, refs: _Refs) -> None:  # Who | FieldWho
         if isinstance(who, UserRef) and refs.users is not None:
             if who.user not in refs.users:
                 self.report(AUTOMATION, (*at, "user"), f"unknown user '{who.user}'")
