@@ -4,7 +4,9 @@
   name, a phone (any spelling) or an e-mail address.
 - ``GET /api/v1/contacts/{id}`` — with its leads, deals and conversations.
 - ``PATCH /api/v1/contacts/{id}`` ``{"name", "responsible_id", "sms_opt_out",
-  "sms_opt_out_reason"}`` (an opted-out contact is never texted: docs/channels/sms.md).
+  "sms_opt_out_reason", "fields"}`` (an opted-out contact is never texted:
+  docs/channels/sms.md; ``fields``: custom fields with scalar values, null removes one —
+  the eco-goods wholesaler's «Является ЛПР» is ``{"fields": {"is_decision_maker": true}}``).
 - ``POST /api/v1/contacts/{id}/merge`` ``{"other_id"}`` — ``other`` merges into ``id``
   (crm_store/contacts.py: identities, leads, deals, conversations move; an audit record).
 - ``DELETE /api/v1/contacts/{id}`` — directors and admins.
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from channels.identity import normalize_email, normalize_phone
 from crm_store import contacts, sms_contacts
@@ -32,6 +35,10 @@ from inbox.views import ContactView, EntityView
 
 TAG = "contacts"
 RELATED_LIMIT = 200
+# A contact's custom fields (``fields``): at most this many, names like the rules' fields.
+MAX_FIELDS = 50
+FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+FieldValue = Annotated[str, StringConstraints(max_length=1000)] | bool | int | float | None
 
 
 class ContactQuery(BaseModel):
@@ -64,6 +71,11 @@ class ContactPatch(BaseModel):
         default=None, description="true: never text this customer again; false: lift it"
     )
     sms_opt_out_reason: str | None = Field(default=None, min_length=1, max_length=200)
+    fields: dict[FieldName, FieldValue] | None = Field(
+        default=None,
+        max_length=MAX_FIELDS,
+        description="custom fields to set (scalar values; null removes one); others are kept",
+    )
 
 
 class MergeBody(BaseModel):
@@ -167,7 +179,7 @@ async def get_contact(call: Call) -> ContactDetail:
 @route(
     "PATCH",
     "/api/v1/contacts/{id}",
-    summary="Edit a contact: name, responsible, SMS opt-out",
+    summary="Edit a contact: name, responsible, SMS opt-out, custom fields",
     tag=TAG,
     body=ContactPatch,
     response=ContactView,
@@ -190,10 +202,23 @@ async def patch_contact(call: Call) -> ContactView:
             reason=body.sms_opt_out_reason,
             by=call.principal.user.id,
         )
-    if changes:
+    unsets: Document = {}
+    if body.fields:
+        kept = {**(doc.get("fields") or {}), **body.fields}
+        if sum(v is not None for v in kept.values()) > MAX_FIELDS:
+            raise ApiError(422, "too_many_fields", f"a contact has at most {MAX_FIELDS} fields")
+        for name, value in body.fields.items():
+            if value is None:
+                unsets[f"fields.{name}"] = ""
+            else:
+                changes[f"fields.{name}"] = value
+    if changes or unsets:
         changes["updated_at"] = datetime.now(UTC)
-        await call.svc.store.contacts.update_one({"_id": doc["_id"]}, {"$set": changes})
-    if body.sms_opt_out is not None:
+        update: Document = {"$set": changes}
+        if unsets:
+            update["$unset"] = unsets
+        await call.svc.store.contacts.update_one({"_id": doc["_id"]}, update)
+    if body.sms_opt_out is not None or body.fields:
         fresh = await call.svc.store.contacts.find_one({"_id": doc["_id"]})
         return ContactView.of(fresh or {**doc, **changes})
     return ContactView.of({**doc, **changes})

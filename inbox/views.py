@@ -48,6 +48,9 @@ class ContactView(View):
     merged_into: str | None = Field(default=None, description="set on a contact merged away")
     company_id: str | None = Field(default=None, description="its company, if any")
     sms_opt_out: SmsOptOut | None = Field(default=None, description="set: never texted")
+    fields: dict[str, Any] = Field(
+        default_factory=dict, description="custom fields (PATCH /api/v1/contacts/{id})"
+    )
     created_at: datetime | None = None
 
 
