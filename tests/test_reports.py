@@ -5,7 +5,10 @@ conversations, an operator's reply through the API — and a larger generated se
 bulk-inserted into the collections with known times across the New Year holidays,
 23 February and weekends. Every figure the API answers is recomputed here from the raw
 documents by a separate, naive implementation (working time counted minute by minute),
-for the admin, a director (sales + wholesale), and two managers (sales; wholesale).
+for the admin, a director (sales + wholesale), and two managers (sales; wholesale) —
+twice: computed from the collections, then (after ``rollup.rebuild``) with volume and
+responsiveness read from the report rollups; the live part is read from rollups kept by
+the service's own rollup worker.
 Bad parameters get 422 problem+json; CSV is UTF-8 with a BOM, RFC 4180, formula-safe.
 """
 
