@@ -194,6 +194,10 @@ class Executor:
             "timer.times": p.rule.times,
         }
         out.update({f"fields.{k}": v for k, v in snap.fields.items()})
+        # A field holding a user id (the master chosen on the deal): ``{fields.master.name}``.
+        for k, v in snap.fields.items():
+            if isinstance(v, str) and v and (user := self.config.user(v)) is not None:
+                out[f"fields.{k}.name"] = user.name
         return out
 
     def text(self, p: Planned, snap: Snapshot, template: str) -> str:
@@ -254,13 +258,13 @@ class Executor:
         problems = [chosen.problem] if chosen.problem else []
         deadline = self.calendar.add(now, spec.deadline) if spec.deadline else None
         if spec.deadline_at is not None:
+            # Empty yet: no deadline until the field is filled (the worker follows it).
             value = snap.fields.get(spec.deadline_at.field)
             deadline = field_moment(spec.deadline_at, value, self.calendar)
-            if deadline is None:
-                shown = "empty" if value in (None, "") else f"{str(value)[:100]!r}, not a date"
+            if deadline is None and value not in (None, ""):
                 problems.append(
-                    f"deadline_at: the field {spec.deadline_at.field} is {shown}; "
-                    "the task has no deadline"
+                    f"deadline_at: the field {spec.deadline_at.field} is "
+                    f"{str(value)[:100]!r}, not a date; the task has no deadline"
                 )
         doc: Document = {
             "_id": p.key,
@@ -275,6 +279,12 @@ class Executor:
             "checklist": [{"text": item, "done": False} for item in spec.checklist],
             "deadline": deadline,
             "rule_id": p.rule.id,
+            # deadline_at: the field the deadline follows, and the action that says how.
+            "deadline_from": (
+                {"field": spec.deadline_at.field, "rule_id": p.rule.id, "index": p.index}
+                if spec.deadline_at is not None
+                else None
+            ),
             "created_by": self.by(p),
             "created_at": now,
         }

@@ -120,6 +120,13 @@ class RuleBook:
             if c is not None
             for key in c.keys_used()
         }
+        # Fields a task's deadline is computed from (create_task deadline_at).
+        self.deadline_fields = {
+            a.create_task.deadline_at.field
+            for r in self.rules
+            for a in r.do
+            if a.create_task is not None and a.create_task.deadline_at is not None
+        }
         self.needs_tasks = "tasks" in used
         self.needs_won_deals = "won_deals" in used
         self.needs_channel = "channel" in used
@@ -135,6 +142,8 @@ class RuleBook:
             | set(CLOSING_EVENTS)
             | (set(STAGE_EVENTS) if any(r.bound_to_stage for r in self.rules) else set())
             | (set(FIELD_EVENTS) if any(r.at is not None for r in self.rules) else set())
+            # A task's deadline_at follows its field (AutomationWorker.follow_deadlines).
+            | (set(FIELD_EVENTS) if self.deadline_fields else set())
         )
 
     def rules_for(self, trigger: str) -> list[Rule]:

@@ -38,13 +38,16 @@ from automation.actions import Deferred, Executor, RetryLater, counter_name
 from automation.calendar import WorkingCalendar
 from automation.clock import SYSTEM_CLOCK, Clock
 from automation.conditions import Snapshot
+from automation.durations import Duration
 from automation.evaluate import (
     CLOSING_EVENTS,
+    FIELD_EVENTS,
     Planned,
     RuleBook,
     TimerPlan,
     entity_of,
     facts_of,
+    field_moment,
     plan_event,
     plan_timer,
 )
@@ -235,6 +238,8 @@ class AutomationWorker:
             await self.follow_responsible(ev)
         if ev["type"] == "deal.stage_changed":
             await self.complete_process(ev)
+        if ev["type"] in FIELD_EVENTS and self.book.deadline_fields:
+            await self.follow_deadlines(ev)
         facts = facts_of(ev)
         ref = entity_of(ev)
         if not facts or ref is None:
@@ -376,6 +381,43 @@ class AutomationWorker:
             key = stable_id("process", child["parent_id"], *sorted(d["_id"] for d in siblings))
         deferred = await self.executor.run([Planned(rule, 0, rule.do[0], key)], parent)
         await deferred.write(self.store, maybe_written=True)
+
+    async def follow_deadlines(self, ev: Mapping[str, Any]) -> None:
+        """A date field changed: the open tasks whose ``deadline_at`` names it get the
+        deadline (and reminder) it gives now — computed from the entity as it is, so a
+        replay writes the same; a field cleared or unreadable leaves no deadline."""
+        changed = set((ev.get("data") or {}).get("fields") or {}) & self.book.deadline_fields
+        kind = str(ev["type"]).split(".", 1)[0]
+        entity_id = (ev.get("refs") or {}).get(f"{kind}_id")
+        if not changed or not isinstance(entity_id, str):
+            return
+        doc = await entities.get(self.store, kind, entity_id)
+        values: Mapping[str, Any] = (doc or {}).get("fields") or {}
+        query = {
+            "entity_id": entity_id,
+            "status": tasks.OPEN,
+            "deadline_from.field": {"$in": sorted(changed)},
+        }
+        async for t in tasks.tasks(self.store).find(query):
+            source = t["deadline_from"]
+            rule = self.book.by_id.get(str(source.get("rule_id")))
+            index = int(source.get("index", -1))
+            spec = rule.do[index].create_task if rule and 0 <= index < len(rule.do) else None
+            if spec is None or spec.deadline_at is None:
+                continue  # the rule is gone or changed: the deadline stays
+            deadline = field_moment(
+                spec.deadline_at, values.get(spec.deadline_at.field), self.calendar
+            )
+            update: Document = {"deadline": deadline}
+            if spec.remind_before is not None and deadline is not None:
+                back = Duration(-spec.remind_before.amount, spec.remind_before.unit)
+                remind_at = self.calendar.add(deadline, back)
+                if remind_at != t.get("remind_at"):
+                    update |= {"remind_at": remind_at, "reminded_at": None}
+            await tasks.tasks(self.store).update_one(
+                {"_id": t["_id"], "status": tasks.OPEN}, {"$set": update}
+            )
+            log.info("automation.deadline_followed", task=t["_id"], deadline=str(deadline))
 
     def won(self, deal: Mapping[str, Any]) -> bool:
         """The deal stands in a won stage of its pipeline."""

@@ -15,6 +15,7 @@ from automation import people
 from automation.calendar import WorkingCalendar
 from automation.evaluate import field_moment
 from automation.rules import AtField, FieldWho, Rule, UserRef, rule_problems
+from crm_store import tasks
 from tests.automation_support import msk, robots, seed_config
 from tests.test_automation_engine import config_with_rules
 
@@ -131,12 +132,12 @@ async def test_task_assignee_and_deadline_from_the_deal(
     cfg, _ = config_with_rules(tmp_path, TASK_RULES)
     async with robots(mongo_uri, db_name, config=cfg) as r:
         deals = []
-        for n, phone in enumerate(("+79008880201", "+79008880202")):
+        for n, phone in enumerate(("+79008880201", "+79008880202", "+79008880203")):
             lead = await r.lead_from(f"v3-{n}", phone, f"Kitchen {n}")
             status, deal = await r.api("POST", f"/api/v1/leads/{lead['_id']}/convert", ADMIN, {})
             assert status == 201
             deals.append(deal["id"])
-        good, bad = deals
+        good, bad, later = deals
         await r.set(
             "deal",
             good,
@@ -145,8 +146,10 @@ async def test_task_assignee_and_deadline_from_the_deal(
             shipping_date="2025-06-10T12:00:00+03:00",
         )
         await r.set("deal", bad, estimate_amount=1, master="nobody", shipping_date="someday")
-        await r.move("deal", good, "approval")
-        await r.move("deal", bad, "approval")
+        await r.set("deal", later, estimate_amount=1, master="igor.nobody")
+        await r.set("deal", later, master="nikolai.sidorov")
+        for deal_id in deals:
+            await r.move("deal", deal_id, "approval")
         await r.run()
 
         [task] = await r.tasks(entity_id=good)
@@ -169,7 +172,30 @@ async def test_task_assignee_and_deadline_from_the_deal(
         )
         # A replay makes no second task and no second failure.
         await r.run()
-        assert len(await r.tasks(rule_id="assembly")) == 2
+        assert len(await r.tasks(rule_id="assembly")) == 3
+        assert len(await r.events("automation.failed")) == 1
+
+        # No shipping date yet: no deadline (and no failure) until it is entered; the
+        # deadline and its reminder then follow the field, moved or cleared.
+        [pending] = await r.tasks(entity_id=later)
+        assert (pending["assignee_id"], pending["deadline"]) == ("nikolai.sidorov", None)
+        await r.set("deal", later, shipping_date="2025-06-20 15:00")
+        await r.run()
+        [pending] = await r.tasks(entity_id=later)
+        assert pending["deadline"] == msk(2025, 6, 20, 13, 0)
+        assert pending["remind_at"] == msk(2025, 6, 20, 12, 0)
+        await r.set("deal", later, shipping_date="2025-06-23T11:00:00+03:00")
+        await r.run()
+        [pending] = await r.tasks(entity_id=later)
+        assert pending["deadline"] == msk(2025, 6, 23, 9, 0)
+        assert pending["remind_at"] == msk(2025, 6, 23, 8, 0)
+        # Other tasks are untouched; a done task keeps its deadline.
+        assert (await r.tasks(entity_id=good))[0]["deadline"] == msk(2025, 6, 10, 10, 0)
+        await tasks.complete(r.store, pending["_id"], by=ADMIN)
+        await r.set("deal", later, shipping_date=None)
+        await r.run()
+        [done] = await r.tasks(entity_id=later)
+        assert done["deadline"] == msk(2025, 6, 23, 9, 0)
         assert len(await r.events("automation.failed")) == 1
 
 
