@@ -6,8 +6,10 @@ By default the session starts one ephemeral embedded store (SecantusDB, ``:memor
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,9 +26,25 @@ from tests.helpers import free_port
 TEST_URI_ENV = "OMNIROUTE_TEST_MONGODB_URI"
 
 
+def _dump_tasks_on_sigusr1(loop: asyncio.AbstractEventLoop) -> None:
+    """``kill -USR1 <pytest pid>`` writes every asyncio task's stack of the session loop to
+    /tmp/asyncio-tasks-<pid>.txt: what a hung test waits for (py-spy shows only the idle
+    selector)."""
+
+    def dump(*_: object) -> None:
+        path = Path(f"/tmp/asyncio-tasks-{os.getpid()}.txt")
+        with path.open("w") as out:
+            for task in asyncio.all_tasks(loop):
+                out.write(f"--- {task.get_name()} {task!r}\n")
+                task.print_stack(file=out)
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def mongo_uri() -> AsyncIterator[str]:
     """URI of the MongoDB the tests use: $OMNIROUTE_TEST_MONGODB_URI or an ephemeral store."""
+    _dump_tasks_on_sigusr1(asyncio.get_running_loop())
     external = os.environ.get(TEST_URI_ENV)
     if external:
         yield external
