@@ -469,6 +469,8 @@ class Executor:
         source = await entities.get(self.store, "deal", snap.id)
         if source is None:
             raise ActionError("not_found", f"no deal {snap.id}")
+        if spec.of == "parent" and not source.get("parent_id"):
+            raise ActionError("no_parent", f"deal {snap.id} is no linked process: no parent")
         pipeline = self.config.pipeline(spec.pipeline)
         stage = spec.stage or pipeline.first_stage.id
         fields = None if spec.fields == "all" else list(spec.fields)
@@ -482,15 +484,18 @@ class Executor:
             by=self.by(p),
             at=self.clock.now(),
         )
-        link: Document = {
-            "parent_id": snap.id,
-            "on_complete": spec.on_complete.model_dump() if spec.on_complete else None,
-        }
+        parent_id: str = snap.id
+        on_complete = spec.on_complete.model_dump() if spec.on_complete else None
+        if spec.of == "parent":  # a copy of this process, for this one's parent
+            parent_id = str(source["parent_id"])
+            if "on_complete" not in spec.model_fields_set:
+                on_complete = source.get("on_complete")
+        link: Document = {"parent_id": parent_id, "on_complete": on_complete}
         if source.get("company_id"):
             link["company_id"] = source["company_id"]
         await self.store.deals.update_one({"_id": child["_id"]}, {"$set": link})
         await self.store.deals.update_one(
-            {"_id": snap.id}, {"$addToSet": {"children": child["_id"]}}
+            {"_id": parent_id}, {"$addToSet": {"children": child["_id"]}}
         )
 
     async def conversation(self, spec: SendMessage, snap: Snapshot) -> Document | None:

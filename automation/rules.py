@@ -251,12 +251,19 @@ class StartProcess(Strict):
     """A linked process: a new deal in another pipeline (the bureau's laboratory project,
     the kitchen's production) with the parent's contact, company and ``fields``, linked
     both ways (``parent_id`` on it, ``children`` on the parent). When it enters a won stage
-    the parent moves as ``on_complete`` says (null: it stays)."""
+    the parent moves as ``on_complete`` says (null: it stays). Several processes of one
+    parent (the action twice, or ``of: parent``) run in parallel: the parent moves once
+    every one of them is won.
+
+    ``of: parent`` — run on a process, starts a copy of it for *its* parent (the bureau's
+    project whose work is in two directions: "the process is copied"), with this process's
+    ``fields`` and, unless given, its ``on_complete``."""
 
     pipeline: Ident
     stage: Ident | None = None
     fields: Literal["all"] | list[Ident] = "all"
     on_complete: OnComplete | None = Field(default_factory=OnComplete)
+    of: Literal["self", "parent"] = "self"
 
 
 class TemplateSend(Strict):

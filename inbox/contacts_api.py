@@ -23,7 +23,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from channels.identity import normalize_email, normalize_phone
-from crm_store import contacts, sms_contacts
+from crm_store import contact_fields, contacts, sms_contacts
 from crm_store.contacts import ContactError
 from crm_store.store import Document
 from inbox import access
@@ -35,8 +35,8 @@ from inbox.views import ContactView, EntityView
 
 TAG = "contacts"
 RELATED_LIMIT = 200
-# A contact's custom fields (``fields``): at most this many, names like the rules' fields.
-MAX_FIELDS = 50
+# A contact's custom fields (``fields``): names like the rules' fields.
+MAX_FIELDS = contact_fields.MAX_FIELDS
 FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 FieldValue = Annotated[str, StringConstraints(max_length=1000)] | bool | int | float | None
 
@@ -202,22 +202,14 @@ async def patch_contact(call: Call) -> ContactView:
             reason=body.sms_opt_out_reason,
             by=call.principal.user.id,
         )
-    unsets: Document = {}
     if body.fields:
-        kept = {**(doc.get("fields") or {}), **body.fields}
-        if sum(v is not None for v in kept.values()) > MAX_FIELDS:
-            raise ApiError(422, "too_many_fields", f"a contact has at most {MAX_FIELDS} fields")
-        for name, value in body.fields.items():
-            if value is None:
-                unsets[f"fields.{name}"] = ""
-            else:
-                changes[f"fields.{name}"] = value
-    if changes or unsets:
+        try:
+            await contact_fields.set_fields(call.svc.store, doc, body.fields, extra=changes)
+        except contact_fields.TooManyFields as exc:
+            raise ApiError(422, "too_many_fields", str(exc)) from None
+    elif changes:
         changes["updated_at"] = datetime.now(UTC)
-        update: Document = {"$set": changes}
-        if unsets:
-            update["$unset"] = unsets
-        await call.svc.store.contacts.update_one({"_id": doc["_id"]}, update)
+        await call.svc.store.contacts.update_one({"_id": doc["_id"]}, {"$set": changes})
     if body.sms_opt_out is not None or body.fields:
         fresh = await call.svc.store.contacts.find_one({"_id": doc["_id"]})
         return ContactView.of(fresh or {**doc, **changes})

@@ -256,3 +256,58 @@ async def test_parallel_processes_move_the_parent_when_all_are_won(
             if e["refs"]["deal_id"] == parent_id
         ]
         assert moves == ["approval", "awaiting_payment"]
+
+
+COPY_RULES = """
+rules:
+  - id: project
+    on: stage.entered
+    if: {pipeline: orders, stage: approval}
+    do:
+      - start_process: {pipeline: direct, stage: new_order, fields: [estimate_amount]}
+  - id: second-direction
+    on: stage.entered
+    if: {pipeline: direct, stage: in_progress, fields: {both_directions: true}}
+    do:
+      - start_process:
+          {pipeline: direct, stage: in_progress, fields: [estimate_amount], of: parent}
+"""
+
+
+async def test_a_process_copied_for_its_parent_runs_in_parallel(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    cfg, _ = config_with_rules(tmp_path, COPY_RULES)
+    async with robots(mongo_uri, db_name, config=cfg) as r:
+        lead = await r.lead_from("v3-c1", "+79008880501", "Two directions, copied")
+        status, deal = await r.api("POST", f"/api/v1/leads/{lead['_id']}/convert", ADMIN, {})
+        assert status == 201
+        parent_id = deal["id"]
+        await r.set("deal", parent_id, estimate_amount=70000)
+        await r.move("deal", parent_id, "approval")
+        await r.run()
+        [first] = (await r.get("deal", parent_id))["children"]
+        await r.set("deal", first, both_directions=True)
+        await r.move("deal", first, "in_progress")
+        await r.run()
+        children = (await r.get("deal", parent_id))["children"]
+        assert len(children) == 2
+        assert children[0] == first
+        copy_id = children[1]
+        copy = await r.get("deal", copy_id)
+        assert (copy["parent_id"], copy["stage_id"], copy["fields"]) == (
+            parent_id,
+            "in_progress",
+            {"estimate_amount": 70000},
+        )
+        assert copy["on_complete"] == (await r.get("deal", first))["on_complete"]
+        await r.set(
+            "deal", parent_id, contract_number="K-3", amount=70000, payment_due_date="2025-07-01"
+        )
+        await r.move("deal", copy_id, "won")
+        await r.run()
+        assert (await r.get("deal", parent_id))["stage_id"] == "approval"
+        await r.move("deal", first, "won")
+        await r.run()
+        assert (await r.get("deal", parent_id))["stage_id"] == "awaiting_payment"
+        assert await r.events("automation.failed") == []

@@ -133,14 +133,20 @@ def _contact(c: ContactCheck, w: World) -> tuple[bool, str, str]:
     what = f"{c.of}'s contact" + "".join(
         f" {k}={v}" for k, v in (("responsible", c.responsible), ("company", c.company)) if v
     )
+    if c.fields:
+        what += f" fields={c.fields}"
     if doc is None:
         return False, what, "no contact"
     company = w.companies.get(str(doc.get("company_id")), {})
     name = str(company.get("name", ""))
-    ok = (c.responsible is None or doc.get("responsible_id") == c.responsible) and (
-        c.company is None or c.company.lower() in name.lower()
+    have = doc.get("fields") or {}
+    ok = (
+        (c.responsible is None or doc.get("responsible_id") == c.responsible)
+        and (c.company is None or c.company.lower() in name.lower())
+        and all(k in have and _same(v, have[k]) for k, v in c.fields.items())
     )
-    return ok, what, f"responsible={doc.get('responsible_id')} company={name or None}"
+    found = f"responsible={doc.get('responsible_id')} company={name or None}"
+    return ok, what, found + (f" fields={have}" if c.fields else "")
 
 
 def _company(c: CompanyCheck, w: World) -> tuple[bool, str, str]:

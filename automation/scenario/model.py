@@ -33,11 +33,12 @@ class Person(Strict):
 
 class Ref(Strict):
     """A lead or deal: the newest of ``lead``/``deal`` (a person's name), optionally in
-    ``pipeline``."""
+    ``pipeline`` and at ``stage`` (one of two parallel processes in one pipeline)."""
 
     lead: Name | None = None
     deal: Name | None = None
     pipeline: Name | None = None
+    stage: Name | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Ref:
@@ -55,7 +56,8 @@ class Ref(Strict):
 
     def __str__(self) -> str:
         where = f" in {self.pipeline}" if self.pipeline else ""
-        return f"{self.person}'s {self.kind}{where}"
+        at = f" at {self.stage}" if self.stage else ""
+        return f"{self.person}'s {self.kind}{where}{at}"
 
 
 class Write(Strict):
@@ -91,6 +93,15 @@ class Move(Strict):
 class SetFields(Strict):
     entity: Ref
     fields: dict[str, Any]
+    by: Name | None = None
+
+
+class ContactFields(Strict):
+    """An operator sets custom fields on the person's contact (the contact card's
+    ``fields``, PATCH /api/v1/contacts/{id}); null removes one."""
+
+    of: Name
+    fields: dict[str, str | bool | int | float | None] = Field(min_length=1)
     by: Name | None = None
 
 
@@ -218,6 +229,8 @@ class ContactCheck(Strict):
     of: Name
     responsible: Name | None = None
     company: str | None = None
+    # Custom fields the contact holds (others may be there too).
+    fields: dict[str, Scalar] = Field(default_factory=dict)
 
 
 class CompanyCheck(Strict):
@@ -296,6 +309,7 @@ ACTIONS = (
     "call",
     "move",
     "set",
+    "contact_fields",
     "assign",
     "watch",
     "company",
@@ -316,6 +330,7 @@ class Step(Strict):
     call: Call | None = None
     move: Move | None = None
     set: SetFields | None = None
+    contact_fields: ContactFields | None = None
     assign: Assign | None = None
     watch: Watch | None = None
     company: CompanyFor | None = None
@@ -377,6 +392,8 @@ def _people_of(step: Step) -> list[str]:
         out.append(step.convert.lead)
     if step.company is not None:
         out.append(step.company.of)
+    if step.contact_fields is not None:
+        out.append(step.contact_fields.of)
     if step.reply is not None:
         out.append(step.reply.to)
     if step.document is not None:

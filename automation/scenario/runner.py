@@ -29,7 +29,7 @@ from automation.scenario import expect, inbound, paper_steps, timeline, world
 from automation.scenario.model import NewCompany, Ref, Scenario, Step, Wait
 from automation.worker import AutomationWorker
 from config.models import AppConfig
-from crm_store import companies, conversion, entities, outbox, tasks, watchers
+from crm_store import companies, contact_fields, conversion, entities, outbox, tasks, watchers
 from crm_store import routing_store as rs
 from crm_store.embedded import EmbeddedStore
 from crm_store.stages import StageError, move_stage
@@ -199,6 +199,13 @@ class Player:
             )
         elif step.company is not None:
             await self.company(step)
+        elif step.contact_fields is not None:
+            cf = step.contact_fields
+            contact = (await world.read(self.store, self.keys)).contact_of(cf.of)
+            if contact is None:
+                raise LookupError(f"{cf.of} has no contact")
+            self.say(f"{self.by(cf.by)} sets on {cf.of}'s contact: {cf.fields}")
+            await contact_fields.set_fields(self.store, contact, cf.fields, at=now)
         elif step.complete is not None:
             await self.complete(step)
         elif step.convert is not None:
@@ -244,6 +251,8 @@ class Player:
     async def find(self, ref: Ref) -> Document:
         w = await world.read(self.store, self.keys)
         docs = w.of(ref.person, ref.kind, ref.pipeline)
+        if ref.stage is not None:
+            docs = [d for d in docs if d.get("stage_id") == ref.stage]
         if not docs:
             raise LookupError(f"{ref} does not exist")
         return docs[-1]

@@ -62,7 +62,13 @@ def identity_keys(person: Person, messenger_ids: list[tuple[str, str, str]]) -> 
 async def read(store: Store, keys: dict[str, list[str]]) -> World:
     w = World()
     by_key: dict[str, str] = {k: person for person, ks in keys.items() for k in ks}
-    shown = {"identities": 1, "merged_into": 1, "responsible_id": 1, "company_id": 1}
+    shown = {
+        "identities": 1,
+        "merged_into": 1,
+        "responsible_id": 1,
+        "company_id": 1,
+        "fields": 1,
+    }
     async for c in store.contacts.find({}, shown):
         if c.get("merged_into"):
             continue
