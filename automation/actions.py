@@ -194,10 +194,11 @@ class Executor:
             "timer.times": p.rule.times,
         }
         out.update({f"fields.{k}": v for k, v in snap.fields.items()})
-        # A field holding a user id (the master chosen on the deal): ``{fields.master.name}``.
+        # ``{fields.master.name}``: the name of the user the field names (the master chosen
+        # on the deal), else the field's value itself (a name typed in).
         for k, v in snap.fields.items():
-            if isinstance(v, str) and v and (user := self.config.user(v)) is not None:
-                out[f"fields.{k}.name"] = user.name
+            user = self.config.user(v) if isinstance(v, str) and v else None
+            out[f"fields.{k}.name"] = user.name if user is not None else v
         return out
 
     def text(self, p: Planned, snap: Snapshot, template: str) -> str:
