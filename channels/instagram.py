@@ -50,7 +50,7 @@ from channels.base import (
     setting_str,
 )
 from channels.meta import Graph, handshake, verify_signature
-from channels.meta_messaging import Flavour, read_item
+from channels.meta_messaging import Flavour, read_item, skipped
 from channels.meta_send import Action, SendSpec, check, moderate, send
 from config.models import ChannelAccount
 
@@ -147,12 +147,6 @@ def _comment(
     )
 
 
-def _skipped(item: Json, exc: Exception, account: ChannelAccount) -> str:
-    item_id = lenient.ident(lenient.obj(item.get("message")).get("mid") or item.get("id"), 80)
-    log.warning("instagram.item_skipped", account=account.account, id=item_id, error=str(exc)[:200])
-    return f"item {item_id or '?'}: {type(exc).__name__}: {str(exc)[:200]}"
-
-
 class InstagramChannel(WebhookChannel):
     name = "instagram"
 
@@ -189,12 +183,12 @@ class InstagramChannel(WebhookChannel):
                     try:
                         _comment(account, own_id, field, value, entry, parsed)
                     except Exception as exc:
-                        parsed.unreadable.append(_skipped(value, exc, account))
+                        parsed.unreadable.append(skipped("instagram", value, exc, account))
             for item in items:
                 try:
                     read_item(FLAVOUR, account.account, own_id, item, parsed)
                 except Exception as exc:  # one unreadable item: the rest is stored
-                    parsed.unreadable.append(_skipped(item, exc, account))
+                    parsed.unreadable.append(skipped("instagram", item, exc, account))
         return parsed
 
     # --- outbound ---------------------------------------------------------------------

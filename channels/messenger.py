@@ -50,7 +50,7 @@ from channels.base import (
     setting_str,
 )
 from channels.meta import Graph, handshake, verify_signature
-from channels.meta_messaging import Flavour, read_item
+from channels.meta_messaging import Flavour, read_item, skipped
 from channels.meta_send import Action, SendSpec, check, moderate, send
 from config.models import ChannelAccount
 
@@ -135,12 +135,6 @@ def _comment(account: ChannelAccount, page_id: str | None, value: Json, out: Par
     )
 
 
-def _skipped(item: Json, exc: Exception, account: ChannelAccount) -> str:
-    item_id = lenient.ident(lenient.obj(item.get("message")).get("mid") or item.get("id"), 80)
-    log.warning("messenger.item_skipped", account=account.account, id=item_id, error=str(exc)[:200])
-    return f"item {item_id or '?'}: {type(exc).__name__}: {str(exc)[:200]}"
-
-
 class MessengerChannel(WebhookChannel):
     name = "messenger"
 
@@ -172,7 +166,7 @@ class MessengerChannel(WebhookChannel):
                 try:
                     read_item(FLAVOUR, account.account, page_id, item, parsed)
                 except Exception as exc:  # one unreadable item: the rest is stored
-                    parsed.unreadable.append(_skipped(item, exc, account))
+                    parsed.unreadable.append(skipped("messenger", item, exc, account))
             for change in lenient.objs(entry.get("changes")):
                 value = lenient.obj(change.get("value"))
                 if change.get("field") != "feed" or value.get("item") != "comment":
@@ -180,7 +174,7 @@ class MessengerChannel(WebhookChannel):
                 try:
                     _comment(account, page_id, value, parsed)
                 except Exception as exc:
-                    parsed.unreadable.append(_skipped(value, exc, account))
+                    parsed.unreadable.append(skipped("messenger", value, exc, account))
         return parsed
 
     # --- outbound ---------------------------------------------------------------------

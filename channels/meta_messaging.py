@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from channels import lenient
 from channels.base import (
     Attachment,
@@ -34,6 +36,7 @@ from channels.base import (
     StatusUpdate,
 )
 from channels.identity import normalize_email, normalize_phone
+from config.models import ChannelAccount
 
 Json = dict[str, Any]
 Meta = dict[str, str | int | bool | None]
@@ -269,3 +272,13 @@ def read_item(f: Flavour, account: str, own_id: str | None, item: Json, out: Par
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value] if value is not None else []
+
+
+def skipped(channel: str, item: dict[str, Any], exc: Exception, account: ChannelAccount) -> str:
+    """One item a reader could not read: logged, and described for ``Parsed.unreadable``
+    (the whole delivery is then kept as unparsed too)."""
+    item_id = lenient.ident(lenient.obj(item.get("message")).get("mid") or item.get("id"), 80)
+    structlog.get_logger(f"omniroute.{channel}").warning(
+        f"{channel}.item_skipped", account=account.account, id=item_id, error=str(exc)[:200]
+    )
+    return f"item {item_id or '?'}: {type(exc).__name__}: {str(exc)[:200]}"
