@@ -185,6 +185,7 @@ class Pipeline(Strict):
 
     def survey(self, survey_id: str) -> Survey | None:
         return next((s for s in self.surveys if s.id == survey_id), None)
+
     # A new responsible of a deal becomes its contact's and company's too (the forensic
     # bureau; automation/worker.py follows deal.responsible_changed).
     cascade_responsible: bool = False
