@@ -639,10 +639,18 @@ def targets(m: dict[str, float]) -> list[dict[str, Any]]:
                 "pass": v <= limit,
             }
         )
-    # Issue #23 (docs/scaling.md): new leads in batches.
+    # Issue #23 (docs/scaling.md): new leads in batches, the steady state, memory.
     ratio = m["new_lead_routed_per_s"] / raw if raw else 0.0
+    steady = m["steady_routed_per_s"] / raw if raw else 0.0
     cpu = m["new_lead_service_cpu_ms_per_msg"]
+    rss = m["service_rss_peak_mib"]
     out += [
+        {
+            "target": "#23 steady state: routed msgs/s ≥ 0.3 × raw sequential insert rate",
+            "value": round(steady, 3),
+            "limit": 0.3,
+            "pass": steady >= 0.3,
+        },
         {
             "target": "#23 new lead: routed msgs/s ≥ 0.25 × raw sequential insert rate",
             "value": round(ratio, 3),
@@ -654,6 +662,12 @@ def targets(m: dict[str, float]) -> list[dict[str, Any]]:
             "value": cpu,
             "limit": 2.0,
             "pass": cpu <= 2.0,
+        },
+        {
+            "target": "#23 service RSS peak ≤ 150 MiB per process",
+            "value": rss,
+            "limit": 150.0,
+            "pass": rss <= 150.0,
         },
     ]
     return out
