@@ -1,8 +1,9 @@
 """Reports: ``python -m benchmarks.reports [--scale 1.0]`` — see docs/reports.md.
 
 1. start a file-backed embedded store (as ``omniroute serve`` does, ``--sync-on-commit``)
-   in a temp dir, create every index, then bulk-load a year of generated history with
-   ``insert_many`` (10,000 documents a batch; timed): at ``--scale 1`` 1M
+   in a temp dir (or ``--store-dir DIR``, kept; ``--reuse`` skips the load below when DIR
+   holds a finished load of this scale), create every index, then bulk-load a year of
+   generated history with ``insert_many`` (10,000 documents a batch; timed): at ``--scale 1`` 1M
    messages in 100k conversations, 100k leads, 30k deals, 20k calls, 20k tasks, ~100k
    events (closings, stage changes, timer firings) and 5k survey answers;
    then build the report rollups (``omniroute reports rebuild``; timed);
@@ -23,9 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import multiprocessing
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -61,6 +65,31 @@ DEPT = {"anna.smirnova": "sales", "dmitry.kozlov": "sales", "olga.ivanova": "who
 CHANNELS = ["telegram", "whatsapp", "email", "vk", "avito", "webchat"]
 SOURCES = ["site", "messengers", "mail_sales", "mail_wholesale", "avito", "phone"]
 SEQ0 = 1_000
+TMP_PREFIX = "omniroute-bench-reports-"
+# Written into --store-dir once the bulk load has finished: the scale, the instant the
+# generated year ends at, and the load's figures (what --reuse needs).
+MARKER = "loaded.json"
+
+
+def loaded_store(marker: Path, scale: float) -> dict[str, Any] | None:
+    """The marker of a finished load of this scale, or None."""
+    try:
+        doc: dict[str, Any] = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if doc.get("scale") == scale and "now" in doc and "load" in doc else None
+
+
+def prepare_dir(root: Path, scale: float, reuse: bool) -> dict[str, Any] | None:
+    """The marker of a store to reuse, or None after clearing ``root`` for a new load
+    (a partial load or one of another scale is removed)."""
+    root.mkdir(parents=True, exist_ok=True)
+    previous = loaded_store(root / MARKER, scale) if reuse else None
+    if previous is None:
+        (root / MARKER).unlink(missing_ok=True)
+        if (root / "mongo").exists():
+            shutil.rmtree(root / "mongo")
+    return previous
 
 
 class Gen:
@@ -320,17 +349,34 @@ async def run(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
     parent, child = ctx.Pipe()
     gen_proc = ctx.Process(target=loadgen.main, args=(child, None), daemon=True)
     gen_proc.start()
-    with tempfile.TemporaryDirectory(prefix="omniroute-bench-reports-") as tmp:
-        embedded = EmbeddedStore(storage_path=Path(tmp) / "mongo")
+    with contextlib.ExitStack() as dirs:
+        if args.store_dir is None:
+            root = Path(dirs.enter_context(tempfile.TemporaryDirectory(prefix=TMP_PREFIX)))
+        else:
+            root = args.store_dir
+        marker = root / MARKER
+        previous = prepare_dir(root, args.scale, args.reuse)
+        if args.reuse and previous is None:
+            progress(f"--reuse: no finished load of scale {args.scale} in {root}; loading")
+        embedded = EmbeddedStore(storage_path=root / "mongo")
         await embedded.start()
         try:
             loader = Store.open(embedded.uri, "omniroute")
             # The indexes first, as in production: the embedded server builds an index
             # over existing documents about ten times slower than it maintains it while
-            # inserting (measured: 303 s against 28 s at --scale 0.02).
+            # inserting (measured: 303 s against 28 s at --scale 0.02). On a reused store
+            # this creates only indexes added since it was loaded.
             await ensure_indexes(loader.db)
-            progress(f"loading scale {args.scale} …")
-            loaded = await load(loader, args.scale, now)
+            if previous is not None:
+                loaded = previous["load"] | {"reused": True}
+                now = datetime.fromisoformat(previous["now"])
+                progress(f"reusing the scale {args.scale} store in {root} (loaded {now})")
+            else:
+                progress(f"loading scale {args.scale} …")
+                loaded = await load(loader, args.scale, now)
+                if args.store_dir is not None:
+                    mark = {"scale": args.scale, "now": now.isoformat(), "load": loaded}
+                    marker.write_text(json.dumps(mark))
             progress(f"loaded in {loaded['load_s']} s; building the report rollups …")
             rolled = await build_rollups(loader, config)
             await loader.close()
@@ -353,11 +399,20 @@ async def run(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
                         progress(f"{name}: {num(statistics.median(latencies[name]))} s")
 
                     async def acks(tag: str) -> JobResult:
-                        bodies = [body(f"{tag}-{i}", 500_000 + i) for i in range(args.webhooks)]
+                        bodies = [
+                            body(f"{tag}-{run_no}-{i}", sender0 + i) for i in range(args.webhooks)
+                        ]
                         parent.send(Job(served.url, SECRET, bodies, args.concurrency))
                         result: JobResult = await recv(parent)
                         return result
 
+                    # A reused store keeps earlier runs' webhooks: new ids and senders
+                    # each run, so every run posts first messages of new customers.
+                    runs = await served.store.counters.find_one_and_update(
+                        {"_id": "bench_reports_runs"}, {"$inc": {"value": 1}}, upsert=True
+                    )
+                    run_no = int((runs or {}).get("value") or 0)
+                    sender0 = 500_000 + (run_no % 400) * 10_000
                     alone = await acks("alone")
                     stop = asyncio.Event()
                     asked = 0
@@ -403,7 +458,8 @@ async def run(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
         "schema": 1,
         "generated_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
         "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
-        "options": vars(args) | {"out": str(args.out)},
+        "options": vars(args)
+        | {"out": str(args.out), "store_dir": str(args.store_dir) if args.store_dir else None},
         "load": loaded,
         "rollups": rolled,
         "report_latency": lat,
@@ -448,7 +504,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the reports asked back to back during the second ack phase (default: all)",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    return p.parse_args(argv)
+    p.add_argument(
+        "--store-dir",
+        type=Path,
+        default=None,
+        help="keep the loaded store in this directory (default: a temporary one, removed)",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --store-dir: skip generation and bulk load when the directory holds a "
+        "finished load of this --scale (the rollups are still rebuilt, timed)",
+    )
+    args = p.parse_args(argv)
+    if args.reuse and args.store_dir is None:
+        p.error("--reuse needs --store-dir")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -245,7 +245,10 @@ REPORT_INDEXES: dict[str, list[IndexModel]] = {
     ],
     "tasks": [IndexModel([("deadline", ASCENDING)], name="report_deadline")],
     "events": [
-        IndexModel([("type", ASCENDING), ("occurred_at", ASCENDING)], name="report_type_at")
+        IndexModel([("type", ASCENDING), ("occurred_at", ASCENDING)], name="report_type_at"),
+        # The entity rollups recompute a lead's / deal's stage moves from its events.
+        IndexModel([("refs.lead_id", ASCENDING), ("seq", ASCENDING)], name="report_lead_seq"),
+        IndexModel([("refs.deal_id", ASCENDING), ("seq", ASCENDING)], name="report_deal_seq"),
     ],
     "survey_answers": [
         IndexModel([("answered_at", ASCENDING), ("department", ASCENDING)], name="report_answered"),
@@ -261,6 +264,12 @@ REPORT_INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("start", ASCENDING)], name="start"),
         IndexModel([("conversation_id", ASCENDING)], name="conversation"),
     ],
+    # Conversations, leads and deals by kind and creation (volume, funnel).
+    "report_entities": [
+        IndexModel([("kind", ASCENDING), ("created_at", ASCENDING)], name="kind_created"),
+    ],
+    # report_days is read by _id (the local day); its marks by whether they are dirty.
+    "report_day_marks": [IndexModel([("dirty", ASCENDING)], name="dirty")],
 }
 for _name, _models in REPORT_INDEXES.items():
     INDEXES.setdefault(_name, []).extend(_models)

@@ -138,6 +138,9 @@ SHARD_KEYS: dict[str, ShardKey] = {
     "survey_answers": _unsharded("one per survey sent: small"),
     "report_conv_days": _by_id("_id = conversation|local day: rewritten by _id"),
     "report_episodes": _by_id("_id = conversation|episode number: rewritten by _id"),
+    "report_entities": _by_id("_id = kind|entity id: rewritten by _id"),
+    "report_days": _unsharded("one document per local day: the day totals of the reports"),
+    "report_day_marks": _unsharded("one document per local day: whether its totals are due"),
     "report_rollup_state": _unsharded("one document: whether the report rollups are ready"),
 }
 

@@ -88,12 +88,14 @@ async def get(svc: InProcess, token: str, path: str) -> Any:
 
 
 async def figures(svc: InProcess, token: str) -> list[Any]:
-    """Volume and responsiveness as the API answers them, without the rollup marker."""
+    """Volume, responsiveness and the funnel as the API answers them, without the rollup
+    marker."""
     out = []
     for path in (
         f"/api/v1/reports/volume?{PERIOD}&by=channel",
         f"/api/v1/reports/volume?{PERIOD}&group=month&by=responsible",
         f"/api/v1/reports/responsiveness?{PERIOD}&by=department",
+        f"/api/v1/reports/funnel?{PERIOD}&by=channel",
     ):
         body = await get(svc, token, path)
         out.append((body["totals"], body["tables"], body["rollup_lag"] is not None))
@@ -164,6 +166,7 @@ async def test_killed_worker_neither_loses_nor_double_counts(mongo_uri: str, db_
         # `omniroute reports rebuild` over emptied rollups gives them back.
         await store[rollup.CONV_DAYS].delete_many({})
         await store[rollup.EPISODES].delete_many({})
+        await store[rollup.ENTITIES].delete_many({})
         env = os.environ | {"OMNIROUTE_MONGODB_URI": mongo_uri, "OMNIROUTE_DB_NAME": db_name}
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -41,17 +41,18 @@ import signal
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import structlog
-from pymongo import DeleteOne, ReplaceOne
-from pymongo.errors import PyMongoError
+from pymongo import DeleteOne, ReplaceOne, UpdateOne
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from automation.calendar import WorkingCalendar
 from crm_store import cursors, feed
 from crm_store import subscriptions as subs
-from crm_store.reports.common import CHUNK, by_field, by_ids
+from crm_store.reports.common import CHUNK, Ctx, by_field, by_ids
+from crm_store.reports.funnel import STAGE_EVENTS, Move, stage_event_entity, stage_move, stays_of
 from crm_store.reports.responsiveness import episodes, kind_of
 from crm_store.reports.working_time import calendar_seconds, working_seconds
 from crm_store.store import Collection, Document, Store
@@ -62,9 +63,23 @@ CURSOR = "report_rollups"
 STATE_ID = "report_rollups"
 CONV_DAYS = "report_conv_days"
 EPISODES = "report_episodes"
+ENTITIES = "report_entities"
+DAYS = "report_days"
+MARKS = "report_day_marks"
 # Bump when what the rollups hold changes: the reports ignore rollups of another
 # version until `omniroute reports rebuild` has run.
-VERSION = 1
+VERSION = 2
+ENTITY_PROJ = {
+    "created_at": 1,
+    "source_id": 1,
+    "pipeline_id": 1,
+    "stage_id": 1,
+    "responsible_id": 1,
+    "is_repeat": 1,
+    "origin_intake_id": 1,
+    "converted_from": 1,
+    "fields.lost_reason": 1,
+}
 # Test drills only: kill this process with SIGKILL after writing a page's rollups and
 # before moving the cursor (tests/test_reports_rollup.py).
 CRASH_ENV = "OMNIROUTE_ROLLUP_CRASH_BEFORE_ADVANCE"
@@ -179,14 +194,16 @@ def _conv_docs(
     return days, eps
 
 
-async def _write(coll: Collection, cids: Sequence[str], docs: list[Document]) -> None:
-    """Replace the conversations' documents in ``coll`` by ``docs``; delete the rest."""
+async def _write(coll: Collection, cids: Sequence[str], docs: list[Document]) -> list[str]:
+    """Replace the conversations' documents in ``coll`` by ``docs``; delete the rest.
+    Returns the ids that were there before."""
     keep = {d["_id"] for d in docs}
     old = await by_field(coll, "conversation_id", list(cids), {"_id": 1}, {})
     ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
     ops += [DeleteOne({"_id": d["_id"]}) for d in old if d["_id"] not in keep]
     for i in range(0, len(ops), 1000):
         await coll.bulk_write(ops[i : i + 1000], ordered=False)
+    return [d["_id"] for d in old]
 
 
 async def recompute(
@@ -195,7 +212,8 @@ async def recompute(
     """Recompute the rollups of these conversations from the collections; returns how
     many conversations were written. Idempotent."""
     ids = list(dict.fromkeys(c for c in conversation_ids if isinstance(c, str)))
-    proj_c = {"channel": 1, "department": 1, "assignee_id": 1}
+    proj_c = {"channel": 1, "department": 1, "assignee_id": 1, "created_at": 1}
+    proj_c |= {"origin_intake_id": 1}
     proj_m = {"conversation_id": 1, "direction": 1, "automatic": 1, "author_id": 1}
     proj_m |= {"received_at": 1, "source_id": 1, "channel": 1}
     done = 0
@@ -217,12 +235,275 @@ async def recompute(
             days, eps = _conv_docs(cal, conv, msgs[conv["_id"]], closes[conv["_id"]])
             all_days += days
             all_eps += eps
+        intakes = [c["origin_intake_id"] for c in convs if c.get("origin_intake_id")]
+        sources = {
+            m["_id"]: m.get("source_id")
+            for m in await by_ids(store.messages, intakes, {"source_id": 1})
+        }
+        entities = [
+            _entity("conversation", c, source_id=sources.get(c.get("origin_intake_id") or ""))
+            for c in convs
+        ]
         # A conversation that is gone keeps no rollups either.
-        await _write(store[CONV_DAYS], chunk, all_days)
+        old_days = await _write(store[CONV_DAYS], chunk, all_days)
         await _write(store[EPISODES], chunk, all_eps)
+        old = await _write_entities(store, "conversation", chunk, entities)
+        # The days these documents were or are in: their day totals are recomputed.
+        touched = {i.rsplit("|", 1)[1] for i in old_days} | {d["day"] for d in all_days}
+        touched |= _created_days(cal, [*old, *entities])
+        await mark_days(store, touched)
         done += len(convs)
         await asyncio.sleep(0)
     return done
+
+
+def _entity(kind: str, doc: Document, **attrs: Any) -> Document | None:
+    """The ``report_entities`` document of a conversation, lead or deal (pure); None
+    for one without a creation instant (no report counts it)."""
+    if not isinstance(doc.get("created_at"), datetime):
+        return None
+    out: Document = {"_id": f"{kind}|{doc['_id']}", "kind": kind, "created_at": doc["created_at"]}
+    if kind == "conversation":
+        out |= {k: doc.get(k) for k in ("channel", "department", "assignee_id")}
+    else:
+        names = ("source_id", "pipeline_id", "stage_id", "responsible_id")
+        out |= {k: doc.get(k) for k in names}
+        out["lost_reason"] = (doc.get("fields") or {}).get("lost_reason")
+    return out | attrs
+
+
+async def _write_entities(
+    store: Store, kind: str, ids: Sequence[str], docs: Iterable[Document | None]
+) -> list[Document]:
+    """Replace the entities' documents; delete those of entities that are gone. Returns
+    the documents that were there before (``created_at``, ``converted_from``)."""
+    keep = [d for d in docs if d is not None]
+    kept = {d["_id"] for d in keep}
+    proj = {"created_at": 1, "converted_from": 1}
+    old = await by_ids(store[ENTITIES], [f"{kind}|{i}" for i in ids], proj)
+    ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in keep]
+    ops += [DeleteOne({"_id": f"{kind}|{i}"}) for i in ids if f"{kind}|{i}" not in kept]
+    for i in range(0, len(ops), 1000):
+        await store[ENTITIES].bulk_write(ops[i : i + 1000], ordered=False)
+    return old
+
+
+def _created_days(cal: WorkingCalendar, docs: Iterable[Document | None]) -> set[str]:
+    return {
+        cal.local(d["created_at"]).date().isoformat()
+        for d in docs
+        if d is not None and isinstance(d.get("created_at"), datetime)
+    }
+
+
+async def _stage_moves(store: Store, ref: str, ids: Sequence[str]) -> dict[str, list[Move]]:
+    """Every stage move of these leads (``ref`` = ``refs.lead_id``) or deals, by entity,
+    with the same attribution as the request-time path."""
+    proj = {"type": 1, "refs": 1, "occurred_at": 1, "data.from": 1, "data.to": 1}
+    stage = {"type": {"$in": STAGE_EVENTS}}
+    wanted = set(ids)
+    moves: dict[str, list[Move]] = defaultdict(list)
+    for ev in await by_field(store.events, ref, list(ids), proj, stage):
+        eid = stage_event_entity(ev)
+        if eid is not None and eid in wanted:
+            moves[eid].append(stage_move(ev))
+    return moves
+
+
+async def recompute_entities(
+    store: Store,
+    cal: WorkingCalendar,
+    lead_ids: Iterable[str | None],
+    deal_ids: Iterable[str | None],
+) -> int:
+    """Recompute the ``report_entities`` documents of these leads and deals (and of the
+    leads the deals were converted from: their ``converted``) from the collections;
+    returns how many documents were written. Idempotent."""
+    deals = list(dict.fromkeys(d for d in deal_ids if isinstance(d, str)))
+    leads = list(dict.fromkeys(d for d in lead_ids if isinstance(d, str)))
+    written = 0
+    for i in range(0, len(deals), CHUNK):
+        chunk = deals[i : i + CHUNK]
+        docs = await by_ids(store.deals, chunk, ENTITY_PROJ)
+        parents = {
+            d["_id"]: d.get("origin_intake_id")
+            for d in await by_ids(
+                store.leads,
+                [d["converted_from"] for d in docs if d.get("converted_from")],
+                {"origin_intake_id": 1},
+            )
+        }
+        intake = {
+            d["_id"]: d.get("origin_intake_id") or parents.get(d.get("converted_from") or "")
+            for d in docs
+        }
+        channels = await _channels(store, [v for v in intake.values() if v])
+        moves = await _stage_moves(store, "refs.deal_id", [d["_id"] for d in docs])
+        entities = [
+            _entity(
+                "deal",
+                d,
+                channel=channels.get(intake[d["_id"]] or ""),
+                converted_from=d.get("converted_from"),
+                stays=_stays(d, moves),
+            )
+            for d in docs
+        ]
+        old = await _write_entities(store, "deal", chunk, entities)
+        await mark_days(store, _created_days(cal, [*old, *entities]))
+        # A deal's lead changes with it (converted or not), also when the deal is gone.
+        leads += [
+            str(d["converted_from"])
+            for d in [*docs, *old]
+            if isinstance(d.get("converted_from"), str)
+        ]
+        written += len(docs)
+    leads = list(dict.fromkeys(leads))
+    for i in range(0, len(leads), CHUNK):
+        chunk = leads[i : i + CHUNK]
+        docs = await by_ids(store.leads, chunk, ENTITY_PROJ)
+        found = [d["_id"] for d in docs]
+        converted = {
+            d["converted_from"]
+            for d in await by_field(store.deals, "converted_from", found, {"converted_from": 1}, {})
+        }
+        channels = await _channels(
+            store, [d["origin_intake_id"] for d in docs if d.get("origin_intake_id")]
+        )
+        moves = await _stage_moves(store, "refs.lead_id", found)
+        entities = [
+            _entity(
+                "lead",
+                d,
+                channel=channels.get(d.get("origin_intake_id") or ""),
+                is_repeat=bool(d.get("is_repeat")),
+                converted=d["_id"] in converted,
+                stays=_stays(d, moves),
+            )
+            for d in docs
+        ]
+        old = await _write_entities(store, "lead", chunk, entities)
+        await mark_days(store, _created_days(cal, [*old, *entities]))
+        written += len(docs)
+        await asyncio.sleep(0)
+    return written
+
+
+# --- day totals ---------------------------------------------------------------------------
+#
+# ``report_days``: one document per local day, summing that day's conversation-day and
+# entity documents, so a 30-day volume or funnel reads 30 documents. A pure function of
+# those documents; which days need it again is kept in ``report_day_marks`` (one per
+# day: ``gen`` counts the marks, ``dirty`` until a computation at that ``gen`` is
+# stored). Whoever changes a lower document marks its day **after** writing it; the day
+# is then computed from what was written by the time its mark was read, and stored only
+# over a computation of an older ``gen`` — so concurrent writers never leave an older
+# sum on top of a newer one, and a crash between the mark and the sum leaves the day
+# dirty for the next pass (:func:`refresh_days`).
+
+LEAD_ROW = ("channel", "source_id", "pipeline_id", "stage_id", "responsible_id", "lost_reason")
+
+
+def noon(cal: WorkingCalendar, day: str) -> datetime:
+    """An instant inside local ``day`` (what buckets a day's totals)."""
+    return datetime.combine(date.fromisoformat(day), time(12), cal.tz)
+
+
+async def days_range(ctx: Ctx) -> tuple[str, str] | None:
+    """The local days [first, end) of the period when the rollups answer it: usable,
+    and the period is whole local days (what ``report_days`` covers); sets
+    ``ctx.rollup_lag``. None otherwise."""
+    lo, hi = ctx.cal.local(ctx.req.start), ctx.cal.local(ctx.req.end)
+    if lo.time() != time(0) or hi.time() != time(0):
+        return None
+    st = await status(ctx.store)
+    if not st.usable:
+        return None
+    ctx.rollup_lag = st.lag
+    return lo.date().isoformat(), hi.date().isoformat()
+
+
+async def mark_days(store: Store, days: Iterable[str]) -> None:
+    ops: list[Any] = [
+        UpdateOne({"_id": d}, {"$inc": {"gen": 1}, "$set": {"dirty": True}}, upsert=True)
+        for d in sorted(set(days))
+    ]
+    for i in range(0, len(ops), 1000):
+        await store[MARKS].bulk_write(ops[i : i + 1000], ordered=False)
+
+
+def _rows(counts: dict[tuple[Any, ...], int], names: Sequence[str]) -> list[Document]:
+    return [
+        {**dict(zip(names, key, strict=True)), "n": n}
+        for key, n in sorted(counts.items(), key=lambda kv: [str(v) for v in kv[0]])
+    ]
+
+
+async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
+    """The totals of one local day from the lower rollups (pure given them)."""
+    lo = datetime.combine(date.fromisoformat(day), time(0), cal.tz)
+    hi = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(0), cal.tz)
+    inbound: dict[tuple[Any, ...], int] = defaultdict(int)
+    proj = {"_id": 0, "department": 1, "assignee_id": 1, "counts": 1}
+    async for d in store[CONV_DAYS].find({"day": day}, proj, batch_size=1000):
+        for c in d.get("counts") or []:
+            key = (c.get("channel"), c.get("source"), d.get("department"), d.get("assignee_id"))
+            inbound[key] += int(c.get("n") or 0)
+    convs: dict[tuple[Any, ...], int] = defaultdict(int)
+    leads: dict[tuple[Any, ...], int] = defaultdict(int)
+    deals: dict[tuple[Any, ...], int] = defaultdict(int)
+    stays: dict[tuple[Any, ...], list[float]] = defaultdict(list)
+    for kind in ("conversation", "lead", "deal"):
+        query = {"kind": kind, "created_at": {"$gte": lo, "$lt": hi}}
+        async for d in store[ENTITIES].find(query, {"_id": 0}, batch_size=1000):
+            if kind == "conversation":
+                names = ("channel", "source_id", "department", "assignee_id")
+                convs[tuple(d.get(k) for k in names)] += 1
+                continue
+            row = tuple(d.get(k) for k in LEAD_ROW)
+            if kind == "lead":
+                leads[(*row, bool(d.get("is_repeat")), bool(d.get("converted")))] += 1
+            else:
+                deals[row] += 1
+            for stage, seconds in d.get("stays") or []:
+                key = (kind, d.get("pipeline_id"), d.get("responsible_id"), stage)
+                stays[key].append(float(seconds))
+    return {
+        "_id": day,
+        "inbound": _rows(inbound, ("channel", "source_id", "department", "assignee_id")),
+        "conversations": _rows(convs, ("channel", "source_id", "department", "assignee_id")),
+        "leads": _rows(leads, (*LEAD_ROW, "is_repeat", "converted")),
+        "deals": _rows(deals, LEAD_ROW),
+        "stays": [
+            {"kind": k, "pipeline_id": p, "responsible_id": r, "stage": st, "seconds": sorted(v)}
+            for (k, p, r, st), v in sorted(stays.items(), key=lambda kv: [str(x) for x in kv[0]])
+        ],
+    }
+
+
+async def refresh_days(store: Store, cal: WorkingCalendar) -> int:
+    """Recompute every dirty day; returns how many."""
+    marks = await store[MARKS].find({"dirty": True}, {"gen": 1}).to_list()
+    for m in marks:
+        day, gen = m["_id"], int(m["gen"])
+        doc = await day_doc(store, cal, day) | {"gen": gen}
+        with contextlib.suppress(DuplicateKeyError):  # a newer computation is stored
+            await store[DAYS].replace_one({"_id": day, "gen": {"$lt": gen}}, doc, upsert=True)
+        await store[MARKS].update_one({"_id": day, "gen": gen}, {"$set": {"dirty": False}})
+        await asyncio.sleep(0)
+    return len(marks)
+
+
+async def _channels(store: Store, intake_ids: Sequence[str]) -> dict[str, str | None]:
+    return {
+        m["_id"]: m.get("channel") for m in await by_ids(store.messages, intake_ids, {"channel": 1})
+    }
+
+
+def _stays(doc: Document, moves: dict[str, list[Move]]) -> list[list[Any]]:
+    if not isinstance(doc.get("created_at"), datetime):
+        return []
+    return [[stage, s] for stage, s in stays_of(doc["created_at"], moves.get(doc["_id"], []))]
 
 
 async def rebuild(
@@ -245,6 +526,19 @@ async def rebuild(
     total = 0
     for i in range(0, len(ids), batch):
         total += await recompute(store, cal, ids[i : i + batch])
+    # Leads and deals (funnel, volume's leads): those created since ``since`` (all
+    # without); one only moved or converted meanwhile needs the full rebuild.
+    created = {} if since is None else {"created_at": {"$gte": since}}
+    for coll, kind in ((store.leads, "lead"), (store.deals, "deal")):
+        eids = [d["_id"] async for d in coll.find(created, {"_id": 1}, batch_size=5000)]
+        for i in range(0, len(eids), batch):
+            part = eids[i : i + batch]
+            await recompute_entities(
+                store, cal, part if kind == "lead" else [], part if kind == "deal" else []
+            )
+    if since is None:  # every day summed again, also one whose documents are all gone
+        await mark_days(store, [d["_id"] async for d in store[MARKS].find({}, {"_id": 1})])
+    await refresh_days(store, cal)
     await set_ready(store, True)
     log.info("reports.rollup_rebuilt", conversations=total, since=str(since) if since else None)
     return total
@@ -354,7 +648,14 @@ class RollupWorker:
             if (ev.get("refs") or {}).get("conversation_id")
         ]
         await recompute(self.store, self.cal, dirty)
+        refs = [ev.get("refs") or {} for ev in page.events]
+        await recompute_entities(
+            self.store, self.cal, [r.get("lead_id") for r in refs], [r.get("deal_id") for r in refs]
+        )
+        # The drill kills the process with the lower rollups written and their days
+        # marked but not yet summed: the next holder must finish them.
         if os.environ.get(CRASH_ENV):
             os.kill(os.getpid(), signal.SIGKILL)
+        await refresh_days(self.store, self.cal)
         await cursors.advance(self.store, CURSOR, self.owner, page.next_after)
         return max(1, len(page.events))

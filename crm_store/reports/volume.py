@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime, time
 from typing import Any
 
 from crm_store.reports.common import (
@@ -63,37 +62,46 @@ async def _messages(ctx: Ctx, out: Counter) -> None:
         out.add(period, dim, "inbound_messages", n)
 
 
-async def _messages_rollup(ctx: Ctx, out: Counter) -> bool:
-    """``inbound_messages`` from the per-conversation-day rollups (crm_store/reports/
-    rollup.py), when they are ready and the period is whole local days; False otherwise."""
+async def _days_rollup(ctx: Ctx, out: Counter) -> bool:
+    """``inbound_messages``, ``new_conversations`` and the leads from the day totals
+    (``report_days``, crm_store/reports/rollup.py): one document per local day of the
+    period. False when the rollups are not usable or the period is not whole days."""
     from crm_store.reports import rollup
 
-    lo, hi = ctx.cal.local(ctx.req.start), ctx.cal.local(ctx.req.end)
-    if lo.time() != time(0) or hi.time() != time(0):
+    days = await rollup.days_range(ctx)
+    if days is None:
         return False
-    st = await rollup.status(ctx.store)
-    if not st.usable:
-        return False
-    ctx.rollup_lag = st.lag
-    query = {"day": {"$gte": lo.date().isoformat(), "$lt": hi.date().isoformat()}}
-    proj = {"_id": 0, "day": 1, "department": 1, "assignee_id": 1, "counts": 1}
-    labels: dict[str, str] = {}
-    async for d in ctx.store[rollup.CONV_DAYS].find(query, proj, batch_size=READ_BATCH):
-        dept = d.get("department")
-        if not ctx.visible(dept):
-            continue
-        day = d["day"]
-        if day not in labels:
-            noon = datetime.combine(date.fromisoformat(day), time(12), ctx.cal.tz)
-            labels[day] = ctx.period(noon)
-        for c in d.get("counts") or []:
-            dim = ctx.key(
-                channel=c.get("channel"),
-                source=c.get("source"),
-                responsible=d.get("assignee_id"),
-                department=dept,
-            )
-            out.add(labels[day], dim, "inbound_messages", int(c.get("n") or 0))
+    proj = {"inbound": 1, "conversations": 1, "leads": 1}
+    async for day in ctx.store[rollup.DAYS].find(
+        {"_id": {"$gte": days[0], "$lt": days[1]}}, proj, batch_size=READ_BATCH
+    ):
+        period = ctx.period(rollup.noon(ctx.cal, day["_id"]))
+        for metric, field in (
+            ("inbound_messages", "inbound"),
+            ("new_conversations", "conversations"),
+        ):
+            for row in day.get(field) or []:
+                dept = row.get("department")
+                if ctx.visible(dept):
+                    key = ctx.key(
+                        channel=row.get("channel"),
+                        source=row.get("source_id"),
+                        responsible=row.get("assignee_id"),
+                        department=dept,
+                    )
+                    out.add(period, key, metric, int(row["n"]))
+        for row in day.get("leads") or []:
+            dept = ctx.department_of_user(row.get("responsible_id"))
+            if ctx.visible(dept):
+                key = ctx.key(
+                    channel=row.get("channel"),
+                    source=row.get("source_id"),
+                    pipeline=row.get("pipeline_id"),
+                    responsible=row.get("responsible_id"),
+                    department=dept,
+                )
+                metric = "repeat_leads" if row.get("is_repeat") else "new_leads"
+                out.add(period, key, metric, int(row["n"]))
     return True
 
 
@@ -220,9 +228,9 @@ async def _calls(ctx: Ctx, out: Counter) -> None:
 
 async def volume(ctx: Ctx) -> Report:
     out = Counter(METRICS)
-    if not await _messages_rollup(ctx, out):
+    if not await _days_rollup(ctx, out):
         await _messages(ctx, out)
-    await _conversations(ctx, out)
-    await _leads(ctx, out)
+        await _conversations(ctx, out)
+        await _leads(ctx, out)
     await _calls(ctx, out)
     return make_report(ctx, "volume", dict(out.totals), [out.table("volume", ctx.req.by)])
