@@ -12,6 +12,11 @@
    time from the APPEND's OK to the routed message appearing in the store (polled every
    10 ms). Reported as p50/p99/max.
 
+The service's store commands during the sync are counted (a PyMongo command listener
+registered after the probe's client, so the probe's reads are not among them): per
+command and collection, how many per mail and how much of the client's wall time per mail
+— what each mail costs the store, on the intake path and on the routing path.
+
 The probe only ever reads by ``_id`` (the intake and message ids follow from the
 Message-IDs it generated): a ``count_documents`` over ``intake`` or ``messages`` is a
 collection scan on the embedded store, and polling one every 50 ms took most of the
@@ -33,6 +38,8 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+
+from pymongo import monitoring
 
 from benchmarks.report import num, write_json
 from benchmarks.run import (
@@ -111,6 +118,50 @@ def customer_mail(i: int, rnd: random.Random) -> tuple[bytes, str]:
             filename=f"plan-{i}.pdf",
         )
     return msg.as_bytes(), message_id
+
+
+class CommandCounts(monitoring.CommandListener):
+    """Store commands by (command, collection): how many and their summed duration as the
+    client saw it (the server's work plus waiting for it). Counts only while ``on``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.names: dict[int, tuple[str, str]] = {}
+        self.count: dict[tuple[str, str], int] = {}
+        self.micros: dict[tuple[str, str], int] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if not self.on:
+            return
+        name = event.command_name
+        target = event.command.get("collection" if name == "getMore" else name)
+        self.names[event.request_id] = (name, target if isinstance(target, str) else "")
+
+    def _ended(self, request_id: int, micros: int) -> None:
+        key = self.names.pop(request_id, None)
+        if key is not None:
+            self.count[key] = self.count.get(key, 0) + 1
+            self.micros[key] = self.micros.get(key, 0) + micros
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        self._ended(event.request_id, event.duration_micros)
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self._ended(event.request_id, event.duration_micros)
+
+    def per_mail(self, n: int) -> list[dict[str, Any]]:
+        """Per (command, collection), busiest first: commands and client-side ms per mail.
+        ``getMore`` on a change stream waits for news by design: its time is not work."""
+        rows = [
+            {
+                "command": f"{name} {coll}".strip(),
+                "per_mail": round(self.count[key] / n, 3),
+                "ms_per_mail": round(self.micros[key] / 1000 / n, 2),
+            }
+            for key in self.count
+            for name, coll in [key]
+        ]
+        return sorted(rows, key=lambda r: -r["ms_per_mail"])
 
 
 def record_id(message_id: str) -> str:
@@ -197,9 +248,13 @@ async def _run(
         ACCOUNT, "mail_sales", server, USER, poll_s=300.0, lease_s=900.0, fetch_batch=100
     )
     probe = Store.open(uri, "bench_mail")
+    # Registered after the probe's client: only the service's clients report to it.
+    commands = CommandCounts()
+    monitoring.register(commands)
     try:
         started = time.monotonic()
         cpu0 = (cpu_seconds_self(), cpu_seconds_of(store_pid), system_busy_seconds())
+        commands.on = True
         async with in_process(uri, "bench_mail", mail_config(acct)) as svc:
             in_intake = routed = 0.0
             intake_progress = Progress(probe.intake, ids)
@@ -213,6 +268,7 @@ async def _run(
                     break
                 await asyncio.sleep(0.2)
             cpu1 = (cpu_seconds_self(), cpu_seconds_of(store_pid), system_busy_seconds())
+            commands.on = False
             await asyncio.sleep(1.0)  # the poller goes back into IDLE
             latencies: list[float] = []
             client = await imap_client(server, USER)
@@ -250,6 +306,7 @@ async def _run(
             "store": round(store_cpu * 1000 / n, 1),
             "service": round(service_cpu * 1000 / n, 1),
         },
+        "sync_store_commands": commands.per_mail(n),
         "sync_other_cpu_share": round(others / (routed * (os.cpu_count() or 1)), 3),
         "mailbox_mib": round(size / 1048576, 1),
         "append_s": round(append_s, 2),
@@ -270,6 +327,8 @@ async def _run(
 
 # The initial sync's target (issue #23): every mail a new sender, routed at this rate.
 TARGET_ROUTED_PER_S = 100.0
+# How many of the busiest store commands the table lists (the JSON has them all).
+COMMAND_ROWS = 14
 
 
 def table(r: dict[str, Any]) -> str:
@@ -300,7 +359,16 @@ def table(r: dict[str, Any]) -> str:
         ("target (issue #23)", f"{verdict}: routed ≥ {TARGET_ROUTED_PER_S:g} msgs/s, new leads")
     )
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    out = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    cmds = [c for c in r.get("sync_store_commands", []) if not c["command"].startswith("getMore")]
+    if cmds:
+        total = sum(c["per_mail"] for c in cmds)
+        out.append(f"\nstore commands of the sync, per mail ({total:.2f} in all), busiest first:")
+        out += [
+            f"  {c['command'].ljust(34)} {c['per_mail']:7.3f} commands {c['ms_per_mail']:7.2f} ms"
+            for c in cmds[:COMMAND_ROWS]
+        ]
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

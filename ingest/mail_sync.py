@@ -8,8 +8,11 @@ For each e-mail account, :class:`MailboxPoller` loops:
    new epoch at UID 0 (every message is fetched again and deduplicated by its intake id);
 3. fetch every UID above the checkpoint — in batches bounded by count and bytes, with
    ``BODY.PEEK[]`` so nothing is marked read unless ``mark_seen`` — parse, store the
-   attachments, write the batch to intake durably, hand the new records to routing, and
-   only then advance the checkpoint: a crash anywhere re-fetches, never loses;
+   attachments, write the batch to intake durably, hand the new records to routing, flag
+   the batch ``\\Seen`` (``mark_seen``) and only then advance the checkpoint: a crash
+   anywhere re-fetches, never loses. Pipelined one batch deep: the next batch is fetched
+   and parsed while this one is written (:meth:`MailboxPoller._fetch_store`), so the store
+   and the IMAP server work at the same time; the writes and the checkpoint stay in order;
 4. every ``full_scan_s``, the safety net: the Message-IDs of the whole folder are
    compared with intake and anything missing is fetched;
 5. wait for news: IDLE when the server has it (re-issued at the latest every ``poll_s``,
@@ -65,8 +68,22 @@ RETRYABLE = (
 )
 
 
+# How long a failing sync waits for the batch it fetched ahead to end once cancelled.
+DONE_WAIT_S = 5.0
+
+
 class LeaseLost(Exception):
     """Another process holds the mailbox now: stop touching it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One fetch batch: the UIDs asked for, what the server returned (in UID order; an
+    expunged UID is missing) and each returned mail parsed."""
+
+    uids: list[int]
+    fetched: list[Fetched]
+    parsed: list[ParsedMail]
 
 
 @dataclass(slots=True)
@@ -256,34 +273,85 @@ class MailboxPoller:
         *,
         advance: bool,
     ) -> None:
+        """Fetch and store ``uids`` batch by batch, pipelined one batch deep.
+
+        While batch N is written to the store (files, intake, UID records), batch N+1 is
+        fetched from the server and parsed in a thread — never more: the next fetch starts
+        only once batch N+1 has been taken for writing, so at most two batches are in
+        memory. Everything that decides what is durable stays strictly in UID order and in
+        sequence: batch N is written, flagged ``\\Seen`` (``mark_seen``) and checkpointed
+        before batch N+1's writes begin, and the stored-ids lookup of a batch runs only
+        after every earlier batch is written (a Message-ID reused across batches is seen).
+        A failure anywhere cancels the batch fetched ahead (it was only read, with
+        ``BODY.PEEK[]``) and leaves the checkpoint at the last written batch.
+        """
         if not uids:
             return
         sizes: dict[int, int] = {}
         for chunk in _chunks(uids, SIZE_CHUNK):
             sizes.update(await session.sizes(chunk))
-        for batch in _batches(
-            uids, sizes, self.settings.fetch_batch, self.settings.fetch_batch_bytes
-        ):
-            fetched = await session.fetch(batch)
-            got = {f.uid for f in fetched}
-            # A UID that vanished between SEARCH and FETCH (expunged) has nothing to store.
-            await self._store_batch(fetched, uidvalidity, stats)
-            if self.settings.mark_seen and got:
-                await session.mark_seen(sorted(got))
-            if session_lost := [u for u in batch if u not in got and u in sizes]:
-                log.info("mail.expunged_meanwhile", uids=session_lost[:20])
-            if advance:
-                await mailboxes.advance(self.store, self.key, uidvalidity, max(batch))
-            await self._renew_if_due()
+        plan = _batches(uids, sizes, self.settings.fetch_batch, self.settings.fetch_batch_bytes)
+        # One IMAP command at a time on the session: the fetch ahead and this batch's
+        # \Seen flags take turns.
+        imap = asyncio.Lock()
+        ahead = [self._fetch_ahead(session, imap, plan[0])]  # at most one batch ahead
+        try:
+            for following in [*plan[1:], None]:
+                batch = await ahead.pop()
+                if following is not None:
+                    ahead.append(self._fetch_ahead(session, imap, following))
+                await self._write_batch(session, imap, batch, uidvalidity, stats, sizes)
+                if advance:
+                    await self._advance(uidvalidity, max(batch.uids))
+                await self._renew_if_due()
+        finally:
+            await _abandon(ahead)
 
-    async def _store_batch(
-        self, fetched: Sequence[Fetched], uidvalidity: int, stats: SyncStats
+    def _fetch_ahead(
+        self, session: ImapSession, imap: asyncio.Lock, uids: list[int]
+    ) -> asyncio.Task[Batch]:
+        return asyncio.create_task(
+            self._fetch_batch(session, imap, uids), name=f"mail-fetch:{self.key}:{uids[0]}"
+        )
+
+    async def _fetch_batch(
+        self, session: ImapSession, imap: asyncio.Lock, uids: list[int]
+    ) -> Batch:
+        """One batch read from the server (``BODY.PEEK[]``: nothing is flagged) and parsed."""
+        async with imap:
+            fetched = await session.fetch(uids)
+        # Parsing is CPU work: off the event loop, so webhooks (and the store writes of the
+        # batch before) are not held up meanwhile.
+        parsed = await asyncio.to_thread(lambda: [parse_mail(f.data) for f in fetched])
+        return Batch(uids, fetched, parsed)
+
+    async def _write_batch(
+        self,
+        session: ImapSession,
+        imap: asyncio.Lock,
+        batch: Batch,
+        uidvalidity: int,
+        stats: SyncStats,
+        sizes: dict[int, int],
     ) -> None:
+        got = {f.uid for f in batch.fetched}
+        # A UID that vanished between SEARCH and FETCH (expunged) has nothing to store.
+        await self._store_batch(batch, uidvalidity, stats)
+        if self.settings.mark_seen and got:
+            async with imap:
+                await session.mark_seen(sorted(got))
+        if session_lost := [u for u in batch.uids if u not in got and u in sizes]:
+            log.info("mail.expunged_meanwhile", uids=session_lost[:20])
+
+    async def _advance(self, uidvalidity: int, last_uid: int) -> None:
+        """Every mail up to ``last_uid`` is durably in intake: move the checkpoint."""
+        await mailboxes.advance(self.store, self.key, uidvalidity, last_uid)
+
+    async def _store_batch(self, batch: Batch, uidvalidity: int, stats: SyncStats) -> None:
+        fetched, parsed = batch.fetched, batch.parsed
         stats.fetched += len(fetched)
         if not fetched:
             return
-        # Parsing is CPU work: off the event loop, so webhooks are not held up meanwhile.
-        parsed = await asyncio.to_thread(lambda: [parse_mail(f.data) for f in fetched])
         pids = await self._provider_ids(parsed)
         acct = self.account
         iids = [intake_id(acct.channel, acct.account, pid) for pid in pids]
@@ -416,6 +484,20 @@ async def _stored(
         async for d in cursor:
             out[d["_id"]] = d
     return out
+
+
+async def _abandon(tasks: list[asyncio.Task[Batch]]) -> None:
+    """Cancel a batch fetched ahead that will not be written (the sync is failing or being
+    stopped: the error in flight is the one that counts) and wait briefly for it to end,
+    so no fetch outlives its sync round."""
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait(tasks, timeout=DONE_WAIT_S)
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            t.exception()
 
 
 def _message_id(header_block: bytes) -> str | None:
