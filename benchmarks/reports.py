@@ -428,6 +428,7 @@ async def run(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
                     busy = await acks("busy")
                     stop.set()
                     await loop_task
+                    progress(f"acks alone {ack_stats(alone)}; with reports {ack_stats(busy)}")
         finally:
             loadgen.stop(parent, gen_proc)
             await embedded.stop()

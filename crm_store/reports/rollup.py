@@ -207,10 +207,14 @@ async def _write(coll: Collection, cids: Sequence[str], docs: list[Document]) ->
 
 
 async def recompute(
-    store: Store, cal: WorkingCalendar, conversation_ids: Iterable[str | None]
+    store: Store,
+    cal: WorkingCalendar,
+    conversation_ids: Iterable[str | None],
+    days: set[str] | None = None,
 ) -> int:
     """Recompute the rollups of these conversations from the collections; returns how
-    many conversations were written. Idempotent."""
+    many conversations were written. Idempotent. The days touched are marked for their
+    totals, or added to ``days`` for the caller to mark (a rebuild, once at the end)."""
     ids = list(dict.fromkeys(c for c in conversation_ids if isinstance(c, str)))
     proj_c = {"channel": 1, "department": 1, "assignee_id": 1, "created_at": 1}
     proj_c |= {"origin_intake_id": 1}
@@ -232,8 +236,8 @@ async def recompute(
         all_days: list[Document] = []
         all_eps: list[Document] = []
         for conv in convs:
-            days, eps = _conv_docs(cal, conv, msgs[conv["_id"]], closes[conv["_id"]])
-            all_days += days
+            conv_days, eps = _conv_docs(cal, conv, msgs[conv["_id"]], closes[conv["_id"]])
+            all_days += conv_days
             all_eps += eps
         intakes = [c["origin_intake_id"] for c in convs if c.get("origin_intake_id")]
         sources = {
@@ -251,7 +255,7 @@ async def recompute(
         # The days these documents were or are in: their day totals are recomputed.
         touched = {i.rsplit("|", 1)[1] for i in old_days} | {d["day"] for d in all_days}
         touched |= _created_days(cal, [*old, *entities])
-        await mark_days(store, touched)
+        await _touch(store, touched, days)
         done += len(convs)
         await asyncio.sleep(0)
     return done
@@ -288,6 +292,13 @@ async def _write_entities(
     return old
 
 
+async def _touch(store: Store, touched: set[str], days: set[str] | None) -> None:
+    if days is None:
+        await mark_days(store, touched)
+    else:
+        days |= touched
+
+
 def _created_days(cal: WorkingCalendar, docs: Iterable[Document | None]) -> set[str]:
     return {
         cal.local(d["created_at"]).date().isoformat()
@@ -315,6 +326,7 @@ async def recompute_entities(
     cal: WorkingCalendar,
     lead_ids: Iterable[str | None],
     deal_ids: Iterable[str | None],
+    days: set[str] | None = None,
 ) -> int:
     """Recompute the ``report_entities`` documents of these leads and deals (and of the
     leads the deals were converted from: their ``converted``) from the collections;
@@ -350,7 +362,7 @@ async def recompute_entities(
             for d in docs
         ]
         old = await _write_entities(store, "deal", chunk, entities)
-        await mark_days(store, _created_days(cal, [*old, *entities]))
+        await _touch(store, _created_days(cal, [*old, *entities]), days)
         # A deal's lead changes with it (converted or not), also when the deal is gone.
         leads += [
             str(d["converted_from"])
@@ -383,7 +395,7 @@ async def recompute_entities(
             for d in docs
         ]
         old = await _write_entities(store, "lead", chunk, entities)
-        await mark_days(store, _created_days(cal, [*old, *entities]))
+        await _touch(store, _created_days(cal, [*old, *entities]), days)
         written += len(docs)
         await asyncio.sleep(0)
     return written
@@ -524,8 +536,9 @@ async def rebuild(
     else:
         ids = await _conversations_since(store, since)
     total = 0
+    days: set[str] = set()  # marked once at the end, not per batch
     for i in range(0, len(ids), batch):
-        total += await recompute(store, cal, ids[i : i + batch])
+        total += await recompute(store, cal, ids[i : i + batch], days)
     # Leads and deals (funnel, volume's leads): those created since ``since`` (all
     # without); one only moved or converted meanwhile needs the full rebuild.
     created = {} if since is None else {"created_at": {"$gte": since}}
@@ -534,10 +547,11 @@ async def rebuild(
         for i in range(0, len(eids), batch):
             part = eids[i : i + batch]
             await recompute_entities(
-                store, cal, part if kind == "lead" else [], part if kind == "deal" else []
+                store, cal, part if kind == "lead" else [], part if kind == "deal" else [], days
             )
     if since is None:  # every day summed again, also one whose documents are all gone
-        await mark_days(store, [d["_id"] async for d in store[MARKS].find({}, {"_id": 1})])
+        days |= {d["_id"] async for d in store[MARKS].find({}, {"_id": 1})}
+    await mark_days(store, days)
     await refresh_days(store, cal)
     await set_ready(store, True)
     log.info("reports.rollup_rebuilt", conversations=total, since=str(since) if since else None)
