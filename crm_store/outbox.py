@@ -160,9 +160,11 @@ async def _finish_sent(store: Store, doc: Document) -> None:
     await updates.apply_pending(
         store, [pending.outbound_key(doc["channel"], doc["account"], provider_id)]
     )
+    # Not the error: mark_sent cleared an earlier attempt's, and one there now is a failed
+    # receipt's that overtook this step (its reason stays).
     await store.messages.update_one(
         {"_id": doc["_id"]},
-        {"$unset": {"send_due_at": "", "send_lease_until": "", "send_owner": "", "error": ""}},
+        {"$unset": {"send_due_at": "", "send_lease_until": "", "send_owner": ""}},
     )
 
 
