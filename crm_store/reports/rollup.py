@@ -1,7 +1,7 @@
-"""Report rollups: the message-based figures kept per conversation, so volume and
-responsiveness read a few documents per conversation instead of every message.
+"""Report rollups: what volume, responsiveness and the funnel read instead of every
+message, conversation, lead and deal of the period.
 
-Two collections, both written only here:
+Collections written only here:
 
 - ``report_conv_days``: one document per conversation and **local day** (the company's
   time zone): the inbound messages of that day counted per (channel, source), with the
@@ -12,6 +12,13 @@ Two collections, both written only here:
   closed unanswered, working and calendar seconds of the first response, and the
   conversation's channel, department and assignee. Responsiveness reads the episodes
   that started in the period.
+- ``report_entities``: one document per conversation, lead and deal: its creation
+  instant and the attributes volume and the funnel count it by, look-ups done (the
+  channel of its opening message, converted or not, lost reason, completed stage stays).
+  Recomputed for every event naming the lead / deal / conversation.
+- ``report_days``: per local day, the sums of that day's conversation-days and
+  entities: volume and the funnel read one document per day of the period. Kept by
+  marks (``report_day_marks``, see "day totals" below) so it is crash-safe too.
 
 **Maintained by recomputation, not increments.** The worker (:class:`RollupWorker`) reads
 the event log from its cursor (``report_rollups`` in ``automation_cursors``, one process
@@ -51,7 +58,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from automation.calendar import WorkingCalendar
 from crm_store import cursors, feed
 from crm_store import subscriptions as subs
-from crm_store.reports.common import CHUNK, Ctx, by_field, by_ids
+from crm_store.reports.common import CHUNK, READ_BATCH, Ctx, by_field, by_ids
 from crm_store.reports.funnel import STAGE_EVENTS, Move, stage_event_entity, stage_move, stays_of
 from crm_store.reports.responsiveness import episodes, kind_of
 from crm_store.reports.working_time import calendar_seconds, working_seconds
@@ -457,7 +464,7 @@ async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
     hi = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(0), cal.tz)
     inbound: dict[tuple[Any, ...], int] = defaultdict(int)
     proj = {"_id": 0, "department": 1, "assignee_id": 1, "counts": 1}
-    async for d in store[CONV_DAYS].find({"day": day}, proj, batch_size=1000):
+    async for d in store[CONV_DAYS].find({"day": day}, proj, batch_size=READ_BATCH):
         for c in d.get("counts") or []:
             key = (c.get("channel"), c.get("source"), d.get("department"), d.get("assignee_id"))
             inbound[key] += int(c.get("n") or 0)
@@ -467,7 +474,7 @@ async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
     stays: dict[tuple[Any, ...], list[float]] = defaultdict(list)
     for kind in ("conversation", "lead", "deal"):
         query = {"kind": kind, "created_at": {"$gte": lo, "$lt": hi}}
-        async for d in store[ENTITIES].find(query, {"_id": 0}, batch_size=1000):
+        async for d in store[ENTITIES].find(query, {"_id": 0}, batch_size=READ_BATCH):
             if kind == "conversation":
                 names = ("channel", "source_id", "department", "assignee_id")
                 convs[tuple(d.get(k) for k in names)] += 1
@@ -655,6 +662,9 @@ class RollupWorker:
             self.store, position, limit=self.event_batch, gap_grace_s=self.gap_grace_s
         )
         if page.next_after == position:
+            # Days a killed rebuild marked and did not sum are summed even without new
+            # events (a killed worker's page is read again: it sums its own).
+            await refresh_days(self.store, self.cal)
             return 0
         dirty = [
             (ev.get("refs") or {}).get("conversation_id")
