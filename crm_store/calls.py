@@ -66,6 +66,12 @@ COLLECTION = "calls"
 # partial index itself: always hinted).
 DUE = "announce_due"
 DUE_INDEX = "announce_due"
+# The calls this process applied reports to since its announcer last took them: that
+# announcer announces them at once (ingest/call_announcer.py), so that several processes
+# do not all race to announce every call; a call left due by another process (killed
+# before announcing) is found by any process's periodic look at the due calls.
+_reported: set[str] = set()
+REPORTED_MAX = 100_000
 
 log = structlog.get_logger("omniroute.calls")
 
@@ -126,8 +132,19 @@ async def apply(
             await calls(store).update_one({"_id": doc_id}, update, upsert=True)
         applied = True
     if applied:
+        # Bounded for a process that applies reports and announces none (a reparse): a
+        # call not remembered here is found by the announcers' periodic look.
+        if len(_reported) < REPORTED_MAX:
+            _reported.add(call_doc_id(ev.channel, ev.account, ev.call_id))
         notify(CALLS_DUE)
     return applied
+
+
+def take_reported() -> list[str]:
+    """The ids of the calls this process applied reports to since the last take."""
+    taken = list(_reported)
+    _reported.clear()
+    return taken
 
 
 async def apply_and_announce(
@@ -142,10 +159,24 @@ async def apply_and_announce(
     return await announce_call(store, doc_id, service_pipelines)
 
 
-async def due_calls(store: Store, limit: int) -> list[str]:
-    """Ids of calls whose reports wait for their announcement (the partial index)."""
-    found = calls(store).find({DUE: True}, {"_id": 1}, hint=DUE_INDEX, limit=limit)
-    return [str(d["_id"]) async for d in found]
+async def due_calls(store: Store, limit: int, *, seen_before: datetime | None = None) -> list[str]:
+    """Ids of calls whose reports wait for their announcement (the partial index);
+    ``seen_before``: only those whose last report is older (filtered here: one condition
+    beside the hinted index would make the embedded store scan)."""
+    found = calls(store).find(
+        {DUE: True}, {"_id": 1, "last_seen_at": 1}, hint=DUE_INDEX, limit=limit
+    )
+    return [
+        str(d["_id"])
+        async for d in found
+        if seen_before is None or _aware(d.get("last_seen_at")) < seen_before
+    ]
+
+
+def _aware(at: object) -> datetime:
+    if not isinstance(at, datetime):
+        return datetime.min.replace(tzinfo=UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 async def announce_call(
@@ -167,10 +198,21 @@ async def announce_read(
     rec = CallRecord.model_validate(doc)
     if due := due_announcements(rec):
         await announce(store, rec, due, service_pipelines)
+    # What was announced is remembered with the flag's clearing, in one write of the call
+    # (every write of ``calls`` waits for the others — the webhooks' upserts too).
+    remember: Document = {"$addToSet": {"announced": {"$each": due}}} if due else {}
     if doc.get(DUE):
-        await calls(store).update_one(
-            {"_id": doc["_id"], "reports": doc.get("reports"), DUE: True}, {"$unset": {DUE: ""}}
+        result = await calls(store).update_one(
+            {"_id": doc["_id"], "reports": doc.get("reports"), DUE: True},
+            {"$unset": {DUE: ""}, **remember},
         )
+        if result.matched_count == 0 and remember:
+            # A report came meanwhile: the call stays due (remembering what was announced
+            # spares the next round the events' re-check) — unless another announcer has
+            # cleared it since, having announced at least what was due here.
+            await calls(store).update_one({"_id": doc["_id"], DUE: True}, remember)
+    elif remember:
+        await calls(store).update_one({"_id": doc["_id"]}, remember)
     return rec
 
 
@@ -460,7 +502,8 @@ def known(caller: CallerState | None, rec: CallRecord) -> bool:
 async def announce(
     store: Store, rec: CallRecord, due: list[str], service_pipelines: Container[str] = ()
 ) -> None:
-    """Append the due events (once: their ids derive from the call) and remember them."""
+    """Append the due events (once: their ids derive from the call); the caller remembers
+    them in the call (:func:`announce_read`)."""
     assert rec.id is not None
     docs: list[Document] = []
     # Who the caller is, and which of the events exist already (a re-run), at once.
@@ -482,7 +525,6 @@ async def announce(
         if doc["_id"] not in written:
             docs.append(doc)
     await events.append(store, docs)
-    await calls(store).update_one({"_id": rec.id}, {"$addToSet": {"announced": {"$each": due}}})
 
 
 # --- who is calling (the ring path) ------------------------------------------------------

@@ -234,6 +234,109 @@ async def test_due_calls_are_announced_once_by_concurrent_announcers(
         await store.close()
 
 
+class CallWrites(monitoring.CommandListener):
+    """Write commands on ``calls`` (each one waits for every other write of the collection
+    in the embedded store, the webhooks' upserts among them)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if (
+            event.command_name in ("update", "findAndModify")
+            and event.command.get(event.command_name) == call_store.COLLECTION
+        ):
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_an_announcement_writes_its_call_once(mongo_uri: str, db_name: str) -> None:
+    """Announcing a call clears its flag and remembers what was announced in one write; a
+    call with nothing new to announce gets only its flag cleared; a report that came
+    meanwhile keeps the call due and what was announced remembered."""
+    writes = CallWrites()
+    store = Store.open(mongo_uri, db_name, event_listeners=[writes])
+    await store.ensure_indexes()
+    try:
+        await call_store.apply(store, report("once-1", stage=CallStage.RINGING, at=T0), "p")
+        doc_id = call_store.call_doc_id("pbx", "a", "once-1")
+        writes.count = 0
+        rec = await call_store.announce_call(store, doc_id)
+        assert rec is not None
+        assert writes.count == 1
+        doc = await store["calls"].find_one({"_id": doc_id})
+        assert doc is not None
+        assert doc["announced"] == [CALL_STARTED]
+        assert call_store.DUE not in doc
+
+        # A repeat: nothing new to announce, the flag alone is cleared (one write).
+        await call_store.apply(store, report("once-1", stage=CallStage.RINGING, at=T0), "p")
+        writes.count = 0
+        await call_store.announce_call(store, doc_id)
+        assert writes.count == 1
+        assert await call_store.due_calls(store, 10) == []
+
+        # The end, and another report between the read and the clearing: still due, the
+        # end remembered; the next round announces nothing twice.
+        ended = report(
+            "once-1",
+            stage=CallStage.ENDED,
+            disposition=Disposition.ANSWERED,
+            ended_at=T0 + timedelta(seconds=60),
+        )
+        await call_store.apply(store, ended, "p")
+        read = await store["calls"].find_one({"_id": doc_id})
+        assert read is not None
+        await call_store.apply(store, ended, "p")
+        await call_store.announce_read(store, read)
+        doc = await store["calls"].find_one({"_id": doc_id})
+        assert doc is not None
+        assert doc[call_store.DUE] is True
+        assert sorted(doc["announced"]) == sorted([CALL_STARTED, CALL_ENDED])
+        await call_store.announce_call(store, doc_id)
+        assert await call_store.due_calls(store, 10) == []
+        assert await store.events.count_documents({"type": CALL_ENDED}) == 1
+        assert await store.events.count_documents({"type": CALL_STARTED}) == 1
+    finally:
+        await store.close()
+
+
+async def test_an_announcer_takes_its_own_reports_and_others_once_stale(
+    mongo_uri: str, db_name: str
+) -> None:
+    """Woken, the announcer announces the calls reported in its own process; a call left
+    due by another process waits for the periodic look, until its last report is older
+    than ``stale_s``."""
+    store = Store.open(mongo_uri, db_name)
+    await store.ensure_indexes()
+    announcer = CallAnnouncer(store)
+    try:
+        call_store.take_reported()  # what earlier tests of this process left
+        await call_store.apply(store, report("mine", stage=CallStage.RINGING, at=T0), "p")
+        # Another process's report, a moment ago: its upsert, not this process's to announce.
+        theirs = call_store.call_doc_id("pbx", "a", "theirs")
+        ev = report("theirs", stage=CallStage.RINGING, at=T0)
+        update = call_store.update_of(ev, "p", datetime.now(UTC))
+        await store["calls"].update_one({"_id": theirs}, update, upsert=True)
+
+        assert await announcer.announce_reported() == 1
+        assert await call_store.due_calls(store, 10) == [theirs]
+        assert await announcer.announce_reported() == 0
+        assert await announcer.sweep(stale_s=3600.0) == 0  # not due for that long
+        assert await call_store.due_calls(store, 10) == [theirs]
+        assert await announcer.sweep(stale_s=0.0) == 1
+        assert await call_store.due_calls(store, 10) == []
+        assert await store.events.count_documents({"type": CALL_STARTED}) == 2
+    finally:
+        await announcer.stop()
+        await store.close()
+
+
 # --- the drill: SIGKILL between the upsert and the announcement ------------------------------
 
 
