@@ -443,6 +443,50 @@ async def insert_new(store: Store, collection: str, docs: Sequence[Document]) ->
     return set(ids)
 
 
+# Update operators whose effect on a document that does not exist yet is to set the value.
+_SETTING = ("$setOnInsert", "$set", "$max", "$min", "$inc")
+
+
+def as_inserted(doc_id: str, update: Document) -> Document | None:
+    """The document that an upsert of ``update`` by ``{"_id": doc_id}`` creates when
+    nothing matches; None for an update this does not model (another operator, a dotted
+    path, a field set twice) — upsert that one."""
+    doc: Document = {"_id": doc_id}
+    for op, fields in update.items():
+        if op not in (*_SETTING, "$addToSet") or not isinstance(fields, dict):
+            return None
+        for name, value in fields.items():
+            if "." in name or name.startswith("$") or name in doc:
+                return None
+            if op == "$addToSet":
+                each = value["$each"] if isinstance(value, dict) and "$each" in value else [value]
+                value = list(dict.fromkeys(each)) if all(isinstance(v, str) for v in each) else None
+                if value is None:
+                    return None
+            doc[name] = value
+    return doc
+
+
+async def upsert_many(
+    store: Store,
+    collection: str,
+    new: Sequence[tuple[Document, UpdateOne]],
+    ops: Sequence[UpdateOne] = (),
+) -> None:
+    """Upserts of documents that did not exist when read (``new``: the document the upsert
+    would create, :func:`as_inserted`, and the upsert) in one ``insert_many``, then
+    ``ops`` with the upserts of those that turned out to exist (an earlier run, another
+    process) in one :func:`bulk_update`.
+
+    Same outcome as one bulk write of all the upserts, but the embedded server runs the
+    operations of a bulk write one at a time with other clients' commands in between:
+    under an e-mail sync's multi-MB intake writes a bulk of 60 upserts took ~0.5 s, an
+    ``insert_many`` of the same documents ~0.05 s."""
+    inserted = await insert_new(store, collection, [d for d, _ in new])
+    rest = [op for d, op in new if d["_id"] not in inserted]
+    await bulk_update(store, collection, [*rest, *ops])
+
+
 async def bulk_updates(store: Store, *groups: tuple[str, Sequence[UpdateOne]]) -> None:
     """:func:`bulk_update` of independent collections at once (:func:`together`)."""
     await together(*(bulk_update(store, coll, ops) for coll, ops in groups if ops))

@@ -787,6 +787,7 @@ class Router:
         inserted = await rs.insert_new(self.store, "messages", message_docs)
 
         conv_ops: list[UpdateOne] = []
+        new_convs: list[tuple[Document, UpdateOne]] = []
         new_keys: dict[str, list[str]] = {}  # contact id → identities it does not hold yet
         deal_ids: list[str] = []
         for out in routed:
@@ -858,7 +859,13 @@ class Router:
                 )
             if not update["$set"]:
                 del update["$set"]
-            conv_ops.append(UpdateOne({"_id": out.conversation_id}, update, upsert=True))
+            upsert = UpdateOne({"_id": out.conversation_id}, update, upsert=True)
+            # A conversation not there when the batch was read (nor opened by an earlier
+            # record of it) is inserted, the upsert only its fallback (rs.upsert_many).
+            if conv is None and (doc := rs.as_inserted(out.conversation_id, update)):
+                new_convs.append((doc, upsert))
+            else:
+                conv_ops.append(upsert)
             if out.contact_id and (extra := self._new_identities(batch, out, conv, keys[r.id])):
                 new_keys.setdefault(out.contact_id, []).extend(extra)
             batch.events.append(
@@ -883,11 +890,11 @@ class Router:
             for cid, ks in new_keys.items()
             if (held := [k for k in dict.fromkeys(ks) if owned.get(k) == cid])
         ]
-        await rs.bulk_updates(
-            self.store,
-            ("conversations", conv_ops),
-            ("contacts", contact_ops),
-            ("deals", rs.touch_ops(deal_ids, at)),
+        await together(
+            rs.upsert_many(self.store, "conversations", new_convs, conv_ops),
+            rs.bulk_updates(
+                self.store, ("contacts", contact_ops), ("deals", rs.touch_ops(deal_ids, at))
+            ),
         )
         await self._mark_bounced(records, msgs, batch, at)
         await events.append(self.store, batch.events, maybe_written=rerun)
