@@ -10,8 +10,8 @@
 2. start the service in this process on that store (its automation cursor and the
    event counter set past the loaded events, so nothing replays them);
 3. ask each report over HTTP as an admin for the last ``--period-days`` whole local
-   days (grouped by day and by channel; volume and responsiveness read the rollups)
-   ``--repeat`` times: the median and worst latency (target ≤ 2 s);
+   days (grouped by day and by channel; volume, responsiveness and the funnel read the
+   rollups) ``--repeat`` times: the median and worst latency (target ≤ 2 s);
 4. post ``--webhooks`` signed site-form webhooks from a separate load generator process
    (benchmarks/loadgen.py, ``--concurrency`` at once) twice: alone, then while this
    process asks the reports one after another without pause; compare the
