@@ -305,17 +305,27 @@ async def _write_contact(
     return ContactDoc.model_validate(new), True
 
 
+async def claim_contact_keys(store: Store, docs: Sequence[Document]) -> dict[str, str]:
+    """The first step of :func:`create_contacts`: every identity of these contacts-to-be
+    claimed in one ``insert_many``; the owner of each key afterwards. It reads nothing
+    else of the documents, so it can run while their other fields are still being
+    filled in (routing: the round-robin responsible)."""
+    return await ident.claim_many(store, {d["_id"]: _claimable(d) for d in docs})
+
+
 async def create_contacts(
-    store: Store, docs: Sequence[Document]
+    store: Store, docs: Sequence[Document], owned: dict[str, str] | None = None
 ) -> dict[str, tuple[ContactDoc, bool]]:
     """:func:`create_contact` of a batch, by the given ``_id``: every identity claimed in
-    one ``insert_many``, the contacts that won all their keys in another; a contact that
+    one ``insert_many`` (or already, ``owned``: what :func:`claim_contact_keys` answered
+    for these documents), the contacts that won all their keys in another; a contact that
     lost a key (another creator, a sender known since the batch was read) takes the
     one-by-one path."""
     out: dict[str, tuple[ContactDoc, bool]] = {}
     if not docs:
         return out
-    owned = await ident.claim_many(store, {d["_id"]: _claimable(d) for d in docs})
+    if owned is None:
+        owned = await claim_contact_keys(store, docs)
     clean = [d for d in docs if all(owned.get(k) == d["_id"] for k in _claimable(d))]
     contested = [d for d in docs if d not in clean]
     inserted = await insert_new(store, "contacts", clean)

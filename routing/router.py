@@ -446,15 +446,24 @@ class Router:
         lines: dict[str, list[_Turn]] = {}
         for turn in plan.turns:
             lines.setdefault(turn.line, []).append(turn)
-        firsts = await together(
-            *(rs.reserve_turns(self.store, f"round_robin:{ln}", len(t)) for ln, t in lines.items())
+        # The new contacts' keys are claimed while the turns are reserved (one round trip
+        # less): claiming reads only their identities, not the responsible the turns pick.
+        contacts = list(plan.contacts.values())
+        firsts, owned = await together(
+            together(
+                *(
+                    rs.reserve_turns(self.store, f"round_robin:{ln}", len(t))
+                    for ln, t in lines.items()
+                )
+            ),
+            rs.claim_contact_keys(self.store, contacts),
         )
         for (line, turns), first in zip(lines.items(), firsts, strict=True):
             users = [u.id for u in self.config.line_users(line)]
             for n, turn in enumerate(turns):
                 for doc in turn.docs:
                     doc["responsible_id"] = pick_round_robin(users, first + n)
-        made = await rs.create_contacts(self.store, list(plan.contacts.values()))
+        made = await rs.create_contacts(self.store, contacts, owned)
         lost: set[str] = set()
         winners: list[ContactDoc] = []
         for cid, (contact, created) in made.items():
