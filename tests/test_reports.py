@@ -762,7 +762,9 @@ async def test_reports_match_brute_force(mongo_uri: str, db_name: str) -> None:
         # Day totals left marked and wrong (a rebuild killed between marking and summing)
         # are summed again by the idle worker, without new events.
         days = [d["_id"] async for d in svc.store[rollup.DAYS].find({}, {"_id": 1})]
-        await svc.store[rollup.DAYS].update_many({}, {"$set": {"inbound": [], "leads": []}})
+        await svc.store[rollup.DAYS].update_many(
+            {}, {"$set": {"inbound": [], "volume_leads": [], "leads": []}}
+        )
         await rollup.mark_days(svc.store, days)
         for _ in range(600):
             if not await svc.store[rollup.MARKS].count_documents({"dirty": True}):

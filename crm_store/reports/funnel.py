@@ -132,12 +132,14 @@ async def _cohort_rollup(ctx: Ctx) -> tuple[list[Document], list[Document], Stay
     ):
         at = rollup.noon(ctx.cal, day["_id"])
         for kind, out in (("leads", leads), ("deals", deals)):
-            for row in day.get(kind) or []:
+            for values in day.get(kind) or []:
+                row = rollup.unpack(rollup.FUNNEL_ROW, values)
                 if kind == "deals" and row.get("pipeline_id") in service:
                     continue
                 if ctx.visible(ctx.department_of_user(row.get("responsible_id"))):
                     out.append(row | {"created_at": at})
-        for row in day.get("stays") or []:
+        for values in day.get("stays") or []:
+            row = rollup.unpack(rollup.STAY_ROW, values, "seconds")
             if row.get("kind") == "deal" and row.get("pipeline_id") in service:
                 continue
             if ctx.visible(ctx.department_of_user(row.get("responsible_id"))):

@@ -75,7 +75,7 @@ DAYS = "report_days"
 MARKS = "report_day_marks"
 # Bump when what the rollups hold changes: the reports ignore rollups of another
 # version until `omniroute reports rebuild` has run.
-VERSION = 2
+VERSION = 3
 ENTITY_PROJ = {
     "created_at": 1,
     "source_id": 1,
@@ -420,7 +420,26 @@ async def recompute_entities(
 # sum on top of a newer one, and a crash between the mark and the sum leaves the day
 # dirty for the next pass (:func:`refresh_days`).
 
-LEAD_ROW = ("channel", "source_id", "pipeline_id", "stage_id", "responsible_id", "lost_reason")
+# A day document's rows are arrays (values in these orders, then the count ``n``; a
+# stay row ends with its list of seconds): keyed sub-documents would repeat every key
+# name in every row, and the embedded store's reads cost by the byte too.
+CONV_ROW = ("channel", "source_id", "department", "assignee_id")  # inbound, conversations
+VOLUME_LEAD_ROW = ("channel", "source_id", "pipeline_id", "responsible_id", "is_repeat")
+FUNNEL_ROW = (
+    "channel",
+    "source_id",
+    "pipeline_id",
+    "stage_id",
+    "responsible_id",
+    "lost_reason",
+    "converted",
+)
+STAY_ROW = ("kind", "pipeline_id", "responsible_id", "stage")
+
+
+def unpack(names: Sequence[str], row: Sequence[Any], last: str = "n") -> Document:
+    """A day document's row as a dict of ``names`` and ``last`` (the count)."""
+    return {**dict(zip(names, row, strict=False)), last: row[len(names)]}
 
 
 def noon(cal: WorkingCalendar, day: str) -> datetime:
@@ -451,11 +470,8 @@ async def mark_days(store: Store, days: Iterable[str]) -> None:
         await store[MARKS].bulk_write(ops[i : i + 1000], ordered=False)
 
 
-def _rows(counts: dict[tuple[Any, ...], int], names: Sequence[str]) -> list[Document]:
-    return [
-        {**dict(zip(names, key, strict=True)), "n": n}
-        for key, n in sorted(counts.items(), key=lambda kv: [str(v) for v in kv[0]])
-    ]
+def _rows(counts: dict[tuple[Any, ...], Any]) -> list[list[Any]]:
+    return [[*key, n] for key, n in sorted(counts.items(), key=lambda kv: [str(v) for v in kv[0]])]
 
 
 async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
@@ -469,6 +485,7 @@ async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
             key = (c.get("channel"), c.get("source"), d.get("department"), d.get("assignee_id"))
             inbound[key] += int(c.get("n") or 0)
     convs: dict[tuple[Any, ...], int] = defaultdict(int)
+    vleads: dict[tuple[Any, ...], int] = defaultdict(int)
     leads: dict[tuple[Any, ...], int] = defaultdict(int)
     deals: dict[tuple[Any, ...], int] = defaultdict(int)
     stays: dict[tuple[Any, ...], list[float]] = defaultdict(list)
@@ -476,12 +493,14 @@ async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
         query = {"kind": kind, "created_at": {"$gte": lo, "$lt": hi}}
         async for d in store[ENTITIES].find(query, {"_id": 0}, batch_size=READ_BATCH):
             if kind == "conversation":
-                names = ("channel", "source_id", "department", "assignee_id")
-                convs[tuple(d.get(k) for k in names)] += 1
+                convs[tuple(d.get(k) for k in CONV_ROW)] += 1
                 continue
-            row = tuple(d.get(k) for k in LEAD_ROW)
+            d["is_repeat"] = bool(d.get("is_repeat"))
+            d["converted"] = bool(d.get("converted"))
+            row = tuple(d.get(k) for k in FUNNEL_ROW)
             if kind == "lead":
-                leads[(*row, bool(d.get("is_repeat")), bool(d.get("converted")))] += 1
+                leads[row] += 1
+                vleads[tuple(d.get(k) for k in VOLUME_LEAD_ROW)] += 1
             else:
                 deals[row] += 1
             for stage, seconds in d.get("stays") or []:
@@ -489,14 +508,12 @@ async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
                 stays[key].append(float(seconds))
     return {
         "_id": day,
-        "inbound": _rows(inbound, ("channel", "source_id", "department", "assignee_id")),
-        "conversations": _rows(convs, ("channel", "source_id", "department", "assignee_id")),
-        "leads": _rows(leads, (*LEAD_ROW, "is_repeat", "converted")),
-        "deals": _rows(deals, LEAD_ROW),
-        "stays": [
-            {"kind": k, "pipeline_id": p, "responsible_id": r, "stage": st, "seconds": sorted(v)}
-            for (k, p, r, st), v in sorted(stays.items(), key=lambda kv: [str(x) for x in kv[0]])
-        ],
+        "inbound": _rows(inbound),
+        "conversations": _rows(convs),
+        "volume_leads": _rows(vleads),
+        "leads": _rows(leads),
+        "deals": _rows(deals),
+        "stays": _rows({k: sorted(v) for k, v in stays.items()}),
     }
 
 

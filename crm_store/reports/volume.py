@@ -71,7 +71,7 @@ async def _days_rollup(ctx: Ctx, out: Counter) -> bool:
     days = await rollup.days_range(ctx)
     if days is None:
         return False
-    proj = {"inbound": 1, "conversations": 1, "leads": 1}
+    proj = {"inbound": 1, "conversations": 1, "volume_leads": 1}
     async for day in ctx.store[rollup.DAYS].find(
         {"_id": {"$gte": days[0], "$lt": days[1]}}, proj, batch_size=READ_BATCH
     ):
@@ -80,7 +80,8 @@ async def _days_rollup(ctx: Ctx, out: Counter) -> bool:
             ("inbound_messages", "inbound"),
             ("new_conversations", "conversations"),
         ):
-            for row in day.get(field) or []:
+            for values in day.get(field) or []:
+                row = rollup.unpack(rollup.CONV_ROW, values)
                 dept = row.get("department")
                 if ctx.visible(dept):
                     key = ctx.key(
@@ -90,7 +91,8 @@ async def _days_rollup(ctx: Ctx, out: Counter) -> bool:
                         department=dept,
                     )
                     out.add(period, key, metric, int(row["n"]))
-        for row in day.get("leads") or []:
+        for values in day.get("volume_leads") or []:
+            row = rollup.unpack(rollup.VOLUME_LEAD_ROW, values)
             dept = ctx.department_of_user(row.get("responsible_id"))
             if ctx.visible(dept):
                 key = ctx.key(
