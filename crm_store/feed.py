@@ -49,12 +49,16 @@ async def read(
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=gap_grace_s)
     events: list[Document] = []
     cursor = after
-    batch = max(limit, 50)
+    # Without a type filter every event read counts, so asking for more than `limit` only
+    # makes the store find documents nobody reads (the embedded server computes the whole
+    # limit); with one, read ahead past the events of other types.
+    fetch = max(limit, 1) if wanted is None else max(limit, 50) * 4
     docs = store.events.find(
         query,
         {"written_at": 1, "seq": 1, "type": 1, "occurred_at": 1, "refs": 1, "data": 1},
         sort=[("seq", ASCENDING)],
-        limit=batch * 4,
+        limit=fetch,
+        batch_size=fetch,
     )
     async for doc in docs:
         seq = int(doc["seq"])
