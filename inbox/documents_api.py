@@ -113,7 +113,9 @@ class DocumentView(BaseModel):
     company_id: str | None
     type: str
     title: str
-    number: str
+    number: str | None = Field(
+        description="null only while the document is being generated (status pending)"
+    )
     date: datetime
     version: int
     template_version: int

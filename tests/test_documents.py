@@ -297,6 +297,44 @@ async def test_generate_version_sign_guard_and_registry(mongo_uri: str, db_name:
         assert events.count(("document.generated", spec["id"])) == 1
 
 
+async def test_a_document_being_generated_is_listed_without_its_number(
+    mongo_uri: str, db_name: str
+) -> None:
+    """The record is stored (status pending, no number yet) before its template is filled:
+    the registry lists it as such instead of failing the whole page."""
+    async with api(mongo_uri, db_name, guarded_config()) as a:
+        store = a.svc.store
+        deal = await seed_deal(store, "Ромашка")
+        status, spec = await a.call(
+            "POST", f"/deals/{deal}/documents", ANNA, {"type": "specification", "key": "k1"}
+        )
+        assert status == 201, spec
+        raw = await store["deal_documents"].find_one({"_id": spec["id"]})
+        assert raw is not None
+        now = datetime.now(UTC)
+        await store["deal_documents"].insert_one(
+            {
+                **raw,
+                "_id": "pending-contract",
+                "key": "k2",
+                "type": "contract",
+                "title": "Договор",
+                "number": None,
+                "status": "pending",
+                "file_id": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        status, page = await a.call("GET", f"/documents?deal_id={deal}", ANNA)
+        assert status == 200, page
+        got = {d["id"]: (d["number"], d["status"]) for d in page["items"]}
+        assert got == {
+            spec["id"]: (spec["number"], "generated"),
+            "pending-contract": (None, "pending"),
+        }
+
+
 async def test_numbers_under_retries_and_concurrency(mongo_uri: str, db_name: str) -> None:
     cfg = load_config(DEFAULT_CONFIG_DIR)
     store = Store.open(mongo_uri, db_name)

@@ -125,7 +125,7 @@ function row(doc) {
   return h(
     "li",
     { class: "document", "data-testid": "document-row", dataset: { status: doc.status, type: doc.type } },
-    h("span", { class: "doc-title" }, title, " № ", doc.number),
+    h("span", { class: "doc-title" }, title, " № ", doc.number ?? "…"),
     h("small", {}, " · ", tr("version"), String(doc.version), " · ", when(doc.date, true)),
     h("small", { class: ["doc-status", doc.status], "data-testid": "document-status" }, " · ", tr(doc.status)),
     h(
