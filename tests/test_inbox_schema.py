@@ -8,6 +8,7 @@ real one (the coverage phase reuses the documented examples)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tests.helpers import wait_for
 from tests.service import ACCOUNT_SECRET, api_body, proc, signed_headers
 
 ST = str(Path(sys.executable).with_name("st"))
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = int(os.environ.get("OMNIROUTE_FUZZ_EXAMPLES", "8"))
 SEED = 20261204
 CHECKS = ",".join(
     [
