@@ -30,6 +30,7 @@ ERROR_TEXT = {
     422: "the request does not validate (errors name the fields) or is refused",
     503: "the store did not answer; retry later",
 }
+LINE_TOO_LONG = "the request line or a header is longer than the server reads (text/plain)"
 PATH_PARAM = re.compile(r"{(\w+)(?::[^}]*)?}")
 
 
@@ -109,6 +110,12 @@ def _operation(op: Operation, refs: Mapping[Any, Any]) -> dict[str, Any]:
             "description": ERROR_TEXT.get(status, "error"),
             "content": {"application/problem+json": {"schema": problem_ref}},
         }
+    # A request line or header past the HTTP server's limit (8190 bytes: a very long id or
+    # query) is refused by aiohttp before any handler runs, as a plain-text 400.
+    line = responses.setdefault("400", {"description": LINE_TOO_LONG, "content": {}})
+    if line["description"] != LINE_TOO_LONG:
+        line["description"] += f"; or {LINE_TOO_LONG}"
+    line.setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
     doc["responses"] = responses
     if not op.public:
         doc["security"] = [{"bearer": []}]
