@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # (one process at a time holds the cursor); off: reports read the collections.
     report_rollups_enabled: bool = True
     report_rollups_poll_s: float = Field(default=1.0, gt=0)
+    # After a page of events it worked on, the worker waits this long before the next: in
+    # a burst the events of one conversation or lead gather into one recomputation
+    # instead of one per page (the rollups then trail the log by about this much).
+    report_rollups_pace_s: float = Field(default=2.0, ge=0)
 
     # Webchat presence (crm_store/presence.py): an operator's or visitor's WebSocket
     # counts as connected for presence_ttl_s after its last heartbeat (sent every third

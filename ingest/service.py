@@ -227,6 +227,7 @@ async def running_service(
                 WorkingCalendar.from_config(config.calendar),
                 owner=owner,
                 poll_s=settings.report_rollups_poll_s,
+                pace_s=settings.report_rollups_pace_s,
             )
         )
     await worker.start()

@@ -607,14 +607,16 @@ class RollupWorker:
         *,
         owner: str,
         poll_s: float = 1.0,
+        pace_s: float = 0.0,
         lease_s: float = 30.0,
-        event_batch: int = 500,
+        event_batch: int = 2000,
         gap_grace_s: float = feed.GAP_GRACE_S,
     ) -> None:
         self.store = store
         self.cal = cal
         self.owner = owner
         self.poll_s = poll_s
+        self.pace_s = pace_s
         self.lease_s = lease_s
         self.event_batch = event_batch
         self.gap_grace_s = gap_grace_s
@@ -657,6 +659,10 @@ class RollupWorker:
                 worked = 0
             if not worked:
                 await asyncio.sleep(self.poll_s)
+            elif self.pace_s:
+                # Let a burst's events gather: one recomputation per conversation and
+                # lead per page, not one per handful of events (Settings.report_rollups_pace_s).
+                await asyncio.sleep(self.pace_s)
 
     async def drain(self, rounds: int = 10_000) -> int:
         """Apply every event up to the end of the log (tests, benchmarks)."""
