@@ -21,6 +21,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from crm_store.embedded import EmbeddedStore
+from crm_store.store import Store
 from tests.helpers import free_port
 
 TEST_URI_ENV = "OMNIROUTE_TEST_MONGODB_URI"
@@ -89,6 +90,17 @@ async def db_name(mongo_client: AsyncMongoClient[dict[str, Any]]) -> AsyncIterat
     yield name
     with contextlib.suppress(Exception):  # cleanup must not mask the test's outcome
         await mongo_client.drop_database(name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def store(mongo_uri: str, db_name: str) -> AsyncIterator[Store]:
+    """A store on a fresh database with every index in place (a module may define its own)."""
+    s = Store.open(mongo_uri, db_name, timeout_ms=10_000)
+    try:
+        await s.ensure_indexes()
+        yield s
+    finally:
+        await s.close()
 
 
 @pytest.fixture

@@ -4,11 +4,8 @@ each must still find exactly what the single query found, across group boundarie
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import pytest_asyncio
 
 from crm_store import intake
 from crm_store import routing_store as rs
@@ -17,16 +14,6 @@ from crm_store.store import Document, Store
 from ingest.mail_sync import _stored
 
 MORE_THAN_A_CHUNK = intake.ID_CHUNK * 2 + 37
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def store(mongo_uri: str, db_name: str) -> AsyncIterator[Store]:
-    s = Store.open(mongo_uri, db_name, timeout_ms=10_000)
-    try:
-        await s.ensure_indexes()
-        yield s
-    finally:
-        await s.close()
 
 
 def record(n: int, **extra: Any) -> Document:

@@ -9,13 +9,11 @@ import asyncio
 import json
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from pymongo import ASCENDING, IndexModel, monitoring
 
 from config.loader import load_config
@@ -34,16 +32,6 @@ from tests.service import api_body, in_process
 ROOT = Path(__file__).resolve().parent.parent
 PHONE = "phone:+79005550101"
 EMAIL = "email:anna@example.test"
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def store(mongo_uri: str, db_name: str) -> AsyncIterator[Store]:
-    s = Store.open(mongo_uri, db_name, timeout_ms=10_000)
-    try:
-        await s.ensure_indexes()
-        yield s
-    finally:
-        await s.close()
 
 
 async def owners(store: Store) -> dict[str, str]:

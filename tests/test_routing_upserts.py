@@ -6,26 +6,14 @@ process) must still get the upsert."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from pymongo import UpdateOne
 
 from crm_store import routing_store as rs
 from crm_store.store import Document, Store
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def store(mongo_uri: str, db_name: str) -> AsyncIterator[Store]:
-    s = Store.open(mongo_uri, db_name, timeout_ms=10_000)
-    try:
-        await s.ensure_indexes()
-        yield s
-    finally:
-        await s.close()
 
 
 def conversation_update(n: int, at: datetime) -> Document:

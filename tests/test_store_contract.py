@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from pymongo import WriteConcern, monitoring
 
 from config.loader import load_config
@@ -33,17 +31,6 @@ from crm_store.stages import StageError, move_stage
 from crm_store.store import Document, Store
 
 pytestmark = pytest.mark.contract
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def store(mongo_uri: str, db_name: str) -> AsyncIterator[Store]:
-    """A store on a fresh database with every index in place."""
-    s = Store.open(mongo_uri, db_name, timeout_ms=10_000)
-    try:
-        await s.ensure_indexes()
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture(scope="module")
