@@ -16,6 +16,10 @@
       the visitor's WebSocket (the outbox and the webchat hub in between).
 
    p50 / p99 / max of each, over plain aiohttp clients (no browsers).
+3. The same at **half the maximum rate** (issue #23's condition): the closed loop above
+   runs as fast as the service answers — that is the maximum, in rounds per second; new
+   visitors then start their rounds on a fixed schedule at half that rate (staggered, a
+   late round starts at once). The PASS/MISS is on this paced phase.
 
 Figures go to ``benchmarks/results/webchat.json``.
 """
@@ -155,7 +159,11 @@ async def visitor(
     rounds: int,
     to_operator: list[float],
     to_visitor: list[float],
+    every_s: float = 0.0,
+    offset_s: float = 0.0,
 ) -> None:
+    """``rounds`` message-and-reply rounds; with ``every_s`` each round starts on its
+    schedule (``offset_s`` + i × ``every_s`` from now), else right after the last."""
     api = f"{base}/webchat/{ACCOUNT}"
     hdr = {"Origin": ORIGIN, "Content-Type": "application/json"}
     async with http.post(f"{api}/session", data=orjson.dumps({"name": f"V{n}"}), headers=hdr) as r:
@@ -165,7 +173,10 @@ async def visitor(
     async with http.ws_connect(
         f"{api}/ws?token={token}&after={s['cursor']}", headers={"Origin": ORIGIN}
     ) as ws:
+        start = time.perf_counter() + offset_s
         for i in range(rounds):
+            if every_s:
+                await asyncio.sleep(max(0.0, start + i * every_s - time.perf_counter()))
             body = {"client_id": f"b{n}-{i}", "text": f"visitor {n} message {i}"}
             t0 = time.perf_counter()
             async with http.post(
@@ -204,6 +215,47 @@ def stats(values: list[float]) -> dict[str, Any]:
     }
 
 
+async def phase(
+    http: aiohttp.ClientSession,
+    base: str,
+    op: Operator,
+    op_token: str,
+    visitors: int,
+    rounds: int,
+    first: int,
+    rate: float | None = None,
+) -> dict[str, Any]:
+    """One phase: closed loop (``rate`` None) or rounds started at ``rate`` per second."""
+    to_operator: list[float] = []
+    to_visitor: list[float] = []
+    every = visitors / rate if rate else 0.0
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(
+            visitor(
+                http,
+                base,
+                op,
+                op_token,
+                first + n,
+                rounds,
+                to_operator,
+                to_visitor,
+                every,
+                n * every / visitors,
+            )
+            for n in range(visitors)
+        )
+    )
+    elapsed = time.perf_counter() - started
+    return {
+        "rounds_per_s": round(visitors * rounds / elapsed, 2),
+        "elapsed_s": round(elapsed, 2),
+        "visitor_to_operator": stats(to_operator),
+        "operator_to_visitor": stats(to_visitor),
+    }
+
+
 async def run(visitors: int, rounds: int, log: Path) -> dict[str, Any]:
     quiet_logging(log)
     with tempfile.TemporaryDirectory(prefix="omniroute-bench-webchat-") as tmp:
@@ -219,25 +271,28 @@ async def run(visitors: int, rounds: int, log: Path) -> dict[str, Any]:
                 op = Operator()
                 async with http.ws_connect(f"{base}/api/v1/ws?token={op_token}") as op_ws:
                     reader = asyncio.create_task(op.read(op_ws))
-                    to_operator: list[float] = []
-                    to_visitor: list[float] = []
-                    started = time.perf_counter()
-                    await asyncio.gather(
-                        *(
-                            visitor(http, base, op, op_token, n, rounds, to_operator, to_visitor)
-                            for n in range(visitors)
-                        )
+                    most = await phase(http, base, op, op_token, visitors, rounds, 0)
+                    half = await phase(
+                        http,
+                        base,
+                        op,
+                        op_token,
+                        visitors,
+                        rounds,
+                        visitors,
+                        most["rounds_per_s"] / 2,
                     )
-                    elapsed = time.perf_counter() - started
                     reader.cancel()
         finally:
             await embedded.stop()
     return {
         "visitors": visitors,
         "rounds": rounds,
-        "elapsed_s": round(elapsed, 2),
-        "visitor_to_operator": stats(to_operator),
-        "operator_to_visitor": stats(to_visitor),
+        "maximum": most,
+        "half_rate": half,
+        # the figures the targets are read from (issue #23: at half the maximum rate)
+        "visitor_to_operator": half["visitor_to_operator"],
+        "operator_to_visitor": half["operator_to_visitor"],
     }
 
 
@@ -259,6 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         log = Path(tempfile.gettempdir()) / LOG_NAME
         live = asyncio.run(run(a.visitors, a.rounds, log))
         result["live"] = live
+        for key, label in (
+            ("visitor_to_operator", "visitor message → operator's WebSocket"),
+            ("operator_to_visitor", "operator reply → visitor's WebSocket"),
+        ):
+            s = live["maximum"][key]
+            print(
+                f"{label} at the maximum ({num(live['maximum']['rounds_per_s'])} rounds/s, "
+                f"closed loop): p50 {num(s['p50_ms'])} ms, p99 {num(s['p99_ms'])} ms"
+            )
+        print(f"at half the maximum rate ({num(live['half_rate']['rounds_per_s'])} rounds/s):")
         for key, label in (
             ("visitor_to_operator", "visitor message → operator's WebSocket"),
             ("operator_to_visitor", "operator reply → visitor's WebSocket"),

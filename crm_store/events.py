@@ -12,7 +12,7 @@ from crm_store.documents import stable_id
 from crm_store.intake import DUPLICATE_KEY
 from crm_store.routing_store import existing_ids, reserve_sequence
 from crm_store.store import Document, Store
-from crm_store.wake import EVENTS, notify
+from crm_store.wake import EVENTS, PROCESS, notify
 
 MAX_RENUMBER = 5
 # Stands in for a sequence number whose event turned out to be written already (a
@@ -69,6 +69,7 @@ async def append(store: Store, events: list[Document], *, maybe_written: bool = 
             e["seq"] = first + i
             # Readers use it to tell a gap still being written from an abandoned one.
             e["written_at"] = written
+            e["writer"] = PROCESS  # whose hubs were woken already (crm_store/wake.py)
         try:
             await store.events.insert_many(events, ordered=False)
             notify(EVENTS)  # this process's live hubs look at once (crm_store/wake.py)

@@ -10,10 +10,17 @@ inbox/live_api.py and inbox/webchat_hub.py) and :data:`CALLS_DUE` (a call report
 applied: the call announcer, ingest/call_announcer.py) and :data:`OUTBOX` (a message was
 queued for sending — an operator's reply, a robot's message: the outbox worker,
 ingest/outbox.py).
+
+Demand: a reader that only serves listeners (the live hubs serve open sockets and long
+polls) declares with :func:`demand` when it has any, and says :data:`WANTED` when it gets
+its first; the change-stream watcher (ingest/event_watch.py) follows the stream only while
+:func:`wanted` says someone listens, so a process without sockets reads nothing for them.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable
 
 import structlog
@@ -23,8 +30,14 @@ log = structlog.get_logger("omniroute.wake")
 EVENTS = "events"
 CALLS_DUE = "calls_due"
 OUTBOX = "outbox"
+WANTED = "wanted"  # a reader of EVENTS got its first listener: start following
+
+# This process, as the ``writer`` of the events it appends: its own events wake its hubs
+# directly, so its change-stream watcher (ingest/event_watch.py) asks only for others'.
+PROCESS = uuid.uuid4().hex
 
 _listeners: dict[str, list[Callable[[], None]]] = {}
+_demand: dict[str, list[Callable[[], bool]]] = {}
 
 
 def subscribe(topic: str, callback: Callable[[], None]) -> Callable[[], None]:
@@ -49,3 +62,55 @@ def notify(topic: str) -> None:
 
 def listeners(topic: str) -> int:
     return len(_listeners.get(topic, ()))
+
+
+def demand(topic: str, listening: Callable[[], bool]) -> Callable[[], None]:
+    """Count ``listening()`` among those who want ``topic`` followed; returns the undo."""
+    _demand.setdefault(topic, []).append(listening)
+
+    def withdraw() -> None:
+        predicates = _demand.get(topic, [])
+        if listening in predicates:
+            predicates.remove(listening)
+
+    return withdraw
+
+
+def wanted(topic: str) -> bool:
+    """Whether any reader of ``topic`` in this process has a listener now."""
+    return any(listening() for listening in _demand.get(topic, ()))
+
+
+class Interest:
+    """A reader's listeners on ``topic``: active while it has any and for ``linger_s``
+    after the last left (a long-polling client comes back within seconds; following the
+    feed again costs a page read). Registered with :func:`demand` while started."""
+
+    def __init__(self, topic: str, has_listeners: Callable[[], bool], linger_s: float) -> None:
+        self.topic = topic
+        self.has_listeners = has_listeners
+        self.linger_s = linger_s
+        self._last = float("-inf")
+        self._withdraw: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        self._withdraw = demand(self.topic, self.active)
+
+    def stop(self) -> None:
+        if self._withdraw is not None:
+            self._withdraw()
+            self._withdraw = None
+
+    def active(self) -> bool:
+        now = time.monotonic()
+        if self.has_listeners():
+            self._last = now
+            return True
+        return now - self._last < self.linger_s
+
+    def heard(self) -> None:
+        """A listener arrived: active from now on; the watcher starts if it was idle."""
+        was = self.active()
+        self._last = time.monotonic()
+        if not was:
+            notify(WANTED)

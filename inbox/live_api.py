@@ -61,6 +61,7 @@ PAGE = 500
 MAX_CATCHUP = 10_000
 QUEUE_LIMIT = 2000
 CURSOR_EVERY_S = 5.0
+LINGER_S = 30.0  # keep following the feed this long after the last socket closed
 TOO_SLOW = 4008
 
 
@@ -131,14 +132,17 @@ class Hub:
         self.presence_ttl_s = 60.0  # setup() reads OMNIROUTE_PRESENCE_TTL_S
         self._woken = asyncio.Event()
         self._unsubscribe: Callable[[], None] | None = None
+        self.interest = wake.Interest(wake.EVENTS, lambda: bool(self.sockets), LINGER_S)
 
     async def start(self) -> None:
         self._unsubscribe = wake.subscribe(wake.EVENTS, self._woken.set)
+        self.interest.start()
         self._task = asyncio.create_task(self._run(), name="live-hub")
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self.interest.stop()
         await cancel(self._task)
         for sub in list(self.sockets):
             with contextlib.suppress(Exception):
@@ -161,9 +165,12 @@ class Hub:
             self._woken.clear()  # an append from here on wakes the next round
             try:
                 async with self.lock:
-                    if self.cursor is None:
-                        self.cursor = await self._start_cursor()
-                    await self._step()
+                    if not self.interest.active():
+                        self.cursor = None  # nobody listens: read nothing until a socket opens
+                    else:
+                        if self.cursor is None:
+                            self.cursor = await self._start_cursor()
+                        await self._step()
             except PyMongoError as exc:
                 log.warning("live.store_unavailable", error=type(exc).__name__)
             except Exception:  # keep serving the other sockets; the cursor did not move
@@ -172,8 +179,9 @@ class Hub:
                 await asyncio.wait_for(self._woken.wait(), POLL_S)
 
     async def _step(self) -> None:
-        """Read what is new (even with nobody listening, so the cursor stays at the end
-        and every event up to it is known to be written) and fan it out."""
+        """Read what is new (also while sockets are catching up and for ``LINGER_S``
+        after the last closed, so the cursor stays at the end and every event up to it is
+        known to be written) and fan it out."""
         assert self.cursor is not None
         while True:
             page = await feed.read(self.svc.store, self.cursor, limit=PAGE)
@@ -265,6 +273,12 @@ class Hub:
         assert self.cursor is not None, "set by the first join or poll"
         return self.cursor
 
+    def open(self, sub: Subscriber) -> None:
+        """A socket opened: follow the feed from now on (the first one wakes the reader)."""
+        self.interest.heard()
+        self.sockets.add(sub)
+        self._woken.set()
+
     def leave(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
         self.sockets.discard(sub)
@@ -303,7 +317,7 @@ async def live(call: Call) -> web.StreamResponse:
     socket_id = uuid.uuid4().hex
     await _alive(hub, socket_id, principal.user.id)
     beat = asyncio.create_task(_heartbeat(hub, socket_id, principal.user.id))
-    hub.sockets.add(sub)
+    hub.open(sub)
     try:
         await hub.join(sub, q.after)
         async for msg in ws:

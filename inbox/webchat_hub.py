@@ -55,6 +55,7 @@ log = structlog.get_logger("omniroute.webchat")
 FEED_TYPES = ("message.attached", "message.sent", "conversation.read")
 POLL_S = 0.2
 IDLE_POLL_S = 1.0  # no visitor connected to this process
+LINGER_S = 30.0  # keep following the feed this long after the last visitor or long poll
 PAGE = 500
 QUEUE_LIMIT = 5000
 LINK_TTL = timedelta(days=1)
@@ -179,6 +180,10 @@ class WebchatHub:
         # shows another's (ingest/event_watch.py): the reader looks at once; else it polls.
         self._woken = asyncio.Event()
         self._unsubscribe: Callable[[], None] | None = None
+        self._typing_read = 0.0
+        self.interest = wake.Interest(
+            wake.EVENTS, lambda: bool(self.sockets or self.waiters), LINGER_S
+        )
 
     async def linker(self) -> LinkMaker:
         """Signed file paths valid for :data:`LINK_TTL` (the key is read once)."""
@@ -189,11 +194,13 @@ class WebchatHub:
 
     async def start(self) -> None:
         self._unsubscribe = wake.subscribe(wake.EVENTS, self._woken.set)
+        self.interest.start()
         self._task = asyncio.create_task(self._run(), name="webchat-hub")
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self.interest.stop()
         await cancel(self._task)
         for subs in list(self.sockets.values()):
             for sub in list(subs):
@@ -226,9 +233,13 @@ class WebchatHub:
             self._woken.clear()  # an append from here on wakes the next round
             try:
                 async with self.lock:
-                    await self._ensure()
-                    await self._step()
-                if self.sockets:
+                    if not self.interest.active():
+                        self.cursor = None  # nobody listens: read nothing until one comes
+                    else:
+                        await self._ensure()
+                        await self._step()
+                if self.sockets and time.monotonic() - self._typing_read >= POLL_S:
+                    self._typing_read = time.monotonic()  # every POLL_S, not every wake
                     await self._operator_typing()
             except PyMongoError as exc:
                 log.warning("webchat.store_unavailable", error=type(exc).__name__)
@@ -311,6 +322,7 @@ class WebchatHub:
 
     async def join(self, sub: VisitorSocket, after: int) -> None:
         """Send everything after ``after`` (0: the whole conversation), then stream live."""
+        self.interest.heard()
         async with self.lock:
             end = await self._ensure()
             start = after
@@ -333,6 +345,7 @@ class WebchatHub:
         """The long poll: items after ``after`` and the new cursor, waiting up to
         ``wait_s`` for the first one."""
         event = asyncio.Event()
+        self.interest.heard()
         self.waiters.setdefault(conv_id, set()).add(event)
         try:
             items, cursor = await self._read(conv_id, after)

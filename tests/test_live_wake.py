@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from crm_store import tokens
+from crm_store import tokens, wake
 from crm_store.routing_store import reserve_sequence
 from crm_store.store import Store
 from inbox import live_api, webchat_hub
@@ -70,7 +70,36 @@ async def test_another_process_event_arrives_through_the_change_stream(
         other = Store.open(mongo_uri, db_name)  # "the other process": its own client
         try:
             seq = await reserve_sequence(other, 1)
-            copy = {**original, "_id": "from-another-process", "seq": seq}
+            copy = {**original, "_id": "from-another-process", "seq": seq, "writer": "other"}
+            copy["written_at"] = datetime.now(UTC)
+            await other.events.insert_one(copy)
+        finally:
+            await other.close()
+        got = await frames_until(ws, lambda f: f.get("cursor") == seq and f["type"] == "event")
+        assert got[-1]["event"]["type"] == "message.attached"
+        await ws.close()
+
+
+@pytest.mark.usefixtures("no_polling")
+async def test_nobody_listening_follows_nothing_until_a_socket_opens(
+    mongo_uri: str, db_name: str
+) -> None:
+    """A process without sockets or long polls does not follow the feed for them (no
+    change stream, no hub reads); the first socket starts both, and an event another
+    process writes right after the socket opened still arrives."""
+    async with in_process(mongo_uri, db_name) as svc:
+        await write(svc, "wake-3", "+79001239003")
+        assert not wake.wanted(wake.EVENTS)
+        token, _ = await tokens.issue(svc.store, "anna.smirnova")
+        ws = await connect(svc, token)
+        await frames_until(ws, lambda f: f["type"] == "cursor")  # joined: where it starts
+        assert wake.wanted(wake.EVENTS)
+        original = await svc.store.events.find_one({"type": "message.attached"})
+        assert original is not None
+        other = Store.open(mongo_uri, db_name)
+        try:
+            seq = await reserve_sequence(other, 1)
+            copy = {**original, "_id": "while-the-stream-opens", "seq": seq, "writer": "other"}
             copy["written_at"] = datetime.now(UTC)
             await other.events.insert_one(copy)
         finally:
