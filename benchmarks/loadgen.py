@@ -40,6 +40,9 @@ class Job:
     # Lockstep: one request at a time, and the next only after the parent says the
     # previous message is routed — the unbatched cost of one message.
     lockstep: bool = False
+    # Open loop: request i starts at i / rate seconds (``concurrency`` bounds those in
+    # flight); 0: closed loop, each worker posts its next as soon as the last is answered.
+    rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +118,12 @@ async def _run(job: Job, conn: Connection) -> JobResult:
 
         await asyncio.gather(*(warm() for _ in range(concurrency)))
 
+        t0 = time.monotonic()
+
         async def worker() -> None:
             for i in next_index:
+                if job.rate:
+                    await asyncio.sleep(max(0.0, t0 + i / job.rate - time.monotonic()))
                 started = time.monotonic()
                 try:
                     async with http.post(job.url, data=job.bodies[i], headers=headers[i]) as r:

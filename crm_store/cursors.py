@@ -45,7 +45,8 @@ async def hold(store: Store, name: str, owner: str, lease_s: float) -> Document 
     taken = await claim(
         cursors(store),
         {"_id": name, "lease_until": {"$lt": t}},
-        {"owner": owner, "lease_until": until},
+        # ``taken_at`` changes only here: a holder tells a renewal from a fresh take.
+        {"owner": owner, "lease_until": until, "taken_at": t},
         {"owner": owner, "lease_until": {"$gt": t}},
         1,
     )

@@ -19,9 +19,10 @@ import sys
 from typing import Any
 
 import orjson
+import pytest
 
 from automation.calendar import WorkingCalendar
-from crm_store import tokens
+from crm_store import cursors, tokens
 from crm_store.reports import rollup
 from tests.fakes.integration import FakeIntegration
 from tests.service import InProcess, api_body, config_with, in_process
@@ -59,11 +60,11 @@ asyncio.run(main())
 
 
 async def child(
-    mongo_uri: str, db: str, owner: str, *, crash: bool
+    mongo_uri: str, db: str, owner: str, *, crash: str | None
 ) -> tuple[int | None, bytes, bytes]:
     env = {k: v for k, v in os.environ.items() if k != rollup.CRASH_ENV}
     if crash:
-        env[rollup.CRASH_ENV] = "1"
+        env[rollup.CRASH_ENV] = crash
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -102,7 +103,18 @@ async def figures(svc: InProcess, token: str) -> list[Any]:
     return out
 
 
-async def test_killed_worker_neither_loses_nor_double_counts(mongo_uri: str, db_name: str) -> None:
+@pytest.mark.parametrize(
+    "crash",
+    [
+        "1",  # the page's documents written and their days marked, not summed
+        # The first documents written, their days not marked: the next holder writes
+        # nothing (its recomputation equals what is stored) and must still mark them.
+        rollup.BEFORE_MARKS,
+    ],
+)
+async def test_killed_worker_neither_loses_nor_double_counts(
+    mongo_uri: str, db_name: str, crash: str
+) -> None:
     async with (
         FakeIntegration("site-secret") as integration,
         in_process(
@@ -134,14 +146,14 @@ async def test_killed_worker_neither_loses_nor_double_counts(mongo_uri: str, db_
         assert head > 8  # several pages of 4 events
 
         # SIGKILL after the first page's rollups are written, before the cursor moves.
-        code, out, err = await child(mongo_uri, db_name, "drill-1", crash=True)
+        code, out, err = await child(mongo_uri, db_name, "drill-1", crash=crash)
         assert code == -signal.SIGKILL, (code, out, err[-2000:])
         assert (await rollup.status(store)).cursor == 0
         written = await store[rollup.CONV_DAYS].count_documents({})
         assert written >= 1  # the page's conversations were written, then the kill
 
         # Another process takes over once the lease has run out and finishes the log.
-        code, out, err = await child(mongo_uri, db_name, "drill-2", crash=False)
+        code, out, err = await child(mongo_uri, db_name, "drill-2", crash=None)
         assert code == 0, err[-2000:]
         st = await rollup.status(store)
         assert st.cursor >= head
@@ -196,3 +208,50 @@ async def test_killed_worker_neither_loses_nor_double_counts(mongo_uri: str, db_
         late = await figures(svc, admin)
         assert not any(basis for _, _, basis in late)
         assert late[0][0]["inbound_messages"] == 7
+
+
+async def test_a_page_left_half_done_is_redone_in_full(mongo_uri: str, db_name: str) -> None:
+    """A worker writes only documents that changed and marks only their days — unless the
+    page before may have been left half done (written, days not marked). The state such a
+    crash leaves is made by hand: lower rollups up to date, day totals stale, the cursor
+    behind. A worker that takes the cursor anew sums the days again."""
+    async with (
+        FakeIntegration("site-secret") as integration,
+        in_process(
+            mongo_uri,
+            db_name,
+            config=config_with(site(integration.url)),
+            report_rollups_enabled=False,
+        ) as svc,
+    ):
+        store = svc.store
+        cal = WorkingCalendar()
+        first = rollup.RollupWorker(store, cal, owner="w1", gap_grace_s=0.0)
+        await first.prepare()
+        for i in range(3):
+            status, _ = await svc.client.post_api(api_body(f"hd-{i}", phone=f"+7900555100{i}"))
+            assert status == 200
+        await svc.routed()
+        assert await first.drain() > 0
+        summed = {d["_id"]: d async for d in store[rollup.DAYS].find({}, {"gen": 0})}
+        assert summed and sum(len(d["inbound"]) for d in summed.values()) >= 1
+        lower = await store[rollup.CONV_DAYS].find({}).to_list()
+
+        # The state a kill between writing and marking leaves behind.
+        await store[rollup.DAYS].update_many({}, {"$set": {"inbound": [], "leads": []}})
+        await cursors.cursors(store).update_one({"_id": rollup.CURSOR}, {"$set": {"seq": 0}})
+        await cursors.release(store, rollup.CURSOR, "w1")
+
+        second = rollup.RollupWorker(store, cal, owner="w2", gap_grace_s=0.0)
+        assert await second.drain() > 0
+        assert await store[rollup.CONV_DAYS].find({}).to_list() == lower
+        again = {d["_id"]: d async for d in store[rollup.DAYS].find({}, {"gen": 0})}
+        assert again == summed
+
+        # The first worker takes the cursor back (taken, not renewed: another may have
+        # left a page half done meanwhile): in full again, though its own last page ended.
+        await store[rollup.DAYS].update_many({}, {"$set": {"inbound": [], "leads": []}})
+        await cursors.cursors(store).update_one({"_id": rollup.CURSOR}, {"$set": {"seq": 0}})
+        await cursors.release(store, rollup.CURSOR, "w2")
+        assert await first.drain() > 0
+        assert {d["_id"]: d async for d in store[rollup.DAYS].find({}, {"gen": 0})} == summed

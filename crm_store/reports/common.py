@@ -161,7 +161,7 @@ class Ctx:
         return self._convs
 
 
-async def by_ids(coll: Collection, ids: Sequence[str], proj: Document) -> list[Document]:
+async def by_ids(coll: Collection, ids: Sequence[str], proj: Document | None) -> list[Document]:
     out: list[Document] = []
     unique = list(dict.fromkeys(ids))
     for i in range(0, len(unique), CHUNK):
@@ -174,7 +174,7 @@ async def by_ids(coll: Collection, ids: Sequence[str], proj: Document) -> list[D
 
 
 async def by_field(
-    coll: Collection, name: str, values: Sequence[str], proj: Document, extra: Document
+    coll: Collection, name: str, values: Sequence[str], proj: Document | None, extra: Document
 ) -> list[Document]:
     out: list[Document] = []
     unique = list(dict.fromkeys(values))

@@ -87,9 +87,18 @@ ENTITY_PROJ = {
     "converted_from": 1,
     "fields.lost_reason": 1,
 }
+# Rollup writes go to the store in commands of this many operations: a command holds the
+# embedded server for its whole length, and a webhook's acknowledgement waiting behind a
+# thousand-document replace would wait for all of it (measured: single commands of
+# 200–550 ms set the PBX acknowledgement's p99).
+WRITE_CHUNK = 10
+# A rebuild (rare, usually before the service takes traffic) writes in larger commands.
+REBUILD_CHUNK = 500
 # Test drills only: kill this process with SIGKILL after writing a page's rollups and
-# before moving the cursor (tests/test_reports_rollup.py).
+# before moving the cursor (tests/test_reports_rollup.py); with the value
+# ``before_marks``, after writing the first documents and before marking their days.
 CRASH_ENV = "OMNIROUTE_ROLLUP_CRASH_BEFORE_ADVANCE"
+BEFORE_MARKS = "before_marks"
 
 
 def state(store: Store) -> Collection:
@@ -201,16 +210,41 @@ def _conv_docs(
     return days, eps
 
 
-async def _write(coll: Collection, cids: Sequence[str], docs: list[Document]) -> list[str]:
-    """Replace the conversations' documents in ``coll`` by ``docs``; delete the rest.
-    Returns the ids that were there before."""
+def _norm(v: Any) -> Any:
+    """A value as the store gives it back (UTC, milliseconds; lists for tuples)."""
+    if isinstance(v, datetime):
+        v = v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+        return v.replace(microsecond=v.microsecond // 1000 * 1000)
+    if isinstance(v, dict):
+        return {k: _norm(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_norm(x) for x in v]
+    return v
+
+
+def _same(stored: Document | None, doc: Document) -> bool:
+    return stored is not None and _norm(stored) == _norm(doc)
+
+
+async def _write(
+    coll: Collection, cids: Sequence[str], docs: list[Document], write_chunk: int
+) -> tuple[list[str], list[str]]:
+    """Make the conversations' documents in ``coll`` equal ``docs``: write those that
+    differ, delete the rest. Returns (the ids there before, the ids written or deleted)."""
     keep = {d["_id"] for d in docs}
-    old = await by_field(coll, "conversation_id", list(cids), {"_id": 1}, {})
-    ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
-    ops += [DeleteOne({"_id": d["_id"]}) for d in old if d["_id"] not in keep]
-    for i in range(0, len(ops), 1000):
-        await coll.bulk_write(ops[i : i + 1000], ordered=False)
-    return [d["_id"] for d in old]
+    old = {d["_id"]: d for d in await by_field(coll, "conversation_id", list(cids), None, {})}
+    changed = [d for d in docs if not _same(old.get(d["_id"]), d)]
+    gone = [i for i in old if i not in keep]
+    ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in changed]
+    ops += [DeleteOne({"_id": i}) for i in gone]
+    await _bulk(coll, ops, write_chunk)
+    return list(old), [d["_id"] for d in changed] + gone
+
+
+async def _bulk(coll: Collection, ops: list[Any], chunk: int = WRITE_CHUNK) -> None:
+    """``ops`` in commands of ``chunk`` (idempotent, so order does not matter)."""
+    for i in range(0, len(ops), chunk):
+        await coll.bulk_write(ops[i : i + chunk], ordered=False)
 
 
 async def recompute(
@@ -218,10 +252,16 @@ async def recompute(
     cal: WorkingCalendar,
     conversation_ids: Iterable[str | None],
     days: set[str] | None = None,
+    *,
+    full: bool = True,
+    write_chunk: int = WRITE_CHUNK,
 ) -> int:
     """Recompute the rollups of these conversations from the collections; returns how
-    many conversations were written. Idempotent. The days touched are marked for their
-    totals, or added to ``days`` for the caller to mark (a rebuild, once at the end)."""
+    many conversations were recomputed. Idempotent: only documents that differ are
+    written. The days touched are marked for their totals, or added to ``days`` for the
+    caller to mark (a rebuild, once at the end) — with ``full``, every day the documents
+    are or were in; without, only the days of documents that changed (see
+    :class:`RollupWorker` for when that is safe)."""
     ids = list(dict.fromkeys(c for c in conversation_ids if isinstance(c, str)))
     proj_c = {"channel": 1, "department": 1, "assignee_id": 1, "created_at": 1}
     proj_c |= {"origin_intake_id": 1}
@@ -256,13 +296,17 @@ async def recompute(
             for c in convs
         ]
         # A conversation that is gone keeps no rollups either.
-        old_days = await _write(store[CONV_DAYS], chunk, all_days)
-        await _write(store[EPISODES], chunk, all_eps)
-        old = await _write_entities(store, "conversation", chunk, entities)
+        old_days, changed_days = await _write(store[CONV_DAYS], chunk, all_days, write_chunk)
+        await _write(store[EPISODES], chunk, all_eps, write_chunk)
+        old, changed = await _write_entities(store, "conversation", chunk, entities, write_chunk)
         # The days these documents were or are in: their day totals are recomputed.
-        touched = {i.rsplit("|", 1)[1] for i in old_days} | {d["day"] for d in all_days}
-        touched |= _created_days(cal, [*old, *entities])
-        await _touch(store, touched, days)
+        if full:
+            touched = {i.rsplit("|", 1)[1] for i in old_days} | {d["day"] for d in all_days}
+            touched |= _created_days(cal, [*old, *entities])
+        else:
+            touched = {i.rsplit("|", 1)[1] for i in changed_days}
+            touched |= _created_days(cal, changed)
+        await _touch(store, touched, days, write_chunk)
         done += len(convs)
         await asyncio.sleep(0)
     return done
@@ -284,24 +328,32 @@ def _entity(kind: str, doc: Document, **attrs: Any) -> Document | None:
 
 
 async def _write_entities(
-    store: Store, kind: str, ids: Sequence[str], docs: Iterable[Document | None]
-) -> list[Document]:
-    """Replace the entities' documents; delete those of entities that are gone. Returns
-    the documents that were there before (``created_at``, ``converted_from``)."""
+    store: Store,
+    kind: str,
+    ids: Sequence[str],
+    docs: Iterable[Document | None],
+    write_chunk: int,
+) -> tuple[list[Document], list[Document]]:
+    """Make the entities' documents equal ``docs`` (those that differ are written); delete
+    those of entities that are gone. Returns (the documents there before, the old and
+    new versions of those written or deleted)."""
     keep = [d for d in docs if d is not None]
     kept = {d["_id"] for d in keep}
-    proj = {"created_at": 1, "converted_from": 1}
-    old = await by_ids(store[ENTITIES], [f"{kind}|{i}" for i in ids], proj)
-    ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in keep]
-    ops += [DeleteOne({"_id": f"{kind}|{i}"}) for i in ids if f"{kind}|{i}" not in kept]
-    for i in range(0, len(ops), 1000):
-        await store[ENTITIES].bulk_write(ops[i : i + 1000], ordered=False)
-    return old
+    old = {d["_id"]: d for d in await by_ids(store[ENTITIES], [f"{kind}|{i}" for i in ids], None)}
+    new = [d for d in keep if not _same(old.get(d["_id"]), d)]
+    gone = [i for i in old if i not in kept]
+    ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in new]
+    ops += [DeleteOne({"_id": i}) for i in gone]
+    await _bulk(store[ENTITIES], ops, write_chunk)
+    changed = [old[d["_id"]] for d in new if d["_id"] in old] + [old[i] for i in gone]
+    return list(old.values()), changed + new
 
 
-async def _touch(store: Store, touched: set[str], days: set[str] | None) -> None:
+async def _touch(store: Store, touched: set[str], days: set[str] | None, write_chunk: int) -> None:
+    if os.environ.get(CRASH_ENV) == BEFORE_MARKS:
+        os.kill(os.getpid(), signal.SIGKILL)
     if days is None:
-        await mark_days(store, touched)
+        await mark_days(store, touched, write_chunk)
     else:
         days |= touched
 
@@ -334,10 +386,13 @@ async def recompute_entities(
     lead_ids: Iterable[str | None],
     deal_ids: Iterable[str | None],
     days: set[str] | None = None,
+    *,
+    full: bool = True,
+    write_chunk: int = WRITE_CHUNK,
 ) -> int:
     """Recompute the ``report_entities`` documents of these leads and deals (and of the
     leads the deals were converted from: their ``converted``) from the collections;
-    returns how many documents were written. Idempotent."""
+    returns how many were recomputed. Idempotent; ``full`` as in :func:`recompute`."""
     deals = list(dict.fromkeys(d for d in deal_ids if isinstance(d, str)))
     leads = list(dict.fromkeys(d for d in lead_ids if isinstance(d, str)))
     written = 0
@@ -368,8 +423,9 @@ async def recompute_entities(
             )
             for d in docs
         ]
-        old = await _write_entities(store, "deal", chunk, entities)
-        await _touch(store, _created_days(cal, [*old, *entities]), days)
+        old, changed = await _write_entities(store, "deal", chunk, entities, write_chunk)
+        touched = _created_days(cal, [*old, *entities] if full else changed)
+        await _touch(store, touched, days, write_chunk)
         # A deal's lead changes with it (converted or not), also when the deal is gone.
         leads += [
             str(d["converted_from"])
@@ -401,8 +457,9 @@ async def recompute_entities(
             )
             for d in docs
         ]
-        old = await _write_entities(store, "lead", chunk, entities)
-        await _touch(store, _created_days(cal, [*old, *entities]), days)
+        old, changed = await _write_entities(store, "lead", chunk, entities, write_chunk)
+        touched = _created_days(cal, [*old, *entities] if full else changed)
+        await _touch(store, touched, days, write_chunk)
         written += len(docs)
         await asyncio.sleep(0)
     return written
@@ -461,13 +518,12 @@ async def days_range(ctx: Ctx) -> tuple[str, str] | None:
     return lo.date().isoformat(), hi.date().isoformat()
 
 
-async def mark_days(store: Store, days: Iterable[str]) -> None:
+async def mark_days(store: Store, days: Iterable[str], write_chunk: int = WRITE_CHUNK) -> None:
     ops: list[Any] = [
         UpdateOne({"_id": d}, {"$inc": {"gen": 1}, "$set": {"dirty": True}}, upsert=True)
         for d in sorted(set(days))
     ]
-    for i in range(0, len(ops), 1000):
-        await store[MARKS].bulk_write(ops[i : i + 1000], ordered=False)
+    await _bulk(store[MARKS], ops, write_chunk)
 
 
 def _rows(counts: dict[tuple[Any, ...], Any]) -> list[list[Any]]:
@@ -562,7 +618,7 @@ async def rebuild(
     total = 0
     days: set[str] = set()  # marked once at the end, not per batch
     for i in range(0, len(ids), batch):
-        total += await recompute(store, cal, ids[i : i + batch], days)
+        total += await recompute(store, cal, ids[i : i + batch], days, write_chunk=REBUILD_CHUNK)
     # Leads and deals (funnel, volume's leads): those created since ``since`` (all
     # without); one only moved or converted meanwhile needs the full rebuild.
     created = {} if since is None else {"created_at": {"$gte": since}}
@@ -571,11 +627,16 @@ async def rebuild(
         for i in range(0, len(eids), batch):
             part = eids[i : i + batch]
             await recompute_entities(
-                store, cal, part if kind == "lead" else [], part if kind == "deal" else [], days
+                store,
+                cal,
+                part if kind == "lead" else [],
+                part if kind == "deal" else [],
+                days,
+                write_chunk=REBUILD_CHUNK,
             )
     if since is None:  # every day summed again, also one whose documents are all gone
         days |= {d["_id"] async for d in store[MARKS].find({}, {"_id": 1})}
-    await mark_days(store, days)
+    await mark_days(store, days, REBUILD_CHUNK)
     await refresh_days(store, cal)
     await set_ready(store, True)
     log.info("reports.rollup_rebuilt", conversations=total, since=str(since) if since else None)
@@ -598,7 +659,14 @@ async def _conversations_since(store: Store, since: datetime) -> list[str]:
 
 
 class RollupWorker:
-    """Follows the event log and recomputes the conversations its events name."""
+    """Follows the event log and recomputes the conversations its events name.
+
+    A page's recomputation writes only documents that changed and marks only their days
+    (most events change nothing a report counts: a delivery receipt, a reply's second
+    event) — but only while it is sure the page before was finished: a page that failed
+    half way, or one another holder may have left half done (the cursor's lease was
+    taken, not renewed: its ``taken_at`` changed, or this worker just started), may have
+    written documents without marking their days, and is recomputed ``full``."""
 
     def __init__(
         self,
@@ -621,6 +689,8 @@ class RollupWorker:
         self.event_batch = event_batch
         self.gap_grace_s = gap_grace_s
         self._task: asyncio.Task[None] | None = None
+        self._full = True  # the next page marks every day it recomputes
+        self._taken: Any = None  # the cursor's taken_at when this worker last held it
 
     async def prepare(self) -> None:
         """Create the cursor at the end of the log. On an empty log the rollups are
@@ -653,10 +723,10 @@ class RollupWorker:
                 worked = await self.run_events()
             except PyMongoError as exc:
                 log.warning("reports.rollup_store_unavailable", error=type(exc).__name__)
-                worked = 0
+                worked, self._full = 0, True
             except Exception as exc:  # keep the loop alive; the cause is logged
                 log.exception("reports.rollup_failed", error=repr(exc))
-                worked = 0
+                worked, self._full = 0, True
             if not worked:
                 await asyncio.sleep(self.poll_s)
             elif self.pace_s:
@@ -681,6 +751,8 @@ class RollupWorker:
         if held is None:
             return 0
         position = int(held["seq"])
+        full = self._full or held.get("taken_at") != self._taken
+        self._taken = held.get("taken_at")
         page = await feed.read(
             self.store, position, limit=self.event_batch, gap_grace_s=self.gap_grace_s
         )
@@ -694,15 +766,16 @@ class RollupWorker:
             for ev in page.events
             if (ev.get("refs") or {}).get("conversation_id")
         ]
-        await recompute(self.store, self.cal, dirty)
+        self._full = True  # until this page is finished
+        await recompute(self.store, self.cal, dirty, full=full)
         refs = [ev.get("refs") or {} for ev in page.events]
-        await recompute_entities(
-            self.store, self.cal, [r.get("lead_id") for r in refs], [r.get("deal_id") for r in refs]
-        )
+        leads, deals = [r.get("lead_id") for r in refs], [r.get("deal_id") for r in refs]
+        await recompute_entities(self.store, self.cal, leads, deals, full=full)
         # The drill kills the process with the lower rollups written and their days
         # marked but not yet summed: the next holder must finish them.
         if os.environ.get(CRASH_ENV):
             os.kill(os.getpid(), signal.SIGKILL)
         await refresh_days(self.store, self.cal)
         await cursors.advance(self.store, CURSOR, self.owner, page.next_after)
+        self._full = False
         return max(1, len(page.events))
