@@ -488,16 +488,10 @@ async def _stored(
 
 async def _abandon(tasks: list[asyncio.Task[Batch]]) -> None:
     """Cancel a batch fetched ahead that will not be written (the sync is failing or being
-    stopped: the error in flight is the one that counts) and wait briefly for it to end,
-    so no fetch outlives its sync round."""
-    for t in tasks:
-        t.cancel()
-    if tasks:
-        with contextlib.suppress(BaseException):
-            await asyncio.wait(tasks, timeout=DONE_WAIT_S)
-    for t in tasks:
-        if t.done() and not t.cancelled():
-            t.exception()
+    stopped: the error in flight is the one that counts, so the fetch's own is dropped)
+    and wait briefly for it to end, so no fetch outlives its sync round."""
+    with contextlib.suppress(Exception):
+        await cancel(*tasks, grace_s=DONE_WAIT_S)
 
 
 def _message_id(header_block: bytes) -> str | None:
