@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -40,16 +41,21 @@ _listeners: dict[str, list[Callable[[], None]]] = {}
 _demand: dict[str, list[Callable[[], bool]]] = {}
 
 
+def _add(registry: dict[str, list[Any]], topic: str, item: Any) -> Callable[[], None]:
+    """Put ``item`` on ``topic``'s list; returns what takes it off again."""
+    registry.setdefault(topic, []).append(item)
+
+    def remove() -> None:
+        items = registry.get(topic, [])
+        if item in items:
+            items.remove(item)
+
+    return remove
+
+
 def subscribe(topic: str, callback: Callable[[], None]) -> Callable[[], None]:
     """Call ``callback`` on each :func:`notify` of ``topic``; returns the unsubscribe."""
-    _listeners.setdefault(topic, []).append(callback)
-
-    def unsubscribe() -> None:
-        listeners = _listeners.get(topic, [])
-        if callback in listeners:
-            listeners.remove(callback)
-
-    return unsubscribe
+    return _add(_listeners, topic, callback)
 
 
 def notify(topic: str) -> None:
@@ -66,14 +72,7 @@ def listeners(topic: str) -> int:
 
 def demand(topic: str, listening: Callable[[], bool]) -> Callable[[], None]:
     """Count ``listening()`` among those who want ``topic`` followed; returns the undo."""
-    _demand.setdefault(topic, []).append(listening)
-
-    def withdraw() -> None:
-        predicates = _demand.get(topic, [])
-        if listening in predicates:
-            predicates.remove(listening)
-
-    return withdraw
+    return _add(_demand, topic, listening)
 
 
 def wanted(topic: str) -> bool:

@@ -12,7 +12,7 @@ import pytest
 
 from crm_store import tokens, wake
 from crm_store.routing_store import reserve_sequence
-from crm_store.store import Store
+from crm_store.store import Document, Store
 from inbox import live_api, webchat_hub
 from tests.service import in_process
 from tests.test_inbox_ws import connect, event_of, frames_until, write
@@ -21,6 +21,22 @@ from tests.test_webchat_ws import frames_until as visitor_frames_until
 from tests.test_webchat_ws import is_out, operator, started_chat, visitor_ws
 
 HOUR = 3600.0
+
+
+async def from_another_process(
+    mongo_uri: str, db_name: str, original: Document, event_id: str
+) -> int:
+    """A copy of ``original`` appended as another process would: its own client, its own
+    writer, no in-process wake-up. Returns its sequence number."""
+    other = Store.open(mongo_uri, db_name)
+    try:
+        seq = await reserve_sequence(other, 1)
+        copy = {**original, "_id": event_id, "seq": seq, "writer": "another-process"}
+        copy["written_at"] = datetime.now(UTC)
+        await other.events.insert_one(copy)
+    finally:
+        await other.close()
+    return seq
 
 
 @pytest.fixture
@@ -67,14 +83,7 @@ async def test_another_process_event_arrives_through_the_change_stream(
         first = await frames_until(ws, lambda f: event_of(f, "message.attached"))
         original = await svc.store.events.find_one({"seq": first[-1]["cursor"]})
         assert original is not None
-        other = Store.open(mongo_uri, db_name)  # "the other process": its own client
-        try:
-            seq = await reserve_sequence(other, 1)
-            copy = {**original, "_id": "from-another-process", "seq": seq, "writer": "other"}
-            copy["written_at"] = datetime.now(UTC)
-            await other.events.insert_one(copy)
-        finally:
-            await other.close()
+        seq = await from_another_process(mongo_uri, db_name, original, "from-another-process")
         got = await frames_until(ws, lambda f: f.get("cursor") == seq and f["type"] == "event")
         assert got[-1]["event"]["type"] == "message.attached"
         await ws.close()
@@ -96,14 +105,7 @@ async def test_nobody_listening_follows_nothing_until_a_socket_opens(
         assert wake.wanted(wake.EVENTS)
         original = await svc.store.events.find_one({"type": "message.attached"})
         assert original is not None
-        other = Store.open(mongo_uri, db_name)
-        try:
-            seq = await reserve_sequence(other, 1)
-            copy = {**original, "_id": "while-the-stream-opens", "seq": seq, "writer": "other"}
-            copy["written_at"] = datetime.now(UTC)
-            await other.events.insert_one(copy)
-        finally:
-            await other.close()
+        seq = await from_another_process(mongo_uri, db_name, original, "while-the-stream-opens")
         got = await frames_until(ws, lambda f: f.get("cursor") == seq and f["type"] == "event")
         assert got[-1]["event"]["type"] == "message.attached"
         await ws.close()

@@ -33,9 +33,8 @@ from crm_store import conversion, entities, stages, tokens
 from crm_store.reports import REPORTS as REPORT_NAMES
 from crm_store.reports import rollup
 from inbox.reports_api import safe_cell
-from tests.fakes.integration import FakeIntegration
-from tests.service import InProcess, api_body, config_with, in_process
-from tests.test_api_channel_replies import site
+from tests.service import InProcess, api_body, in_process
+from tests.test_reports_rollup import served
 
 MSK = ZoneInfo("Europe/Moscow")
 CAL = WorkingCalendar()
@@ -712,15 +711,9 @@ async def change_entities(svc: InProcess) -> None:
 
 
 async def test_reports_match_brute_force(mongo_uri: str, db_name: str) -> None:
-    async with (
-        FakeIntegration("site-secret") as integration,
-        in_process(
-            mongo_uri,
-            db_name,
-            config=config_with(site(integration.url)),
-            report_rollups_poll_s=0.05,
-        ) as svc,
-    ):
+    async with served(
+        mongo_uri, db_name, report_rollups_enabled=True, report_rollups_poll_s=0.05
+    ) as svc:
         tok = {w: (await tokens.issue(svc.store, w))[0] for w in (ADMIN, IVAN, ANNA, OLGA)}
         # The real path: a site form routed into a lead and conversation, then Anna replies.
         status, _ = await svc.client.post_api(api_body("rep-1", phone="+79001230001", name="Ivan"))

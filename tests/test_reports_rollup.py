@@ -16,6 +16,8 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -80,6 +82,20 @@ async def child(
     return proc.returncode, out, err
 
 
+@asynccontextmanager
+async def served(mongo_uri: str, db_name: str, **settings: Any) -> AsyncIterator[InProcess]:
+    """The service with the site-form account; by default its own rollup worker off (the
+    tests' workers and child processes hold the cursor)."""
+    settings.setdefault("report_rollups_enabled", False)
+    async with (
+        FakeIntegration("site-secret") as integration,
+        in_process(
+            mongo_uri, db_name, config=config_with(site(integration.url)), **settings
+        ) as svc,
+    ):
+        yield svc
+
+
 async def get(svc: InProcess, token: str, path: str) -> Any:
     async with svc.client.http.get(
         f"{svc.client.base}{path}", headers={"Authorization": f"Bearer {token}"}
@@ -115,15 +131,7 @@ async def figures(svc: InProcess, token: str) -> list[Any]:
 async def test_killed_worker_neither_loses_nor_double_counts(
     mongo_uri: str, db_name: str, crash: str
 ) -> None:
-    async with (
-        FakeIntegration("site-secret") as integration,
-        in_process(
-            mongo_uri,
-            db_name,
-            config=config_with(site(integration.url)),
-            report_rollups_enabled=False,  # this test's child processes hold the cursor
-        ) as svc,
-    ):
+    async with served(mongo_uri, db_name) as svc:
         store = svc.store
         # A fresh store: the rollups follow the log from its start.
         await rollup.RollupWorker(store, WorkingCalendar(), owner="prep").prepare()
@@ -215,15 +223,7 @@ async def test_a_page_left_half_done_is_redone_in_full(mongo_uri: str, db_name: 
     page before may have been left half done (written, days not marked). The state such a
     crash leaves is made by hand: lower rollups up to date, day totals stale, the cursor
     behind. A worker that takes the cursor anew sums the days again."""
-    async with (
-        FakeIntegration("site-secret") as integration,
-        in_process(
-            mongo_uri,
-            db_name,
-            config=config_with(site(integration.url)),
-            report_rollups_enabled=False,
-        ) as svc,
-    ):
+    async with served(mongo_uri, db_name) as svc:
         store = svc.store
         cal = WorkingCalendar()
         first = rollup.RollupWorker(store, cal, owner="w1", gap_grace_s=0.0)
@@ -234,7 +234,8 @@ async def test_a_page_left_half_done_is_redone_in_full(mongo_uri: str, db_name: 
         await svc.routed()
         assert await first.drain() > 0
         summed = {d["_id"]: d async for d in store[rollup.DAYS].find({}, {"gen": 0})}
-        assert summed and sum(len(d["inbound"]) for d in summed.values()) >= 1
+        assert summed
+        assert sum(len(d["inbound"]) for d in summed.values()) >= 1
         lower = await store[rollup.CONV_DAYS].find({}).to_list()
 
         # The state a kill between writing and marking leaves behind.
