@@ -227,7 +227,7 @@ async def reply_message(call: Call) -> MessageView:
         doc = comment or await reply(
             call.svc.store,
             call.svc.config,
-            conv["_id"],
+            conv,  # as just read for the access check: not read again
             body.text,
             attachments=attachments,
             author_id=call.principal.user.id,

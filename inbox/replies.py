@@ -28,13 +28,18 @@ class ReplyError(Exception):
 async def reply(
     store: Store,
     config: AppConfig,
-    conversation_id: str,
+    conversation: str | Document,
     text: str,
     *,
     attachments: list[dict[str, Any]] | None = None,
     author_id: str | None = None,
 ) -> Document:
-    conv = await store.conversations.find_one({"_id": conversation_id})
+    """Queue a reply in ``conversation`` (its id, or its document as just read)."""
+    if isinstance(conversation, str):
+        conv = await store.conversations.find_one({"_id": conversation})
+        conversation_id = conversation
+    else:
+        conv, conversation_id = conversation, conversation["_id"]
     if conv is None:
         raise ReplyError("conversation_not_found", f"no conversation {conversation_id}", 404)
     channel = REGISTRY.get(conv["channel"])
