@@ -117,50 +117,30 @@ async def mark_sent(
     message is still claimed; then :func:`_finish_sent` does the rest."""
     at = _now()
     sent = {"provider_id": provider_id, "sent_at": at, "sent_state": state.value}
-    # The provider took it: an earlier attempt's error is no longer the message's. The
-    # state moves with the id in one write — no receipt can have been applied before the
-    # id was stored (receipts are matched by it; earlier ones wait in pending_updates).
-    rank = STATE_RANK[state]
-    moved = await store.messages.update_one(
-        {"_id": doc["_id"], "state_rank": {"$lt": rank}},
-        {
-            "$set": {**sent, **_state_set(state, at)},
-            "$push": {"state_history": {"state": state.value, "at": at}},
-            "$inc": {"attempts": 1},
-            "$unset": {"error": ""},
-        },
+    # The provider took it: an earlier attempt's error is no longer the message's.
+    await store.messages.update_one(
+        {"_id": doc["_id"]}, {"$set": sent, "$inc": {"attempts": 1}, "$unset": {"error": ""}}
     )
-    if not moved.matched_count:  # the state is ahead already (cannot happen; cheap to keep)
-        await store.messages.update_one(
-            {"_id": doc["_id"]},
-            {"$set": sent, "$inc": {"attempts": 1}, "$unset": {"error": ""}},
-        )
-    await _finish_sent(store, {**doc, **sent}, state_moved=True)
+    await _finish_sent(store, {**doc, **sent})
 
 
-def _state_set(state: DeliveryState, at: datetime) -> Document:
-    return {"state": state.value, "state_rank": STATE_RANK[state], "state_at": at}
-
-
-async def _finish_sent(store: Store, doc: Document, *, state_moved: bool = False) -> None:
+async def _finish_sent(store: Store, doc: Document) -> None:
     """Everything after the provider's id is stored, each step idempotent: the state
-    moves forward (unless :func:`mark_sent` moved it with the id), ``message.sent``, the
-    receipts that arrived before the id was stored (crm_store/pending.py), and last the
-    message leaves the outbox. A process that dies in here leaves the message claimable;
-    :func:`claim_due` finishes it (and there the event may exist already: looked up)."""
+    moves forward, ``message.sent``, the receipts that arrived before the id was stored
+    (crm_store/pending.py), and last the message leaves the outbox. A process that dies
+    in here leaves the message claimable; :func:`claim_due` finishes it."""
     provider_id: str = doc["provider_id"]
     at: datetime = doc.get("sent_at") or _now()
     state = DeliveryState(doc.get("sent_state") or DeliveryState.SENT.value)
     rank = STATE_RANK[state]
-    if not state_moved:
-        # A receipt may have raced ahead of us: only move the state forward.
-        await store.messages.update_one(
-            {"_id": doc["_id"], "state_rank": {"$lt": rank}},
-            {
-                "$set": _state_set(state, at),
-                "$push": {"state_history": {"state": state.value, "at": at}},
-            },
-        )
+    # A receipt may have raced ahead of us: only move the state forward.
+    await store.messages.update_one(
+        {"_id": doc["_id"], "state_rank": {"$lt": rank}},
+        {
+            "$set": {"state": state.value, "state_rank": rank, "state_at": at},
+            "$push": {"state_history": {"state": state.value, "at": at}},
+        },
+    )
     await append(
         store,
         [
@@ -175,7 +155,7 @@ async def _finish_sent(store: Store, doc: Document, *, state_moved: bool = False
                 at=at,
             )
         ],
-        maybe_written=not state_moved,
+        maybe_written=True,
     )
     await updates.apply_pending(
         store, [pending.outbound_key(doc["channel"], doc["account"], provider_id)]
