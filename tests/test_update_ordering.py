@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -247,10 +248,12 @@ async def test_receipts_before_our_send_returned_its_id_are_applied(
     )
     async with FakeWhatsApp(wa.TOKEN) as fake, wa.service(mongo_uri, db_name, fake) as svc:
         conv = await wa.conversation_with(svc)
+        # One clock reading for both: WhatsApp's timestamps are whole seconds, and a second
+        # ticking between two readings would give "delivered" the same one as "read".
+        now = int(time.time())
         for state, ago in (("read", 1), ("delivered", 2)):
-            code, _ = await wa.post(
-                svc, wa.envelope(wa.value(statuses=[wa.status(wamid, state, ago)]))
-            )
+            stamp = wa.status(wamid, state, timestamp=str(now - ago))
+            code, _ = await wa.post(svc, wa.envelope(wa.value(statuses=[stamp])))
             assert code == 200
         assert await count(svc, PENDING, {"kind": "status"}) == 2
         parked = await svc.store[PENDING].find_one({"kind": "status"})
