@@ -226,19 +226,28 @@ def _same(stored: Document | None, doc: Document) -> bool:
     return stored is not None and _norm(stored) == _norm(doc)
 
 
+async def _replace_changed(
+    coll: Collection, old: dict[str, Document], docs: list[Document], write_chunk: int
+) -> tuple[list[Document], list[str]]:
+    """Make ``coll`` hold ``docs`` where it held ``old`` (by ``_id``): write the documents
+    that differ, delete the old ones not in ``docs``. Returns (written, deleted ids)."""
+    keep = {d["_id"] for d in docs}
+    written = [d for d in docs if not _same(old.get(d["_id"]), d)]
+    gone = [i for i in old if i not in keep]
+    ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in written]
+    ops += [DeleteOne({"_id": i}) for i in gone]
+    await _bulk(coll, ops, write_chunk)
+    return written, gone
+
+
 async def _write(
     coll: Collection, cids: Sequence[str], docs: list[Document], write_chunk: int
 ) -> tuple[list[str], list[str]]:
     """Make the conversations' documents in ``coll`` equal ``docs``: write those that
     differ, delete the rest. Returns (the ids there before, the ids written or deleted)."""
-    keep = {d["_id"] for d in docs}
     old = {d["_id"]: d for d in await by_field(coll, "conversation_id", list(cids), None, {})}
-    changed = [d for d in docs if not _same(old.get(d["_id"]), d)]
-    gone = [i for i in old if i not in keep]
-    ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in changed]
-    ops += [DeleteOne({"_id": i}) for i in gone]
-    await _bulk(coll, ops, write_chunk)
-    return list(old), [d["_id"] for d in changed] + gone
+    written, gone = await _replace_changed(coll, old, docs, write_chunk)
+    return list(old), [d["_id"] for d in written] + gone
 
 
 async def _bulk(coll: Collection, ops: list[Any], chunk: int = WRITE_CHUNK) -> None:
@@ -338,13 +347,8 @@ async def _write_entities(
     those of entities that are gone. Returns (the documents there before, the old and
     new versions of those written or deleted)."""
     keep = [d for d in docs if d is not None]
-    kept = {d["_id"] for d in keep}
     old = {d["_id"]: d for d in await by_ids(store[ENTITIES], [f"{kind}|{i}" for i in ids], None)}
-    new = [d for d in keep if not _same(old.get(d["_id"]), d)]
-    gone = [i for i in old if i not in kept]
-    ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in new]
-    ops += [DeleteOne({"_id": i}) for i in gone]
-    await _bulk(store[ENTITIES], ops, write_chunk)
+    new, gone = await _replace_changed(store[ENTITIES], old, keep, write_chunk)
     changed = [old[d["_id"]] for d in new if d["_id"] in old] + [old[i] for i in gone]
     return list(old.values()), changed + new
 
