@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -35,6 +35,12 @@ CHUNK = 100
 # it (docs/reports.md, the benchmark).
 READ_BATCH = 200
 FIELD_CHUNK = 25  # a non-_id field: several hits per value
+# A report reads a time range in windows of about this many documents: the embedded server
+# computes a find's whole answer in its first command and holds its storage lock meanwhile
+# (~0.1 ms a document), so one find of a month's facts held webhook acknowledgements for
+# up to a second; windows bound each hold to ~25 ms (docs/reports.md, "Reading").
+WINDOW_DOCS = 250
+FIRST_WINDOW = timedelta(minutes=10)
 NONE_KEY = "—"  # the dimension value of a fact that has none (no source, no responsible)
 
 Cell = str | int | float | None
@@ -150,6 +156,12 @@ class Ctx:
     def range(self) -> Document:
         return {"$gte": self.req.start, "$lt": self.req.end}
 
+    def in_period(
+        self, coll: Collection, key: str, proj: Document | None, query: Document | None = None
+    ) -> AsyncIterator[Document]:
+        """The documents of ``coll`` whose ``key`` falls in the period, read in windows."""
+        return in_windows(coll, query or {}, key, self.req.start, self.req.end, proj)
+
     # --- look-ups ----------------------------------------------------------------------
 
     async def conversations(self, ids: Iterable[str]) -> dict[str, Document]:
@@ -171,6 +183,43 @@ async def by_ids(coll: Collection, ids: Sequence[str], proj: Document | None) ->
             ).to_list()
         )
     return out
+
+
+async def in_windows(
+    coll: Collection,
+    query: Document,
+    key: str,
+    lo: datetime | None,
+    hi: datetime | None,
+    proj: Document | None,
+) -> AsyncIterator[Document]:
+    """Every document matching ``query`` with ``lo <= doc[key] < hi`` (None: no bound),
+    read newest first in contiguous, non-overlapping windows of the indexed ``key`` that
+    hold about ``WINDOW_DOCS`` documents each: each window's width is the last one's scaled
+    by how far its count missed (at most ×4 either way), so a burst or a quiet stretch
+    costs a few reads more, never one huge read. With no upper bound, what is dated from
+    now on (normally nothing) is read first; with no lower bound the walk ends at the
+    first empty window with nothing older."""
+    if hi is None:
+        hi = datetime.now(UTC)
+        later: Document = {**query, key: {"$gte": hi}}
+        for doc in await coll.find(later, proj, batch_size=WINDOW_DOCS * 4).to_list():
+            yield doc
+    span = FIRST_WINDOW if lo is None else min(FIRST_WINDOW, hi - lo)
+    end = hi
+    while lo is None or end > lo:
+        start = end - span if lo is None else max(lo, end - span)
+        window: Document = {**query, key: {"$gte": start, "$lt": end}}
+        docs = await coll.find(window, proj, batch_size=WINDOW_DOCS * 4).to_list()
+        for doc in docs:
+            yield doc
+        if not docs and lo is None:
+            older = await coll.find_one({**query, key: {"$lt": start}}, {"_id": 1})
+            if older is None:
+                return
+        end = start
+        factor = 4.0 if not docs else min(4.0, max(0.25, WINDOW_DOCS / len(docs)))
+        span = max(span * factor, timedelta(milliseconds=1))
 
 
 async def by_field(

@@ -31,6 +31,7 @@ from crm_store.reports.common import (
     Table,
     by_field,
     by_ids,
+    in_windows,
     make_report,
     median,
     ratio,
@@ -61,12 +62,8 @@ async def _cohort(ctx: Ctx) -> tuple[list[Document], list[Document]]:
     ``channel``, ``lost_reason``, ``stays`` [(stage, seconds)] and, for a lead,
     ``converted`` — computed from the collections."""
     service = ctx.config.service_pipelines()
-    leads = await ctx.store.leads.find(
-        {"created_at": ctx.range()}, PROJ, batch_size=READ_BATCH
-    ).to_list()
-    deals = await ctx.store.deals.find(
-        {"created_at": ctx.range()}, PROJ, batch_size=READ_BATCH
-    ).to_list()
+    leads = [d async for d in ctx.in_period(ctx.store.leads, "created_at", PROJ)]
+    deals = [d async for d in ctx.in_period(ctx.store.deals, "created_at", PROJ)]
     deals = [d for d in deals if d.get("pipeline_id") not in service]
 
     def seen(d: Document) -> bool:
@@ -239,9 +236,9 @@ def stage_table(stays: dict[tuple[str, str], list[float]]) -> Table:
 async def _moves(ctx: Ctx, cohort: set[str]) -> dict[str, list[Move]]:
     """The stage moves of the cohort, from the stage events since the period's start."""
     moves: dict[str, list[Move]] = defaultdict(list)
-    query = {"type": {"$in": STAGE_EVENTS}, "occurred_at": {"$gte": ctx.req.start}}
+    query = {"type": {"$in": STAGE_EVENTS}}
     proj = {"type": 1, "refs": 1, "occurred_at": 1, "data.from": 1, "data.to": 1}
-    async for ev in ctx.store.events.find(query, proj, batch_size=READ_BATCH):
+    async for ev in in_windows(ctx.store.events, query, "occurred_at", ctx.req.start, None, proj):
         eid = stage_event_entity(ev)
         if eid is not None and eid in cohort:
             moves[eid].append(stage_move(ev))

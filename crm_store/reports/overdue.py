@@ -20,13 +20,13 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from crm_store.reports.common import (
-    READ_BATCH,
     Cell,
     Counter,
     Ctx,
     Report,
     Table,
     by_ids,
+    in_windows,
     make_report,
 )
 from crm_store.store import Document
@@ -46,12 +46,11 @@ async def _entities(ctx: Ctx, lead_ids: list[str], deal_ids: list[str]) -> dict[
 async def _tasks(ctx: Ctx) -> Counter:
     out = Counter(TASK_METRICS)
     proj = {"deadline": 1, "status": 1, "completed_at": 1, "assignee_id": 1, "entity": 1}
-    docs = (
-        await ctx.store["tasks"]
-        .find({"deadline": ctx.range()}, proj, batch_size=READ_BATCH)
-        .to_list()
-    )
-    docs = [d for d in docs if ctx.visible(ctx.department_of_user(d.get("assignee_id")))]
+    docs = [
+        d
+        async for d in ctx.in_period(ctx.store["tasks"], "deadline", proj)
+        if ctx.visible(ctx.department_of_user(d.get("assignee_id")))
+    ]
     ents: dict[str, Document] = {}
     if ctx.req.by is not None and ctx.req.by.value in ("pipeline", "source"):
         ids = [(d.get("entity") or {}).get("id") for d in docs]
@@ -75,9 +74,9 @@ async def _tasks(ctx: Ctx) -> Counter:
 
 
 async def _reminders(ctx: Ctx) -> tuple[Table, dict[str, int]]:
-    query = {"type": "timer.fired", "occurred_at": ctx.range()}
     proj = {"refs": 1, "data.rule_id": 1, "occurred_at": 1}
-    events = await ctx.store.events.find(query, proj, batch_size=READ_BATCH).to_list()
+    fired = {"type": "timer.fired"}
+    events = [e async for e in ctx.in_period(ctx.store.events, "occurred_at", proj, fired)]
     lead_ids = [i for e in events if (i := (e.get("refs") or {}).get("lead_id"))]
     deal_ids = [i for e in events if (i := (e.get("refs") or {}).get("deal_id"))]
     ents = await _entities(ctx, lead_ids, deal_ids)
@@ -112,9 +111,8 @@ async def _forgotten(ctx: Ctx) -> tuple[Table, dict[str, int]]:
     second = ctx.req.now - timedelta(days=FORGOTTEN_DAYS[1])
     service = ctx.config.service_pipelines()
     proj = {"pipeline_id": 1, "source_id": 1, "responsible_id": 1, "last_activity_at": 1}
-    docs = await ctx.store.deals.find(
-        {"open": True, "last_activity_at": {"$lt": first}}, proj, batch_size=READ_BATCH
-    ).to_list()
+    idle = in_windows(ctx.store.deals, {"open": True}, "last_activity_at", None, first, proj)
+    docs = [d async for d in idle]
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     total = [0, 0]
     for d in docs:

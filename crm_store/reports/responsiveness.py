@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from crm_store.reports.common import (
-    READ_BATCH,
     Cell,
     Ctx,
     Report,
     Table,
     by_field,
+    in_windows,
     make_report,
     percentile,
     ratio,
@@ -108,7 +108,7 @@ async def _rollup_episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]
     ctx.rollup_lag = st.lag
     found: list[Episode] = []
     convs: dict[str, Document] = {}
-    async for d in ctx.store[rollup.EPISODES].find({"start": ctx.range()}, batch_size=READ_BATCH):
+    async for d in ctx.in_period(ctx.store[rollup.EPISODES], "start", None):
         if not ctx.visible(d.get("department")):
             continue
         cid = d["conversation_id"]
@@ -154,13 +154,10 @@ async def _episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]]:
     wanted = set(conv_ids)
     # Closings since the oldest of these conversations began: none before matters.
     began = [c["created_at"] for c in map(convs.get, conv_ids) if c and c.get("created_at")]
+    since = min(began) if began and len(began) == len(conv_ids) else None
     query: Document = {"type": "conversation.closed"}
-    if began and len(began) == len(conv_ids):
-        query["occurred_at"] = {"$gte": min(began)}
-    closes = ctx.store.events.find(
-        query, {"refs.conversation_id": 1, "occurred_at": 1}, batch_size=READ_BATCH
-    )
-    async for ev in closes:
+    proj = {"refs.conversation_id": 1, "occurred_at": 1}
+    async for ev in in_windows(ctx.store.events, query, "occurred_at", since, None, proj):
         cid = (ev.get("refs") or {}).get("conversation_id")
         if cid in wanted and isinstance(ev.get("occurred_at"), datetime):
             timelines[cid].append((ev["occurred_at"], "close", ev))

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from crm_store.reports.common import READ_BATCH, Cell, Ctx, Report, Table, make_report, ratio
+from crm_store.reports.common import Cell, Ctx, Report, Table, make_report, ratio
 from crm_store.store import Document
 
 SCORES = (1, 2, 3, 4, 5)
@@ -45,16 +45,12 @@ async def survey(ctx: Ctx) -> Report:
     proj = {"answers": 1, "answered_at": 1, "pipeline": 1, "responsible_id": 1, "department": 1}
     answered = [
         d
-        for d in await coll.find(
-            {"answered_at": ctx.range()}, proj, batch_size=READ_BATCH
-        ).to_list()
+        async for d in ctx.in_period(coll, "answered_at", proj)
         if ctx.visible(d.get("department")) and isinstance(d.get("answered_at"), datetime)
     ]
     sent = [
         d
-        for d in await coll.find(
-            {"sent_at": ctx.range()}, {"department": 1, "answered_at": 1}, batch_size=READ_BATCH
-        ).to_list()
+        async for d in ctx.in_period(coll, "sent_at", {"department": 1, "answered_at": 1})
         if ctx.visible(d.get("department"))
     ]
     cells: dict[tuple[str, str, str], list[int]] = defaultdict(list)

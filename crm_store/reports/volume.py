@@ -42,9 +42,8 @@ async def _messages(ctx: Ctx, out: Counter) -> None:
     range is about three times faster than the same $group with $dateTrunc
     (docs/reports.md)."""
     proj = {"_id": 0, "conversation_id": 1, "received_at": 1, "channel": 1, "source_id": 1}
-    query = {"direction": "in", "received_at": ctx.range()}
     counts: dict[tuple[str | None, str, str | None, str | None], int] = defaultdict(int)
-    async for m in ctx.store.messages.find(query, proj, batch_size=READ_BATCH):
+    async for m in ctx.in_period(ctx.store.messages, "received_at", proj, {"direction": "in"}):
         period = ctx.period(m["received_at"])
         counts[(m.get("conversation_id"), period, m.get("channel"), m.get("source_id"))] += 1
     convs = await ctx.conversations(c for c, _, _, _ in counts if c)
@@ -109,10 +108,11 @@ async def _days_rollup(ctx: Ctx, out: Counter) -> bool:
 
 async def _conversations(ctx: Ctx, out: Counter) -> None:
     proj = {"channel": 1, "department": 1, "assignee_id": 1, "created_at": 1, "origin_intake_id": 1}
-    docs = await ctx.store.conversations.find(
-        {"created_at": ctx.range()}, proj, batch_size=READ_BATCH
-    ).to_list()
-    docs = [d for d in docs if ctx.visible(d.get("department"))]
+    docs = [
+        d
+        async for d in ctx.in_period(ctx.store.conversations, "created_at", proj)
+        if ctx.visible(d.get("department"))
+    ]
     sources: dict[str, str | None] = {}
     if ctx.req.by is not None and ctx.req.by.value in ("source", "pipeline"):
         ids = [d["origin_intake_id"] for d in docs if d.get("origin_intake_id")]
@@ -145,10 +145,11 @@ async def _leads(ctx: Ctx, out: Counter) -> None:
         "responsible_id": 1,
         "origin_intake_id": 1,
     }
-    docs = await ctx.store.leads.find(
-        {"created_at": ctx.range()}, proj, batch_size=READ_BATCH
-    ).to_list()
-    docs = [d for d in docs if ctx.visible(ctx.department_of_user(d.get("responsible_id")))]
+    docs = [
+        d
+        async for d in ctx.in_period(ctx.store.leads, "created_at", proj)
+        if ctx.visible(ctx.department_of_user(d.get("responsible_id")))
+    ]
     channels = await lead_channels(ctx, docs) if ctx.req.by is not None else {}
     for d in docs:
         key = ctx.key(
@@ -181,12 +182,11 @@ async def inbound_calls(ctx: Ctx) -> list[Document]:
         "ended_at": 1,
         "answered_by": 1,
     }
-    docs = (
-        await ctx.store["calls"]
-        .find({"started_at": ctx.range()}, proj, batch_size=READ_BATCH)
-        .to_list()
-    )
-    docs = [d for d in docs if d.get("direction") == "in"]
+    docs = [
+        d
+        async for d in ctx.in_period(ctx.store["calls"], "started_at", proj)
+        if d.get("direction") == "in"
+    ]
     msg_ids = [d["message_id"] for d in docs if d.get("message_id")]
     msgs = {m["_id"]: m for m in await by_ids(ctx.store.messages, msg_ids, {"conversation_id": 1})}
     convs = await ctx.conversations(
