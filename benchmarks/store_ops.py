@@ -5,7 +5,7 @@ A micro-benchmark beside the main one: on a fresh file-backed embedded store (as
 documents, and prints the store's CPU time per document and the wall time per batch. It
 answers "which write should I remove or batch first?" — on this store an ``insert_one``
 per document costs several times an ``insert_many`` slot, and updates cost more than
-inserts.
+inserts — and every secondary index adds to each document written, inserted or updated.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pymongo import UpdateOne
+from pymongo import ASCENDING, IndexModel, UpdateOne
 
 from benchmarks.run import cpu_seconds_of
 from crm_store.embedded import EmbeddedStore
-from crm_store.store import Document, Store
+from crm_store.store import Collection, Document, Store
 
 NOW = datetime.now(UTC)
 MESSAGE: Document = {
@@ -75,6 +75,31 @@ async def measure(
     }
     print(f"  {name:<44}{row['store_cpu_ms_per_doc']:>7.2f}{row['wall_ms_per_batch']:>12.1f}")
     return row
+
+
+INDEXED = ["conversation_id", "contact_id", "provider_id", "received_at", "routed_at", "channel"]
+
+
+async def per_index(s: Store, pid: int | None, batch: int, rounds: int) -> None:
+    """What each secondary index adds: the same messages inserted into, and one unindexed
+    field updated in, collections with 0, 2, 4 and 6 indexes besides ``_id``."""
+    print("  each index costs every write, even one that does not touch its field:")
+    for n in (0, 2, 4, 6):
+        coll = s[f"indexes_{n}"]
+        if n:
+            await coll.create_indexes([IndexModel([(f, ASCENDING)], name=f) for f in INDEXED[:n]])
+
+        async def insert(r: int, coll: Collection = coll) -> None:
+            await coll.insert_many(
+                [{**MESSAGE, "_id": f"m{r}-{i}", "conversation_id": f"c{i}"} for i in range(batch)]
+            )
+
+        async def update(r: int, coll: Collection = coll) -> None:
+            ids = [f"m{r}-{i}" for i in range(batch)]
+            await coll.update_many({"_id": {"$in": ids}}, {"$set": {"status": "seen"}})
+
+        await measure(pid, f"insert_many messages, {n} indexes", rounds, batch, insert)
+        await measure(pid, f"update_many unindexed field, {n} indexes", rounds, batch, update)
 
 
 async def main_async(batch: int, rounds: int) -> None:
@@ -151,6 +176,7 @@ async def main_async(batch: int, rounds: int) -> None:
             )
             await measure(pid, "update_many conversations ($in)", rounds, batch, conv_update_many)
             await measure(pid, "find conversations ($in)", rounds, batch, conv_find)
+            await per_index(s, pid, batch, rounds)
         finally:
             await s.close()
             await embedded.stop()

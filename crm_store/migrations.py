@@ -14,7 +14,8 @@ that a sharded cluster cannot enforce. The migration
    does; the other contact keeps it as data, and the pair is listed for an operator to
    merge (``POST /api/v1/contacts/{id}/merge``). Nothing is merged automatically: two
    people can share a phone;
-3. drops the unique ``identities_unique`` index and every index whose name is declared
+3. drops the unique ``identities_unique`` index, the retired indexes nothing reads any
+   more (crm_store/indexes.py ``RETIRED_INDEXES``), and every index whose name is declared
    in crm_store/indexes.py with another key or other options (the unique open-lead and
    auto-deal guards now start with ``contact_id``, the shard key of leads and deals:
    docs/scaling.md), then creates every missing index — after step 1, so uniqueness is
@@ -31,7 +32,7 @@ import structlog
 from pymongo.errors import OperationFailure
 
 from crm_store import identities as ident
-from crm_store.indexes import INDEXES
+from crm_store.indexes import INDEXES, RETIRED_INDEXES
 from crm_store.store import Store
 
 log = structlog.get_logger(__name__)
@@ -139,8 +140,9 @@ async def migrate_identities(store: Store, *, dry_run: bool = False) -> Migratio
 
 
 async def _outdated(store: Store) -> list[tuple[str, str]]:
-    """(collection, index) pairs to drop: the old unique identity index, and indexes
-    declared under the same name with another key or other uniqueness."""
+    """(collection, index) pairs to drop: the old unique identity index, the retired
+    indexes (crm_store/indexes.py ``RETIRED_INDEXES``), and indexes declared under the
+    same name with another key or other uniqueness."""
     out: list[tuple[str, str]] = []
     existing = set(await store.db.list_collection_names())
     for coll, models in INDEXES.items():
@@ -149,6 +151,7 @@ async def _outdated(store: Store) -> list[tuple[str, str]]:
         info = await store[coll].index_information()
         if coll == "contacts" and OLD_UNIQUE_INDEX in info:
             out.append((coll, OLD_UNIQUE_INDEX))
+        out += [(coll, name) for name in sorted(RETIRED_INDEXES.get(coll, ())) if name in info]
         for model in models:
             spec = model.document
             have = info.get(spec["name"])

@@ -335,11 +335,15 @@ async def test_migrate_builds_identities_once_and_reports_conflicts(store: Store
             {"_id": "d1", "identities": ["deleted:d1"], "deleted": True},
         ]
     )
+    # An index an earlier version kept on the event log, read by nothing now.
+    await store.events.create_indexes(
+        [IndexModel([("type", ASCENDING), ("seq", ASCENDING)], name="type_seq")]
+    )
     # A process of the new version claimed c2's number meanwhile for another contact.
     await store["identities"].insert_one({"_id": "phone:+79005550303", "contact_id": "c9"})
 
     dry = await migrate_identities(store, dry_run=True)
-    dropped = ["contacts.identities_unique", "leads.one_open_lead_per_contact"]
+    dropped = ["contacts.identities_unique", "events.type_seq", "leads.one_open_lead_per_contact"]
     assert (dry.keys_written, sorted(dry.dropped)) == (2, dropped)
     assert await store["identities"].count_documents({}) == 1
 
@@ -356,6 +360,13 @@ async def test_migrate_builds_identities_once_and_reports_conflicts(store: Store
     guard = (await store.leads.index_information())["one_open_lead_per_contact"]
     assert [k for k, _ in guard["key"]] == ["contact_id", "open_contact"]
     assert guard["unique"] is True
+    assert "type_seq" not in await store.events.index_information()
+    # A store upgraded without the migration loses it at the service's start.
+    await store.events.create_indexes(
+        [IndexModel([("type", ASCENDING), ("seq", ASCENDING)], name="type_seq")]
+    )
+    await store.ensure_indexes()
+    assert "type_seq" not in await store.events.index_information()
 
     snapshot = [d async for d in store["identities"].find({}, sort=[("_id", 1)])]
     second = await migrate_identities(store)
