@@ -382,10 +382,15 @@ async def run(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
                 if args.store_dir is not None:
                     mark = {"scale": args.scale, "now": now.isoformat(), "load": loaded}
                     marker.write_text(json.dumps(mark))
-            progress(f"loaded in {loaded['load_s']} s; building the report rollups …")
-            rolled = await build_rollups(loader, config)
+            if args.keep_rollups and previous is not None and (await rollup.status(loader)).usable:
+                # The reused store's rollups are ready, kept up by the worker since.
+                rolled = {"kept": True}
+                progress("--keep-rollups: the store's rollups are ready; not rebuilt")
+            else:
+                progress(f"loaded in {loaded['load_s']} s; building the report rollups …")
+                rolled = await build_rollups(loader, config)
+                progress(f"rollups built in {rolled['rebuild_s']} s")
             await loader.close()
-            progress(f"rollups built in {rolled['rebuild_s']} s")
             async with serving(embedded.uri, "omniroute", config, None) as served:
                 await recv(parent)  # the load generator is ready
                 token, _ = await tokens.issue(served.store, "sergey.volkov")
@@ -536,11 +541,14 @@ def table(result: dict[str, Any]) -> str:
         f"loadavg {result['machine']['loadavg'][0]:.1f}"
     ]
     r = result["rollups"]
-    lines.append(
-        f"  rollups rebuilt in {r['rebuild_s']} s ({r['conversations']:,} conversations, "
-        f"{r['ms_per_conversation']} ms each): {r['conv_day_docs']:,} conversation-days, "
-        f"{r['episode_docs']:,} episodes"
-    )
+    if r.get("kept"):
+        lines.append("  rollups kept from the reused store (--keep-rollups): not rebuilt")
+    else:
+        lines.append(
+            f"  rollups rebuilt in {r['rebuild_s']} s ({r['conversations']:,} conversations, "
+            f"{r['ms_per_conversation']} ms each): {r['conv_day_docs']:,} conversation-days, "
+            f"{r['episode_docs']:,} episodes"
+        )
     for t in result["targets"]:
         verdict = "PASS" if t["pass"] else "MISS"
         lines.append(f"  {verdict}  {t['what']}: {t['value']} (target {t['target']})")
@@ -583,9 +591,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --store-dir: skip generation and bulk load when the directory holds a "
         "finished load of this --scale (the rollups are still rebuilt, timed)",
     )
+    p.add_argument(
+        "--keep-rollups",
+        action="store_true",
+        help="with --reuse: keep the store's rollups when they are ready instead of "
+        "rebuilding them (the rebuild figure is then not measured)",
+    )
     args = p.parse_args(argv)
     if args.reuse and args.store_dir is None:
         p.error("--reuse needs --store-dir")
+    if args.keep_rollups and not args.reuse:
+        p.error("--keep-rollups needs --reuse")
     return args
 
 

@@ -46,7 +46,7 @@ import contextlib
 import os
 import signal
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -72,6 +72,7 @@ CONV_DAYS = "report_conv_days"
 EPISODES = "report_episodes"
 ENTITIES = "report_entities"
 DAYS = "report_days"
+DAYS_A_READ = 2  # day documents a query reads (read_days)
 MARKS = "report_day_marks"
 # Bump when what the rollups hold changes: the reports ignore rollups of another
 # version until `omniroute reports rebuild` has run.
@@ -520,6 +521,19 @@ async def days_range(ctx: Ctx) -> tuple[str, str] | None:
         return None
     ctx.rollup_lag = st.lag
     return lo.date().isoformat(), hi.date().isoformat()
+
+
+async def read_days(store: Store, days: tuple[str, str], proj: Document) -> AsyncIterator[Document]:
+    """The day totals of the local days [first, end), ``DAYS_A_READ`` days a query: a day's
+    document holds its rows of every dimension (~15–20 ms of the embedded server's time
+    each at full scale), and a month in one find held webhook writes for half a second."""
+    first, end = date.fromisoformat(days[0]), date.fromisoformat(days[1])
+    names = [(first + timedelta(days=i)).isoformat() for i in range((end - first).days)]
+    for i in range(0, len(names), DAYS_A_READ):
+        # By id (`$in`): the embedded server answers a range of `_id` strings by a scan.
+        window = {"_id": {"$in": names[i : i + DAYS_A_READ]}}
+        for doc in await store[DAYS].find(window, proj).to_list():
+            yield doc
 
 
 async def mark_days(store: Store, days: Iterable[str], write_chunk: int = WRITE_CHUNK) -> None:

@@ -17,7 +17,6 @@ from collections import defaultdict
 from typing import Any
 
 from crm_store.reports.common import (
-    READ_BATCH,
     Counter,
     Ctx,
     Report,
@@ -71,9 +70,7 @@ async def _days_rollup(ctx: Ctx, out: Counter) -> bool:
     if days is None:
         return False
     proj = {"inbound": 1, "conversations": 1, "volume_leads": 1}
-    async for day in ctx.store[rollup.DAYS].find(
-        {"_id": {"$gte": days[0], "$lt": days[1]}}, proj, batch_size=READ_BATCH
-    ):
+    async for day in rollup.read_days(ctx.store, days, proj):
         period = ctx.period(rollup.noon(ctx.cal, day["_id"]))
         for metric, field in (
             ("inbound_messages", "inbound"),
