@@ -39,8 +39,8 @@ FIELD_CHUNK = 25  # a non-_id field: several hits per value
 # A report reads a time range in windows of about this many documents: the embedded server
 # computes a find's whole answer in its first command and holds its storage lock meanwhile
 # (~0.1 ms a document), so one find of a month's facts held webhook acknowledgements for
-# up to a second; windows bound each hold to ~25 ms (docs/reports.md, "Reading").
-WINDOW_DOCS = 250
+# up to a second; windows bound each hold to ~10 ms (docs/reports.md, "Reading").
+WINDOW_DOCS = 100
 FIRST_WINDOW = timedelta(minutes=10)
 EARLIEST = datetime(1, 1, 1, tzinfo=UTC)  # where a walk with no lower bound stops
 NONE_KEY = "—"  # the dimension value of a fact that has none (no source, no responsible)
