@@ -133,8 +133,8 @@ async def test_windows_read_each_document_once_in_bounded_reads(
                     assert not before, (lo, hi, len(before), len(read))
                     cliffs += 1
             assert cliffs <= 1, (lo, hi, [len(r) for r in sizes.reads])
-        # Inside the dense stretch every window but the first and the last holds a quarter to four times
-        # WINDOW_DOCS.
+        # Inside the dense stretch every window but the first and the last holds a quarter
+        # to four times WINDOW_DOCS.
         sizes.reads.clear()
         lo, hi = NOW - timedelta(hours=7), NOW - timedelta(hours=2)
         _ = [d async for d in in_windows(coll, {}, "at", lo, hi, None)]
