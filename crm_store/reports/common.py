@@ -204,26 +204,27 @@ async def in_windows(
     year 1 (empty windows grow fourfold: a dozen empty reads past the oldest document),
     then reads anything older in one query. (Asking "is there anything older?" instead
     costs the embedded server the whole older range for each empty window.)"""
+
+    async def read(bounds: Document) -> list[Document]:
+        return await coll.find({**query, key: bounds}, proj, batch_size=WINDOW_DOCS * 4).to_list()
+
     if hi is None:
         hi = datetime.now(UTC)
-        later: Document = {**query, key: {"$gte": hi}}
-        for doc in await coll.find(later, proj, batch_size=WINDOW_DOCS * 4).to_list():
+        for doc in await read({"$gte": hi}):
             yield doc
     floor = EARLIEST if lo is None else lo
     span = min(FIRST_WINDOW, hi - floor)
     end = hi
     while end > floor:
         start = end - span if end - floor > span else floor
-        window: Document = {**query, key: {"$gte": start, "$lt": end}}
-        docs = await coll.find(window, proj, batch_size=WINDOW_DOCS * 4).to_list()
+        docs = await read({"$gte": start, "$lt": end})
         for doc in docs:
             yield doc
         end = start
         factor = 4.0 if not docs else min(4.0, max(0.25, WINDOW_DOCS / len(docs)))
         span = max(span * factor, timedelta(milliseconds=1))
     if lo is None:
-        older: Document = {**query, key: {"$lt": floor}}
-        for doc in await coll.find(older, proj, batch_size=WINDOW_DOCS * 4).to_list():
+        for doc in await read({"$lt": floor}):
             yield doc
 
 
