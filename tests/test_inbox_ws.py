@@ -53,10 +53,25 @@ def event_of(frame: Frame, type_: str) -> bool:
 async def connect(
     svc: InProcess, token: str, after: int | None = None
 ) -> aiohttp.ClientWebSocketResponse:
+    """Open a socket. Without ``after`` the stream starts when the server has joined the
+    socket to the feed, which its first frame (a ``cursor`` frame) announces: wait for it,
+    as a client must, so that nothing the test writes next falls before the start."""
+    return (await connect_at(svc, token, after))[0]
+
+
+async def connect_at(
+    svc: InProcess, token: str, after: int | None = None
+) -> tuple[aiohttp.ClientWebSocketResponse, int | None]:
+    """:func:`connect`, and where the stream starts (None when resuming ``after``)."""
     url = f"{svc.client.base}/api/v1/ws?token={token}"
     if after is not None:
         url += f"&after={after}"
-    return await svc.client.http.ws_connect(url)
+    ws = await svc.client.http.ws_connect(url)
+    if after is not None:
+        return ws, None
+    first = await frames_until(ws, lambda f: True)
+    assert first[0]["type"] == "cursor", first
+    return ws, int(first[0]["cursor"])
 
 
 async def write(svc: InProcess, ext: str, phone: str) -> Frame:
@@ -225,9 +240,9 @@ async def test_filtered_out_events_move_the_cursor_and_resume_on_an_open_socket(
     monkeypatch.setattr(live_api, "CURSOR_EVERY_S", 0.2)
     async with in_process(mongo_uri, db_name) as svc:
         t = {u: (await tokens.issue(svc.store, u))[0] for u in (ANNA, OLGA)}
-        olga, anna = await connect(svc, t[OLGA]), await connect(svc, t[ANNA])
         # Without ``after`` the stream starts at the current end and says where that is.
-        start = (await frames_until(olga, is_cursor))[-1]["cursor"]
+        (olga, start), anna = await connect_at(svc, t[OLGA]), await connect(svc, t[ANNA])
+        assert start is not None
         await write(svc, "quiet-1", "+79001233001")  # sales: nothing of it for Olga
         end = await last_seq(svc)
         frames = await frames_until(olga, lambda f: is_cursor(f) and f["cursor"] >= end)
@@ -257,8 +272,6 @@ async def test_a_conversation_moved_away_stops_reaching_the_old_department(
         t = {u: (await tokens.issue(svc.store, u))[0] for u in (ANNA, OLGA)}
         conv = await write(svc, "moved-1", "+79001234001")
         anna, olga = await connect(svc, t[ANNA]), await connect(svc, t[OLGA])
-        await frames_until(anna, is_cursor)
-        await frames_until(olga, is_cursor)
         # An event appended straight to the log; what counts is the conversation's
         # department *now*, not the one the event was written with.
         await svc.store.conversations.update_one(

@@ -100,8 +100,7 @@ async def test_nobody_listening_follows_nothing_until_a_socket_opens(
         await write(svc, "wake-3", "+79001239003")
         assert not wake.wanted(wake.EVENTS)
         token, _ = await tokens.issue(svc.store, "anna.smirnova")
-        ws = await connect(svc, token)
-        await frames_until(ws, lambda f: f["type"] == "cursor")  # joined: where it starts
+        ws = await connect(svc, token)  # returns once joined: its first frame says where
         assert wake.wanted(wake.EVENTS)
         original = await svc.store.events.find_one({"type": "message.attached"})
         assert original is not None
