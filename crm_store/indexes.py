@@ -266,9 +266,14 @@ REPORT_INDEXES: dict[str, list[IndexModel]] = {
     # Conversations, leads and deals by kind and creation (volume, funnel).
     "report_entities": [
         IndexModel([("kind", ASCENDING), ("created_at", ASCENDING)], name="kind_created"),
+        # Open deals by last activity (the idle days; overdue's boundary days).
+        IndexModel([("kind", ASCENDING), ("idle_at", ASCENDING)], name="kind_idle"),
     ],
     # report_days is read by _id (the local day); its marks by whether they are dirty.
     "report_day_marks": [IndexModel([("dirty", ASCENDING)], name="dirty")],
+    # The idle deals' days, read by their first instant (overdue's forgotten deals).
+    "report_idle_days": [IndexModel([("start", ASCENDING)], name="start")],
+    "report_idle_marks": [IndexModel([("dirty", ASCENDING)], name="dirty")],
 }
 for _name, _models in REPORT_INDEXES.items():
     INDEXES.setdefault(_name, []).extend(_models)

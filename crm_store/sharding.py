@@ -141,6 +141,8 @@ SHARD_KEYS: dict[str, ShardKey] = {
     "report_entities": _by_id("_id = kind|entity id: rewritten by _id"),
     "report_days": _unsharded("one document per local day: the day totals of the reports"),
     "report_day_marks": _unsharded("one document per local day: whether its totals are due"),
+    "report_idle_days": _unsharded("one document per local day: the open deals idle since"),
+    "report_idle_marks": _unsharded("one document per local day: whether its idle deals are due"),
     "report_rollup_state": _unsharded("one document: whether the report rollups are ready"),
 }
 

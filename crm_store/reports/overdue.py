@@ -11,14 +11,18 @@
   sales pipelines (service pipelines such as NPS excluded) with no activity
   (``last_activity_at``) for at least 15 days (``forgotten_15d``, includes the older
   ones) and at least 30 days (``forgotten_30d``) — the head-of-sales escalation's
-  thresholds.
+  thresholds. Read from the idle days of the report rollups when they are usable
+  (``rollup_lag`` is then set), else from the deals.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
+from crm_store.reports import rollup
 from crm_store.reports.common import (
     Cell,
     Counter,
@@ -106,16 +110,55 @@ async def _reminders(ctx: Ctx) -> tuple[Table, dict[str, int]]:
     return Table(name="reminders", columns=[*lead, "rule_id", "fired"], rows=rows), totals
 
 
+# (the deal's attributes, counted in forgotten_15d, counted in forgotten_30d)
+Idle = tuple[Document, int, int]
+
+
+async def _idle_from_deals(ctx: Ctx, first: datetime, second: datetime) -> AsyncIterator[Idle]:
+    """Every open deal idle since before ``first`` (the collection: no rollups)."""
+    proj = {"pipeline_id": 1, "source_id": 1, "responsible_id": 1, "last_activity_at": 1}
+    idle = in_windows(ctx.store.deals, {"open": True}, "last_activity_at", None, first, proj)
+    async for d in idle:
+        yield d, 1, int(d["last_activity_at"] < second)
+
+
+async def _idle_from_rollup(
+    ctx: Ctx, first: datetime, second: datetime, st: rollup.Status
+) -> AsyncIterator[Idle]:
+    """The same from the idle days (crm_store/reports/rollup.py): whole local days before
+    each threshold's day from ``report_idle_days``, the threshold's own day up to the
+    threshold from the deals' entity documents."""
+    ctx.rollup_lag = st.lag
+    day_first = rollup.day_bounds(ctx.cal, ctx.cal.local(first).date().isoformat())[0]
+    day_second = rollup.day_bounds(ctx.cal, ctx.cal.local(second).date().isoformat())[0]
+    days = in_windows(ctx.store[rollup.IDLE_DAYS], {}, "start", None, day_first, None)
+    async for doc in days:
+        both = int(doc["start"] < day_second)
+        for row in doc.get("rows") or []:
+            attrs = rollup.unpack(rollup.IDLE_ROW, row)
+            yield attrs, attrs["n"], attrs["n"] * both
+    proj = {"_id": 0, **dict.fromkeys(rollup.IDLE_ROW, 1)}
+    deal = {"kind": "deal"}
+    ents = ctx.store[rollup.ENTITIES]
+    async for d in in_windows(ents, deal, "idle_at", day_first, first, proj):
+        yield d, 1, 0
+    async for d in in_windows(ents, deal, "idle_at", day_second, second, proj):
+        yield d, 0, 1
+
+
 async def _forgotten(ctx: Ctx) -> tuple[Table, dict[str, int]]:
     first = ctx.req.now - timedelta(days=FORGOTTEN_DAYS[0])
     second = ctx.req.now - timedelta(days=FORGOTTEN_DAYS[1])
     service = ctx.config.service_pipelines()
-    proj = {"pipeline_id": 1, "source_id": 1, "responsible_id": 1, "last_activity_at": 1}
-    idle = in_windows(ctx.store.deals, {"open": True}, "last_activity_at", None, first, proj)
-    docs = [d async for d in idle]
+    st = await rollup.status(ctx.store)
+    idle = (
+        _idle_from_rollup(ctx, first, second, st)
+        if st.usable
+        else _idle_from_deals(ctx, first, second)
+    )
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     total = [0, 0]
-    for d in docs:
+    async for d, n15, n30 in idle:
         dept = ctx.department_of_user(d.get("responsible_id"))
         if d.get("pipeline_id") in service or not ctx.visible(dept):
             continue
@@ -125,10 +168,9 @@ async def _forgotten(ctx: Ctx) -> tuple[Table, dict[str, int]]:
             responsible=d.get("responsible_id"),
             department=dept,
         )
-        old = int(d["last_activity_at"] < second)
         for cell in (counts[key], total):
-            cell[0] += 1
-            cell[1] += old
+            cell[0] += n15
+            cell[1] += n30
     cols = [ctx.req.by.value if ctx.req.by else "all", "forgotten_15d", "forgotten_30d"]
     rows: list[list[Cell]] = [[k or "all", a, b] for k, (a, b) in sorted(counts.items())]
     return Table(name="forgotten_deals", columns=cols, rows=rows), {
@@ -138,9 +180,10 @@ async def _forgotten(ctx: Ctx) -> tuple[Table, dict[str, int]]:
 
 
 async def overdue(ctx: Ctx) -> Report:
-    tasks = await _tasks(ctx)
-    reminders, r_totals = await _reminders(ctx)
-    forgotten, f_totals = await _forgotten(ctx)
+    # Three independent reads: while the store answers one, this process decodes another.
+    tasks, (reminders, r_totals), (forgotten, f_totals) = await asyncio.gather(
+        _tasks(ctx), _reminders(ctx), _forgotten(ctx)
+    )
     totals: dict[str, Cell] = {**tasks.totals, **r_totals, **f_totals}
     return make_report(
         ctx, "overdue", totals, [tasks.table("tasks", ctx.req.by), reminders, forgotten]

@@ -19,6 +19,12 @@ Collections written only here:
 - ``report_days``: per local day, the sums of that day's conversation-days and
   entities: volume and the funnel read one document per day of the period. Kept by
   marks (``report_day_marks``, see "day totals" below) so it is crash-safe too.
+- ``report_idle_days``: per local day, the open deals whose last activity fell on that
+  day, counted per (pipeline, source, responsible): overdue's forgotten deals sum the
+  days before the 15- and 30-day thresholds (a few hundred small documents) instead of
+  reading every idle deal (tens of thousands at full scale). A deal's entity document
+  holds its ``idle_at`` (last activity while open); the days it was and is idle in are
+  marked in ``report_idle_marks`` and summed from the entities as ``report_days`` are.
 
 **Maintained by recomputation, not increments.** The worker (:class:`RollupWorker`) reads
 the event log from its cursor (``report_rollups`` in ``automation_cursors``, one process
@@ -74,9 +80,12 @@ ENTITIES = "report_entities"
 DAYS = "report_days"
 DAYS_A_READ = 2  # day documents a query reads (read_days)
 MARKS = "report_day_marks"
+IDLE_DAYS = "report_idle_days"
+IDLE_MARKS = "report_idle_marks"
+IDLE_ROW = ("pipeline_id", "source_id", "responsible_id")
 # Bump when what the rollups hold changes: the reports ignore rollups of another
 # version until `omniroute reports rebuild` has run.
-VERSION = 3
+VERSION = 4
 ENTITY_PROJ = {
     "created_at": 1,
     "source_id": 1,
@@ -87,6 +96,8 @@ ENTITY_PROJ = {
     "origin_intake_id": 1,
     "converted_from": 1,
     "fields.lost_reason": 1,
+    "open": 1,
+    "last_activity_at": 1,
 }
 # Rollup writes go to the store in commands of this many operations: a command holds the
 # embedded server for its whole length, and a webhook's acknowledgement waiting behind a
@@ -334,6 +345,9 @@ def _entity(kind: str, doc: Document, **attrs: Any) -> Document | None:
         names = ("source_id", "pipeline_id", "stage_id", "responsible_id")
         out |= {k: doc.get(k) for k in names}
         out["lost_reason"] = (doc.get("fields") or {}).get("lost_reason")
+        idle = doc.get("last_activity_at")
+        if kind == "deal" and doc.get("open") is True and isinstance(idle, datetime):
+            out["idle_at"] = idle  # absent when closed: not a forgotten deal
     return out | attrs
 
 
@@ -354,20 +368,28 @@ async def _write_entities(
     return list(old.values()), changed + new
 
 
-async def _touch(store: Store, touched: set[str], days: set[str] | None, write_chunk: int) -> None:
+async def _touch(
+    store: Store,
+    touched: set[str],
+    days: set[str] | None,
+    write_chunk: int,
+    marks: str = MARKS,
+) -> None:
     if os.environ.get(CRASH_ENV) == BEFORE_MARKS:
         os.kill(os.getpid(), signal.SIGKILL)
     if days is None:
-        await mark_days(store, touched, write_chunk)
+        await mark_days(store, touched, write_chunk, marks)
     else:
         days |= touched
 
 
-def _created_days(cal: WorkingCalendar, docs: Iterable[Document | None]) -> set[str]:
+def _created_days(
+    cal: WorkingCalendar, docs: Iterable[Document | None], key: str = "created_at"
+) -> set[str]:
     return {
-        cal.local(d["created_at"]).date().isoformat()
+        cal.local(d[key]).date().isoformat()
         for d in docs
-        if d is not None and isinstance(d.get("created_at"), datetime)
+        if d is not None and isinstance(d.get(key), datetime)
     }
 
 
@@ -394,10 +416,13 @@ async def recompute_entities(
     *,
     full: bool = True,
     write_chunk: int = WRITE_CHUNK,
+    idle_days: set[str] | None = None,
 ) -> int:
     """Recompute the ``report_entities`` documents of these leads and deals (and of the
     leads the deals were converted from: their ``converted``) from the collections;
-    returns how many were recomputed. Idempotent; ``full`` as in :func:`recompute`."""
+    returns how many were recomputed. Idempotent; ``full`` as in :func:`recompute`. The
+    days a deal was or is idle in are marked in ``report_idle_marks`` (or added to
+    ``idle_days`` when ``days`` is given: a rebuild marks them once)."""
     deals = list(dict.fromkeys(d for d in deal_ids if isinstance(d, str)))
     leads = list(dict.fromkeys(d for d in lead_ids if isinstance(d, str)))
     written = 0
@@ -431,6 +456,8 @@ async def recompute_entities(
         old, changed = await _write_entities(store, "deal", chunk, entities, write_chunk)
         touched = _created_days(cal, [*old, *entities] if full else changed)
         await _touch(store, touched, days, write_chunk)
+        idle = _created_days(cal, [*old, *entities] if full else changed, "idle_at")
+        await _touch(store, idle, None if days is None else idle_days, write_chunk, IDLE_MARKS)
         # A deal's lead changes with it (converted or not), also when the deal is gone.
         leads += [
             str(d["converted_from"])
@@ -536,12 +563,16 @@ async def read_days(store: Store, days: tuple[str, str], proj: Document) -> Asyn
             yield doc
 
 
-async def mark_days(store: Store, days: Iterable[str], write_chunk: int = WRITE_CHUNK) -> None:
+async def mark_days(
+    store: Store, days: Iterable[str], write_chunk: int = WRITE_CHUNK, marks: str = MARKS
+) -> None:
+    """Mark these local days due for their totals (``report_day_marks``, or ``marks``:
+    ``report_idle_marks`` for the idle deals' days)."""
     ops: list[Any] = [
         UpdateOne({"_id": d}, {"$inc": {"gen": 1}, "$set": {"dirty": True}}, upsert=True)
         for d in sorted(set(days))
     ]
-    await _bulk(store[MARKS], ops, write_chunk)
+    await _bulk(store[marks], ops, write_chunk)
 
 
 def _rows(counts: dict[tuple[Any, ...], Any]) -> list[list[Any]]:
@@ -591,17 +622,41 @@ async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
     }
 
 
+def day_bounds(cal: WorkingCalendar, day: str) -> tuple[datetime, datetime]:
+    """Local ``day`` as the instants [its midnight, the next midnight)."""
+    first = date.fromisoformat(day)
+    return (
+        datetime.combine(first, time(0), cal.tz),
+        datetime.combine(first + timedelta(days=1), time(0), cal.tz),
+    )
+
+
+async def idle_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
+    """The open deals last active on local ``day``, counted per ``IDLE_ROW`` (from the
+    deals' entity documents)."""
+    lo, hi = day_bounds(cal, day)
+    counts: dict[tuple[Any, ...], int] = defaultdict(int)
+    query = {"kind": "deal", "idle_at": {"$gte": lo, "$lt": hi}}
+    proj = {"_id": 0, **dict.fromkeys(IDLE_ROW, 1)}
+    async for d in store[ENTITIES].find(query, proj, batch_size=READ_BATCH):
+        counts[tuple(d.get(k) for k in IDLE_ROW)] += 1
+    return {"_id": day, "start": lo, "rows": _rows(counts)}
+
+
 async def refresh_days(store: Store, cal: WorkingCalendar) -> int:
-    """Recompute every dirty day; returns how many."""
-    marks = await store[MARKS].find({"dirty": True}, {"gen": 1}).to_list()
-    for m in marks:
-        day, gen = m["_id"], int(m["gen"])
-        doc = await day_doc(store, cal, day) | {"gen": gen}
-        with contextlib.suppress(DuplicateKeyError):  # a newer computation is stored
-            await store[DAYS].replace_one({"_id": day, "gen": {"$lt": gen}}, doc, upsert=True)
-        await store[MARKS].update_one({"_id": day, "gen": gen}, {"$set": {"dirty": False}})
-        await asyncio.sleep(0)
-    return len(marks)
+    """Recompute every dirty day's totals and idle deals; returns how many."""
+    done = 0
+    for marks, target, compute in ((MARKS, DAYS, day_doc), (IDLE_MARKS, IDLE_DAYS, idle_doc)):
+        due = await store[marks].find({"dirty": True}, {"gen": 1}).to_list()
+        for m in due:
+            day, gen = m["_id"], int(m["gen"])
+            doc = await compute(store, cal, day) | {"gen": gen}
+            with contextlib.suppress(DuplicateKeyError):  # a newer computation is stored
+                await store[target].replace_one({"_id": day, "gen": {"$lt": gen}}, doc, upsert=True)
+            await store[marks].update_one({"_id": day, "gen": gen}, {"$set": {"dirty": False}})
+            await asyncio.sleep(0)
+        done += len(due)
+    return done
 
 
 async def _channels(store: Store, intake_ids: Sequence[str]) -> dict[str, str | None]:
@@ -635,6 +690,7 @@ async def rebuild(
         ids = await _conversations_since(store, since)
     total = 0
     days: set[str] = set()  # marked once at the end, not per batch
+    idle_days: set[str] = set()
     for i in range(0, len(ids), batch):
         total += await recompute(store, cal, ids[i : i + batch], days, write_chunk=REBUILD_CHUNK)
     # Leads and deals (funnel, volume's leads): those created since ``since`` (all
@@ -651,10 +707,13 @@ async def rebuild(
                 part if kind == "deal" else [],
                 days,
                 write_chunk=REBUILD_CHUNK,
+                idle_days=idle_days,
             )
     if since is None:  # every day summed again, also one whose documents are all gone
         days |= {d["_id"] async for d in store[MARKS].find({}, {"_id": 1})}
+        idle_days |= {d["_id"] async for d in store[IDLE_MARKS].find({}, {"_id": 1})}
     await mark_days(store, days, REBUILD_CHUNK)
+    await mark_days(store, idle_days, REBUILD_CHUNK, IDLE_MARKS)
     await refresh_days(store, cal)
     await set_ready(store, True)
     log.info("reports.rollup_rebuilt", conversations=total, since=str(since) if since else None)
