@@ -12,6 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from automation.calendar import WorkingCalendar
 from config.loader import load_config
 from config.settings import DEFAULT_CONFIG_DIR
@@ -125,10 +127,17 @@ async def check(store: Store, *, from_rollups: bool) -> None:
 
 
 async def touched(store: Store, deal_id: str, change: dict[str, Any], n: int) -> None:
-    """A deal changed as the real code changes it: the document, then an event naming it."""
+    """A deal changed as the real code changes it: the document, then an event naming it —
+    a new last activity as routing writes it (``$max``, then ``message.attached``), any
+    other change with a ``deal.updated``-like event naming the deal."""
     await store.deals.update_one({"_id": deal_id}, change)
-    data = {"from": "new", "to": "new", "by": None, "pipeline_id": "orders", "final": False}
-    ev = events.event("deal.stage_changed", {"deal_id": deal_id}, data, key=[deal_id, str(n)])
+    if set(change) == {"$max"}:
+        refs = {"message_id": f"m-{n}", "conversation_id": None, "deal_id": deal_id}
+        data = {"channel": "api", "rule": "active_deal", "reason": "test", "automatic": False}
+        ev = events.event("message.attached", refs, data, key=[deal_id, str(n)])
+    else:
+        fields = {"fields": sorted(change)}
+        ev = events.event("deal.field_changed", {"deal_id": deal_id}, fields, key=[deal_id, str(n)])
     await events.append(store, [ev])
 
 
@@ -140,7 +149,7 @@ async def test_forgotten_deals_from_the_idle_days_equal_the_deals(store: Store) 
     assert idle_days >= 8  # the thresholds' days, the days before them, long ago, ...
     await check(store, from_rollups=True)
     # Deals move; the worker follows their events and marks the days they leave and enter.
-    await touched(store, "idle-0", {"$set": {"last_activity_at": NOW - timedelta(hours=1)}}, 1)
+    await touched(store, "idle-0", {"$max": {"last_activity_at": NOW - timedelta(hours=1)}}, 1)
     await touched(store, "idle-6", {"$set": {"open": False}}, 2)
     await touched(store, "idle-12", {"$set": {"responsible_id": OLGA}}, 3)
     await touched(store, "idle-15", {"$set": {"last_activity_at": NOW - timedelta(days=20)}}, 4)
@@ -156,11 +165,50 @@ async def test_forgotten_deals_from_the_idle_days_equal_the_deals(store: Store) 
     await check(store, from_rollups=True)
     # A worker that finished its page marks only the days of documents that changed:
     # both the day a deal leaves and the one it enters.
+    created = CAL.local(NOW - timedelta(days=500)).date().isoformat()
+    marked = await store[rollup.MARKS].find_one({"_id": created})
+    assert marked is not None
     await touched(store, "idle-1", {"$set": {"last_activity_at": NOW - timedelta(days=45)}}, 5)
-    await touched(store, "idle-3", {"$set": {"last_activity_at": NOW}}, 6)
-    assert await worker.drain() == 2
+    await touched(store, "idle-3", {"$max": {"last_activity_at": NOW}}, 6)
+    await touched(store, "idle-12", {"$max": {"last_activity_at": NOW}}, 7)  # a whole day
+    assert await worker.drain() == 3
     await check(store, from_rollups=True)
+    # Activity alone moves no day total: the deals' creation day was not summed again.
+    again = await store[rollup.MARKS].find_one({"_id": created})
+    assert again is not None
+    assert again["gen"] == marked["gen"]
     assert await store[rollup.IDLE_MARKS].count_documents({"dirty": True}) == 0
     # Without the rollups (not ready): the same figures from the deals.
     await rollup.set_ready(store, False)
     await check(store, from_rollups=False)
+
+
+class Crash(Exception):
+    """The process dying between a page's entity writes and its marks."""
+
+
+async def test_a_crash_after_a_deal_moved_leaves_no_day_counting_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deal's idle day is marked before its entity document moves: a worker that dies
+    right after the write (before marking the days) leaves the day it left marked, and
+    the next (full) page sums it — the full page itself could no longer know that day."""
+    await store.deals.insert_many(deals())
+    await rollup.rebuild(store, CAL)
+    worker = rollup.RollupWorker(store, CAL, owner="test", gap_grace_s=0.0)
+    await worker.drain()
+    await touched(store, "idle-12", {"$max": {"last_activity_at": NOW}}, 1)  # 400 days idle
+
+    async def crash(*_: object, **__: object) -> None:
+        raise Crash
+
+    real = rollup._touch
+    monkeypatch.setattr(rollup, "_touch", crash)
+    with pytest.raises(Crash):
+        await worker.drain()
+    monkeypatch.setattr(rollup, "_touch", real)
+    stored = await store[rollup.ENTITIES].find_one({"_id": "deal|idle-12"})
+    assert stored is not None
+    assert stored["idle_at"] == NOW  # the write happened, its marks did not
+    assert await worker.drain() == 1
+    await check(store, from_rollups=True)

@@ -204,6 +204,29 @@ async def test_killed_worker_neither_loses_nor_double_counts(
         rebuilt = await figures(svc, admin)
         assert all(basis for _, _, basis in rebuilt)
         assert [(t, tb) for t, tb, _ in rebuilt] == [(t, tb) for t, tb, _ in from_collections]
+        # Rollups of an older version are not patched up by a partial rebuild.
+        await rollup.state(store).update_one(
+            {"_id": rollup.STATE_ID}, {"$set": {"version": rollup.VERSION - 1}}
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "reports",
+            "rebuild",
+            "--since",
+            "2026-01-01",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 300)
+        assert proc.returncode == 2, (out, err)
+        assert b"rebuild without --since" in err, err
+        assert (await rollup.state(store).find_one({"_id": rollup.STATE_ID}) or {})[
+            "version"
+        ] == rollup.VERSION - 1
+        await rollup.set_ready(store, True)
 
         # Rollups nobody keeps up (no worker holds the cursor) are not read once behind.
         await asyncio.sleep(1.1)  # the last child's lease (1 s) runs out

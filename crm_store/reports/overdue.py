@@ -180,9 +180,16 @@ async def _forgotten(ctx: Ctx) -> tuple[Table, dict[str, int]]:
 
 
 async def overdue(ctx: Ctx) -> Report:
-    # Three independent reads: while the store answers one, this process decodes another.
-    tasks, (reminders, r_totals), (forgotten, f_totals) = await asyncio.gather(
-        _tasks(ctx), _reminders(ctx), _forgotten(ctx)
+    # Three independent reads: while the store answers one, this process decodes another
+    # (a failing one cancels the others).
+    async with asyncio.TaskGroup() as tg:
+        due = tg.create_task(_tasks(ctx))
+        fired = tg.create_task(_reminders(ctx))
+        idle = tg.create_task(_forgotten(ctx))
+    tasks, (reminders, r_totals), (forgotten, f_totals) = (
+        due.result(),
+        fired.result(),
+        idle.result(),
     )
     totals: dict[str, Cell] = {**tasks.totals, **r_totals, **f_totals}
     return make_report(

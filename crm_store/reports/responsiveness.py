@@ -207,13 +207,12 @@ class _Cell:
 
 
 async def responsiveness(ctx: Ctx) -> Report:
-    # The missed calls are read while the episodes are (independent reads).
-    callbacks_read = asyncio.create_task(_callbacks(ctx))
-    try:
-        found, convs = await _episodes(ctx)
-    except BaseException:
-        callbacks_read.cancel()
-        raise
+    # The missed calls are read while the episodes are (independent reads; a failing one
+    # cancels the other).
+    async with asyncio.TaskGroup() as tg:
+        callbacks_read = tg.create_task(_callbacks(ctx))
+        episodes_read = tg.create_task(_episodes(ctx))
+    found, convs = episodes_read.result()
     cells: dict[tuple[str, str], _Cell] = defaultdict(_Cell)
     per_user: dict[str, _Cell] = defaultdict(_Cell)
     total = _Cell()
@@ -255,7 +254,7 @@ async def responsiveness(ctx: Ctx) -> Report:
         columns=["responsible", *RESPONSE_COLUMNS],
         rows=[[u, *c.row()] for u, c in sorted(per_user.items())],
     )
-    callbacks, cb_totals = await callbacks_read
+    callbacks, cb_totals = callbacks_read.result()
     totals = dict(zip(RESPONSE_COLUMNS, total.row(), strict=True)) | cb_totals
     totals["wait_over_min"] = ctx.req.wait_over_min
     totals["callback_within_min"] = ctx.req.callback_within_min

@@ -52,7 +52,7 @@ import contextlib
 import os
 import signal
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -239,13 +239,20 @@ def _same(stored: Document | None, doc: Document) -> bool:
 
 
 async def _replace_changed(
-    coll: Collection, old: dict[str, Document], docs: list[Document], write_chunk: int
+    coll: Collection,
+    old: dict[str, Document],
+    docs: list[Document],
+    write_chunk: int,
+    before: Callable[[list[Document]], Awaitable[None]] | None = None,
 ) -> tuple[list[Document], list[str]]:
     """Make ``coll`` hold ``docs`` where it held ``old`` (by ``_id``): write the documents
-    that differ, delete the old ones not in ``docs``. Returns (written, deleted ids)."""
+    that differ, delete the old ones not in ``docs``. Returns (written, deleted ids).
+    ``before`` is given the old versions of what is about to change, before any write."""
     keep = {d["_id"] for d in docs}
     written = [d for d in docs if not _same(old.get(d["_id"]), d)]
     gone = [i for i in old if i not in keep]
+    if before is not None:
+        await before([old[d["_id"]] for d in written if d["_id"] in old] + [old[i] for i in gone])
     ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in written]
     ops += [DeleteOne({"_id": i}) for i in gone]
     await _bulk(coll, ops, write_chunk)
@@ -357,15 +364,24 @@ async def _write_entities(
     ids: Sequence[str],
     docs: Iterable[Document | None],
     write_chunk: int,
+    before: Callable[[list[Document]], Awaitable[None]] | None = None,
 ) -> tuple[list[Document], list[Document]]:
     """Make the entities' documents equal ``docs`` (those that differ are written); delete
     those of entities that are gone. Returns (the documents there before, the old and
-    new versions of those written or deleted)."""
+    new versions of those written or deleted, except where only ``idle_at`` changed: a
+    deal's activity moves no day total)."""
     keep = [d for d in docs if d is not None]
     old = {d["_id"]: d for d in await by_ids(store[ENTITIES], [f"{kind}|{i}" for i in ids], None)}
-    new, gone = await _replace_changed(store[ENTITIES], old, keep, write_chunk)
+    new, gone = await _replace_changed(store[ENTITIES], old, keep, write_chunk, before)
+    new = [d for d in new if not _same_but_idle(old.get(d["_id"]), d)]
     changed = [old[d["_id"]] for d in new if d["_id"] in old] + [old[i] for i in gone]
     return list(old.values()), changed + new
+
+
+def _same_but_idle(stored: Document | None, doc: Document) -> bool:
+    if stored is None:
+        return False
+    return _same({**stored, "idle_at": None}, {**doc, "idle_at": None})
 
 
 async def _touch(
@@ -381,6 +397,15 @@ async def _touch(
         await mark_days(store, touched, write_chunk, marks)
     else:
         days |= touched
+
+
+def _changed_new(
+    entities: list[Document | None], leaving: list[Document], old: list[Document]
+) -> list[Document]:
+    """The new versions of the entities that were written (changed or new)."""
+    was = {d["_id"]: d for d in old}
+    moved = {d["_id"] for d in leaving}
+    return [e for e in entities if e is not None and (e["_id"] in moved or e["_id"] not in was)]
 
 
 def _created_days(
@@ -453,10 +478,22 @@ async def recompute_entities(
             )
             for d in docs
         ]
-        old, changed = await _write_entities(store, "deal", chunk, entities, write_chunk)
+        leaving: list[Document] = []  # old versions of the deals about to change
+
+        async def mark_leaving(olds: list[Document], leaving: list[Document] = leaving) -> None:
+            # The days these deals are idle in now are marked before they move: a crash
+            # after the write would leave a full recomputation nothing to find them by.
+            leaving += olds
+            if days is None:
+                await mark_days(store, _created_days(cal, olds, "idle_at"), write_chunk, IDLE_MARKS)
+
+        old, changed = await _write_entities(
+            store, "deal", chunk, entities, write_chunk, mark_leaving
+        )
         touched = _created_days(cal, [*old, *entities] if full else changed)
         await _touch(store, touched, days, write_chunk)
-        idle = _created_days(cal, [*old, *entities] if full else changed, "idle_at")
+        moved = [*old, *entities] if full else [*leaving, *_changed_new(entities, leaving, old)]
+        idle = _created_days(cal, moved, "idle_at")
         await _touch(store, idle, None if days is None else idle_days, write_chunk, IDLE_MARKS)
         # A deal's lead changes with it (converted or not), also when the deal is gone.
         leads += [
@@ -678,7 +715,15 @@ async def rebuild(
     without), then mark the rollups ready. Safe while the worker runs (recomputation is
     idempotent). The cursor is first moved to the current end of the log: events after
     it are the worker's, everything before is covered here. Returns the conversations
-    recomputed."""
+    recomputed. ``since`` is refused (ValueError) unless the rollups were built at this
+    ``VERSION``: what an older version did not hold must be computed for everything."""
+    if since is not None:
+        built = await state(store).find_one({"_id": STATE_ID}, {"version": 1})
+        if not built or built.get("version") != VERSION:
+            raise ValueError(
+                f"the report rollups were not built at version {VERSION} "
+                f"(found {built.get('version') if built else 'none'}): rebuild without --since"
+            )
     head = await subs.current_seq(store)
     await cursors.ensure(store, CURSOR, head)
     await cursors.cursors(store).update_one(

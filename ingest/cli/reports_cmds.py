@@ -38,7 +38,11 @@ def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
     async def main() -> int:
         async with store_for(settings) as store:
             t0 = time.monotonic()
-            n = await rollup.rebuild(store, cal, since=args.since)
+            try:
+                n = await rollup.rebuild(store, cal, since=args.since)
+            except ValueError as exc:
+                print(f"reports rebuild: {exc}", file=sys.stderr)
+                return 2
             st = await rollup.status(store)
             print(
                 f"report rollups rebuilt: {n} conversations in {time.monotonic() - t0:.1f} s; "
