@@ -82,6 +82,24 @@ async def child(
     return proc.returncode, out, err
 
 
+async def rebuild_command(mongo_uri: str, db: str, *args: str) -> tuple[int | None, bytes, bytes]:
+    """``omniroute reports rebuild ARGS`` as a command against the test database."""
+    env = os.environ | {"OMNIROUTE_MONGODB_URI": mongo_uri, "OMNIROUTE_DB_NAME": db}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ingest.cli",
+        "reports",
+        "rebuild",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    return proc.returncode, out, err
+
+
 @asynccontextmanager
 async def served(mongo_uri: str, db_name: str, **settings: Any) -> AsyncIterator[InProcess]:
     """The service with the site-form account; by default its own rollup worker off (the
@@ -187,19 +205,8 @@ async def test_killed_worker_neither_loses_nor_double_counts(
         await store[rollup.CONV_DAYS].delete_many({})
         await store[rollup.EPISODES].delete_many({})
         await store[rollup.ENTITIES].delete_many({})
-        env = os.environ | {"OMNIROUTE_MONGODB_URI": mongo_uri, "OMNIROUTE_DB_NAME": db_name}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ingest.cli",
-            "reports",
-            "rebuild",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 300)
-        assert proc.returncode == 0, err[-2000:]
+        code, out, err = await rebuild_command(mongo_uri, db_name)
+        assert code == 0, err[-2000:]
         assert b"4 conversations" in out, out
         rebuilt = await figures(svc, admin)
         assert all(basis for _, _, basis in rebuilt)
@@ -208,20 +215,8 @@ async def test_killed_worker_neither_loses_nor_double_counts(
         await rollup.state(store).update_one(
             {"_id": rollup.STATE_ID}, {"$set": {"version": rollup.VERSION - 1}}
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ingest.cli",
-            "reports",
-            "rebuild",
-            "--since",
-            "2026-01-01",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 300)
-        assert proc.returncode == 2, (out, err)
+        code, out, err = await rebuild_command(mongo_uri, db_name, "--since", "2026-01-01")
+        assert code == 2, (out, err)
         assert b"rebuild without --since" in err, err
         assert (await rollup.state(store).find_one({"_id": rollup.STATE_ID}) or {})[
             "version"
