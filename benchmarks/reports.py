@@ -55,7 +55,7 @@ from config.loader import load_config
 from config.models import AppConfig
 from config.settings import DEFAULT_CONFIG_DIR
 from crm_store import cursors, tokens
-from crm_store.embedded import EmbeddedStore
+from crm_store.embedded import OPEN_S, EmbeddedStore
 from crm_store.indexes import ensure_indexes
 from crm_store.reports import REPORTS, rollup
 from crm_store.store import Document, Store
@@ -377,7 +377,7 @@ async def run(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
         if args.reuse and previous is None:
             progress(f"--reuse: no finished load of scale {args.scale} in {root}; loading")
         embedded = EmbeddedStore(storage_path=root / "mongo")
-        await embedded.start()
+        await embedded.start(timeout=OPEN_S)
         try:
             loader = Store.open(embedded.uri, "omniroute")
             # The indexes first, as in production: the embedded server builds an index

@@ -58,6 +58,12 @@ class EmbeddedStoreError(RuntimeError):
     """The embedded server could not be found, started or stopped."""
 
 
+# How long a store with history may take to open (its WiredTiger recovery grows with its
+# size: 1.38M documents, 1.4 GB, open in ~28 s on a 2-core machine). The wait ends at once
+# if the server exits, so a generous bound costs nothing when something is wrong.
+OPEN_S = 900.0
+
+
 def find_server_executable() -> Path | None:
     """Locate ``secantusd-py``: next to the running interpreter first (a venv), then on PATH."""
     candidate = Path(sys.executable).parent / SERVER_EXECUTABLE

@@ -31,7 +31,7 @@ from config.loader import load_config
 from config.models import AppConfig
 from config.settings import Settings
 from crm_store import routing_store as rs
-from crm_store.embedded import EmbeddedStore
+from crm_store.embedded import OPEN_S, EmbeddedStore
 from crm_store.intake import GroupCommit, id_chunks
 from crm_store.store import Store
 from ingest.app import create_app, create_metrics_app
@@ -84,7 +84,7 @@ async def store_for(settings: Settings) -> AsyncIterator[Store]:
             path=str(settings.data_dir / "mongo"),
             port=settings.embedded_port,
         )
-        await embedded.start()
+        await embedded.start(timeout=OPEN_S)
         uri = embedded.uri
     store = Store.open(uri, settings.db_name)
     try:
