@@ -238,21 +238,27 @@ def _same(stored: Document | None, doc: Document) -> bool:
     return stored is not None and _norm(stored) == _norm(doc)
 
 
+# Called before a write with (the old versions of what changes, the new versions written).
+Before = Callable[[list[Document], list[Document]], Awaitable[None]]
+
+
 async def _replace_changed(
     coll: Collection,
     old: dict[str, Document],
     docs: list[Document],
     write_chunk: int,
-    before: Callable[[list[Document]], Awaitable[None]] | None = None,
+    before: Before | None = None,
 ) -> tuple[list[Document], list[str]]:
     """Make ``coll`` hold ``docs`` where it held ``old`` (by ``_id``): write the documents
     that differ, delete the old ones not in ``docs``. Returns (written, deleted ids).
-    ``before`` is given the old versions of what is about to change, before any write."""
+    ``before`` is given, before any write, the old versions of what is about to change
+    and the new versions about to be written."""
     keep = {d["_id"] for d in docs}
     written = [d for d in docs if not _same(old.get(d["_id"]), d)]
     gone = [i for i in old if i not in keep]
     if before is not None:
-        await before([old[d["_id"]] for d in written if d["_id"] in old] + [old[i] for i in gone])
+        leaving = [old[d["_id"]] for d in written if d["_id"] in old] + [old[i] for i in gone]
+        await before(leaving, written)
     ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in written]
     ops += [DeleteOne({"_id": i}) for i in gone]
     await _bulk(coll, ops, write_chunk)
@@ -364,7 +370,7 @@ async def _write_entities(
     ids: Sequence[str],
     docs: Iterable[Document | None],
     write_chunk: int,
-    before: Callable[[list[Document]], Awaitable[None]] | None = None,
+    before: Before | None = None,
 ) -> tuple[list[Document], list[Document]]:
     """Make the entities' documents equal ``docs`` (those that differ are written); delete
     those of entities that are gone. Returns (the documents there before, the old and
@@ -397,15 +403,6 @@ async def _touch(
         await mark_days(store, touched, write_chunk, marks)
     else:
         days |= touched
-
-
-def _changed_new(
-    entities: list[Document | None], leaving: list[Document], old: list[Document]
-) -> list[Document]:
-    """The new versions of the entities that were written (changed or new)."""
-    was = {d["_id"]: d for d in old}
-    moved = {d["_id"] for d in leaving}
-    return [e for e in entities if e is not None and (e["_id"] in moved or e["_id"] not in was)]
 
 
 def _created_days(
@@ -478,12 +475,14 @@ async def recompute_entities(
             )
             for d in docs
         ]
-        leaving: list[Document] = []  # old versions of the deals about to change
+        moved: list[Document] = []  # the old and new versions of the deals written
 
-        async def mark_leaving(olds: list[Document], leaving: list[Document] = leaving) -> None:
+        async def mark_leaving(
+            olds: list[Document], news: list[Document], moved: list[Document] = moved
+        ) -> None:
             # The days these deals are idle in now are marked before they move: a crash
             # after the write would leave a full recomputation nothing to find them by.
-            leaving += olds
+            moved += [*olds, *news]
             if days is None:
                 await mark_days(store, _created_days(cal, olds, "idle_at"), write_chunk, IDLE_MARKS)
 
@@ -492,8 +491,7 @@ async def recompute_entities(
         )
         touched = _created_days(cal, [*old, *entities] if full else changed)
         await _touch(store, touched, days, write_chunk)
-        moved = [*old, *entities] if full else [*leaving, *_changed_new(entities, leaving, old)]
-        idle = _created_days(cal, moved, "idle_at")
+        idle = _created_days(cal, [*old, *entities] if full else moved, "idle_at")
         await _touch(store, idle, None if days is None else idle_days, write_chunk, IDLE_MARKS)
         # A deal's lead changes with it (converted or not), also when the deal is gone.
         leads += [
@@ -616,10 +614,18 @@ def _rows(counts: dict[tuple[Any, ...], Any]) -> list[list[Any]]:
     return [[*key, n] for key, n in sorted(counts.items(), key=lambda kv: [str(v) for v in kv[0]])]
 
 
+def day_bounds(cal: WorkingCalendar, day: str) -> tuple[datetime, datetime]:
+    """Local ``day`` as the instants [its midnight, the next midnight)."""
+    first = date.fromisoformat(day)
+    return (
+        datetime.combine(first, time(0), cal.tz),
+        datetime.combine(first + timedelta(days=1), time(0), cal.tz),
+    )
+
+
 async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
     """The totals of one local day from the lower rollups (pure given them)."""
-    lo = datetime.combine(date.fromisoformat(day), time(0), cal.tz)
-    hi = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(0), cal.tz)
+    lo, hi = day_bounds(cal, day)
     inbound: dict[tuple[Any, ...], int] = defaultdict(int)
     proj = {"_id": 0, "department": 1, "assignee_id": 1, "counts": 1}
     async for d in store[CONV_DAYS].find({"day": day}, proj, batch_size=READ_BATCH):
@@ -657,15 +663,6 @@ async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
         "deals": _rows(deals),
         "stays": _rows({k: sorted(v) for k, v in stays.items()}),
     }
-
-
-def day_bounds(cal: WorkingCalendar, day: str) -> tuple[datetime, datetime]:
-    """Local ``day`` as the instants [its midnight, the next midnight)."""
-    first = date.fromisoformat(day)
-    return (
-        datetime.combine(first, time(0), cal.tz),
-        datetime.combine(first + timedelta(days=1), time(0), cal.tz),
-    )
 
 
 async def idle_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
