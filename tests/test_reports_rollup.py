@@ -29,6 +29,7 @@ from crm_store.reports import rollup
 from tests.fakes.integration import FakeIntegration
 from tests.service import InProcess, api_body, config_with, in_process
 from tests.test_api_channel_replies import site
+from tests.test_cli import arun, cli_env
 
 ADMIN = "sergey.volkov"
 ANNA = "anna.smirnova"
@@ -82,22 +83,9 @@ async def child(
     return proc.returncode, out, err
 
 
-async def rebuild_command(mongo_uri: str, db: str, *args: str) -> tuple[int | None, bytes, bytes]:
-    """``omniroute reports rebuild ARGS`` as a command against the test database."""
-    env = os.environ | {"OMNIROUTE_MONGODB_URI": mongo_uri, "OMNIROUTE_DB_NAME": db}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ingest.cli",
-        "reports",
-        "rebuild",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 300)
-    return proc.returncode, out, err
+def rebuild_env(mongo_uri: str, db: str) -> dict[str, str]:
+    """The environment of ``omniroute reports rebuild`` against the test database."""
+    return cli_env(OMNIROUTE_MONGODB_URI=mongo_uri, OMNIROUTE_DB_NAME=db)
 
 
 @asynccontextmanager
@@ -205,9 +193,9 @@ async def test_killed_worker_neither_loses_nor_double_counts(
         await store[rollup.CONV_DAYS].delete_many({})
         await store[rollup.EPISODES].delete_many({})
         await store[rollup.ENTITIES].delete_many({})
-        code, out, err = await rebuild_command(mongo_uri, db_name)
-        assert code == 0, err[-2000:]
-        assert b"4 conversations" in out, out
+        done = await arun("reports", "rebuild", env=rebuild_env(mongo_uri, db_name))
+        assert done.code == 0, done.err[-2000:]
+        assert "4 conversations" in done.out, done.out
         rebuilt = await figures(svc, admin)
         assert all(basis for _, _, basis in rebuilt)
         assert [(t, tb) for t, tb, _ in rebuilt] == [(t, tb) for t, tb, _ in from_collections]
@@ -215,9 +203,10 @@ async def test_killed_worker_neither_loses_nor_double_counts(
         await rollup.state(store).update_one(
             {"_id": rollup.STATE_ID}, {"$set": {"version": rollup.VERSION - 1}}
         )
-        code, out, err = await rebuild_command(mongo_uri, db_name, "--since", "2026-01-01")
-        assert code == 2, (out, err)
-        assert b"rebuild without --since" in err, err
+        env = rebuild_env(mongo_uri, db_name)
+        refused = await arun("reports", "rebuild", "--since", "2026-01-01", env=env)
+        assert refused.code == 2, refused
+        assert "rebuild without --since" in refused.err, refused.err
         assert (await rollup.state(store).find_one({"_id": rollup.STATE_ID}) or {})[
             "version"
         ] == rollup.VERSION - 1
