@@ -283,6 +283,45 @@ async def generate(svc: InProcess) -> None:
                     "started_at": ended + timedelta(minutes=rng.choice([5, 25, 30, 31, 90])),
                 }
             )
+    # Missed calls at the period's end called back after it: within the 30 minutes to the
+    # millisecond, exactly at them (counts), a second past them, before the call ended.
+    edge = [(20, 30, 0), (10, 15, 0), (40, 30, 1000), (5, -1, 0)]
+    for i, (before_end, back_min, late_ms) in enumerate(edge):
+        mid = f"gen-edge-call-msg-{i}"
+        ended = END - timedelta(minutes=before_end)
+        phone = f"+7900666{i:04d}"
+        messages.append(
+            {
+                "_id": mid,
+                "direction": "in",
+                "conversation_id": convs[i]["_id"],
+                "channel": "pbx",
+                "source_id": "phone",
+                "received_at": ended - timedelta(minutes=1),
+                "automatic": True,
+            }
+        )
+        calls.append(
+            {
+                "_id": f"gen-edge-call-{i}",
+                "channel": "pbx",
+                "message_id": mid,
+                "direction": "in",
+                "customer": phone,
+                "status": {"rank": 4, "value": "ended"},
+                "disposition": {"rank": 1, "value": "missed"},
+                "started_at": ended - timedelta(minutes=1),
+                "ended_at": ended,
+            }
+        )
+        at = ended + timedelta(minutes=back_min, milliseconds=late_ms)
+        calls.append(
+            {"_id": f"gen-edge-back-{i}", "direction": "out", "customer": phone, "started_at": at}
+        )
+    # An outbound call without a number calls no one back.
+    calls.append(
+        {"_id": "gen-call-nobody", "direction": "out", "started_at": END - timedelta(hours=1)}
+    )
     # Tasks: deadlines across the period, done on time, late or still open.
     tasks = []
     for i in range(40):
@@ -387,7 +426,9 @@ async def brute_volume(svc: InProcess, who: str, *, routed_only: bool = False) -
     return {"totals": dict(totals), "inbound_by_week_department": dict(rows)}
 
 
-async def brute_responsiveness(svc: InProcess, who: str, now: datetime) -> dict[str, Any]:
+async def brute_responsiveness(
+    svc: InProcess, who: str, now: datetime, lo: datetime = START, hi: datetime = END
+) -> dict[str, Any]:
     convs = {c["_id"]: c for c in await raw(svc, "conversations")}
     items: dict[str, list[tuple[datetime, int, dict[str, Any]]]] = defaultdict(list)
     for m in await raw(svc, "messages"):
@@ -424,7 +465,7 @@ async def brute_responsiveness(svc: InProcess, who: str, now: datetime) -> dict[
         if start is not None and not answered:
             episodes.append((start, None, None, False))
         for s, reply, author, closed in episodes:
-            if not in_period(s):
+            if not lo <= s < hi:
                 continue
             counts["episodes"] += 1
             if reply is not None:
@@ -604,6 +645,12 @@ async def caught_up(svc: InProcess) -> None:
     raise AssertionError(f"report rollups did not catch up: {st}")
 
 
+RESPONSE_KEYS = (
+    "episodes", "answered", "closed_unanswered", "waiting", "waiting_over",
+    "frt_work_p50_s", "frt_work_p90_s", "frt_calendar_p50_s", "frt_calendar_p90_s",
+)  # fmt: skip
+
+
 async def check_roles(svc: InProcess, tok: dict[str, str], *, rollup_basis: bool) -> None:
     """Every report for every role against brute force; ``rollup_basis``: volume and
     responsiveness must have been read from the rollups (else from the collections)."""
@@ -632,10 +679,7 @@ async def check_roles(svc: InProcess, tok: dict[str, str], *, rollup_basis: bool
         assert (r["rollup_lag"] is not None) == rollup_basis, r["rollup_lag"]
         now = datetime.fromisoformat(r["generated_at"])
         want_r = await brute_responsiveness(svc, who, now)
-        for key in (
-            "episodes", "answered", "closed_unanswered", "waiting", "waiting_over",
-            "frt_work_p50_s", "frt_work_p90_s", "frt_calendar_p50_s", "frt_calendar_p90_s",
-        ):  # fmt: skip
+        for key in RESPONSE_KEYS:
             assert r["totals"][key] == want_r[key], (who, key)
         per_user = {x["responsible"]: x["frt_work_p50_s"] for x in table(r, "by_responsible")}
         for user, p50 in want_r["per_user_p50"].items():
@@ -643,6 +687,16 @@ async def check_roles(svc: InProcess, tok: dict[str, str], *, rollup_basis: bool
         assert (r["totals"]["missed_calls"], r["totals"]["called_back"]) == await brute_missed(
             svc, who
         )
+        # A period that is not whole local days: the rollups' episodes, not the days'.
+        lo, hi = datetime(2026, 1, 12, 10, 30, tzinfo=MSK), datetime(2026, 2, 20, 15, tzinfo=MSK)
+        period = f"from={lo.isoformat()}&to={hi.isoformat()}".replace("+", "%2B")
+        status, r, _ = await get(svc, tok[who], f"/api/v1/reports/responsiveness?{period}")
+        assert status == 200, r
+        assert (r["rollup_lag"] is not None) == rollup_basis, r["rollup_lag"]
+        want_r = await brute_responsiveness(
+            svc, who, datetime.fromisoformat(r["generated_at"]), lo, hi
+        )
+        assert {k: r["totals"][k] for k in RESPONSE_KEYS} == {k: want_r[k] for k in RESPONSE_KEYS}
 
         status, o, _ = await get(svc, tok[who], f"/api/v1/reports/overdue?{PERIOD}")
         # Forgotten deals from the idle days when the rollups are usable.
@@ -758,7 +812,7 @@ async def test_reports_match_brute_force(mongo_uri: str, db_name: str) -> None:
         # are summed again by the idle worker, without new events.
         days = [d["_id"] async for d in svc.store[rollup.DAYS].find({}, {"_id": 1})]
         await svc.store[rollup.DAYS].update_many(
-            {}, {"$set": {"inbound": [], "volume_leads": [], "leads": []}}
+            {}, {"$set": {"inbound": [], "volume_leads": [], "leads": [], "episodes": []}}
         )
         await rollup.mark_days(svc.store, days)
         for _ in range(600):

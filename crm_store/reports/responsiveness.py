@@ -46,7 +46,7 @@ from crm_store.reports.common import (
     percentile,
     ratio,
 )
-from crm_store.reports.volume import inbound_calls, is_missed
+from crm_store.reports.volume import inbound_calls, is_missed, period_calls
 from crm_store.reports.working_time import calendar_seconds, working_seconds
 from crm_store.store import Document
 
@@ -97,38 +97,52 @@ def kind_of(doc: Document) -> str | None:
     return None  # a note, an automatic send
 
 
-async def _rollup_episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]] | None:
-    """The episodes from ``report_episodes`` (crm_store/reports/rollup.py) when the
-    rollups are ready; None otherwise."""
+# An episode with its conversation's channel, department and assignee.
+Counted = tuple[Episode, Document]
+_CONV = ("channel", "department", "assignee_id")
+
+
+async def _rollup_episodes(ctx: Ctx) -> list[Counted] | None:
+    """The episodes from the rollups (crm_store/reports/rollup.py) when they are usable:
+    the day totals' episode rows for a period of whole local days (one document a day),
+    else ``report_episodes``; None when the rollups are not usable."""
     from crm_store.reports import rollup
 
+    days = await rollup.days_range(ctx)
+    if days is not None:
+        found: list[Counted] = []
+        async for day in rollup.read_days(ctx.store, days, {"episodes": 1}):
+            for values in day.get("episodes") or []:
+                r = rollup.unpack(rollup.EPISODE_ROW, values)
+                if ctx.visible(r["department"]):
+                    found += [(_episode("", r), {k: r[k] for k in _CONV})] * int(r["n"])
+        return found
     st = await rollup.status(ctx.store)
     if not st.usable:
         return None
     ctx.rollup_lag = st.lag
-    found: list[Episode] = []
-    convs: dict[str, Document] = {}
+    found = []
     async for d in ctx.in_period(ctx.store[rollup.EPISODES], "start", None):
-        if not ctx.visible(d.get("department")):
-            continue
-        cid = d["conversation_id"]
-        convs[cid] = {k: d.get(k) for k in ("channel", "department", "assignee_id")}
-        found.append(
-            Episode(
-                cid,
-                d["start"],
-                d.get("source_id"),
-                d.get("answered_at"),
-                d.get("answered_by"),
-                bool(d.get("closed")),
-                d.get("work_s"),
-                d.get("calendar_s"),
-            )
-        )
-    return found, convs
+        if ctx.visible(d.get("department")):
+            found.append((_episode(d["conversation_id"], d), {k: d.get(k) for k in _CONV}))
+    return found
 
 
-async def _episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]]:
+def _episode(conversation_id: str, d: Document) -> Episode:
+    """An episode from its rollup document or day row."""
+    return Episode(
+        conversation_id,
+        d["start"],
+        d.get("source_id"),
+        d.get("answered_at"),
+        d.get("answered_by"),
+        bool(d.get("closed")),
+        d.get("work_s"),
+        d.get("calendar_s"),
+    )
+
+
+async def _episodes(ctx: Ctx) -> list[Counted]:
     """Every episode that started in the period, of conversations the caller sees."""
     from_rollup = await _rollup_episodes(ctx)
     if from_rollup is not None:
@@ -161,13 +175,12 @@ async def _episodes(ctx: Ctx) -> tuple[list[Episode], dict[str, Document]]:
         cid = (ev.get("refs") or {}).get("conversation_id")
         if cid in wanted and isinstance(ev.get("occurred_at"), datetime):
             timelines[cid].append((ev["occurred_at"], "close", ev))
-    found = [
-        e
+    return [
+        (e, convs.get(cid, {}))
         for cid in conv_ids
         for e in episodes(cid, timelines[cid])
         if ctx.req.start <= e.start < ctx.req.end
     ]
-    return found, convs
 
 
 RESPONSE_COLUMNS = [
@@ -212,15 +225,14 @@ async def responsiveness(ctx: Ctx) -> Report:
     async with asyncio.TaskGroup() as tg:
         callbacks_read = tg.create_task(_callbacks(ctx))
         episodes_read = tg.create_task(_episodes(ctx))
-    found, convs = episodes_read.result()
+    found = episodes_read.result()
     cells: dict[tuple[str, str], _Cell] = defaultdict(_Cell)
     per_user: dict[str, _Cell] = defaultdict(_Cell)
     total = _Cell()
     over = timedelta(minutes=ctx.req.wait_over_min)
-    for i, e in enumerate(found):
+    for i, (e, conv) in enumerate(found):
         if i % YIELD_EVERY == YIELD_EVERY - 1:
             await asyncio.sleep(0)  # let the process's webhooks in between
-        conv = convs.get(e.conversation_id, {})
         responsible = e.answered_by or conv.get("assignee_id")
         key = ctx.key(
             channel=conv.get("channel"),
@@ -263,13 +275,21 @@ async def responsiveness(ctx: Ctx) -> Report:
 
 async def _callbacks(ctx: Ctx) -> tuple[Table, dict[str, Cell]]:
     within = timedelta(minutes=ctx.req.callback_within_min)
-    missed = [c for c in await inbound_calls(ctx) if is_missed(c)]
-    numbers = [c["customer"] for c in missed if isinstance(c.get("customer"), str)]
-    proj = {"customer": 1, "started_at": 1, "direction": 1}
+    calls = await period_calls(ctx)
+    missed = [c for c in await inbound_calls(ctx, calls) if is_missed(c)]
+    # A call back starts after its missed call, so at or after the period's start: the
+    # period's calls hold every one but those started after its end, read here.
+    last = max((c.get("ended_at") or c["started_at"] for c in missed), default=None)
+    if last is not None and last + within >= ctx.req.end:
+        proj = {"customer": 1, "started_at": 1, "direction": 1}
+        until = last + within + timedelta(milliseconds=1)  # inclusive, at BSON's precision
+        later = in_windows(ctx.store["calls"], {}, "started_at", ctx.req.end, until, proj)
+        calls += [d async for d in later]
     outbound: dict[str, list[datetime]] = defaultdict(list)
-    for c in await by_field(ctx.store["calls"], "customer", numbers, proj, {}):
-        if c.get("direction") == "out" and isinstance(c.get("started_at"), datetime):
-            outbound[c["customer"]].append(c["started_at"])
+    for c in calls:
+        at, number = c.get("started_at"), c.get("customer")
+        if c.get("direction") == "out" and isinstance(at, datetime) and isinstance(number, str):
+            outbound[number].append(at)
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     total = [0, 0]
     for c in missed:

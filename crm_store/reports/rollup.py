@@ -85,7 +85,7 @@ IDLE_MARKS = "report_idle_marks"
 IDLE_ROW = ("pipeline_id", "source_id", "responsible_id")
 # Bump when what the rollups hold changes: the reports ignore rollups of another
 # version until `omniroute reports rebuild` has run.
-VERSION = 4
+VERSION = 5
 ENTITY_PROJ = {
     "created_at": 1,
     "source_id": 1,
@@ -267,12 +267,14 @@ async def _replace_changed(
 
 async def _write(
     coll: Collection, cids: Sequence[str], docs: list[Document], write_chunk: int
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[Document], list[Document]]:
     """Make the conversations' documents in ``coll`` equal ``docs``: write those that
-    differ, delete the rest. Returns (the ids there before, the ids written or deleted)."""
+    differ, delete the rest. Returns (the documents there before, the old and new
+    versions of those written or deleted)."""
     old = {d["_id"]: d for d in await by_field(coll, "conversation_id", list(cids), None, {})}
     written, gone = await _replace_changed(coll, old, docs, write_chunk)
-    return list(old), [d["_id"] for d in written] + gone
+    changed = [old[d["_id"]] for d in written if d["_id"] in old] + [old[i] for i in gone]
+    return list(old.values()), changed + written
 
 
 async def _bulk(coll: Collection, ops: list[Any], chunk: int = WRITE_CHUNK) -> None:
@@ -331,14 +333,20 @@ async def recompute(
         ]
         # A conversation that is gone keeps no rollups either.
         old_days, changed_days = await _write(store[CONV_DAYS], chunk, all_days, write_chunk)
-        await _write(store[EPISODES], chunk, all_eps, write_chunk)
+        # An episode's start can move to another day (a message that arrives late, a
+        # closing); the day it leaves still holds the message it started with (messages
+        # are never deleted nor moved), so a full recomputation after a crash between
+        # the write and the marks marks that day by its conversation-day.
+        old_eps, changed_eps = await _write(store[EPISODES], chunk, all_eps, write_chunk)
         old, changed = await _write_entities(store, "conversation", chunk, entities, write_chunk)
         # The days these documents were or are in: their day totals are recomputed.
         if full:
-            touched = {i.rsplit("|", 1)[1] for i in old_days} | {d["day"] for d in all_days}
+            touched = {d["day"] for d in [*old_days, *all_days]}
+            touched |= _created_days(cal, [*old_eps, *all_eps], "start")
             touched |= _created_days(cal, [*old, *entities])
         else:
-            touched = {i.rsplit("|", 1)[1] for i in changed_days}
+            touched = {d["day"] for d in changed_days}
+            touched |= _created_days(cal, changed_eps, "start")
             touched |= _created_days(cal, changed)
         await _touch(store, touched, days, write_chunk)
         done += len(convs)
@@ -559,6 +567,19 @@ FUNNEL_ROW = (
     "converted",
 )
 STAY_ROW = ("kind", "pipeline_id", "responsible_id", "stage")
+# An episode (report_episodes) that started on the day: what responsiveness counts.
+EPISODE_ROW = (
+    "start",
+    "channel",
+    "source_id",
+    "department",
+    "assignee_id",
+    "answered_at",
+    "answered_by",
+    "closed",
+    "work_s",
+    "calendar_s",
+)
 
 
 def unpack(names: Sequence[str], row: Sequence[Any], last: str = "n") -> Document:
@@ -654,6 +675,12 @@ async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
             for stage, seconds in d.get("stays") or []:
                 key = (kind, d.get("pipeline_id"), d.get("responsible_id"), stage)
                 stays[key].append(float(seconds))
+    eps: dict[tuple[Any, ...], int] = defaultdict(int)
+    query = {"start": {"$gte": lo, "$lt": hi}}
+    proj = {"_id": 0, **dict.fromkeys(EPISODE_ROW, 1)}
+    async for d in store[EPISODES].find(query, proj, batch_size=READ_BATCH):
+        d["closed"] = bool(d.get("closed"))
+        eps[tuple(d.get(k) for k in EPISODE_ROW)] += 1
     return {
         "_id": day,
         "inbound": _rows(inbound),
@@ -662,6 +689,7 @@ async def day_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
         "leads": _rows(leads),
         "deals": _rows(deals),
         "stays": _rows({k: sorted(v) for k, v in stays.items()}),
+        "episodes": _rows(eps),
     }
 
 

@@ -164,26 +164,32 @@ def _ranked(value: Any) -> Any:
     return value.get("value") if isinstance(value, dict) else value
 
 
-async def inbound_calls(ctx: Ctx) -> list[Document]:
-    """Inbound calls started in the period that the caller may see, each with
-    ``_department`` and ``_assignee`` of the conversation of its message."""
-    proj = {
-        "started_at": 1,
-        "direction": 1,
-        "disposition": 1,
-        "status": 1,
-        "channel": 1,
-        "source_id": 1,
-        "message_id": 1,
-        "customer": 1,
-        "ended_at": 1,
-        "answered_by": 1,
-    }
-    docs = [
-        d
-        async for d in ctx.in_period(ctx.store["calls"], "started_at", proj)
-        if d.get("direction") == "in"
-    ]
+CALL_PROJ = {
+    "started_at": 1,
+    "direction": 1,
+    "disposition": 1,
+    "status": 1,
+    "channel": 1,
+    "source_id": 1,
+    "message_id": 1,
+    "customer": 1,
+    "ended_at": 1,
+    "answered_by": 1,
+}
+
+
+async def period_calls(ctx: Ctx) -> list[Document]:
+    """Every call (both directions) started in the period."""
+    return [d async for d in ctx.in_period(ctx.store["calls"], "started_at", CALL_PROJ)]
+
+
+async def inbound_calls(ctx: Ctx, calls: list[Document] | None = None) -> list[Document]:
+    """Inbound calls started in the period that the caller may see (of ``calls``, the
+    period's calls when already read), each with ``_department`` and ``_assignee`` of the
+    conversation of its message."""
+    if calls is None:
+        calls = await period_calls(ctx)
+    docs = [d for d in calls if d.get("direction") == "in"]
     msg_ids = [d["message_id"] for d in docs if d.get("message_id")]
     msgs = {m["_id"]: m for m in await by_ids(ctx.store.messages, msg_ids, {"conversation_id": 1})}
     convs = await ctx.conversations(
