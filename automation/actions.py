@@ -291,7 +291,7 @@ class Executor:
         }
         if deadline is not None and spec.remind_before is not None:
             back = Duration(-spec.remind_before.amount, spec.remind_before.unit)
-            doc["remind_at"] = self.calendar.add(deadline, back)
+            doc |= tasks.arm_reminder(self.calendar.add(deadline, back))
         await tasks.create(self.store, doc)
         if problems:
             # Made all the same (to the fallback / without a deadline); the failure says why.

@@ -413,7 +413,7 @@ class AutomationWorker:
                 back = Duration(-spec.remind_before.amount, spec.remind_before.unit)
                 remind_at = self.calendar.add(deadline, back)
                 if remind_at != t.get("remind_at"):
-                    update |= {"remind_at": remind_at, "reminded_at": None}
+                    update |= tasks.arm_reminder(remind_at)
             await tasks.tasks(self.store).update_one(
                 {"_id": t["_id"], "status": tasks.OPEN}, {"$set": update}
             )

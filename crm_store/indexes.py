@@ -171,8 +171,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("watchers", ASCENDING), ("status", ASCENDING)], name="watchers"),
         IndexModel([("entity_id", ASCENDING), ("created_at", ASCENDING)], name="entity"),
         IndexModel([("contact_id", ASCENDING)], name="contact"),  # a contact merge moves them
-        # Reminders before a deadline (automation/worker.py): open ones by remind_at.
-        IndexModel([("status", ASCENDING), ("remind_at", ASCENDING)], name="reminders"),
+        # Reminders before a deadline still to send (crm_store/tasks.py ``REMIND_DUE``).
+        IndexModel([("status", ASCENDING), ("remind_due_at", ASCENDING)], name="reminders_due"),
     ],
     "notifications": [
         IndexModel([("user_id", ASCENDING), ("created_at", DESCENDING)], name="user"),
@@ -283,8 +283,12 @@ for _name, _models in REPORT_INDEXES.items():
 # (``ensure_indexes``) and by ``omniroute db migrate``: every index costs the embedded
 # server ~0.15 ms a document inserted and ~0.2 ms a document updated (docs/benchmarks.md).
 # ``events.type_seq``: the feed reads by ``seq`` alone and filters types as it reads
-# (crm_store/feed.py); reports read by (type, occurred_at).
-RETIRED_INDEXES: dict[str, frozenset[str]] = {"events": frozenset({"type_seq"})}
+# (crm_store/feed.py); reports read by (type, occurred_at). ``tasks.reminders``: the
+# reminder pass reads ``reminders_due`` (crm_store/tasks.py ``REMIND_DUE``).
+RETIRED_INDEXES: dict[str, frozenset[str]] = {
+    "events": frozenset({"type_seq"}),
+    "tasks": frozenset({"reminders"}),
+}
 
 # An index of the same key pattern exists under another name or with other options.
 INDEX_CONFLICT = frozenset({85, 86})

@@ -31,6 +31,7 @@ from config.loader import load_config
 from config.models import AppConfig
 from config.settings import Settings
 from crm_store import routing_store as rs
+from crm_store import tasks
 from crm_store.embedded import OPEN_S, EmbeddedStore
 from crm_store.intake import GroupCommit, id_chunks
 from crm_store.store import Store
@@ -131,6 +132,9 @@ async def running_service(
 ) -> AsyncIterator[Service]:
     await ensure_indexes_with_retry(store)
     await migrate_old_layout(store)
+    armed = await tasks.arm_earlier_reminders(store)
+    if armed:
+        log.info("store.reminders_armed", tasks=armed)
     # Round-robin counters exist before the first lead (see docs/store.md).
     for line in sorted({s.line for s in config.sources.sources if s.line}):
         await rs.ensure_counter(store, f"round_robin:{line}")

@@ -96,7 +96,7 @@ async def test_lead_check_reminder_while_stage_and_checked_at(
         await r.run()
         [task] = await r.tasks(entity_id=forgotten["_id"])
         assert task["deadline"] == msk(2025, 5, 20, 8, 0)
-        assert task["remind_at"] == msk(2025, 5, 20, 6, 0)
+        assert task["remind_at"] == task[tasks.REMIND_DUE] == msk(2025, 5, 20, 6, 0)
         [quick_task] = await r.tasks(entity_id=quick["_id"])
         await tasks.complete(r.store, quick_task["_id"], by=ADMIN)
 
@@ -118,6 +118,12 @@ async def test_lead_check_reminder_while_stage_and_checked_at(
             [checked["_id"], forgotten["_id"]]
         )
         assert all("Check the lead" in n["text"] for n in reminders)
+        # Sent: out of the reminder pass's index range, and not sent again.
+        for t in await r.tasks(entity_id=forgotten["_id"]):
+            assert tasks.REMIND_DUE not in t
+            assert t["reminded_at"] is not None
+        await r.advance(minutes=5)
+        assert len([n for n in await r.notes() if n.get("task_id")]) == len(reminders)
         assert {n["user_id"] for n in reminders} == {task["assignee_id"]} | {
             t["assignee_id"] for t in await r.tasks(entity_id=checked["_id"])
         }
@@ -230,3 +236,46 @@ async def test_linked_process_completion_moves_the_parent(
         ]
         await r.worker.complete_process(won)
         assert (await r.get("deal", deal["id"]))["stage_id"] == "awaiting_payment"
+
+
+async def test_reminders_set_before_the_upgrade_are_sent_once(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    """Tasks written by an older version: one armed (``remind_at`` only) is sent once
+    armed as the service's start arms it; one whose reminder an older process sent while
+    leaving the mark is not sent again, and loses the mark."""
+    cfg, _ = config_with_rules(tmp_path, RULES)
+    start = msk(2025, 5, 19, 10, 0)
+    async with robots(mongo_uri, db_name, config=cfg, start=start) as r:
+        base = {
+            "title": "Call back",
+            "assignee_id": ADMIN,
+            "status": tasks.OPEN,
+            "deadline": msk(2025, 5, 19, 12, 0),
+            "remind_at": msk(2025, 5, 19, 9, 0),
+            "created_at": msk(2025, 5, 18, 9, 0),
+        }
+        await r.store["tasks"].insert_many(
+            [
+                {**base, "_id": "earlier-armed"},
+                {
+                    **base,
+                    "_id": "earlier-sent",
+                    tasks.REMIND_DUE: base["remind_at"],
+                    "reminded_at": msk(2025, 5, 19, 9, 1),
+                },
+                {**base, "_id": "earlier-done", "status": tasks.DONE},
+            ]
+        )
+        await r.run()
+        assert [n for n in await r.notes() if n.get("task_id")] == []
+        sent = await r.store["tasks"].find_one({"_id": "earlier-sent"})
+        assert sent is not None
+        assert tasks.REMIND_DUE not in sent
+        assert await tasks.arm_earlier_reminders(r.store, dry_run=True) == 1
+        assert await tasks.arm_earlier_reminders(r.store) == 1
+        assert await tasks.arm_earlier_reminders(r.store) == 0
+        await r.run()
+        await r.advance(minutes=5)
+        notes = [n for n in await r.notes() if n.get("task_id")]
+        assert [n["task_id"] for n in notes] == ["earlier-armed"]

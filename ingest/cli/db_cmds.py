@@ -11,6 +11,7 @@ from typing import Any
 
 from crm_store.migrations import migrate_identities
 from crm_store.store import Store
+from crm_store.tasks import arm_earlier_reminders
 from ingest.cli.common import store_cmd
 
 
@@ -22,6 +23,8 @@ async def cmd_db_migrate(store: Store, args: argparse.Namespace) -> int:
     for name in report.dropped:
         done = "would be dropped" if args.dry_run else "dropped"
         print(f"index {name}: {done} (see docs/scaling.md)")
+    armed = await arm_earlier_reminders(store, dry_run=args.dry_run)
+    print(f"task reminders: {verb} {armed} (remind_due_at: docs/automation.md)")
     if not args.dry_run:
         print(f"indexes: {report.created_indexes} created")
     for c in report.conflicts:
@@ -29,7 +32,7 @@ async def cmd_db_migrate(store: Store, args: argparse.Namespace) -> int:
             f"conflict: {c.key} belongs to contact {c.owner}; contact {c.other} shows it too"
             f" (merge them if they are one person: POST /api/v1/contacts/{c.owner}/merge)"
         )
-    if not report.wrote and not args.dry_run:
+    if not (report.wrote or armed) and not args.dry_run:
         print("nothing to do: the store is migrated")
     return 0
 
