@@ -10,14 +10,15 @@ Collections written only here:
 - ``report_episodes``: one document per conversation **episode**
   (crm_store/reports/responsiveness.py defines them): start, first reply, who answered,
   closed unanswered, working and calendar seconds of the first response, and the
-  conversation's channel, department and assignee. Responsiveness reads the episodes
-  that started in the period.
+  conversation's channel, department and assignee. Summed into the day totals; read
+  directly by responsiveness only for a period cut inside a day.
 - ``report_entities``: one document per conversation, lead and deal: its creation
   instant and the attributes volume and the funnel count it by, look-ups done (the
   channel of its opening message, converted or not, lost reason, completed stage stays).
   Recomputed for every event naming the lead / deal / conversation.
 - ``report_days``: per local day, the sums of that day's conversation-days and
-  entities: volume and the funnel read one document per day of the period. Kept by
+  entities, and the episodes that started that day (a row each): volume, the funnel and
+  responsiveness read one document per day of the period. Kept by
   marks (``report_day_marks``, see "day totals" below) so it is crash-safe too.
 - ``report_idle_days``: per local day, the open deals whose last activity fell on that
   day, counted per (pipeline, source, responsible): overdue's forgotten deals sum the
