@@ -408,14 +408,16 @@ class AutomationWorker:
             deadline = field_moment(
                 spec.deadline_at, values.get(spec.deadline_at.field), self.calendar
             )
-            update: Document = {"deadline": deadline}
+            update: Document = {"$set": {"deadline": deadline}}
             if spec.remind_before is not None and deadline is not None:
                 back = Duration(-spec.remind_before.amount, spec.remind_before.unit)
                 remind_at = self.calendar.add(deadline, back)
                 if remind_at != t.get("remind_at"):
-                    update |= tasks.arm_reminder(remind_at)
+                    update["$set"] |= tasks.arm_reminder(remind_at)
+            elif deadline is None:  # no deadline, nothing to remind of
+                update["$unset"] = {"remind_at": "", tasks.REMIND_DUE: ""}
             await tasks.tasks(self.store).update_one(
-                {"_id": t["_id"], "status": tasks.OPEN}, {"$set": update}
+                {"_id": t["_id"], "status": tasks.OPEN}, update
             )
             log.info("automation.deadline_followed", task=t["_id"], deadline=str(deadline))
 
@@ -434,7 +436,9 @@ class AutomationWorker:
         out = Deferred()
         for t in await tasks.due_reminders(self.store, now):
             user = t.get("assignee_id")
-            if not user or not await tasks.claim_reminder(self.store, t["_id"], now):
+            # A task with nobody to tell is claimed all the same: its reminder has come
+            # (left due, it would come back on every pass and take a place in the batch).
+            if not await tasks.claim_reminder(self.store, t["_id"], now) or not user:
                 continue
             deadline = t.get("deadline")
             when = self.calendar.local(deadline).strftime("%d.%m %H:%M") if deadline else ""

@@ -222,22 +222,21 @@ async def claim_reminder(store: Store, task_id: str, at: datetime) -> bool:
 
 
 async def arm_earlier_reminders(store: Store, *, dry_run: bool = False) -> int:
-    """Give ``remind_due_at`` to the open tasks whose reminder was set, and not sent,
-    before it existed (at start and by ``omniroute db migrate``; idempotent, safe while
-    other processes run). Returns how many were armed (``dry_run``: would be)."""
+    """Make ``remind_due_at`` equal ``remind_at`` on the open tasks whose reminder is not
+    sent: those an older version armed (or re-armed: a deadline that followed its field)
+    without it. At start and by ``omniroute db migrate`` — run it again once the last
+    process of an older version has stopped (docs/scaling.md); idempotent, safe while other
+    processes run. Returns how many were armed (``dry_run``: would be)."""
     armed = 0
-    query: Document = {
-        "status": OPEN,
-        "reminded_at": None,
-        "remind_at": {"$type": "date"},
-        REMIND_DUE: {"$exists": False},
-    }
-    async for d in tasks(store).find(query, {"remind_at": 1}):
+    query: Document = {"status": OPEN, "reminded_at": None, "remind_at": {"$type": "date"}}
+    async for d in tasks(store).find(query, {"remind_at": 1, REMIND_DUE: 1}):
+        if d.get(REMIND_DUE) == d["remind_at"]:
+            continue
         if dry_run:
             armed += 1
             continue
         done = await tasks(store).update_one(
-            {"_id": d["_id"], **{k: v for k, v in query.items() if k != "remind_at"}},
+            {"_id": d["_id"], "status": OPEN, "reminded_at": None, "remind_at": d["remind_at"]},
             {"$set": {REMIND_DUE: d["remind_at"]}},
         )
         armed += done.modified_count

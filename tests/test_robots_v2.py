@@ -265,6 +265,8 @@ async def test_reminders_set_before_the_upgrade_are_sent_once(
                     "reminded_at": msk(2025, 5, 19, 9, 1),
                 },
                 {**base, "_id": "earlier-done", "status": tasks.DONE},
+                # Nobody to tell: claimed all the same, not left in the pass's range.
+                {**base, "_id": "nobody", "assignee_id": None, tasks.REMIND_DUE: base["remind_at"]},
             ]
         )
         await r.run()
@@ -272,10 +274,30 @@ async def test_reminders_set_before_the_upgrade_are_sent_once(
         sent = await r.store["tasks"].find_one({"_id": "earlier-sent"})
         assert sent is not None
         assert tasks.REMIND_DUE not in sent
-        assert await tasks.arm_earlier_reminders(r.store, dry_run=True) == 1
-        assert await tasks.arm_earlier_reminders(r.store) == 1
+        nobody = await r.store["tasks"].find_one({"_id": "nobody"})
+        assert nobody is not None
+        assert tasks.REMIND_DUE not in nobody
+        assert nobody["reminded_at"] is not None
+        # A deadline an older process moved: remind_at moved on, the mark stayed.
+        later = msk(2025, 5, 19, 11, 0)
+        await r.store["tasks"].insert_one(
+            {
+                **base,
+                "_id": "earlier-moved",
+                "remind_at": later,
+                tasks.REMIND_DUE: base["remind_at"],
+            }
+        )
+        assert await tasks.arm_earlier_reminders(r.store, dry_run=True) == 2
+        assert await tasks.arm_earlier_reminders(r.store) == 2
         assert await tasks.arm_earlier_reminders(r.store) == 0
+        moved = await r.store["tasks"].find_one({"_id": "earlier-moved"})
+        assert moved is not None
+        assert moved[tasks.REMIND_DUE] == later
         await r.run()
         await r.advance(minutes=5)
         notes = [n for n in await r.notes() if n.get("task_id")]
         assert [n["task_id"] for n in notes] == ["earlier-armed"]
+        await r.until(msk(2025, 5, 19, 11, 1))
+        notes = [n for n in await r.notes() if n.get("task_id")]
+        assert [n["task_id"] for n in notes] == ["earlier-armed", "earlier-moved"]

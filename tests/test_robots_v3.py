@@ -188,7 +188,18 @@ async def test_task_assignee_and_deadline_from_the_deal(
         await r.run()
         [pending] = await r.tasks(entity_id=later)
         assert pending["deadline"] == msk(2025, 6, 23, 9, 0)
-        assert pending["remind_at"] == msk(2025, 6, 23, 8, 0)
+        assert pending["remind_at"] == pending[tasks.REMIND_DUE] == msk(2025, 6, 23, 8, 0)
+        # Cleared while open: no deadline, no reminder; entered again: both back.
+        await r.set("deal", later, shipping_date=None)
+        await r.run()
+        [pending] = await r.tasks(entity_id=later)
+        assert pending["deadline"] is None
+        assert "remind_at" not in pending
+        assert tasks.REMIND_DUE not in pending
+        await r.set("deal", later, shipping_date="2025-06-23T11:00:00+03:00")
+        await r.run()
+        [pending] = await r.tasks(entity_id=later)
+        assert pending["remind_at"] == pending[tasks.REMIND_DUE] == msk(2025, 6, 23, 8, 0)
         # Other tasks are untouched; a done task keeps its deadline.
         assert (await r.tasks(entity_id=good))[0]["deadline"] == msk(2025, 6, 10, 10, 0)
         await tasks.complete(r.store, pending["_id"], by=ADMIN)

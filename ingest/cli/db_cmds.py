@@ -52,8 +52,8 @@ def _db_actions(sub: Any) -> Any:
 def register(sub: Any) -> None:
     q = _db_actions(sub).add_parser(
         "migrate",
-        help="bring the store to this version's layout (identities; idempotent, safe while "
-        "the service runs)",
+        help="bring the store to this version's layout (identities, retired indexes, task "
+        "reminders; idempotent, safe while the service runs)",
     )
     q.add_argument("--dry-run", action="store_true", help="report what it would do, write nothing")
     q.set_defaults(func=cmd_db_migrate)
