@@ -55,6 +55,7 @@ SCOPES: dict[str, set[str] | None] = {
     OLGA: {"wholesale"},
 }
 START = datetime(2026, 1, 1, tzinfo=MSK)
+MIN = timedelta(minutes=1)
 END = datetime(2026, 3, 1, tzinfo=MSK)
 PERIOD = "from=2026-01-01&to=2026-02-28"
 SEQ0 = 50_000_000  # generated events' sequence numbers: far above the live ones
@@ -283,12 +284,20 @@ async def generate(svc: InProcess) -> None:
                     "started_at": ended + timedelta(minutes=rng.choice([5, 25, 30, 31, 90])),
                 }
             )
-    # Missed calls at the period's end called back after it: within the 30 minutes to the
-    # millisecond, exactly at them (counts), a second past them, before the call ended.
-    edge = [(20, 30, 0), (10, 15, 0), (40, 30, 1000), (5, -1, 0)]
-    for i, (before_end, back_min, late_ms) in enumerate(edge):
+    # Missed calls at the period's end called back after it: within the 30 minutes, exactly
+    # at them (the last missed call: the read after the period ends there), a second past
+    # them, before the call ended; and at its start, a call whose report ended it before it
+    # started (a provider's clock), called back before the period.
+    ms = timedelta(milliseconds=1)
+    edge = [
+        (END - 20 * MIN, END - 21 * MIN, 30 * MIN),
+        (END - 10 * MIN, END - 11 * MIN, 30 * MIN),
+        (END - 40 * MIN, END - 41 * MIN, 30 * MIN + 1000 * ms),
+        (END - 5 * MIN, END - 6 * MIN, -MIN),
+        (START - 10 * MIN, START + 5 * MIN, 5 * MIN),
+    ]
+    for i, (ended, started, back_after) in enumerate(edge):
         mid = f"gen-edge-call-msg-{i}"
-        ended = END - timedelta(minutes=before_end)
         phone = f"+7900666{i:04d}"
         messages.append(
             {
@@ -297,7 +306,7 @@ async def generate(svc: InProcess) -> None:
                 "conversation_id": convs[i]["_id"],
                 "channel": "pbx",
                 "source_id": "phone",
-                "received_at": ended - timedelta(minutes=1),
+                "received_at": started,
                 "automatic": True,
             }
         )
@@ -310,11 +319,11 @@ async def generate(svc: InProcess) -> None:
                 "customer": phone,
                 "status": {"rank": 4, "value": "ended"},
                 "disposition": {"rank": 1, "value": "missed"},
-                "started_at": ended - timedelta(minutes=1),
+                "started_at": started,
                 "ended_at": ended,
             }
         )
-        at = ended + timedelta(minutes=back_min, milliseconds=late_ms)
+        at = ended + back_after
         calls.append(
             {"_id": f"gen-edge-back-{i}", "direction": "out", "customer": phone, "started_at": at}
         )

@@ -112,11 +112,15 @@ async def _rollup_episodes(ctx: Ctx) -> list[Counted] | None:
     if days is not None:
         found: list[Counted] = []
         async for day in rollup.read_days(ctx.store, days, {"episodes": 1}):
-            for values in day.get("episodes") or []:
+            if "episodes" not in day:  # summed by a process of an older version
+                found = []
+                break
+            for values in day["episodes"]:
                 r = rollup.unpack(rollup.EPISODE_ROW, values)
                 if ctx.visible(r["department"]):
                     found += [(_episode("", r), {k: r[k] for k in _CONV})] * int(r["n"])
-        return found
+        else:
+            return found
     st = await rollup.status(ctx.store)
     if not st.usable:
         return None
@@ -277,14 +281,18 @@ async def _callbacks(ctx: Ctx) -> tuple[Table, dict[str, Cell]]:
     within = timedelta(minutes=ctx.req.callback_within_min)
     calls = await period_calls(ctx)
     missed = [c for c in await inbound_calls(ctx, calls) if is_missed(c)]
-    # A call back starts after its missed call, so at or after the period's start: the
-    # period's calls hold every one but those started after its end, read here.
-    last = max((c.get("ended_at") or c["started_at"] for c in missed), default=None)
-    if last is not None and last + within >= ctx.req.end:
-        proj = {"customer": 1, "started_at": 1, "direction": 1}
-        until = last + within + timedelta(milliseconds=1)  # inclusive, at BSON's precision
+    # A call back starts after its missed call ended, so the period's calls hold every one
+    # but those started after the period's end, read here — and, for a call whose report
+    # ended it before it started, those before the period's start.
+    sinces = [c.get("ended_at") or c["started_at"] for c in missed]
+    proj = {"customer": 1, "started_at": 1, "direction": 1}
+    if sinces and max(sinces) + within >= ctx.req.end:
+        until = max(sinces) + within + timedelta(milliseconds=1)  # inclusive (BSON: ms)
         later = in_windows(ctx.store["calls"], {}, "started_at", ctx.req.end, until, proj)
         calls += [d async for d in later]
+    if sinces and min(sinces) < ctx.req.start:
+        early = in_windows(ctx.store["calls"], {}, "started_at", min(sinces), ctx.req.start, proj)
+        calls += [d async for d in early]
     outbound: dict[str, list[datetime]] = defaultdict(list)
     for c in calls:
         at, number = c.get("started_at"), c.get("customer")
