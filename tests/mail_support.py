@@ -174,12 +174,19 @@ async def folder_messages(server: Dovecot, user: str, folder: str) -> list[Email
 
 
 async def seen(server: Dovecot, user: str, folder: str = "INBOX") -> list[bool]:
-    """Per mail in the folder (UID order): is it flagged \\Seen?"""
+    """Per mail in the folder (UID order): is it flagged \\Seen? By the UID of each FETCH
+    line: the answer can also carry untagged FETCH lines for flags another session set
+    meanwhile (the poller's), which would otherwise count as more mails."""
     client = await imap_client(server, user)
     try:
         await client.select(folder)
         resp = await client.uid("fetch", "1:*", "(UID FLAGS)")
-        return [b"\\Seen" in bytes(line) for line in resp.lines if b" FETCH " in bytes(line)]
+        flags: dict[int, bool] = {}
+        for line in map(bytes, resp.lines):
+            uid = re.search(rb"\bUID (\d+)", line)
+            if b" FETCH " in line and uid:
+                flags[int(uid.group(1))] = b"\\Seen" in line
+        return [flags[u] for u in sorted(flags)]
     finally:
         with contextlib.suppress(Exception):
             await client.logout()
