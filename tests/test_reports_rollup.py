@@ -210,6 +210,24 @@ async def test_killed_worker_neither_loses_nor_double_counts(
         assert (await rollup.state(store).find_one({"_id": rollup.STATE_ID}) or {})[
             "version"
         ] == rollup.VERSION - 1
+        # ... while rollups that only the day totals separate from this version are brought
+        # to it by summing the days again (`--days`): the episodes' rows come back.
+        assert rollup.VERSION - 1 in rollup.DAYS_ONLY_FROM
+        await store[rollup.DAYS].update_many({}, {"$unset": {"episodes": ""}})
+        upgraded = await arun("reports", "rebuild", "--days", env=env)
+        assert upgraded.code == 0, upgraded.err[-2000:]
+        assert "day totals re-summed" in upgraded.out, upgraded.out
+        assert await store[rollup.DAYS].count_documents({"episodes": {"$exists": True}}) >= 1
+        assert [(t, tb) for t, tb, _ in await figures(svc, admin)] == [
+            (t, tb) for t, tb, _ in from_collections
+        ]
+        # Not from an older version, nor from rollups that were never ready.
+        await rollup.state(store).update_one(
+            {"_id": rollup.STATE_ID}, {"$set": {"version": min(rollup.DAYS_ONLY_FROM) - 1}}
+        )
+        refused = await arun("reports", "rebuild", "--days", env=env)
+        assert refused.code == 2, refused
+        assert "rebuild without --days" in refused.err, refused.err
         await rollup.set_ready(store, True)
 
         # Rollups nobody keeps up (no worker holds the cursor) are not read once behind.

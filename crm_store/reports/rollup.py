@@ -87,6 +87,10 @@ IDLE_ROW = ("pipeline_id", "source_id", "responsible_id")
 # Bump when what the rollups hold changes: the reports ignore rollups of another
 # version until `omniroute reports rebuild` has run.
 VERSION = 5
+# Versions whose lower rollups (conversation-days, episodes, entities, idle days) this
+# version keeps unchanged: only the day totals differ (version 5 added the episodes' rows),
+# so `omniroute reports rebuild --days` (:func:`resum_days`) is enough to upgrade them.
+DAYS_ONLY_FROM = frozenset({4})
 ENTITY_PROJ = {
     "created_at": 1,
     "source_id": 1,
@@ -789,6 +793,27 @@ async def rebuild(
     await set_ready(store, True)
     log.info("reports.rollup_rebuilt", conversations=total, since=str(since) if since else None)
     return total
+
+
+async def resum_days(store: Store, cal: WorkingCalendar) -> int:
+    """Sum every day's totals again from the lower rollups and mark the rollups ready at
+    this ``VERSION`` — the upgrade from a version in ``DAYS_ONLY_FROM`` (minutes, where a
+    rebuild recomputes every conversation). Refused (ValueError) unless the rollups were
+    ready at such a version or at this one. Safe while the worker runs (day marks, as
+    the worker's own). Returns the days summed."""
+    built = await state(store).find_one({"_id": STATE_ID}, {"version": 1, "ready": 1})
+    version = built.get("version") if built else None
+    if not (built and built.get("ready") and version in DAYS_ONLY_FROM | {VERSION}):
+        raise ValueError(
+            f"the report rollups were not ready at version {VERSION} or one that only the "
+            f"day totals separate from it (found {version or 'none'}): rebuild without --days"
+        )
+    days = [d["_id"] async for d in store[MARKS].find({}, {"_id": 1})]
+    await mark_days(store, days, REBUILD_CHUNK)
+    await refresh_days(store, cal)
+    await set_ready(store, True)
+    log.info("reports.rollup_days_resummed", days=len(days), from_version=version)
+    return len(days)
 
 
 async def _conversations_since(store: Store, since: datetime) -> list[str]:

@@ -39,13 +39,18 @@ def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
         async with store_for(settings) as store:
             t0 = time.monotonic()
             try:
-                n = await rollup.rebuild(store, cal, since=args.since)
+                if args.days:
+                    n = await rollup.resum_days(store, cal)
+                else:
+                    n = await rollup.rebuild(store, cal, since=args.since)
             except ValueError as exc:
                 print(f"reports rebuild: {exc}", file=sys.stderr)
                 return 2
             st = await rollup.status(store)
+            what = "day totals re-summed" if args.days else "rollups rebuilt"
+            unit = "days" if args.days else "conversations"
             print(
-                f"report rollups rebuilt: {n} conversations in {time.monotonic() - t0:.1f} s; "
+                f"report {what}: {n} {unit} in {time.monotonic() - t0:.1f} s; "
                 f"cursor at {st.cursor}, ready"
             )
             return 0
@@ -61,9 +66,16 @@ def register(sub: Any) -> None:
         help="recompute the report rollups from the collections (an existing store, or "
         "after the rollup definition changed); safe while the service runs",
     )
-    q.add_argument(
+    how = q.add_mutually_exclusive_group()
+    how.add_argument(
         "--since",
         type=_since,
         help="only conversations with an inbound message at or after this date/instant",
+    )
+    how.add_argument(
+        "--days",
+        action="store_true",
+        help="only sum the day totals again (the upgrade from rollups that differ only in "
+        "them: docs/reports.md)",
     )
     q.set_defaults(func=cmd_rebuild)
