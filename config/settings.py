@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # a burst the events of one conversation or lead gather into one recomputation
     # instead of one per page (the rollups then trail the log by about this much).
     report_rollups_pace_s: float = Field(default=2.0, ge=0)
+    # A day's totals are summed again at most this share of the time: after a sum that
+    # took d seconds, that day waits d × (1/share − 1) before the next (a busy day's sum
+    # reads every conversation-day of it; today's then trails by that wait). 1: no wait.
+    report_rollups_day_share: float = Field(default=0.1, gt=0, le=1)
 
     # Webchat presence (crm_store/presence.py): an operator's or visitor's WebSocket
     # counts as connected for presence_ttl_s after its last heartbeat (sent every third

@@ -232,6 +232,7 @@ async def running_service(
                 owner=owner,
                 poll_s=settings.report_rollups_poll_s,
                 pace_s=settings.report_rollups_pace_s,
+                day_share=settings.report_rollups_day_share,
             )
         )
     await worker.start()

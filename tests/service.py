@@ -130,6 +130,9 @@ def test_settings(mongo_uri: str, db_name: str, **overrides: Any) -> Settings:
         "port": free_port(),
         "recovery_interval_s": 0.5,
         "intake_lease_s": 30.0,
+        # Day totals summed after every page: the tests compare them as soon as the log is
+        # applied (tests/test_report_episode_days.py tests the wait itself).
+        "report_rollups_day_share": 1.0,
     }
     values.update(overrides)
     return Settings(**values)

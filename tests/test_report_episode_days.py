@@ -203,3 +203,39 @@ async def test_a_crash_after_an_episode_moved_leaves_no_day_counting_it(
     rows = day_rows(await check(store))
     assert rows.get("2026-03-10") == 1
     assert "2026-03-12" not in rows
+
+
+async def test_a_busy_day_is_summed_again_only_after_its_wait(store: Store) -> None:
+    """With a share of the time below 1, a day just summed waits d × (1/share − 1) before
+    the next sum: marked again meanwhile, it stays dirty (nothing lost) and is summed once
+    its wait is over."""
+    convs, msgs = conversations()
+    await store.conversations.insert_many(convs)
+    await store.messages.insert_many(msgs)
+    await rollup.rebuild(store, CAL)
+    marks = store[rollup.MARKS]
+    await rollup.mark_days(store, ["2026-03-12"])
+    before = datetime.now(MSK)
+    assert await rollup.refresh_days(store, CAL, share=0.5) == 1
+    mark = await marks.find_one({"_id": "2026-03-12"})
+    assert mark is not None
+    assert mark["dirty"] is False
+    assert mark["next_at"] >= before
+    # A late message on that day, its mark, and a pass within the wait: not summed yet.
+    await store.messages.insert_one(message("c-late", 8, "in", at(12, 9)))
+    await rollup.recompute(store, CAL, ["c-late"])
+    # (every day it marked is still within a wait)
+    await marks.update_many({}, {"$set": {"next_at": datetime(2100, 1, 1, tzinfo=MSK)}})
+    assert await rollup.refresh_days(store, CAL, share=0.5) == 0
+    assert (await marks.find_one({"_id": "2026-03-12"}) or {})["dirty"] is True
+    # The wait over: summed, and equal to the collections again.
+    await marks.update_many({}, {"$set": {"next_at": before}})
+    assert await rollup.refresh_days(store, CAL, share=0.5) >= 1
+    assert not await marks.count_documents({"dirty": True})
+    await check(store)
+    # Share 1 (the default): no wait at all.
+    await rollup.mark_days(store, ["2026-03-12"])
+    await marks.update_one(
+        {"_id": "2026-03-12"}, {"$set": {"next_at": datetime(2100, 1, 1, tzinfo=MSK)}}
+    )
+    assert await rollup.refresh_days(store, CAL) == 1

@@ -56,6 +56,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic as time_now
 from typing import Any
 
 import structlog
@@ -710,17 +711,31 @@ async def idle_doc(store: Store, cal: WorkingCalendar, day: str) -> Document:
     return {"_id": day, "start": lo, "rows": _rows(counts)}
 
 
-async def refresh_days(store: Store, cal: WorkingCalendar) -> int:
-    """Recompute every dirty day's totals and idle deals; returns how many."""
+async def refresh_days(store: Store, cal: WorkingCalendar, share: float = 1.0) -> int:
+    """Recompute every dirty day's totals and idle deals; returns how many. With ``share``
+    below 1, a day summed in d seconds is not summed again for d × (1/share − 1) (its
+    mark's ``next_at``; it stays dirty until then): a busy day's sum reads every
+    conversation-day of it, and a worker summing it after every page would keep the
+    server busy with it (Settings.report_rollups_day_share)."""
     done = 0
     for marks, target, compute in ((MARKS, DAYS, day_doc), (IDLE_MARKS, IDLE_DAYS, idle_doc)):
-        due = await store[marks].find({"dirty": True}, {"gen": 1}).to_list()
+        now = datetime.now(UTC)
+        due = [
+            m
+            for m in await store[marks].find({"dirty": True}, {"gen": 1, "next_at": 1}).to_list()
+            if share >= 1 or not isinstance(m.get("next_at"), datetime) or m["next_at"] <= now
+        ]
         for m in due:
             day, gen = m["_id"], int(m["gen"])
+            t0 = time_now()
             doc = await compute(store, cal, day) | {"gen": gen}
             with contextlib.suppress(DuplicateKeyError):  # a newer computation is stored
                 await store[target].replace_one({"_id": day, "gen": {"$lt": gen}}, doc, upsert=True)
             await store[marks].update_one({"_id": day, "gen": gen}, {"$set": {"dirty": False}})
+            if share < 1:
+                wait = (time_now() - t0) * (1 / share - 1)
+                nxt = datetime.now(UTC) + timedelta(seconds=wait)
+                await store[marks].update_one({"_id": day}, {"$set": {"next_at": nxt}})
             await asyncio.sleep(0)
         done += len(due)
     return done
@@ -852,6 +867,7 @@ class RollupWorker:
         lease_s: float = 30.0,
         event_batch: int = 2000,
         gap_grace_s: float = feed.GAP_GRACE_S,
+        day_share: float = 1.0,
     ) -> None:
         self.store = store
         self.cal = cal
@@ -861,6 +877,7 @@ class RollupWorker:
         self.lease_s = lease_s
         self.event_batch = event_batch
         self.gap_grace_s = gap_grace_s
+        self.day_share = day_share
         self._task: asyncio.Task[None] | None = None
         self._full = True  # the next page marks every day it recomputes
         self._taken: Any = None  # the cursor's taken_at when this worker last held it
@@ -932,7 +949,7 @@ class RollupWorker:
         if page.next_after == position:
             # Days a killed rebuild marked and did not sum are summed even without new
             # events (a killed worker's page is read again: it sums its own).
-            await refresh_days(self.store, self.cal)
+            await refresh_days(self.store, self.cal, self.day_share)
             return 0
         dirty = [
             (ev.get("refs") or {}).get("conversation_id")
@@ -948,7 +965,7 @@ class RollupWorker:
         # marked but not yet summed: the next holder must finish them.
         if os.environ.get(CRASH_ENV):
             os.kill(os.getpid(), signal.SIGKILL)
-        await refresh_days(self.store, self.cal)
+        await refresh_days(self.store, self.cal, self.day_share)
         await cursors.advance(self.store, CURSOR, self.owner, page.next_after)
         self._full = False
         return max(1, len(page.events))
