@@ -7,6 +7,7 @@ worker; also when the worker dies between writing the episode and marking its da
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -239,3 +240,33 @@ async def test_a_busy_day_is_summed_again_only_after_its_wait(store: Store) -> N
         {"_id": "2026-03-12"}, {"$set": {"next_at": datetime(2100, 1, 1, tzinfo=MSK)}}
     )
     assert await rollup.refresh_days(store, CAL) == 1
+
+
+async def test_a_page_longer_than_the_lease_keeps_the_rollups_maintained(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker renews its lease while it works on a page: the reports keep reading the
+    rollups during a page that takes longer than the lease (a burst on a busy store)."""
+    convs, msgs = conversations()
+    await store.conversations.insert_many(convs)
+    await store.messages.insert_many(msgs)
+    await rollup.rebuild(store, CAL)
+    worker = rollup.RollupWorker(store, CAL, owner="test", gap_grace_s=0.0, lease_s=0.3)
+    real = rollup.recompute
+    slow = asyncio.Event()
+
+    async def slow_recompute(*args: Any, **kwargs: Any) -> int:
+        slow.set()
+        await asyncio.sleep(1.2)  # four leases
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(rollup, "recompute", slow_recompute)
+    await unrelated_event(store)
+    page = asyncio.create_task(worker.drain())
+    await slow.wait()
+    seen = []
+    for _ in range(5):
+        await asyncio.sleep(0.2)
+        seen.append((await rollup.status(store)).maintained)
+    assert await page == 1
+    assert all(seen), seen

@@ -957,15 +957,32 @@ class RollupWorker:
             if (ev.get("refs") or {}).get("conversation_id")
         ]
         self._full = True  # until this page is finished
-        await recompute(self.store, self.cal, dirty, full=full)
-        refs = [ev.get("refs") or {} for ev in page.events]
-        leads, deals = [r.get("lead_id") for r in refs], [r.get("deal_id") for r in refs]
-        await recompute_entities(self.store, self.cal, leads, deals, full=full)
-        # The drill kills the process with the lower rollups written and their days
-        # marked but not yet summed: the next holder must finish them.
-        if os.environ.get(CRASH_ENV):
-            os.kill(os.getpid(), signal.SIGKILL)
-        await refresh_days(self.store, self.cal, self.day_share)
+        keep = asyncio.create_task(self._keep_lease(), name="report-rollups-lease")
+        try:
+            await recompute(self.store, self.cal, dirty, full=full)
+            refs = [ev.get("refs") or {} for ev in page.events]
+            leads, deals = [r.get("lead_id") for r in refs], [r.get("deal_id") for r in refs]
+            await recompute_entities(self.store, self.cal, leads, deals, full=full)
+            # The drill kills the process with the lower rollups written and their days
+            # marked but not yet summed: the next holder must finish them.
+            if os.environ.get(CRASH_ENV):
+                os.kill(os.getpid(), signal.SIGKILL)
+            await refresh_days(self.store, self.cal, self.day_share)
+        finally:
+            keep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep
         await cursors.advance(self.store, CURSOR, self.owner, page.next_after)
         self._full = False
         return max(1, len(page.events))
+
+    async def _keep_lease(self) -> None:
+        """Renew the cursor's lease while a page is worked on: a page longer than the lease
+        (a burst on a busy store) would otherwise leave the rollups looking unmaintained,
+        and the reports would fall back to reading the collections — the heavier reads,
+        on the busy store. (Only renewed: a lease found lapsed is taken again, which the
+        next page sees as taken and recomputes in full.)"""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            with contextlib.suppress(PyMongoError):
+                await cursors.hold(self.store, CURSOR, self.owner, self.lease_s)
