@@ -22,6 +22,7 @@ from crm_store.reports import rollup
 from crm_store.reports.common import By, Ctx, Group, Request
 from crm_store.reports.responsiveness import responsiveness
 from crm_store.store import Store
+from tests.test_report_idle_days import dies_before_marks
 
 CONFIG = load_config(DEFAULT_CONFIG_DIR)
 CAL = WorkingCalendar.from_config(CONFIG.calendar)
@@ -171,10 +172,6 @@ async def unrelated_event(store: Store) -> None:
     await events.append(store, [events.event("message.status", refs, data, key=["c-mon-m1"])])
 
 
-class Crash(Exception):
-    """The process dying between a page's writes and its marks."""
-
-
 async def test_a_crash_after_an_episode_moved_leaves_no_day_counting_it(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,15 +185,7 @@ async def test_a_crash_after_an_episode_moved_leaves_no_day_counting_it(
     worker = rollup.RollupWorker(store, CAL, owner="test", gap_grace_s=0.0)
     await worker.drain()
     await moved_late(store)
-
-    async def crash(*_: object, **__: object) -> None:
-        raise Crash
-
-    real = rollup._touch
-    monkeypatch.setattr(rollup, "_touch", crash)
-    with pytest.raises(Crash):
-        await worker.drain()
-    monkeypatch.setattr(rollup, "_touch", real)
+    await dies_before_marks(worker, monkeypatch)
     stored = await store[rollup.EPISODES].find_one({"_id": "c-late|1"})
     assert stored is not None
     assert stored["start"] == at(10, 21)  # the write happened, its marks did not

@@ -184,7 +184,21 @@ async def test_forgotten_deals_from_the_idle_days_equal_the_deals(store: Store) 
 
 
 class Crash(Exception):
-    """The process dying between a page's entity writes and its marks."""
+    """The process dying between a page's writes and its marks."""
+
+
+async def dies_before_marks(worker: rollup.RollupWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's next page, failing right after its writes, before it marks their days
+    (as a process killed there would; the next page is recomputed in full)."""
+
+    async def crash(*_: object, **__: object) -> None:
+        raise Crash
+
+    real = rollup._touch
+    monkeypatch.setattr(rollup, "_touch", crash)
+    with pytest.raises(Crash):
+        await worker.drain()
+    monkeypatch.setattr(rollup, "_touch", real)
 
 
 async def test_a_crash_after_a_deal_moved_leaves_no_day_counting_it(
@@ -198,15 +212,7 @@ async def test_a_crash_after_a_deal_moved_leaves_no_day_counting_it(
     worker = rollup.RollupWorker(store, CAL, owner="test", gap_grace_s=0.0)
     await worker.drain()
     await touched(store, "idle-12", {"$max": {"last_activity_at": NOW}}, 1)  # 400 days idle
-
-    async def crash(*_: object, **__: object) -> None:
-        raise Crash
-
-    real = rollup._touch
-    monkeypatch.setattr(rollup, "_touch", crash)
-    with pytest.raises(Crash):
-        await worker.drain()
-    monkeypatch.setattr(rollup, "_touch", real)
+    await dies_before_marks(worker, monkeypatch)
     stored = await store[rollup.ENTITIES].find_one({"_id": "deal|idle-12"})
     assert stored is not None
     assert stored["idle_at"] == NOW  # the write happened, its marks did not
