@@ -248,6 +248,13 @@ def _same(stored: Document | None, doc: Document) -> bool:
 Before = Callable[[list[Document], list[Document]], Awaitable[None]]
 
 
+def _old_versions(
+    old: dict[str, Document], written: list[Document], gone: list[str]
+) -> list[Document]:
+    """The stored versions of the documents about to be rewritten or deleted."""
+    return [old[d["_id"]] for d in written if d["_id"] in old] + [old[i] for i in gone]
+
+
 async def _replace_changed(
     coll: Collection,
     old: dict[str, Document],
@@ -263,8 +270,7 @@ async def _replace_changed(
     written = [d for d in docs if not _same(old.get(d["_id"]), d)]
     gone = [i for i in old if i not in keep]
     if before is not None:
-        leaving = [old[d["_id"]] for d in written if d["_id"] in old] + [old[i] for i in gone]
-        await before(leaving, written)
+        await before(_old_versions(old, written, gone), written)
     ops: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in written]
     ops += [DeleteOne({"_id": i}) for i in gone]
     await _bulk(coll, ops, write_chunk)
@@ -279,8 +285,7 @@ async def _write(
     versions of those written or deleted)."""
     old = {d["_id"]: d for d in await by_field(coll, "conversation_id", list(cids), None, {})}
     written, gone = await _replace_changed(coll, old, docs, write_chunk)
-    changed = [old[d["_id"]] for d in written if d["_id"] in old] + [old[i] for i in gone]
-    return list(old.values()), changed + written
+    return list(old.values()), _old_versions(old, written, gone) + written
 
 
 async def _bulk(coll: Collection, ops: list[Any], chunk: int = WRITE_CHUNK) -> None:
@@ -394,8 +399,7 @@ async def _write_entities(
     old = {d["_id"]: d for d in await by_ids(store[ENTITIES], [f"{kind}|{i}" for i in ids], None)}
     new, gone = await _replace_changed(store[ENTITIES], old, keep, write_chunk, before)
     new = [d for d in new if not _same_but_idle(old.get(d["_id"]), d)]
-    changed = [old[d["_id"]] for d in new if d["_id"] in old] + [old[i] for i in gone]
-    return list(old.values()), changed + new
+    return list(old.values()), _old_versions(old, new, gone) + new
 
 
 def _same_but_idle(stored: Document | None, doc: Document) -> bool:
