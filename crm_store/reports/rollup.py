@@ -804,14 +804,19 @@ async def rebuild(
                 idle_days=idle_days,
             )
     if since is None:  # every day summed again, also one whose documents are all gone
-        days |= {d["_id"] async for d in store[MARKS].find({}, {"_id": 1})}
-        idle_days |= {d["_id"] async for d in store[IDLE_MARKS].find({}, {"_id": 1})}
+        days |= await _marked_days(store)
+        idle_days |= await _marked_days(store, IDLE_MARKS)
     await mark_days(store, days, REBUILD_CHUNK)
     await mark_days(store, idle_days, REBUILD_CHUNK, IDLE_MARKS)
     await refresh_days(store, cal)
     await set_ready(store, True)
     log.info("reports.rollup_rebuilt", conversations=total, since=str(since) if since else None)
     return total
+
+
+async def _marked_days(store: Store, marks: str = MARKS) -> set[str]:
+    """Every day that has ever been marked (``marks``): every day with totals."""
+    return {d["_id"] async for d in store[marks].find({}, {"_id": 1})}
 
 
 async def resum_days(store: Store, cal: WorkingCalendar) -> int:
@@ -827,7 +832,7 @@ async def resum_days(store: Store, cal: WorkingCalendar) -> int:
             f"the report rollups were not ready at version {VERSION} or one that only the "
             f"day totals separate from it (found {version or 'none'}): rebuild without --days"
         )
-    days = [d["_id"] async for d in store[MARKS].find({}, {"_id": 1})]
+    days = await _marked_days(store)
     await mark_days(store, days, REBUILD_CHUNK)
     await refresh_days(store, cal)
     await set_ready(store, True)
